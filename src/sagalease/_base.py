@@ -1,0 +1,288 @@
+"""The shared shell of the bundled stores.
+
+:class:`StoreBase` implements the public :class:`~sagalease.store.SagaStore`
+methods once: it checks and converts arguments at the boundary (aware
+datetimes to integer microseconds, ``timedelta`` to microseconds), builds the
+core call, and hands it to the backend's few primitives, which load, apply
+and write atomically. Backends differ only in storage and concurrency.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sagalease import core
+from sagalease.clock import Clock, SystemClock, duration_us, to_us
+from sagalease.errors import InvalidInputError
+from sagalease.records import Compensation, HistoryEntry, TaskSaga, TaskState
+
+Mutation = Callable[[TaskSaga], core.Step]
+
+
+class StoreBase(abc.ABC):
+    """Argument handling shared by the bundled backends."""
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self.clock: Clock = SystemClock() if clock is None else clock
+
+    # ------------------------------------------------------------ primitives
+
+    @abc.abstractmethod
+    def _insert(self, step: core.Step) -> TaskSaga:
+        """Store a new task and its first entry; an id in use: DuplicateTaskError."""
+
+    @abc.abstractmethod
+    def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
+        """Atomically load ``task_id``, apply ``mutation`` and write the step."""
+
+    @abc.abstractmethod
+    def _claim(self, owner: str, ttl_us: int, now_us: int) -> TaskSaga | None:
+        """Acquire the oldest leaseable task."""
+
+    @abc.abstractmethod
+    def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
+        """Apply ``core.reap`` to every task that needs it."""
+
+    @abc.abstractmethod
+    def _stale(self, now_us: int) -> list[TaskSaga]:
+        """Non-terminal tasks whose lease expired, in creation order."""
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> TaskSaga | None:
+        """The task, or ``None``."""
+
+    @abc.abstractmethod
+    def _list(
+        self, state: TaskState | None, saga_id: str | None, limit: int, after: str | None
+    ) -> list[TaskSaga]:
+        """A page of tasks in creation order."""
+
+    @abc.abstractmethod
+    def history(self, task_id: str) -> list[HistoryEntry]:
+        """The task's history, oldest first."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[TaskState, int]:
+        """Tasks per state."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release resources."""
+
+    # ------------------------------------------------------------ boundary
+
+    def _now(self, now: datetime | None) -> int:
+        return to_us(self.clock.now() if now is None else now, "now")
+
+    # ------------------------------------------------------------ public API
+
+    def create(
+        self,
+        task_id: str,
+        *,
+        saga_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        compensations: Iterable[Compensation] = (),
+        max_attempts: int = 5,
+        deadline: datetime | None = None,
+        available_at: datetime | None = None,
+        now: datetime | None = None,
+    ) -> TaskSaga:
+        """See :meth:`SagaStore.create`."""
+        now_us = self._now(now)
+        if isinstance(compensations, (str, bytes)) or not isinstance(compensations, Iterable):
+            raise InvalidInputError("compensations must be an iterable of Compensation")
+        step = core.create(
+            task_id,
+            now_us=now_us,
+            saga_id=saga_id,
+            metadata_json=core.encode_metadata(metadata),
+            compensations=tuple(compensations),
+            max_attempts=max_attempts,
+            deadline_us=None if deadline is None else to_us(deadline, "deadline"),
+            available_us=None if available_at is None else to_us(available_at, "available_at"),
+        )
+        return self._insert(step)
+
+    def acquire(
+        self, task_id: str, *, owner: str, ttl: timedelta, now: datetime | None = None
+    ) -> TaskSaga:
+        """See :meth:`SagaStore.acquire`."""
+        now_us, ttl_us = self._now(now), duration_us(ttl, "ttl")
+        core.check_id("owner", owner)
+        return self._mutate(
+            task_id, lambda t: core.acquire(t, owner=owner, ttl_us=ttl_us, now_us=now_us)
+        )
+
+    def claim_next(
+        self, *, owner: str, ttl: timedelta, now: datetime | None = None
+    ) -> TaskSaga | None:
+        """See :meth:`SagaStore.claim_next`."""
+        now_us, ttl_us = self._now(now), duration_us(ttl, "ttl")
+        core.check_id("owner", owner)
+        return self._claim(owner, ttl_us, now_us)
+
+    def heartbeat(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        token: int,
+        ttl: timedelta,
+        now: datetime | None = None,
+    ) -> TaskSaga:
+        """See :meth:`SagaStore.heartbeat`."""
+        now_us, ttl_us = self._now(now), duration_us(ttl, "ttl")
+        return self._mutate(
+            task_id,
+            lambda t: core.heartbeat(t, owner=owner, token=token, ttl_us=ttl_us, now_us=now_us),
+        )
+
+    def release(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        token: int,
+        delay: timedelta = timedelta(0),
+        now: datetime | None = None,
+    ) -> TaskSaga:
+        """See :meth:`SagaStore.release`."""
+        now_us = self._now(now)
+        delay_us = duration_us(delay, "delay", allow_zero=True)
+        return self._mutate(
+            task_id,
+            lambda t: core.release(t, owner=owner, token=token, delay_us=delay_us, now_us=now_us),
+        )
+
+    def register_compensation(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        token: int,
+        compensation: Compensation,
+        now: datetime | None = None,
+    ) -> TaskSaga:
+        """See :meth:`SagaStore.register_compensation`."""
+        now_us = self._now(now)
+        return self._mutate(
+            task_id,
+            lambda t: core.register_compensation(
+                t, owner=owner, token=token, compensation=compensation, now_us=now_us
+            ),
+        )
+
+    def complete(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        token: int,
+        reason: str | None = None,
+        now: datetime | None = None,
+    ) -> TaskSaga:
+        """See :meth:`SagaStore.complete`."""
+        now_us = self._now(now)
+        return self._mutate(
+            task_id,
+            lambda t: core.complete(t, owner=owner, token=token, reason=reason, now_us=now_us),
+        )
+
+    def fail(
+        self, task_id: str, *, owner: str, token: int, reason: str, now: datetime | None = None
+    ) -> TaskSaga:
+        """See :meth:`SagaStore.fail`."""
+        now_us = self._now(now)
+        return self._mutate(
+            task_id,
+            lambda t: core.fail(t, owner=owner, token=token, reason=reason, now_us=now_us),
+        )
+
+    def compensation_applied(
+        self, task_id: str, *, owner: str, token: int, index: int, now: datetime | None = None
+    ) -> TaskSaga:
+        """See :meth:`SagaStore.compensation_applied`."""
+        now_us = self._now(now)
+        return self._mutate(
+            task_id,
+            lambda t: core.compensation_applied(
+                t, owner=owner, token=token, index=index, now_us=now_us
+            ),
+        )
+
+    def compensation_failed(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        token: int,
+        index: int,
+        reason: str,
+        now: datetime | None = None,
+    ) -> TaskSaga:
+        """See :meth:`SagaStore.compensation_failed`."""
+        now_us = self._now(now)
+        return self._mutate(
+            task_id,
+            lambda t: core.compensation_failed(
+                t, owner=owner, token=token, index=index, reason=reason, now_us=now_us
+            ),
+        )
+
+    def quarantine(
+        self, task_id: str, *, reason: str, by: str, now: datetime | None = None
+    ) -> TaskSaga:
+        """See :meth:`SagaStore.quarantine`."""
+        now_us = self._now(now)
+        return self._mutate(
+            task_id, lambda t: core.quarantine(t, reason=reason, by=by, now_us=now_us)
+        )
+
+    def annotate(
+        self, task_id: str, *, text: str, by: str, now: datetime | None = None
+    ) -> TaskSaga:
+        """See :meth:`SagaStore.annotate`."""
+        now_us = self._now(now)
+        return self._mutate(task_id, lambda t: core.annotate(t, text=text, by=by, now_us=now_us))
+
+    def reap(self, *, now: datetime | None = None, limit: int | None = None) -> list[TaskSaga]:
+        """See :meth:`SagaStore.reap`."""
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise InvalidInputError("limit must be a positive integer or None")
+        return self._reap(self._now(now), limit)
+
+    def list_stale(self, *, now: datetime | None = None) -> list[TaskSaga]:
+        """See :meth:`SagaStore.list_stale`."""
+        return self._stale(self._now(now))
+
+    def list_tasks(
+        self,
+        *,
+        state: TaskState | None = None,
+        saga_id: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[TaskSaga]:
+        """See :meth:`SagaStore.list_tasks`."""
+        if state is not None:
+            try:
+                state = TaskState(state)
+            except ValueError:
+                raise InvalidInputError(f"unknown state {state!r}") from None
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+            raise InvalidInputError("limit must be an integer between 1 and 10000")
+        if saga_id is not None:
+            core.check_id("saga_id", saga_id)
+        if after is not None:
+            core.check_id("after", after)
+        return self._list(state, saga_id, limit, after)
+
+    def __enter__(self) -> StoreBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,137 @@
+"""Every error sagalease raises.
+
+Hierarchy::
+
+    SagaLeaseError
+    ├── TaskNotFoundError        (also LookupError)   no task with that id
+    ├── DuplicateTaskError                            create() with an id in use
+    ├── LeaseConflictError                            lease held by another, expired, absent,
+    │                                                 wrong owner or stale token
+    ├── TerminalTaskError                             the task already ended
+    ├── AttemptsExhaustedError                        no acquisition left
+    ├── InvalidTransitionError                        the lifecycle has no such move now
+    ├── InvalidInputError        (also ValueError)    bad argument; nothing was stored
+    ├── SchemaVersionError                            store schema newer than this library
+    └── StoreUnavailableError                         database missing, locked or unreachable
+
+Every error that concerns a task carries ``task_id``, ``state`` (the state the
+task was in, or ``None``) and ``reason``; its message names all three. A call
+that raises changed nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sagalease.records import TaskState
+
+__all__ = [
+    "AttemptsExhaustedError",
+    "DuplicateTaskError",
+    "InvalidInputError",
+    "InvalidTransitionError",
+    "LeaseConflictError",
+    "SagaLeaseError",
+    "SchemaVersionError",
+    "StoreUnavailableError",
+    "TaskNotFoundError",
+    "TerminalTaskError",
+]
+
+
+class SagaLeaseError(Exception):
+    """Base class of every sagalease error."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        task_id: str | None = None,
+        state: TaskState | None = None,
+    ) -> None:
+        self.reason = reason
+        self.task_id = task_id
+        self.state = state
+        parts = []
+        if task_id is not None:
+            parts.append(f"task {task_id!r}")
+        if state is not None:
+            parts.append(f"in state {state.value}")
+        prefix = " ".join(parts)
+        super().__init__(f"{prefix}: {reason}" if prefix else reason)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep errors picklable (worker processes send them back to parents).
+        return (_rebuild, (type(self), self.reason, self.task_id, self.state, self.__dict__))
+
+
+def _rebuild(
+    cls: type[SagaLeaseError],
+    reason: str,
+    task_id: str | None,
+    state: TaskState | None,
+    extra: dict[str, object],
+) -> SagaLeaseError:
+    err = cls.__new__(cls)
+    SagaLeaseError.__init__(err, reason, task_id=task_id, state=state)
+    err.__dict__.update(extra)
+    return err
+
+
+class TaskNotFoundError(SagaLeaseError, LookupError):
+    """No task has this id."""
+
+
+class DuplicateTaskError(SagaLeaseError):
+    """``create`` was given an id already in use; the existing task is kept as it was."""
+
+
+class LeaseConflictError(SagaLeaseError):
+    """The caller does not hold a live lease with the current token, or another does.
+
+    ``owner`` and ``token`` are the caller's claim (``None`` for ``acquire``).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        task_id: str | None = None,
+        state: TaskState | None = None,
+        owner: str | None = None,
+        token: int | None = None,
+    ) -> None:
+        super().__init__(reason, task_id=task_id, state=state)
+        self.owner = owner
+        self.token = token
+
+
+class TerminalTaskError(SagaLeaseError):
+    """The task is in a terminal state; only ``annotate`` may touch it."""
+
+
+class AttemptsExhaustedError(SagaLeaseError):
+    """Every acquisition of the current phase was used (``attempts == max_attempts``)."""
+
+
+class InvalidTransitionError(SagaLeaseError):
+    """The lifecycle has no move for this event now (wrong state, not yet available,
+    past the deadline, compensation not pending).
+    """
+
+
+class InvalidInputError(SagaLeaseError, ValueError):
+    """An argument is malformed (naive datetime, ttl <= 0, bad id, non-JSON metadata...)."""
+
+
+class SchemaVersionError(SagaLeaseError):
+    """The store's schema was written by a newer sagalease; it is left untouched."""
+
+
+class StoreUnavailableError(SagaLeaseError):
+    """The backing database is missing, locked, unreachable or dropped the connection.
+
+    Whether the interrupted call took effect is unknown; every call is safe to
+    retry (a repeat either succeeds or reports the state it finds).
+    """

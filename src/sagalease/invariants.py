@@ -1,0 +1,97 @@
+"""The invariants of the lifecycle, with stable ids and the checks behind them.
+
+``checked_by`` names test functions (``path::name``) of this repository; a
+test fails if any of them does not exist, so the spec never points at a
+check that is gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["INVARIANTS", "Invariant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Invariant:
+    """One property every store must keep."""
+
+    id: str
+    title: str
+    statement: str
+    checked_by: tuple[str, ...]
+
+
+INVARIANTS: tuple[Invariant, ...] = (
+    Invariant(
+        "INV-1",
+        "Single holder",
+        "At most one live lease per task; no two workers can both succeed at holder"
+        " calls with overlapping live leases.",
+        (
+            "tests/test_core_properties.py::test_single_holder",
+            "tests/test_store_contract.py::test_two_workers_race_one_wins",
+        ),
+    ),
+    Invariant(
+        "INV-2",
+        "Fencing",
+        "Tokens strictly increase with each acquisition; a call with a token other than"
+        " the current one never changes anything.",
+        (
+            "tests/test_core_properties.py::test_tokens_increase_and_stale_tokens_change_nothing",
+            "tests/test_store_contract.py::test_zombie_cannot_write_after_reacquire",
+        ),
+    ),
+    Invariant(
+        "INV-3",
+        "Terminal immutability",
+        "Once terminal, nothing changes but the notes, which only grow.",
+        (
+            "tests/test_core_properties.py::test_terminal_is_absorbing",
+            "tests/test_store_contract.py::test_terminal_markers_reject_every_later_mutation",
+        ),
+    ),
+    Invariant(
+        "INV-4",
+        "No dropped compensation",
+        "A failed task never ends with a compensation still pending, except in"
+        " QUARANTINED, which lists them. COMPENSATED means every compensation applied;"
+        " FAILED means none was registered.",
+        (
+            "tests/test_core_properties.py::test_no_dropped_compensation",
+            "tests/test_store_contract.py::test_failure_with_compensations_ends_compensated_or_quarantined",
+        ),
+    ),
+    Invariant(
+        "INV-5",
+        "Bounded attempts",
+        "attempts <= max_attempts in every phase.",
+        ("tests/test_core_properties.py::test_attempts_bounded",),
+    ),
+    Invariant(
+        "INV-6",
+        "No lost task (liveness)",
+        "With a fair reaper and at least one live worker, every task reaches a terminal"
+        " state: the deadline and the attempt cap bound the forward phase, the attempt"
+        " cap bounds the compensation phase.",
+        ("tests/test_core_properties.py::test_fair_reaper_ends_every_task",),
+    ),
+    Invariant(
+        "INV-7",
+        "History is the truth",
+        "Every change appends exactly one history entry; replaying a task's history"
+        " reproduces its current record.",
+        ("tests/test_core_properties.py::test_history_replays_to_record",),
+    ),
+    Invariant(
+        "INV-8",
+        "Failed calls change nothing",
+        "Any call that raises leaves the stored record and its history exactly as they"
+        " were.",
+        (
+            "tests/test_core_properties.py::test_failed_calls_change_nothing",
+            "tests/test_store_contract.py::test_guard_failures_change_nothing",
+        ),
+    ),
+)

@@ -1,0 +1,188 @@
+"""The store port: what every backend offers, shaped around lifecycle events.
+
+Every mutating method takes a keyword ``now`` (an aware datetime; default:
+the store's clock), applies one event of :mod:`sagalease.lifecycle` through
+the pure core atomically, appends exactly one history entry and returns the
+task's new record. A call that raises changed nothing. Every error is a
+:class:`~sagalease.errors.SagaLeaseError`; an unknown ``task_id`` is a
+:class:`~sagalease.errors.TaskNotFoundError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, Protocol, runtime_checkable
+
+from sagalease.records import Compensation, HistoryEntry, TaskSaga, TaskState
+
+__all__ = ["SagaStore"]
+
+
+@runtime_checkable
+class SagaStore(Protocol):
+    """The public store protocol (memory, SQLite, PostgreSQL, third parties)."""
+
+    def create(
+        self,
+        task_id: str,
+        *,
+        saga_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        compensations: Iterable[Compensation] = (),
+        max_attempts: int = 5,
+        deadline: datetime | None = None,
+        available_at: datetime | None = None,
+        now: datetime | None = None,
+    ) -> TaskSaga:
+        """A new PENDING task. An id in use: :class:`DuplicateTaskError`, and the
+        existing task is kept as it was (a repeat is never merged).
+        """
+        ...
+
+    def get(self, task_id: str) -> TaskSaga | None:
+        """The task, or ``None`` when there is none with this id."""
+        ...
+
+    def acquire(
+        self, task_id: str, *, owner: str, ttl: timedelta, now: datetime | None = None
+    ) -> TaskSaga:
+        """Lease this task to ``owner`` under the next fencing token. A live lease
+        (even the caller's own): :class:`LeaseConflictError`; a repeat after
+        success therefore conflicts.
+        """
+        ...
+
+    def claim_next(
+        self, *, owner: str, ttl: timedelta, now: datetime | None = None
+    ) -> TaskSaga | None:
+        """Acquire the oldest leaseable task (pending and available, or with an
+        expired lease), or return ``None``. Concurrent callers never get the same
+        (task, token).
+        """
+        ...
+
+    def heartbeat(
+        self, task_id: str, *, owner: str, token: int, ttl: timedelta, now: datetime | None = None
+    ) -> TaskSaga:
+        """Extend the caller's live lease to ``now + ttl`` (never past the deadline).
+        A stale token, another owner, an expired lease or no extension:
+        :class:`LeaseConflictError`.
+        """
+        ...
+
+    def release(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        token: int,
+        delay: timedelta = ...,
+        now: datetime | None = None,
+    ) -> TaskSaga:
+        """Give the lease back (RUNNING → PENDING; COMPENSATING stays, unleased);
+        available again after ``delay``. A repeat: :class:`LeaseConflictError`.
+        """
+        ...
+
+    def register_compensation(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        token: int,
+        compensation: Compensation,
+        now: datetime | None = None,
+    ) -> TaskSaga:
+        """Add a pending compensation (RUNNING, holder only). A repeat adds it again."""
+        ...
+
+    def complete(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        token: int,
+        reason: str | None = None,
+        now: datetime | None = None,
+    ) -> TaskSaga:
+        """RUNNING → COMPLETED (holder only). A repeat: :class:`TerminalTaskError`."""
+        ...
+
+    def fail(
+        self, task_id: str, *, owner: str, token: int, reason: str, now: datetime | None = None
+    ) -> TaskSaga:
+        """RUNNING → COMPENSATING if a compensation is pending (the lease is
+        dropped and a fresh attempt count starts), else → FAILED.
+        """
+        ...
+
+    def compensation_applied(
+        self, task_id: str, *, owner: str, token: int, index: int, now: datetime | None = None
+    ) -> TaskSaga:
+        """Mark one compensation applied; the last one → COMPENSATED. A repeat:
+        :class:`InvalidTransitionError` (or :class:`TerminalTaskError` once ended).
+        """
+        ...
+
+    def compensation_failed(
+        self,
+        task_id: str,
+        *,
+        owner: str,
+        token: int,
+        index: int,
+        reason: str,
+        now: datetime | None = None,
+    ) -> TaskSaga:
+        """A permanent compensation failure: → QUARANTINED, pending ones listed."""
+        ...
+
+    def quarantine(
+        self, task_id: str, *, reason: str, by: str, now: datetime | None = None
+    ) -> TaskSaga:
+        """Operator: any non-terminal task → QUARANTINED. Terminal: :class:`TerminalTaskError`."""
+        ...
+
+    def annotate(
+        self, task_id: str, *, text: str, by: str, now: datetime | None = None
+    ) -> TaskSaga:
+        """Append a note (terminal tasks included); nothing else changes. A repeat
+        appends another note.
+        """
+        ...
+
+    def reap(self, *, now: datetime | None = None, limit: int | None = None) -> list[TaskSaga]:
+        """Drop expired leases, quarantine tasks out of attempts, fail tasks past
+        their deadline; returns the records it changed (at most ``limit``).
+        """
+        ...
+
+    def list_stale(self, *, now: datetime | None = None) -> list[TaskSaga]:
+        """Non-terminal tasks whose lease expired, in creation order."""
+        ...
+
+    def list_tasks(
+        self,
+        *,
+        state: TaskState | None = None,
+        saga_id: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[TaskSaga]:
+        """A page of tasks in creation order; ``after`` is the last task_id of the
+        previous page (exclusive; unknown: :class:`TaskNotFoundError`).
+        """
+        ...
+
+    def history(self, task_id: str) -> list[HistoryEntry]:
+        """The task's history, oldest first. Unknown task: :class:`TaskNotFoundError`."""
+        ...
+
+    def counts(self) -> dict[TaskState, int]:
+        """Number of tasks in each state (every state present)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; closing twice is harmless."""
+        ...
