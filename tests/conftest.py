@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from sagalease import MemoryStore, SagaStore
+from sagalease import MemoryStore, SagaStore, SQLiteStore
 
 settings.register_profile(
     "ci", derandomize=True, max_examples=150, deadline=None, print_blob=True,
@@ -30,7 +30,10 @@ def _memory(_tmp: Path) -> SagaStore:
     return MemoryStore()
 
 
-BACKENDS: dict[str, Callable[[Path], SagaStore]] = {"memory": _memory}
+BACKENDS: dict[str, Callable[[Path], SagaStore]] = {
+    "memory": _memory,
+    "sqlite": lambda tmp: SQLiteStore(tmp / "store.db"),
+}
 """Backend name → factory taking a fresh temporary directory."""
 
 

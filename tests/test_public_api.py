@@ -18,6 +18,7 @@ EXPECTED = {
     "ManualClock",
     "MemoryStore",
     "Note",
+    "SQLiteStore",
     "SagaLeaseError",
     "SagaStore",
     "SchemaVersionError",

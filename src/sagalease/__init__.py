@@ -27,6 +27,7 @@ from sagalease.records import Lease as Lease
 from sagalease.records import Note as Note
 from sagalease.records import TaskSaga as TaskSaga
 from sagalease.records import TaskState as TaskState
+from sagalease.sqlite import SQLiteStore as SQLiteStore
 from sagalease.store import SagaStore as SagaStore
 
 __version__ = "0.1.0"
@@ -45,6 +46,7 @@ __all__ = [
     "ManualClock",
     "MemoryStore",
     "Note",
+    "SQLiteStore",
     "SagaLeaseError",
     "SagaStore",
     "SchemaVersionError",

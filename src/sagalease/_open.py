@@ -24,4 +24,11 @@ def open_store(url: str, *, clock: Clock | None = None) -> SagaStore:
         from sagalease.memory import MemoryStore
 
         return MemoryStore(clock=clock)
-    raise InvalidInputError(f"unsupported store scheme {scheme!r} (supported: memory)")
+    if scheme == "sqlite":
+        from sagalease.sqlite import SQLiteStore
+
+        # sqlite:///relative/path.db, sqlite:////absolute/path.db
+        if not _rest.startswith("/") or not _rest[1:]:
+            raise InvalidInputError(f"expected sqlite:///path/to/file.db, got {url!r}")
+        return SQLiteStore(_rest[1:], clock=clock)
+    raise InvalidInputError(f"unsupported store scheme {scheme!r} (supported: memory, sqlite)")

@@ -1,0 +1,757 @@
+"""The SQLite store: the embedded default (``sqlite:///path/to/file.db``).
+
+Plain :mod:`sqlite3` in WAL mode. Every event is one short write transaction
+that applies the pure core's transition as a compare-and-set:
+
+* ``acquire``, ``heartbeat``, ``complete``... read the row (no lock), compute
+  the step with the core, then write it with ``UPDATE ... WHERE task_id = ?
+  AND version = ?`` inside ``BEGIN IMMEDIATE``. If another writer got there
+  first the update matches no row; the call is then evaluated again against
+  the fresh row, inside the same write transaction, so the loser gets the
+  core's typed error (or succeeds if the event still applies) and the
+  winner's write stands. Never last-writer-wins.
+* ``claim_next`` and ``reap`` read their candidates inside the write
+  transaction (a partial index over the tasks that have not ended keeps the
+  scan independent of the number of finished tasks).
+
+Writers first take a writer lock beside the database file (``<db>.lock``,
+``flock``) with a bounded wait, so that SQLite's busy handler cannot starve a
+heartbeat for seconds under contention; a wait past ``timeout`` is a
+:class:`StoreUnavailableError`. Each thread uses its own connection.
+
+The schema is package data (``sql/sqlite/schema.sql`` and numbered
+``migrations/NNNN_*.sql``), versioned with ``PRAGMA user_version``: an older
+file is migrated in place, a newer one is refused with
+:class:`SchemaVersionError` and left untouched. Every :mod:`sqlite3` error is
+wrapped into a :class:`SagaLeaseError` at this boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import random
+import re
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+from sagalease import core
+from sagalease._base import Mutation, StoreBase
+from sagalease.clock import Clock
+from sagalease.errors import (
+    DuplicateTaskError,
+    InvalidInputError,
+    SagaLeaseError,
+    SchemaVersionError,
+    StoreUnavailableError,
+    TaskNotFoundError,
+)
+from sagalease.records import (
+    Compensation,
+    HistoryEntry,
+    Lease,
+    Note,
+    TaskSaga,
+    TaskState,
+)
+
+__all__ = ["SQLiteStore", "latest_schema_version", "migrations", "schema_sql"]
+
+_SQL = resources.files("sagalease") / "sql" / "sqlite"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def schema_sql() -> str:
+    """The current schema (what a new database is created from)."""
+    return (_SQL / "schema.sql").read_text(encoding="utf-8")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """``(version, file name, sql)`` of every migration, in order (1, 2, ...)."""
+    found = []
+    for entry in (_SQL / "migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"sagalease SQLite migrations are not numbered 1..N: {found}")
+    return found
+
+
+def latest_schema_version() -> int:
+    """The schema version this library writes (``PRAGMA user_version``)."""
+    return len(migrations())
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of ``script`` (``executescript`` would commit first)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    rest = "\n".join(
+        line for line in buffer.splitlines() if line.strip() and not line.strip().startswith("--")
+    )
+    if rest:
+        raise RuntimeError(f"incomplete SQL statement at the end of a script: {rest!r}")
+
+
+_OPEN = "state IN ('pending', 'running', 'compensating')"  # the tasks_open index predicate
+
+_COLUMNS = (
+    "seq, task_id, saga_id, state, metadata_json, compensations_json, lease_owner,"
+    " lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us, token, attempts,"
+    " expirations, max_attempts, available_us, deadline_us, created_us, updated_us,"
+    " terminal_reason, notes_json, version"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM tasks"
+_SELECT_OPEN = f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_open WHERE {_OPEN}"
+_SET = (
+    "saga_id = ?, state = ?, metadata_json = ?, compensations_json = ?, lease_owner = ?,"
+    " lease_token = ?, lease_acquired_us = ?, lease_expires_us = ?, lease_heartbeat_us = ?,"
+    " token = ?, attempts = ?, expirations = ?, max_attempts = ?, available_us = ?,"
+    " deadline_us = ?, created_us = ?, updated_us = ?, terminal_reason = ?, notes_json = ?,"
+    " version = ?"
+)
+_UPDATE = f"UPDATE tasks SET {_SET} WHERE task_id = ? AND version = ?"
+_INSERT = (
+    "INSERT INTO tasks (task_id, saga_id, state, metadata_json, compensations_json,"
+    " lease_owner, lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us,"
+    " token, attempts, expirations, max_attempts, available_us, deadline_us, created_us,"
+    " updated_us, terminal_reason, notes_json, version)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_HISTORY = (
+    "INSERT INTO history (task_id, seq, event, from_state, to_state, at_us, owner, token,"
+    " reason, args_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_CLAIM = (
+    f"{_SELECT_OPEN} AND seq > ? AND available_us <= ?"
+    " AND (lease_expires_us IS NULL OR lease_expires_us <= ?)"
+    " AND attempts < max_attempts"
+    " AND (deadline_us IS NULL OR deadline_us > ? OR state = 'compensating')"
+    " ORDER BY seq LIMIT ?"
+)
+_REAP = (
+    f"{_SELECT_OPEN} AND seq > ?"
+    " AND (lease_expires_us <= ? OR attempts >= max_attempts"
+    " OR (deadline_us <= ? AND state <> 'compensating'))"
+    " ORDER BY seq LIMIT ?"
+)
+_STALE = f"{_SELECT_OPEN} AND lease_expires_us <= ? ORDER BY seq"
+
+_BATCH: Final = 32
+"""Candidates read per statement by claim_next and reap (one write transaction each)."""
+
+Row = tuple[Any, ...]
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _task_values(task: TaskSaga) -> tuple[Any, ...]:
+    """The mutable columns of ``task``, in ``_SET`` order."""
+    lease = task.lease
+    return (
+        task.saga_id,
+        task.state.value,
+        task.metadata_json,
+        _dumps([c.to_json() for c in task.compensations]),
+        None if lease is None else lease.owner,
+        None if lease is None else lease.token,
+        None if lease is None else lease.acquired_us,
+        None if lease is None else lease.expires_us,
+        None if lease is None else lease.heartbeat_us,
+        task.token,
+        task.attempts,
+        task.expirations,
+        task.max_attempts,
+        task.available_us,
+        task.deadline_us,
+        task.created_us,
+        task.updated_us,
+        task.terminal_reason,
+        _dumps([[n.at_us, n.author, n.text] for n in task.notes]),
+        task.version,
+    )
+
+
+def _decode(row: Row) -> TaskSaga:
+    (
+        _seq,
+        task_id,
+        saga_id,
+        state,
+        metadata_json,
+        compensations_json,
+        lease_owner,
+        lease_token,
+        lease_acquired_us,
+        lease_expires_us,
+        lease_heartbeat_us,
+        token,
+        attempts,
+        expirations,
+        max_attempts,
+        available_us,
+        deadline_us,
+        created_us,
+        updated_us,
+        terminal_reason,
+        notes_json,
+        version,
+    ) = row
+    lease = (
+        None
+        if lease_owner is None
+        else Lease(
+            lease_owner, lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us
+        )
+    )
+    return TaskSaga(
+        task_id=task_id,
+        state=TaskState(state),
+        created_us=created_us,
+        updated_us=updated_us,
+        saga_id=saga_id,
+        metadata_json=metadata_json,
+        compensations=tuple(Compensation.from_json(c) for c in json.loads(compensations_json)),
+        lease=lease,
+        token=token,
+        attempts=attempts,
+        expirations=expirations,
+        max_attempts=max_attempts,
+        available_us=available_us,
+        deadline_us=deadline_us,
+        terminal_reason=terminal_reason,
+        notes=tuple(Note(at, author, text) for at, author, text in json.loads(notes_json)),
+        version=version,
+    )
+
+
+def _entry_values(entry: HistoryEntry) -> tuple[Any, ...]:
+    return (
+        entry.task_id,
+        entry.seq,
+        entry.event,
+        None if entry.from_state is None else entry.from_state.value,
+        entry.to_state.value,
+        entry.at_us,
+        entry.owner,
+        entry.token,
+        entry.reason,
+        entry.args_json,
+    )
+
+
+def _decode_entry(row: Row) -> HistoryEntry:
+    task_id, seq, event, from_state, to_state, at_us, owner, token, reason, args_json = row
+    return HistoryEntry(
+        seq=seq,
+        task_id=task_id,
+        event=event,
+        from_state=None if from_state is None else TaskState(from_state),
+        to_state=TaskState(to_state),
+        at_us=at_us,
+        owner=owner,
+        token=token,
+        reason=reason,
+        args_json=args_json,
+    )
+
+
+# ---------------------------------------------------------------- writer lock
+
+
+class _WriterLock:
+    """One writer at a time across threads (a lock) and processes (``flock`` on
+    ``<db>.lock``), waiting at most ``timeout`` seconds.
+
+    ``flock`` has no timeout, so the process lock is polled with a short,
+    jittered, capped back-off; the wait is bounded, which SQLite's busy handler
+    under contention was not.
+    """
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def _unavailable(self, waited: float) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"the writer lock {str(self.path)!r} was not free within {waited:.3f} s"
+        )
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the lock for the duration of the block."""
+        start = time.monotonic()
+        deadline = start + self.timeout
+        if not self._thread_lock.acquire(timeout=self.timeout):
+            raise self._unavailable(time.monotonic() - start)
+        try:
+            fd = self._fd
+            if fd is None:
+                raise StoreUnavailableError("the store is closed")
+            delay = 20e-6
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pass
+                now = time.monotonic()
+                if now >= deadline:
+                    raise self._unavailable(now - start)
+                time.sleep(min(delay * random.uniform(0.5, 1.5), deadline - now))
+                delay = min(delay * 2, 0.002)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def close(self) -> None:
+        """Close the lock file (a lock still held is released by the kernel)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------- the store
+
+
+class SQLiteStore(StoreBase):
+    """A store in one SQLite file, safe across threads and processes of one machine.
+
+    ``timeout`` (seconds) bounds every wait for the writer lock or a busy
+    database; ``synchronous`` is SQLite's ``PRAGMA synchronous``: ``"FULL"``
+    (default) flushes every commit, so that a granted fencing token survives a
+    power cut and is never granted twice; ``"NORMAL"`` is faster and still safe
+    against process crashes.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        timeout: float = 5.0,
+        synchronous: str = "FULL",
+    ) -> None:
+        super().__init__(clock=clock)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidInputError("timeout must be a positive number of seconds")
+        if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise InvalidInputError("synchronous must be 'FULL', 'NORMAL' or 'EXTRA'")
+        raw = os.fspath(path)
+        if not isinstance(raw, str) or not raw or raw == ":memory:" or raw.startswith("file:"):
+            raise InvalidInputError(
+                f"SQLiteStore needs a file path, not {raw!r} (use memory:// for memory)"
+            )
+        self.path = Path(os.path.abspath(raw))
+        self.timeout = float(timeout)
+        self.synchronous = synchronous
+        self._pid = os.getpid()
+        self._closed = False
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._before_write: Callable[[str], None] | None = None
+        """Test hook: called between the optimistic read and the write transaction."""
+        self._lock: _WriterLock | None = None
+        self._check_path()
+        conn = self._connect()
+        try:
+            self._lock = self._open_schema(conn)
+        except BaseException:
+            conn.close()
+            if self._lock is not None:
+                self._lock.close()
+            raise
+        self._local.conn = conn
+        self._conns.append(conn)
+
+    def __repr__(self) -> str:
+        state = ", closed" if self._closed else ""
+        return f"SQLiteStore({str(self.path)!r}{state})"
+
+    # ------------------------------------------------------------ opening
+
+    def _check_path(self) -> None:
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise StoreUnavailableError(
+                f"cannot open {str(self.path)!r}: directory {str(parent)!r} does not exist"
+            )
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise StoreUnavailableError(
+                    f"cannot create {str(self.path)!r}: directory is not writable"
+                ) from None
+            return
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot open {str(self.path)!r}: {exc}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreUnavailableError(f"cannot open {str(self.path)!r}: not a regular file")
+        # Root may write anything; a file without any write bit is still read-only to us.
+        if not os.access(self.path, os.R_OK | os.W_OK) or not st.st_mode & 0o222:
+            raise StoreUnavailableError(
+                f"cannot open {str(self.path)!r}: the file is read-only"
+                f" (mode {stat.filemode(st.st_mode)}); a store must be writable"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open {str(self.path)!r}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreUnavailableError(f"cannot open {str(self.path)!r}: {exc}") from exc
+        return conn
+
+    def _open_schema(self, conn: sqlite3.Connection) -> _WriterLock:
+        """Check the file's schema version; create or migrate it under the writer
+        lock. Returns the lock. A newer version: :class:`SchemaVersionError`
+        before anything is written.
+        """
+        latest = latest_schema_version()
+        where = repr(str(self.path))
+        try:
+            version = self._schema_version(conn)
+            lock = _WriterLock(Path(f"{self.path}.lock"), self.timeout)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"cannot open {where}: {exc}") from exc
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot open the writer lock of {where}: {exc}") from exc
+        try:
+            with lock.held():
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreUnavailableError(f"cannot use WAL mode on {where} (got {mode})")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    version = self._schema_version(conn)
+                    if version < latest:
+                        self._migrate(conn, version, latest)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            lock.close()
+            raise StoreUnavailableError(f"cannot open {where}: {exc}") from exc
+        except BaseException:
+            lock.close()
+            raise
+        return lock
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        latest = latest_schema_version()
+        if version > latest:
+            raise SchemaVersionError(
+                f"{str(self.path)!r} has schema version {version}; this sagalease writes"
+                f" version {latest} and cannot use it (upgrade sagalease); the file was not"
+                " changed"
+            )
+        if version == 0:
+            names = conn.execute(
+                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            ).fetchall()
+            if names:
+                raise StoreUnavailableError(
+                    f"{str(self.path)!r} is an SQLite database but not a sagalease store"
+                    f" (it has {', '.join(repr(n) for (n,) in names[:5])})"
+                )
+        return version
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection, version: int, latest: int) -> None:
+        if version == 0:
+            for statement in _statements(schema_sql()):
+                conn.execute(statement)
+        else:
+            for number, _name, sql in migrations():
+                if number > version:
+                    for statement in _statements(sql):
+                        conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {latest}")
+
+    # ------------------------------------------------------------ plumbing
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreUnavailableError(f"the store {str(self.path)!r} is closed")
+        if os.getpid() != self._pid:
+            raise StoreUnavailableError(
+                f"the store {str(self.path)!r} was opened in another process (fork);"
+                " open a new store in this one"
+            )
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            with self._conns_lock:
+                if self._closed:
+                    conn.close()
+                    raise StoreUnavailableError(f"the store {str(self.path)!r} is closed")
+                self._conns.append(conn)
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _boundary(self, action: str) -> Iterator[None]:
+        """Wrap driver errors into :class:`SagaLeaseError` subclasses."""
+        try:
+            yield
+        except sqlite3.IntegrityError as exc:
+            raise SagaLeaseError(
+                f"the database refused the write of {action} on {str(self.path)!r}"
+                f" ({exc}); nothing was stored"
+            ) from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailableError(f"{action} on {str(self.path)!r} failed: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _writing(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """One write transaction under the writer lock; any exception rolls back."""
+        lock = self._lock
+        if lock is None:  # pragma: no cover - set in __init__
+            raise StoreUnavailableError("the store is closed")
+        with lock.held():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _read(conn: sqlite3.Connection, task_id: str) -> TaskSaga | None:
+        row = conn.execute(f"{_SELECT} WHERE task_id = ?", (task_id,)).fetchone()
+        return None if row is None else _decode(row)
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, expected_version: int, step: core.Step) -> bool:
+        """The compare-and-set: write ``step`` if the row is still at ``expected_version``."""
+        cursor = conn.execute(
+            _UPDATE, (*_task_values(step.task), step.task.task_id, expected_version)
+        )
+        if cursor.rowcount != 1:
+            return False
+        conn.execute(_INSERT_HISTORY, _entry_values(step.entry))
+        return True
+
+    # ------------------------------------------------------------ primitives
+
+    def _insert(self, step: core.Step) -> TaskSaga:
+        task = step.task
+        with self._boundary("create"):
+            conn = self._conn()
+            with self._writing(conn):
+                row = conn.execute(
+                    "SELECT state FROM tasks WHERE task_id = ?", (task.task_id,)
+                ).fetchone()
+                if row is not None:
+                    raise DuplicateTaskError(
+                        "a task with this id already exists",
+                        task_id=task.task_id,
+                        state=TaskState(row[0]),
+                    )
+                conn.execute(_INSERT, (task.task_id, *_task_values(task)))
+                conn.execute(_INSERT_HISTORY, _entry_values(step.entry))
+        return task
+
+    def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
+        core.check_id("task_id", task_id)
+        with self._boundary("update"):
+            conn = self._conn()
+            task = self._read(conn, task_id)
+            if task is None:
+                raise TaskNotFoundError("no such task", task_id=task_id)
+            # Computed outside the lock; a refusal here is the answer at the read.
+            step = mutation(task)
+            hook = self._before_write
+            if hook is not None:
+                hook(task_id)
+            with self._writing(conn):
+                if not self._write(conn, task.version, step):
+                    # Lost the race: evaluate the event again against the fresh row,
+                    # now under the lock, so the answer (or the typed error) is current.
+                    fresh = self._read(conn, task_id)
+                    if fresh is None:  # pragma: no cover - rows are never deleted
+                        raise TaskNotFoundError("no such task", task_id=task_id)
+                    step = mutation(fresh)
+                    if not self._write(conn, fresh.version, step):  # pragma: no cover
+                        raise StoreUnavailableError(
+                            "the row changed inside a write transaction", task_id=task_id
+                        )
+        return step.task
+
+    def _claim(self, owner: str, ttl_us: int, now_us: int) -> TaskSaga | None:
+        with self._boundary("claim_next"):
+            conn = self._conn()
+            after = 0
+            while True:
+                with self._writing(conn):
+                    rows = conn.execute(_CLAIM, (after, now_us, now_us, now_us, _BATCH)).fetchall()
+                    for row in rows:
+                        after = row[0]
+                        task = _decode(row)
+                        try:
+                            step = core.acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
+                        except SagaLeaseError:
+                            continue
+                        if not self._write(conn, task.version, step):  # pragma: no cover
+                            raise StoreUnavailableError(
+                                "the row changed inside a write transaction",
+                                task_id=task.task_id,
+                            )
+                        return step.task
+                if len(rows) < _BATCH:
+                    return None
+
+    def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
+        changed: list[TaskSaga] = []
+        with self._boundary("reap"):
+            conn = self._conn()
+            after = 0
+            while limit is None or len(changed) < limit:
+                with self._writing(conn):
+                    rows = conn.execute(_REAP, (after, now_us, now_us, _BATCH)).fetchall()
+                    for row in rows:
+                        after = row[0]
+                        task = _decode(row)
+                        if not core.needs_reap(task, now_us):
+                            continue
+                        step = core.reap(task, now_us=now_us)
+                        if not self._write(conn, task.version, step):  # pragma: no cover
+                            raise StoreUnavailableError(
+                                "the row changed inside a write transaction",
+                                task_id=task.task_id,
+                            )
+                        changed.append(step.task)
+                        if limit is not None and len(changed) >= limit:
+                            break
+                if len(rows) < _BATCH:
+                    break
+        return changed
+
+    def _stale(self, now_us: int) -> list[TaskSaga]:
+        with self._boundary("list_stale"):
+            rows = self._conn().execute(_STALE, (now_us,)).fetchall()
+        return [_decode(row) for row in rows]
+
+    def get(self, task_id: str) -> TaskSaga | None:
+        """The task, or ``None``."""
+        core.check_id("task_id", task_id)
+        with self._boundary("get"):
+            return self._read(self._conn(), task_id)
+
+    def _list(
+        self, state: TaskState | None, saga_id: str | None, limit: int, after: str | None
+    ) -> list[TaskSaga]:
+        with self._boundary("list_tasks"):
+            conn = self._conn()
+            after_seq = 0
+            if after is not None:
+                row = conn.execute("SELECT seq FROM tasks WHERE task_id = ?", (after,)).fetchone()
+                if row is None:
+                    raise TaskNotFoundError("unknown 'after' task", task_id=after)
+                after_seq = row[0]
+            clauses = ["seq > ?"]
+            params: list[Any] = [after_seq]
+            if state is not None:
+                clauses.append("state = ?")
+                params.append(state.value)
+            if saga_id is not None:
+                clauses.append("saga_id = ?")
+                params.append(saga_id)
+            params.append(limit)
+            rows = conn.execute(
+                f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?", params
+            ).fetchall()
+        return [_decode(row) for row in rows]
+
+    def history(self, task_id: str) -> list[HistoryEntry]:
+        """The task's history, oldest first."""
+        core.check_id("task_id", task_id)
+        with self._boundary("history"):
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT task_id, seq, event, from_state, to_state, at_us, owner, token,"
+                    " reason, args_json FROM history WHERE task_id = ? ORDER BY seq",
+                    (task_id,),
+                )
+                .fetchall()
+            )
+        if not rows:
+            raise TaskNotFoundError("no such task", task_id=task_id)
+        return [_decode_entry(row) for row in rows]
+
+    def counts(self) -> dict[TaskState, int]:
+        """Tasks per state."""
+        result = dict.fromkeys(TaskState, 0)
+        with self._boundary("counts"):
+            rows = self._conn().execute("SELECT state, count(*) FROM tasks GROUP BY state")
+            for state, number in rows.fetchall():
+                result[TaskState(state)] = number
+        return result
+
+    def close(self) -> None:
+        """Close every connection and the writer lock; closing twice is harmless."""
+        with self._conns_lock:
+            if self._closed:
+                return
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    # ------------------------------------------------------------ diagnostics
+
+    def integrity_check(self) -> list[str]:
+        """``PRAGMA integrity_check`` (``["ok"]`` when the file is sound)."""
+        with self._boundary("integrity_check"):
+            rows = self._conn().execute("PRAGMA integrity_check").fetchall()
+        return [str(r[0]) for r in rows]
