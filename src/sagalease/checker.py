@@ -1,0 +1,426 @@
+"""An explicit-state model checker for the lifecycle (``sagalease check``).
+
+It explores, breadth first, every interleaving of a few workers, the reaper,
+an operator and the passing of time around one task, by calling the very core
+functions the stores call (:mod:`sagalease.core`, which evaluates the chart
+compiled from :class:`~sagalease.lifecycle.Lifecycle`). Nothing about the
+lifecycle is restated here: the model only decides who may *try* what.
+
+Time is discrete (one tick = one second) and every instant in a state is kept
+relative to ``now`` and clamped at zero, so the space is finite without a
+horizon: a lease with 2 ticks left is the same state whatever the clock reads.
+Workers are interchangeable, so states are keyed up to a permutation of them.
+
+Checked:
+
+* on every state: ``core.well_formed`` (lease only in leasing states, bounded
+  attempts, compensation bookkeeping, ...) and that at most one worker holds
+  the current token;
+* on every edge: terminal states absorb; a holder write succeeds only for the
+  current owner with the current token before expiry; acquisition only of an
+  absent or expired lease, with the token up by exactly one (so token = number
+  of grants); a heartbeat never revives nor shortens a lease; the reaper never
+  drops a live lease; the edge is a declared transition of the chart;
+* liveness: no cycle among non-terminal states and no non-terminal state
+  without a way forward, i.e. under weak fairness every run ends (a check that
+  ignored cycles would miss endless heartbeats);
+* coverage: every declared transition is taken somewhere.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sagalease import core
+from sagalease.errors import SagaLeaseError
+from sagalease.lifecycle import CHART
+from sagalease.records import Compensation, TaskSaga, TaskState
+
+__all__ = ["Model", "Result", "check", "load_model", "model_names"]
+
+TICK = 1_000_000
+_HOLDER_EVENTS = frozenset(
+    {
+        "heartbeat",
+        "release",
+        "register_compensation",
+        "complete",
+        "fail",
+        "compensation_applied",
+        "compensation_failed",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Model:
+    """What the actors may do. Times are in ticks."""
+
+    name: str = "default"
+    workers: int = 2
+    ttl: int = 2
+    max_attempts: int = 2
+    deadline: int | None = None  # ticks after creation; absent: no deadline
+    compensations: int = 1
+    heartbeats: int = 1  # per lease; negative: unbounded
+    release_delay: int = 1
+    operator: bool = True
+    incarnations: int = 1  # processes sharing one worker id (a restarted worker's paused old self)
+    impostor: bool = True  # someone presenting the current token under another owner id
+    expect: str = "pass"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class _Worker:
+    token: int | None = None  # the lease this worker believes it holds
+    heartbeats: int = 0
+
+
+@dataclass(frozen=True)
+class _State:
+    task: TaskSaga
+    now: int
+    workers: tuple[_Worker, ...]
+
+
+@dataclass
+class Result:
+    """What a run found."""
+
+    model: Model
+    states: int = 0
+    transitions: int = 0
+    depth: int = 0
+    longest_run: int = 0
+    seconds: float = 0.0
+    violation: str | None = None
+    trace: list[str] = field(default_factory=list)
+    uncovered: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every check passed."""
+        return self.violation is None and not self.uncovered
+
+
+# ------------------------------------------------------------------ models
+
+
+def _models_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_models", here.parent.parent / "models"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("no models directory")
+
+
+def model_names() -> list[str]:
+    """Names of the bundled models."""
+    return sorted(p.stem for p in _models_dir().glob("*.toml"))
+
+
+def load_model(name_or_path: str, **overrides: Any) -> Model:
+    """A model from ``models/<name>.toml`` (or a path), with overrides applied."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = _models_dir() / f"{name_or_path}.toml"
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data.setdefault("name", path.stem)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return Model(**data)
+
+
+# ------------------------------------------------------------------ keys
+
+
+def _rel(instant: int | None, now: int) -> int | None:
+    return None if instant is None else max(instant - now, 0)
+
+
+def _owner(m: Model, index: int) -> str:
+    return f"w{index // m.incarnations}"
+
+
+def _key(m: Model, s: _State) -> tuple[Any, ...]:
+    t = s.task
+    lease = t.lease
+    owner = None if lease is None else lease.owner
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for i, w in enumerate(s.workers):
+        groups.setdefault(_owner(m, i), []).append(
+            (w.token if w.token is not None else -1, w.heartbeats)
+        )
+    workers = tuple(sorted((name == owner, tuple(sorted(g))) for name, g in groups.items()))
+    return (
+        t.state,
+        t.token,
+        t.attempts,
+        t.expirations,
+        tuple(c.status for c in t.compensations),
+        None if lease is None else (lease.token, _rel(lease.expires_us, s.now)),
+        _rel(t.deadline_us, s.now),
+        _rel(t.available_us, s.now),
+        workers,
+    )
+
+
+# ------------------------------------------------------------------ actions
+
+
+def _calls(m: Model, s: _State) -> Iterator[tuple[str, str, int | None, dict[str, Any]]]:
+    """(label, event, worker index or None, core kwargs) of every attempt."""
+    t = s.task
+    ttl = m.ttl * TICK
+    for i, w in enumerate(s.workers):
+        owner = _owner(m, i)
+        if w.token is None:
+            yield f"{owner} acquire", "acquire", i, {"owner": owner, "ttl_us": ttl}
+            continue
+        held = {"owner": owner, "token": w.token}
+        if m.heartbeats < 0 or w.heartbeats < m.heartbeats:
+            yield f"{owner} heartbeat", "heartbeat", i, {**held, "ttl_us": ttl}
+        yield f"{owner} release", "release", i, {**held, "delay_us": m.release_delay * TICK}
+        if len(t.compensations) < m.compensations:
+            comp = Compensation("undo", f"step-{len(t.compensations)}")
+            yield f"{owner} register", "register_compensation", i, {**held, "compensation": comp}
+        yield f"{owner} complete", "complete", i, {**held}
+        yield f"{owner} fail", "fail", i, {**held, "reason": "boom"}
+        for index in range(len(t.compensations)):
+            yield f"{owner} applied[{index}]", "compensation_applied", i, {**held, "index": index}
+            yield (
+                f"{owner} comp-failed[{index}]",
+                "compensation_failed",
+                i,
+                {**held, "index": index, "reason": "gone"},
+            )
+        yield f"{owner} crash", "crash", i, {}
+    if m.impostor and t.lease is not None:
+        forged = {"owner": "impostor", "token": t.token}
+        yield "impostor heartbeat", "heartbeat", None, {**forged, "ttl_us": ttl}
+        yield "impostor complete", "complete", None, {**forged}
+        yield "impostor fail", "fail", None, {**forged, "reason": "forged"}
+        yield "impostor release", "release", None, {**forged, "delay_us": 0}
+    yield "reaper", "reap", None, {}
+    if m.operator:
+        yield "operator quarantine", "quarantine", None, {"reason": "operator", "by": "op"}
+    yield "tick", "tick", None, {}
+
+
+def _after_call(m: Model, w: _Worker, event: str, new: TaskSaga) -> _Worker:
+    if event == "acquire":
+        return _Worker(new.token, 0)
+    if event == "heartbeat":
+        return replace(w, heartbeats=w.heartbeats + 1) if m.heartbeats >= 0 else w
+    if event in {"release", "complete", "fail", "crash"} or new.lease is None:
+        return _Worker()
+    return w
+
+
+class _Violation(Exception):
+    pass
+
+
+def _edge_checks(
+    event: str, owner: str | None, args: dict[str, Any], s: _State, new: TaskSaga
+) -> None:
+    old = s.task
+    now = s.now
+    if old.state.is_terminal:
+        raise _Violation(f"terminal state {old.state} changed by {event}")
+    if (old.state, event) not in CHART or new.state not in {
+        t.target for t in CHART[(old.state, event)]
+    }:
+        raise _Violation(f"undeclared edge {old.state} --{event}--> {new.state}")
+    lease = old.lease
+    live = lease is not None and now < lease.expires_us
+    if event in _HOLDER_EVENTS and not (
+        live
+        and lease is not None
+        and lease.owner == owner
+        and lease.token == args["token"] == old.token
+    ):
+        raise _Violation(
+            f"{event} by {owner} token {args.get('token')} succeeded without the live lease"
+        )
+    if event == "acquire":
+        if live:
+            raise _Violation("acquired a live lease")
+        if new.token != old.token + 1 or new.lease is None or new.lease.owner != owner:
+            raise _Violation("acquisition did not grant the next token to the caller")
+    elif new.token != old.token:
+        raise _Violation(f"{event} changed the token")
+    if event == "heartbeat" and (
+        lease is None or new.lease is None or new.lease.expires_us <= lease.expires_us
+    ):
+        raise _Violation("heartbeat revived or shortened a lease")
+    if event == "reap" and live:
+        raise _Violation("the reaper dropped a live lease")
+
+
+def _state_checks(s: _State) -> None:
+    if not core.well_formed(s.task):
+        raise _Violation(f"record not well formed: {s.task}")
+    holders = [w for w in s.workers if w.token is not None and w.token == s.task.token]
+    if len(holders) > 1:
+        raise _Violation("two workers hold the current token")
+
+
+def _successors(m: Model, s: _State) -> Iterator[tuple[str, str, _State]]:
+    for label, event, index, args in _calls(m, s):
+        if event == "tick":
+            if s.task.state.is_terminal:
+                continue
+            yield label, event, replace(s, now=s.now + TICK)
+            continue
+        if event == "crash":
+            assert index is not None
+            workers = list(s.workers)
+            workers[index] = _Worker()
+            yield label, event, replace(s, workers=tuple(workers))
+            continue
+        try:
+            step = core.apply(s.task, event, s.now, **args)
+        except SagaLeaseError:
+            continue  # refused: nothing changed (the core is pure)
+        owner = args.get("owner")
+        _edge_checks(event, owner, args, s, step.task)
+        workers = list(s.workers)
+        if index is not None:
+            workers[index] = _after_call(m, workers[index], event, step.task)
+        yield label, event, _State(step.task, s.now, tuple(workers))
+
+
+def _describe(label: str, s: _State, origin: int) -> str:
+    t = s.task
+    lease = (
+        "-"
+        if t.lease is None
+        else f"{t.lease.owner}#{t.lease.token} {max(t.lease.expires_us - s.now, 0) // TICK}s left"
+    )
+    beliefs = ",".join("-" if w.token is None else str(w.token) for w in s.workers)
+    return (
+        f"{label:<22} {t.state.value:<12} t+{(s.now - origin) // TICK}s token={t.token}"
+        f" attempts={t.attempts} lease={lease} workers believe [{beliefs}]"
+    )
+
+
+def _initial(m: Model) -> _State:
+    now = 10 * TICK
+    deadline = None if m.deadline is None else now + m.deadline * TICK
+    task = core.create("t", now_us=now, max_attempts=m.max_attempts, deadline_us=deadline).task
+    return _State(task, now, tuple(_Worker() for _ in range(m.workers)))
+
+
+def check(m: Model) -> Result:
+    """Explore ``m`` exhaustively and check every property (see the module doc)."""
+    started = time.perf_counter()
+    result = Result(m)
+    init = _initial(m)
+    k0 = _key(m, init)
+    seen: dict[tuple[Any, ...], tuple[tuple[Any, ...] | None, str, int]] = {k0: (None, "create", 0)}
+    reps: dict[tuple[Any, ...], _State] = {k0: init}
+    edges: dict[tuple[Any, ...], dict[tuple[Any, ...], str]] = {}
+    covered: set[tuple[TaskState, str, TaskState]] = set()
+    queue = deque([k0])
+
+    def trace(key: tuple[Any, ...] | None) -> list[str]:
+        steps: list[str] = []
+        while key is not None:
+            parent, label, _ = seen[key]
+            steps.append(_describe(label, reps[key], init.now))
+            key = parent
+        return steps[::-1]
+
+    try:
+        _state_checks(init)
+        while queue:
+            key = queue.popleft()
+            s = reps[key]
+            depth = seen[key][2]
+            result.depth = max(result.depth, depth)
+            out = edges.setdefault(key, {})
+            for label, event, nxt in _successors(m, s):
+                result.transitions += 1
+                if event not in {"tick", "crash"}:
+                    covered.add((s.task.state, event, nxt.task.state))
+                nk = _key(m, nxt)
+                if nk != key:
+                    out.setdefault(nk, label)
+                if nk not in seen:
+                    seen[nk] = (key, label, depth + 1)
+                    reps[nk] = nxt
+                    _state_checks(nxt)
+                    queue.append(nk)
+    except _Violation as exc:
+        result.violation = str(exc)
+        result.trace = trace(key) + ([f"{label}  <-- violates"] if "label" in locals() else [])
+    result.states = len(seen)
+    if result.violation is None:
+        _liveness(result, reps, edges, trace)
+    if result.violation is None:
+        declared = {(t.source, t.event, t.target) for ts in CHART.values() for t in ts}
+        result.uncovered = sorted(f"{a.value} --{e}--> {b.value}" for a, e, b in declared - covered)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _liveness(
+    result: Result,
+    reps: dict[tuple[Any, ...], _State],
+    edges: dict[tuple[Any, ...], dict[tuple[Any, ...], str]],
+    trace: Any,
+) -> None:
+    """No non-terminal cycle, no stuck state; longest run to termination."""
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(edges, white)
+    longest: dict[tuple[Any, ...], int] = {}
+    for root in edges:
+        if color[root] != white:
+            continue
+        stack: list[tuple[tuple[Any, ...], Iterator[tuple[Any, ...]]]] = [(root, iter(edges[root]))]
+        color[root] = grey
+        while stack:
+            node, it = stack[-1]
+            advanced = False
+            for nxt in it:
+                if reps[nxt].task.state.is_terminal:
+                    continue
+                if color[nxt] == grey:
+                    path = [n for n, _ in stack]
+                    cycle = path[path.index(nxt) :]
+                    result.violation = (
+                        f"a run can go on forever without ending ({len(cycle)}-state cycle)"
+                    )
+                    start = reps[nxt].now
+                    result.trace = [
+                        *trace(nxt),
+                        "cycle (states repeat up to the clock):",
+                        *(
+                            _describe(edges[a][b], reps[b], start)
+                            for a, b in zip(cycle, [*cycle[1:], nxt], strict=True)
+                        ),
+                    ]
+                    return
+                if color[nxt] == white:
+                    color[nxt] = grey
+                    stack.append((nxt, iter(edges[nxt])))
+                    advanced = True
+                    break
+            if not advanced:
+                stack.pop()
+                color[node] = black
+                state = reps[node].task.state
+                succ = [longest.get(n, 0) for n in edges[node]]
+                if not state.is_terminal and not edges[node]:
+                    result.violation = "a non-terminal state has no way forward"
+                    result.trace = trace(node)
+                    return
+                longest[node] = 0 if state.is_terminal else 1 + max(succ, default=0)
+    result.longest_run = max(longest.values(), default=0)
