@@ -12,7 +12,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -904,6 +904,10 @@ def test_guard_failures_change_nothing(store: SagaStore, case: GuardCase) -> Non
     assert type(info.value) is case.error, f"expected {case.error.__name__}, got {info.value!r}"
     assert info.value.task_id == "t"
     assert info.value.state is before.state
+    # The message names the task, its state and the reason.
+    assert "'t'" in str(info.value)
+    assert before.state.value in str(info.value)
+    assert info.value.reason
     assert store.get("t") == before
     assert store.history("t") == history
 
@@ -1085,6 +1089,7 @@ BAD_CREATES: dict[str, tuple[str, dict[str, Any]]] = {
         {"compensations": [Compensation("k", "x", status=CompensationStatus.APPLIED)]},
     ),
     "now-not-datetime": ("m", {"now": "2026-01-01T00:00:00+00:00"}),
+    "now-before-1970": ("m", {"now": datetime(1969, 12, 31, tzinfo=UTC)}),
 }
 
 
@@ -1159,6 +1164,9 @@ BAD_CALLS: dict[str, Callable[[SagaStore], object]] = {
     "acquire-ttl-negative": lambda s: s.acquire("t", owner="w2", ttl=-TTL, now=at(40)),
     "acquire-ttl-int": lambda s: s.acquire("t", owner="w2", ttl=30, now=at(40)),  # type: ignore[arg-type]
     "acquire-ttl-float": lambda s: s.acquire("t", owner="w2", ttl=30.0, now=at(40)),  # type: ignore[arg-type]
+    "acquire-ttl-past-year-9999": lambda s: s.acquire(
+        "t", owner="w2", ttl=timedelta(days=999_999_999), now=at(40)
+    ),
     "acquire-owner-empty": lambda s: s.acquire("t", owner="", ttl=TTL, now=at(40)),
     "acquire-owner-control": lambda s: s.acquire("t", owner="w\n2", ttl=TTL, now=at(40)),
     "acquire-owner-too-long": lambda s: s.acquire("t", owner="w" * 201, ttl=TTL, now=at(40)),
@@ -1347,6 +1355,7 @@ def test_claim_next_picks_oldest_leaseable(store: SagaStore) -> None:
     store.complete("done", owner="w1", token=1, now=at(2))
     store.create("expired", now=T0 + 4 * US)
     store.acquire("expired", owner="ghost", ttl=TTL, now=at(1))
+    store.create("overdue", deadline=at(10), now=T0 + 5 * US)
     store.create("fresh", now=T0 + 5 * US)
     store.create("fresher", now=T0 + 6 * US)
 
@@ -1412,6 +1421,9 @@ def test_reap_handles_expired_exhausted_and_deadlines(store: SagaStore) -> None:
     store.create("live", now=T0)
     live = store.acquire("live", owner="w1", ttl=timedelta(hours=1), now=T0)
     store.create("idle", now=T0)
+    store.create("spent", max_attempts=1, now=T0)
+    store.acquire("spent", owner="w1", ttl=TTL, now=T0)
+    store.release("spent", owner="w1", token=1, now=at(1))
     idle = store.get("idle")
     store.create("comp-expired", compensations=[COMP_A], now=T0)
     store.acquire("comp-expired", owner="w1", ttl=TTL, now=T0)
@@ -1420,13 +1432,15 @@ def test_reap_handles_expired_exhausted_and_deadlines(store: SagaStore) -> None:
 
     changed = store.reap(now=at(45))
     by_id = {t.task_id: t for t in changed}
-    assert set(by_id) == {"expired", "exhausted", "late", "late-owing", "comp-expired"}
+    assert set(by_id) == {"expired", "exhausted", "late", "late-owing", "comp-expired", "spent"}
     for tid, rec in by_id.items():
         assert store.get(tid) == rec
 
     assert by_id["expired"].state is TaskState.PENDING
     assert by_id["expired"].lease is None
     assert by_id["expired"].expirations == 1
+    assert by_id["spent"].state is TaskState.QUARANTINED
+    assert by_id["spent"].expirations == 0
     assert by_id["exhausted"].state is TaskState.QUARANTINED
     assert by_id["exhausted"].terminal_reason is not None
     assert by_id["late"].state is TaskState.FAILED
