@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+from statemachine.io import load
+
 from sagalease.invariants import INVARIANTS
-from sagalease.spec import render_markdown
+from sagalease.lifecycle import Lifecycle
+from sagalease.spec import render_json, render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,3 +41,37 @@ def test_invariants_link_to_existing_tests() -> None:
             tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
             names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
             assert name in names, f"{inv.id}: {ref} does not exist"
+
+
+def test_committed_json_matches_generated() -> None:
+    """specs/lifecycle.json equals `sagalease spec --json`."""
+    committed = (ROOT / "specs" / "lifecycle.json").read_text(encoding="utf-8")
+    assert committed == render_json()
+
+
+def _shape(chart: object) -> list[tuple[str, bool, bool, list[tuple[str, str, list[str]]]]]:
+    return [
+        (
+            s.id,
+            bool(s.initial),
+            bool(s.final),
+            [
+                (
+                    " ".join(str(e) for e in t.events),
+                    t.targets[0].id,
+                    [str(v) for v in t.validators] + [str(c) for c in t.cond],
+                )
+                for t in s.transitions
+            ],
+        )
+        for s in chart.states  # type: ignore[attr-defined]
+    ]
+
+
+def test_json_statechart_loads_back_equal_to_the_declaration() -> None:
+    """python-statemachine's own JSON loader rebuilds the declared states, events, targets, guards."""
+    doc = json.loads((ROOT / "specs" / "lifecycle.json").read_text(encoding="utf-8"))
+    loaded = load(json.dumps(doc["statechart"]), format="json")
+    assert _shape(loaded) == _shape(Lifecycle)
+    names = {n for _, _, _, ts in _shape(Lifecycle) for _, _, conds in ts for n in conds}
+    assert names == set(doc["guards"])

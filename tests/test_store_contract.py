@@ -387,7 +387,7 @@ def test_adversarial_heartbeat_rejected(
 
 
 def test_heartbeat_without_lease_rejected(store: SagaStore) -> None:
-    """Heartbeat, no lease: LeaseConflictError (COMPENSATING), InvalidTransitionError (PENDING)."""
+    """Heartbeat with no lease is a LeaseConflictError, in COMPENSATING and in PENDING alike."""
     s_comp(store)
     expect_error(
         store,
@@ -397,7 +397,7 @@ def test_heartbeat_without_lease_rejected(store: SagaStore) -> None:
     store.create("p", now=T0)
     expect_error(
         store,
-        InvalidTransitionError,
+        LeaseConflictError,
         lambda: store.heartbeat("p", owner="w1", token=0, ttl=TTL, now=at(2)),
     )
 
@@ -628,7 +628,8 @@ def test_failure_with_compensations_ends_compensated_or_quarantined(store: SagaS
             TaskState.COMPENSATING,
             "boom",
         )
-        # No forward-phase exit exists from COMPENSATING, for the old holder or a new one.
+        # No forward-phase exit exists from COMPENSATING: the old holder lost its
+        # lease (LeaseConflictError), a new holder is refused by the lifecycle.
         for call in (
             lambda: store.complete(task_id, owner="w1", token=1, now=at(3)),
             lambda: store.fail(task_id, owner="w1", token=1, reason="again", now=at(3)),
@@ -636,7 +637,7 @@ def test_failure_with_compensations_ends_compensated_or_quarantined(store: SagaS
                 task_id, owner="w1", token=1, compensation=COMP_A, now=at(3)
             ),
         ):
-            expect_error(store, InvalidTransitionError, call)
+            expect_error(store, LeaseConflictError, call)
         leased = store.acquire(task_id, owner="c1", ttl=TTL, now=at(4))
         assert leased.state is TaskState.COMPENSATING
         assert leased.token == 2
@@ -825,23 +826,23 @@ GUARD_CASES: dict[str, GuardCase] = {
     "heartbeat/compensating/extends": GuardCase(
         s_comp_leased, _hb("c1", 2, at(5), timedelta(seconds=27)), LCE
     ),
-    "heartbeat/pending/state": GuardCase(s_pending, _hb("w1", 0, at(1)), ITE),
+    "heartbeat/pending/no_lease": GuardCase(s_pending, _hb("w1", 0, at(1)), LCE),
     "heartbeat/terminal": GuardCase(s_completed, _hb("w1", 1, at(5)), TTE),
     # release
     "release/compensating/holder-no-lease": GuardCase(s_comp, _rel("w1", 1, at(2)), LCE),
     "release/compensating/holder-token": GuardCase(s_comp_leased, _rel("c1", 3, at(5)), LCE),
     "release/compensating/holder-expired": GuardCase(s_comp_leased, _rel("c1", 2, at(40)), LCE),
-    "release/pending/state": GuardCase(s_pending, _rel("w1", 0, at(1)), ITE),
+    "release/pending/no_lease": GuardCase(s_pending, _rel("w1", 0, at(1)), LCE),
     "release/terminal": GuardCase(s_completed, _rel("w1", 1, at(5)), TTE),
     # register_compensation / complete / fail in states without the event
     "register_compensation/compensating/state": GuardCase(s_comp_leased, _reg("c1", 2, at(5)), ITE),
-    "register_compensation/pending/state": GuardCase(s_pending, _reg("w1", 0, at(1)), ITE),
+    "register_compensation/pending/no_lease": GuardCase(s_pending, _reg("w1", 0, at(1)), LCE),
     "register_compensation/terminal": GuardCase(s_completed, _reg("w1", 1, at(5)), TTE),
     "complete/compensating/state": GuardCase(s_comp_leased, _done("c1", 2, at(5)), ITE),
-    "complete/pending/state": GuardCase(s_pending, _done("w1", 0, at(1)), ITE),
+    "complete/pending/no_lease": GuardCase(s_pending, _done("w1", 0, at(1)), LCE),
     "complete/terminal": GuardCase(s_completed, _done("w1", 1, at(5)), TTE),
     "fail/compensating/state": GuardCase(s_comp_leased, _fail("c1", 2, at(5)), ITE),
-    "fail/pending/state": GuardCase(s_pending, _fail("w1", 0, at(1)), ITE),
+    "fail/pending/no_lease": GuardCase(s_pending, _fail("w1", 0, at(1)), LCE),
     "fail/terminal": GuardCase(s_completed, _fail("w1", 1, at(5)), TTE),
     # compensation_applied / compensation_failed
     "compensation_applied/holder-no-lease": GuardCase(s_comp, _applied("w1", 1, at(2)), LCE),
@@ -858,7 +859,7 @@ GUARD_CASES: dict[str, GuardCase] = {
         s_comp_one_applied, _applied("c1", 2, at(5), index=0), ITE
     ),
     "compensation_applied/running/state": GuardCase(s_running, _applied("w1", 1, at(5)), ITE),
-    "compensation_applied/pending/state": GuardCase(s_pending, _applied("w1", 0, at(1)), ITE),
+    "compensation_applied/pending/no_lease": GuardCase(s_pending, _applied("w1", 0, at(1)), LCE),
     "compensation_applied/terminal": GuardCase(s_completed, _applied("w1", 1, at(5)), TTE),
     "compensation_failed/holder-no-lease": GuardCase(s_comp, _cfailed("w1", 1, at(2)), LCE),
     "compensation_failed/holder-owner": GuardCase(s_comp_leased, _cfailed("x", 2, at(5)), LCE),
@@ -1317,10 +1318,10 @@ def test_release_with_delay_sets_available_at(store: SagaStore) -> None:
         lambda: store.acquire("t", owner="w2", ttl=TTL, now=at(15) - US),
     )
     assert store.claim_next(owner="w2", ttl=TTL, now=at(15) - US) is None
-    # A repeated release finds the task PENDING: no release from there.
+    # A repeated release finds the task PENDING: the caller no longer holds a lease.
     expect_error(
         store,
-        InvalidTransitionError,
+        LeaseConflictError,
         lambda: store.release("t", owner="w1", token=1, now=at(6)),
     )
     got = store.acquire("t", owner="w2", ttl=TTL, now=at(15))

@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sagalease`` console script."""
     parser = argparse.ArgumentParser(prog="sagalease", description="sagalease tools")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("spec", help="print the lifecycle spec generated from the code")
+    spec = commands.add_parser("spec", help="print the lifecycle spec generated from the code")
+    spec.add_argument("--json", action="store_true", help="print specs/lifecycle.json instead")
     check = commands.add_parser("check", help="model-check the lifecycle")
     check.add_argument("model", nargs="?", default="default", help="model name or .toml path")
     for flag in ("workers", "ttl", "max-attempts", "deadline", "compensations", "heartbeats"):
@@ -55,9 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         return _check(args)
-    from sagalease.spec import render_markdown
+    from sagalease.spec import render_json, render_markdown
 
-    sys.stdout.write(render_markdown())
+    sys.stdout.write(render_json() if args.json else render_markdown())
     return 0
 
 

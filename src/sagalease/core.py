@@ -22,7 +22,10 @@ from typing import Any, NamedTuple
 
 import icontract
 
-from sagalease.errors import InvalidInputError
+from sagalease.errors import (
+    InvalidInputError,
+    SagaLeaseError,  # noqa: F401  (named by the ":raises" lines; CrossHair)
+)
 from sagalease.lifecycle import EVENTS, CompiledTransition, GuardContext, resolve
 from sagalease.records import (
     Compensation,
@@ -154,6 +157,20 @@ def _held(task: TaskSaga, owner: str, token: int, now_us: int) -> bool:
     )
 
 
+def _in_range(task: TaskSaga, now_us: int) -> bool:
+    """What the boundary guarantees about instants (``clock.to_us``, :func:`create`,
+    ``_add``): ``now`` and the instants the guards print lie in 1970..9999, so that
+    turning them back into datetimes (error messages) cannot overflow.
+    """
+    lease = task.lease
+    return (
+        0 <= now_us <= MAX_INSTANT_US
+        and 0 <= task.available_us <= MAX_INSTANT_US
+        and (task.deadline_us is None or 0 <= task.deadline_us <= MAX_INSTANT_US)
+        and (lease is None or 0 <= lease.expires_us <= MAX_INSTANT_US)
+    )
+
+
 # ---------------------------------------------------------------- input checks
 
 
@@ -226,6 +243,8 @@ def encode_metadata(metadata: object) -> str:
         text.encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise _bad(f"metadata is not JSON: {exc}") from None
+    if json.loads(text) != metadata:
+        raise _bad("metadata must be plain JSON: string keys, lists not tuples")
     if "\\u0000" in text:
         raise _bad("metadata must not contain NUL characters")
     if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
@@ -342,7 +361,10 @@ def create(
     deadline_us: int | None = None,
     available_us: int | None = None,
 ) -> Step:
-    """A new PENDING task. Bad input: :class:`InvalidInputError`."""
+    """A new PENDING task. Bad input: :class:`InvalidInputError`.
+
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
+    """
     check_id("task_id", task_id)
     check_instant("now", now_us)
     if saga_id is not None:
@@ -395,6 +417,7 @@ def create(
 
 
 @icontract.require(lambda task: well_formed(task))
+@icontract.require(lambda task, now_us: _in_range(task, now_us))
 @icontract.ensure(lambda result: well_formed(result.task))
 @icontract.ensure(lambda task, result: _recorded(task, result, "acquire"))
 @icontract.ensure(lambda task, result: _unchanged_identity(task, result.task))
@@ -427,6 +450,7 @@ def acquire(task: TaskSaga, *, owner: str, ttl_us: int, now_us: int) -> Step:
     :class:`InvalidTransitionError`; no attempt left:
     :class:`AttemptsExhaustedError`. Taking over an expired lease counts one
     expiration and names the replaced lease in the entry's reason.
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     check_id("owner", owner)
     ttl = _check_duration("ttl", ttl_us, allow_zero=False)
@@ -452,6 +476,7 @@ def acquire(task: TaskSaga, *, owner: str, ttl_us: int, now_us: int) -> Step:
 
 
 @icontract.require(lambda task: well_formed(task))
+@icontract.require(lambda task, now_us: _in_range(task, now_us))
 @icontract.ensure(lambda result: well_formed(result.task))
 @icontract.ensure(lambda task, result: _recorded(task, result, "heartbeat"))
 @icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
@@ -476,6 +501,7 @@ def heartbeat(task: TaskSaga, *, owner: str, token: int, ttl_us: int, now_us: in
     """Extend the caller's live lease to ``now + ttl`` (never past the deadline
     in the forward phase). Not the live holder with the current token, or an
     expiry no later than the current one: :class:`LeaseConflictError`.
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     ttl = _check_duration("ttl", ttl_us, allow_zero=False)
     ctx = _holder_ctx(task, owner, token, now_us)
@@ -497,6 +523,7 @@ def heartbeat(task: TaskSaga, *, owner: str, token: int, ttl_us: int, now_us: in
 
 
 @icontract.require(lambda task: well_formed(task))
+@icontract.require(lambda task, now_us: _in_range(task, now_us))
 @icontract.ensure(lambda result: well_formed(result.task))
 @icontract.ensure(lambda task, result: _recorded(task, result, "release"))
 @icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
@@ -506,6 +533,7 @@ def release(task: TaskSaga, *, owner: str, token: int, delay_us: int = 0, now_us
     """Give the lease back: RUNNING → PENDING, COMPENSATING stays, unleased;
     the task is available again ``delay_us`` after now. Not the live holder:
     :class:`LeaseConflictError`.
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     delay = _check_duration("delay", delay_us, allow_zero=True)
     transition = resolve("release", _holder_ctx(task, owner, token, now_us))
@@ -523,6 +551,7 @@ def release(task: TaskSaga, *, owner: str, token: int, delay_us: int = 0, now_us
 
 
 @icontract.require(lambda task: well_formed(task))
+@icontract.require(lambda task, now_us: _in_range(task, now_us))
 @icontract.ensure(lambda result: well_formed(result.task))
 @icontract.ensure(lambda task, result: _recorded(task, result, "register_compensation"))
 @icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
@@ -537,6 +566,7 @@ def register_compensation(
     """Append a pending compensation (RUNNING only). Not the live holder:
     :class:`LeaseConflictError`; registering the same compensation twice
     registers it twice.
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     check_compensation(compensation)
     transition = resolve("register_compensation", _holder_ctx(task, owner, token, now_us))
@@ -555,6 +585,7 @@ def register_compensation(
 
 
 @icontract.require(lambda task: well_formed(task))
+@icontract.require(lambda task, now_us: _in_range(task, now_us))
 @icontract.ensure(lambda result: well_formed(result.task))
 @icontract.ensure(lambda task, result: _recorded(task, result, "complete"))
 @icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
@@ -564,6 +595,7 @@ def complete(
 ) -> Step:
     """RUNNING → COMPLETED. Not the live holder: :class:`LeaseConflictError`;
     already ended (a repeat): :class:`TerminalTaskError`.
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     if reason is not None:
         check_text("reason", reason)
@@ -580,6 +612,7 @@ def complete(
 
 
 @icontract.require(lambda task: well_formed(task))
+@icontract.require(lambda task, now_us: _in_range(task, now_us))
 @icontract.ensure(lambda result: well_formed(result.task))
 @icontract.ensure(lambda task, result: _recorded(task, result, "fail"))
 @icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
@@ -593,6 +626,7 @@ def fail(task: TaskSaga, *, owner: str, token: int, reason: str, now_us: int) ->
     """RUNNING → COMPENSATING (unleased, fresh attempt count) when any
     compensation is pending, else → FAILED. Not the live holder:
     :class:`LeaseConflictError`; already ended: :class:`TerminalTaskError`.
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     check_text("reason", reason)
     transition = resolve("fail", _holder_ctx(task, owner, token, now_us))
@@ -620,6 +654,7 @@ def _check_index(task: TaskSaga, index: object) -> int:
 
 
 @icontract.require(lambda task: well_formed(task))
+@icontract.require(lambda task, now_us: _in_range(task, now_us))
 @icontract.ensure(lambda result: well_formed(result.task))
 @icontract.ensure(lambda task, result: _recorded(task, result, "compensation_applied"))
 @icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
@@ -637,6 +672,7 @@ def compensation_applied(
     """Mark compensation ``index`` applied; the last one moves the task to
     COMPENSATED. Not the live holder: :class:`LeaseConflictError`; no such
     index, or not pending (a repeat): :class:`InvalidTransitionError`.
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     ctx = replace(_holder_ctx(task, owner, token, now_us), index=_check_index(task, index))
     transition = resolve("compensation_applied", ctx)
@@ -653,6 +689,7 @@ def compensation_applied(
 
 
 @icontract.require(lambda task: well_formed(task))
+@icontract.require(lambda task, now_us: _in_range(task, now_us))
 @icontract.ensure(lambda result: well_formed(result.task))
 @icontract.ensure(lambda task, result: _recorded(task, result, "compensation_failed"))
 @icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
@@ -662,6 +699,7 @@ def compensation_failed(
 ) -> Step:
     """Compensation ``index`` failed for good: → QUARANTINED, listing the
     compensations still pending. Errors as for :func:`compensation_applied`.
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     check_text("reason", reason)
     ctx = replace(_holder_ctx(task, owner, token, now_us), index=_check_index(task, index))
@@ -679,6 +717,7 @@ def compensation_failed(
 
 
 @icontract.require(lambda task: well_formed(task))
+@icontract.require(lambda task, now_us: _in_range(task, now_us))
 @icontract.ensure(lambda result: well_formed(result.task))
 @icontract.ensure(lambda task, result: _recorded(task, result, "quarantine"))
 @icontract.ensure(lambda task: not task.state.is_terminal)
@@ -686,6 +725,7 @@ def compensation_failed(
 def quarantine(task: TaskSaga, *, reason: str, by: str, now_us: int) -> Step:
     """Operator action: any non-terminal task → QUARANTINED (no lease
     needed; a live lease is revoked). Terminal: :class:`TerminalTaskError`.
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     check_text("reason", reason)
     check_id("by", by)
@@ -702,6 +742,7 @@ def quarantine(task: TaskSaga, *, reason: str, by: str, now_us: int) -> Step:
 
 
 @icontract.require(lambda task: well_formed(task))
+@icontract.require(lambda task, now_us: _in_range(task, now_us))
 @icontract.ensure(lambda result: well_formed(result.task))
 @icontract.ensure(lambda task, result: _recorded(task, result, "reap"))
 @icontract.ensure(lambda task, now_us: task.lease is None or now_us >= task.lease.expires_us)
@@ -712,6 +753,7 @@ def reap(task: TaskSaga, *, now_us: int) -> Step:
     live lease → QUARANTINED; an expired lease dropped (RUNNING → PENDING,
     COMPENSATING stays), counting one expiration. Nothing to do:
     :class:`InvalidTransitionError` (see :func:`needs_reap`).
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     transition = resolve("reap", GuardContext(task, now_us))
     expired, note = _expired_lease_note(task, now_us)
@@ -733,6 +775,11 @@ def reap(task: TaskSaga, *, now_us: int) -> Step:
         args={},
         lease=None,
         expirations=task.expirations + expired,
+        # A claimer whose clock lags the reaper's must not start a lease that
+        # overlaps the one reaped.
+        available_us=task.available_us
+        if task.lease is None
+        else max(task.available_us, task.lease.expires_us),
     )
 
 
@@ -746,6 +793,7 @@ def needs_reap(task: TaskSaga, now_us: int) -> bool:
 
 
 @icontract.require(lambda task: well_formed(task))
+@icontract.require(lambda task, now_us: _in_range(task, now_us))
 @icontract.ensure(lambda task, result: result.task.notes[:-1] == task.notes)
 @icontract.ensure(
     lambda task, result: replace(result.task, notes=task.notes, version=task.version) == task
@@ -754,6 +802,7 @@ def needs_reap(task: TaskSaga, now_us: int) -> bool:
 def annotate(task: TaskSaga, *, text: str, by: str, now_us: int) -> Step:
     """Append a note; allowed in every state, terminal included. Changes
     nothing else (not even ``updated_at``); a repeat appends another note.
+    :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     check_text("text", text)
     check_id("by", by)

@@ -39,6 +39,7 @@ from sagalease.records import CompensationStatus, TaskSaga, TaskState, from_us
 
 __all__ = [
     "CHART",
+    "COMMON_VALIDATORS",
     "STATE_DOCS",
     "EVENTS",
     "GUARDS",
@@ -341,6 +342,19 @@ def _compile() -> tuple[
 CHART, EVENTS = _compile()
 """``CHART[(state, event)]``: the declared transitions, in declaration order."""
 
+COMMON_VALIDATORS: Mapping[str, tuple[str, ...]] = {
+    event: tuple(
+        name
+        for name in next(t for (_, e), ts in CHART.items() if e == event for t in ts).validators
+        if all(name in t.validators for (_, e), ts in CHART.items() if e == event for t in ts)
+    )
+    for event in EVENTS
+}
+"""Validators every declared transition of an event has (``holder`` for the
+holder calls). From a non-terminal state without a transition for the event,
+they are checked first: a heartbeat on a PENDING task is refused as a
+LeaseConflictError (no live lease), not only as a wrong-state call."""
+
 
 def _cond_holds(name: str, c: GuardContext) -> bool:
     if name.startswith("!"):
@@ -352,7 +366,8 @@ def resolve(event: str, c: GuardContext) -> CompiledTransition:
     """The transition ``event`` takes from ``c.task``, or the typed error.
 
     No transition from a terminal state: :class:`TerminalTaskError`; none from
-    this state: :class:`InvalidTransitionError`; a failing validator: its
+    this state: the event's :data:`COMMON_VALIDATORS`, then
+    :class:`InvalidTransitionError`; a failing validator: its
     error; no condition holding: :class:`InvalidTransitionError`.
     """
     state = c.task.state
@@ -362,6 +377,8 @@ def resolve(event: str, c: GuardContext) -> CompiledTransition:
             raise TerminalTaskError(
                 f"cannot {event}: the task has ended", task_id=c.task.task_id, state=state
             )
+        for name in COMMON_VALIDATORS.get(event, ()):
+            GUARDS[name].check(c)
         raise InvalidTransitionError(
             f"{event} is not allowed in this state", task_id=c.task.task_id, state=state
         )
