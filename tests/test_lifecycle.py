@@ -31,6 +31,7 @@ from sagalease.errors import (
 )
 from sagalease.lifecycle import (
     CHART,
+    COMMON_VALIDATORS,
     EVENTS,
     GUARDS,
     CompiledTransition,
@@ -280,8 +281,15 @@ def engine_outcome(event: str, ctx: GuardContext) -> tuple[Outcome, str | None]:
         sm.send(event)
     except TransitionNotAllowed:
         assert sm.model.state == ctx.task.state.value
-        err = TerminalTaskError if ctx.task.state.is_terminal else InvalidTransitionError
-        return ("error", err.__name__), None
+        if ctx.task.state.is_terminal:
+            return ("error", TerminalTaskError.__name__), None
+        # The documented rule for a state without a row: the event's shared validators first.
+        for name in COMMON_VALIDATORS[event]:
+            try:
+                GUARDS[name].check(ctx)
+            except SagaLeaseError as exc:
+                return ("error", type(exc).__name__), str(exc)
+        return ("error", InvalidTransitionError.__name__), None
     except SagaLeaseError as exc:
         assert sm.model.state == ctx.task.state.value
         return ("error", type(exc).__name__), str(exc)
