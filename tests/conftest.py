@@ -13,7 +13,11 @@ from hypothesis import HealthCheck, settings
 from sagalease import MemoryStore, SagaStore, SQLiteStore
 
 settings.register_profile(
-    "ci", derandomize=True, max_examples=150, deadline=None, print_blob=True,
+    "ci",
+    derandomize=True,
+    max_examples=150,
+    deadline=None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(

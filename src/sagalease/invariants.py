@@ -87,8 +87,7 @@ INVARIANTS: tuple[Invariant, ...] = (
     Invariant(
         "INV-8",
         "Failed calls change nothing",
-        "Any call that raises leaves the stored record and its history exactly as they"
-        " were.",
+        "Any call that raises leaves the stored record and its history exactly as they were.",
         (
             "tests/test_core_properties.py::test_failed_calls_change_nothing",
             "tests/test_store_contract.py::test_guard_failures_change_nothing",
