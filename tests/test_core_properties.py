@@ -83,6 +83,22 @@ FREE_ACTIONS = (
     *["reap"] * 2,
     "annotate",
 )
+# Once the task has ended every event is tried alike: all but annotate must be refused.
+TERMINAL_ACTIONS = (
+    "tick",
+    "jump",
+    "acquire",
+    "heartbeat",
+    "release",
+    "register_compensation",
+    "complete",
+    "fail",
+    "compensation_applied",
+    "compensation_failed",
+    "reap",
+    "annotate",
+    "quarantine",
+)
 
 Cred = tuple[str, int]
 
@@ -249,13 +265,21 @@ def explore(data: st.DataObject, *, store: bool = False, max_steps: int = 40) ->
     for _ in range(data.draw(st.integers(10, max_steps), label="steps")):
         if run.task.is_terminal:
             if tail is None:
-                tail = data.draw(st.integers(0, 6), label="steps after the end")
+                tail = data.draw(st.integers(0, 8), label="steps after the end")
             if tail == 0:
                 break
             tail -= 1
         lease = run.task.lease
-        leased = lease is not None and run.now_us < lease.expires_us
-        action = data.draw(st.sampled_from(LEASED_ACTIONS if leased else FREE_ACTIONS))
+        alphabet: tuple[str, ...]
+        if run.task.is_terminal:
+            alphabet = TERMINAL_ACTIONS
+        elif lease is None:
+            alphabet = FREE_ACTIONS
+        elif run.now_us < lease.expires_us or data.draw(st.booleans()):
+            alphabet = LEASED_ACTIONS  # also once it expired: its holder still tries
+        else:
+            alphabet = FREE_ACTIONS
+        action = data.draw(st.sampled_from(alphabet))
         if action == "annotate" and data.draw(st.integers(0, 3)) == 3:
             action = "quarantine"  # the operator, rarely
         if action == "tick":
