@@ -20,8 +20,9 @@ Checked:
   only leave ``pending``, and no task fails while one is pending; a holder
   write succeeds only for the current owner with the current token before
   expiry; acquisition only of an absent or expired lease, with the token up by
-  exactly one (so token = number of grants); a heartbeat never revives nor shortens a lease; the reaper never
-  drops a live lease; the edge is a declared transition of the chart;
+  exactly one (so token = number of grants); a heartbeat never revives nor
+  shortens a lease; the reaper never drops a live lease; the edge is a
+  declared transition of the chart;
 * liveness: no cycle among non-terminal states and no non-terminal state
   without a way forward, i.e. under weak fairness every run ends (a check that
   ignored cycles would miss endless heartbeats);
