@@ -34,9 +34,53 @@ def _memory(_tmp: Path) -> SagaStore:
     return MemoryStore()
 
 
+POSTGRES_URL = os.environ.get(
+    "SAGALEASE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+"""The PostgreSQL server the postgres tests use (each test gets its own schema)."""
+
+_postgres_problem: list[str] = []
+
+
+def postgres_unavailable() -> str | None:
+    """Why the PostgreSQL tests cannot run here (``None``: they can); checked once."""
+    if not _postgres_problem:
+        try:
+            import psycopg
+
+            with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+                pass
+            _postgres_problem.append("")
+        except ImportError:
+            _postgres_problem.append("psycopg is not installed (the 'postgres' extra)")
+        except Exception as exc:  # any failure to connect
+            _postgres_problem.append(f"PostgreSQL at $SAGALEASE_TEST_POSTGRES_URL: {exc}")
+    return _postgres_problem[0] or None
+
+
+def require_postgres() -> None:
+    """Skip the calling test when PostgreSQL is unreachable; fail instead when
+    ``SAGALEASE_REQUIRE_POSTGRES=1`` (CI).
+    """
+    problem = postgres_unavailable()
+    if problem is None:
+        return
+    if os.environ.get("SAGALEASE_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"PostgreSQL is required (SAGALEASE_REQUIRE_POSTGRES=1): {problem}")
+    pytest.skip(f"no PostgreSQL: {problem}")
+
+
+def _postgres(_tmp: Path) -> SagaStore:
+    require_postgres()
+    from sagalease.postgres import scratch_store
+
+    return scratch_store(POSTGRES_URL)
+
+
 BACKENDS: dict[str, Callable[[Path], SagaStore]] = {
     "memory": _memory,
     "sqlite": lambda tmp: SQLiteStore(tmp / "store.db"),
+    "postgres": _postgres,
 }
 """Backend name → factory taking a fresh temporary directory."""
 

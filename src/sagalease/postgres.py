@@ -1,0 +1,880 @@
+"""The PostgreSQL store: for worker fleets on many machines (``postgresql://...``).
+
+psycopg 3 with a :mod:`psycopg_pool` connection pool (the ``postgres`` extra:
+``pip install sagalease[postgres]``). The behaviour is the memory and SQLite
+stores': the store loads a row, applies the pure core's function in Python and
+writes the new record together with its history entry as a compare-and-set on
+``version``:
+
+* every holder/operator event reads the row (one statement), computes the step
+  with :mod:`sagalease.core`, then writes it with one statement: a CTE whose
+  ``UPDATE ... WHERE task_id = %s AND version = %s`` feeds the history
+  ``INSERT``, so the record and its entry are written together or not at all
+  (one round trip, one implicit transaction). If another writer got there
+  first the update matches no row and nothing is written; the event is then
+  evaluated again against the fresh row, locked with ``SELECT ... FOR
+  UPDATE``, so the loser gets the core's typed error (or succeeds if the event
+  still applies). Never last-writer-wins.
+* ``claim_next`` and ``reap`` pick their candidates with ``FOR UPDATE SKIP
+  LOCKED`` in creation order (workers never wait for each other's candidate),
+  apply ``core.acquire``/``core.reap`` and skip whatever the core refuses.
+  A partial index over the tasks that have not ended keeps the scan
+  independent of the number of finished tasks kept; the migrations end with
+  ``ANALYZE`` so the planner takes that index on a fresh table too.
+
+Statements are prepared on each connection (``prepare=True``).
+
+**Schema.** Everything lives in the store's own PostgreSQL schema (``schema``,
+default ``sagalease``), created and migrated on open by the numbered
+``sql/postgres/migrations/NNNN_*.sql`` files under a transaction-scoped
+advisory lock, so that many workers starting at once migrate exactly once. A
+schema written by a newer sagalease is refused with :class:`SchemaVersionError`
+and left untouched. A role without ``CREATE`` on the database can use a schema
+that an owner created and migrated.
+
+**Time.** An explicit ``now`` is always honoured (tests, models, the
+conformance suite). A call without ``now`` reads the store's clock:
+``clock=None`` is the machine's UTC clock (like the other stores);
+``clock="database"`` reads the PostgreSQL server's ``clock_timestamp()``
+instead (one extra short statement per call), so that every worker of a fleet
+measures leases against one clock: a worker whose own clock is minutes off can
+neither cut a live lease short (and steal it) nor stretch its own. Use it in
+production fleets whose machines' clocks are not tightly synchronised.
+
+**Failures.** A refused connection, a dropped connection, a server restart or
+an exhausted pool surfaces as :class:`StoreUnavailableError` (with the driver's
+error chained). The pool drops broken connections and reconnects by itself;
+the next call works once the server is back. A call that failed this way has
+an *unknown outcome*: its write may or may not have been committed. It is safe
+to retry: the version compare-and-set means a retried call is evaluated
+against the record as it now is, so a retried ``complete``, ``fail``,
+``release``, ``acquire`` or ``compensation_*`` call either succeeds or raises
+the typed error that describes what it finds (e.g. :class:`TerminalTaskError`
+after a ``complete`` that had in fact been committed); it is never applied
+twice to the same version. Two events whose repeat is itself a valid event,
+``annotate`` and ``register_compensation``, would be recorded twice by a blind
+retry: read the task (``get``) before retrying those. A connection password is
+never shown: not in error messages, log lines or ``repr()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from importlib import resources
+from typing import Any, Final, Literal
+from urllib.parse import quote, urlsplit
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from sagalease import core
+from sagalease._base import Mutation, StoreBase
+from sagalease.clock import Clock
+from sagalease.errors import (
+    DuplicateTaskError,
+    InvalidInputError,
+    SagaLeaseError,
+    SchemaVersionError,
+    StoreUnavailableError,
+    TaskNotFoundError,
+)
+from sagalease.records import (
+    Compensation,
+    HistoryEntry,
+    Lease,
+    Note,
+    TaskSaga,
+    TaskState,
+    from_us,
+)
+
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "PostgresStore",
+    "conformance_factory",
+    "latest_schema_version",
+    "migrations",
+]
+
+DEFAULT_SCHEMA: Final = "sagalease"
+TEST_URL_ENV: Final = "SAGALEASE_TEST_POSTGRES_URL"
+DEFAULT_TEST_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
+
+_SQL = resources.files("sagalease") / "sql" / "postgres"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_LOCK_NAMESPACE: Final = 0x5A6A  # pg_advisory_xact_lock(int, int): (namespace, hash of schema)
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """``(version, file name, sql)`` of every migration, in order (1, 2, ...)."""
+    found = []
+    for entry in (_SQL / "migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"sagalease PostgreSQL migrations are not numbered 1..N: {found}")
+    return found
+
+
+def latest_schema_version() -> int:
+    """The schema version this library writes."""
+    return len(migrations())
+
+
+# ---------------------------------------------------------------- statements
+
+_COLUMNS = (
+    "seq, task_id, saga_id, state, metadata_json, compensations_json, lease_owner,"
+    " lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us, token, attempts,"
+    " expirations, max_attempts, available_us, deadline_us, created_us, updated_us,"
+    " terminal_reason, notes_json, version"
+)
+_OPEN = "state IN ('pending', 'running', 'compensating')"  # the tasks_open index predicate
+_SET = (
+    "saga_id = %s, state = %s, metadata_json = %s, compensations_json = %s, lease_owner = %s,"
+    " lease_token = %s, lease_acquired_us = %s, lease_expires_us = %s,"
+    " lease_heartbeat_us = %s, token = %s, attempts = %s, expirations = %s,"
+    " max_attempts = %s, available_us = %s, deadline_us = %s, created_us = %s,"
+    " updated_us = %s, terminal_reason = %s, notes_json = %s, version = %s"
+)
+_ENTRY_SELECT = (
+    "%s::bigint, %s::text, %s::text, %s::text, %s::bigint, %s::text, %s::bigint, %s::text, %s::text"
+)
+_HISTORY_COLUMNS = (
+    "task_id, seq, event, from_state, to_state, at_us, owner, token, reason, args_json"
+)
+
+_TEMPLATES: Final = {
+    "select_one": f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s",
+    "lock_one": f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s FOR UPDATE",
+    # The compare-and-set: the history entry is inserted only if the update matched.
+    "write": (
+        f"WITH upd AS (UPDATE {{schema}}.tasks SET {_SET}"
+        " WHERE task_id = %s AND version = %s RETURNING task_id)"
+        f" INSERT INTO {{schema}}.history ({_HISTORY_COLUMNS})"
+        f" SELECT upd.task_id, {_ENTRY_SELECT} FROM upd RETURNING seq"
+    ),
+    "insert": (
+        "WITH ins AS (INSERT INTO {schema}.tasks (task_id, saga_id, state, metadata_json,"
+        " compensations_json, lease_owner, lease_token, lease_acquired_us, lease_expires_us,"
+        " lease_heartbeat_us, token, attempts, expirations, max_attempts, available_us,"
+        " deadline_us, created_us, updated_us, terminal_reason, notes_json, version)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+        " %s, %s) ON CONFLICT (task_id) DO NOTHING RETURNING task_id)"
+        f" INSERT INTO {{schema}}.history ({_HISTORY_COLUMNS})"
+        f" SELECT ins.task_id, {_ENTRY_SELECT} FROM ins RETURNING seq"
+    ),
+    "state_of": "SELECT state FROM {schema}.tasks WHERE task_id = %s",
+    "claim": (
+        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE {_OPEN} AND seq > %s"
+        " AND available_us <= %s"
+        " AND (lease_expires_us IS NULL OR lease_expires_us <= %s)"
+        " AND attempts < max_attempts"
+        " AND (deadline_us IS NULL OR deadline_us > %s OR state = 'compensating')"
+        " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+    ),
+    "reap": (
+        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE {_OPEN} AND seq > %s"
+        " AND (lease_expires_us <= %s OR attempts >= max_attempts"
+        " OR (deadline_us <= %s AND state <> 'compensating'))"
+        " ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED"
+    ),
+    "stale": (
+        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE {_OPEN} AND lease_expires_us <= %s"
+        " ORDER BY seq"
+    ),
+    "seq_of": "SELECT seq FROM {schema}.tasks WHERE task_id = %s",
+    "history": (
+        f"SELECT {_HISTORY_COLUMNS} FROM {{schema}}.history WHERE task_id = %s ORDER BY seq"
+    ),
+    "counts": "SELECT state, count(*) FROM {schema}.tasks GROUP BY state",
+    # Exact: extract(epoch ...) is numeric (microsecond precision) since PostgreSQL 14.
+    "server_now": "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+}
+
+_BATCH: Final = 32
+"""Candidates read per statement by reap (one transaction per batch)."""
+
+Row = tuple[Any, ...]
+
+
+class _Statements:
+    """The statements of one schema, rendered once (the schema is a quoted identifier)."""
+
+    def __init__(self, schema: str) -> None:
+        ident = sql.Identifier(schema)
+        self.schema = ident
+        rendered = {
+            name: sql.SQL(text).format(schema=ident).as_bytes(None)
+            for name, text in _TEMPLATES.items()
+        }
+        self.select_one = rendered["select_one"]
+        self.lock_one = rendered["lock_one"]
+        self.write = rendered["write"]
+        self.insert = rendered["insert"]
+        self.state_of = rendered["state_of"]
+        self.claim = rendered["claim"]
+        self.reap = rendered["reap"]
+        self.stale = rendered["stale"]
+        self.seq_of = rendered["seq_of"]
+        self.history = rendered["history"]
+        self.counts = rendered["counts"]
+        self.server_now = rendered["server_now"]
+
+    def listing(self, clauses: list[str]) -> sql.Composed:
+        """``list_tasks``: fixed clause texts only, every value a bound parameter."""
+        where = sql.SQL(" AND ").join(sql.SQL(c) for c in clauses)
+        return sql.SQL(
+            "SELECT {cols} FROM {schema}.tasks WHERE {where} ORDER BY seq LIMIT %s"
+        ).format(
+            cols=sql.SQL(_COLUMNS),
+            schema=self.schema,
+            where=where,
+        )
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _task_values(task: TaskSaga) -> tuple[Any, ...]:
+    """The mutable columns of ``task``, in ``_SET`` order."""
+    lease = task.lease
+    return (
+        task.saga_id,
+        task.state.value,
+        task.metadata_json,
+        _dumps([c.to_json() for c in task.compensations]),
+        None if lease is None else lease.owner,
+        None if lease is None else lease.token,
+        None if lease is None else lease.acquired_us,
+        None if lease is None else lease.expires_us,
+        None if lease is None else lease.heartbeat_us,
+        task.token,
+        task.attempts,
+        task.expirations,
+        task.max_attempts,
+        task.available_us,
+        task.deadline_us,
+        task.created_us,
+        task.updated_us,
+        task.terminal_reason,
+        _dumps([[n.at_us, n.author, n.text] for n in task.notes]),
+        task.version,
+    )
+
+
+def _entry_values(entry: HistoryEntry) -> tuple[Any, ...]:
+    """The history columns after ``task_id``, in ``_ENTRY_SELECT`` order."""
+    return (
+        entry.seq,
+        entry.event,
+        None if entry.from_state is None else entry.from_state.value,
+        entry.to_state.value,
+        entry.at_us,
+        entry.owner,
+        entry.token,
+        entry.reason,
+        entry.args_json,
+    )
+
+
+def _decode(row: Row) -> TaskSaga:
+    (
+        _seq,
+        task_id,
+        saga_id,
+        state,
+        metadata_json,
+        compensations_json,
+        lease_owner,
+        lease_token,
+        lease_acquired_us,
+        lease_expires_us,
+        lease_heartbeat_us,
+        token,
+        attempts,
+        expirations,
+        max_attempts,
+        available_us,
+        deadline_us,
+        created_us,
+        updated_us,
+        terminal_reason,
+        notes_json,
+        version,
+    ) = row
+    lease = (
+        None
+        if lease_owner is None
+        else Lease(
+            lease_owner, lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us
+        )
+    )
+    return TaskSaga(
+        task_id=task_id,
+        state=TaskState(state),
+        created_us=created_us,
+        updated_us=updated_us,
+        saga_id=saga_id,
+        metadata_json=metadata_json,
+        compensations=tuple(Compensation.from_json(c) for c in json.loads(compensations_json)),
+        lease=lease,
+        token=token,
+        attempts=attempts,
+        expirations=expirations,
+        max_attempts=max_attempts,
+        available_us=available_us,
+        deadline_us=deadline_us,
+        terminal_reason=terminal_reason,
+        notes=tuple(Note(at, author, text) for at, author, text in json.loads(notes_json)),
+        version=version,
+    )
+
+
+def _decode_entry(row: Row) -> HistoryEntry:
+    task_id, seq, event, from_state, to_state, at_us, owner, token, reason, args_json = row
+    return HistoryEntry(
+        seq=seq,
+        task_id=task_id,
+        event=event,
+        from_state=None if from_state is None else TaskState(from_state),
+        to_state=TaskState(to_state),
+        at_us=at_us,
+        owner=owner,
+        token=token,
+        reason=reason,
+        args_json=args_json,
+    )
+
+
+# ---------------------------------------------------------------- DSN handling
+
+
+class _Dsn:
+    """A connection string and what may be shown of it (never the password)."""
+
+    def __init__(self, dsn: str) -> None:
+        if not isinstance(dsn, str) or not dsn.strip():
+            raise InvalidInputError("a PostgreSQL DSN must be a non-empty string")
+        self.dsn = dsn
+        self._secrets: list[str] = []
+        with contextlib.suppress(ValueError):
+            raw = urlsplit(dsn).password
+            if raw:
+                self._secrets.append(raw)
+        try:
+            params = conninfo_to_dict(dsn)
+        except psycopg.Error:
+            # The driver's message may quote the DSN, password included: not chained.
+            raise InvalidInputError(
+                "not a valid PostgreSQL connection string (details withheld: it may hold a"
+                " password)"
+            ) from None
+        password = params.get("password")
+        if password:
+            text = str(password)
+            self._secrets += [text, quote(text, safe="")]
+        self._secrets = sorted({s for s in self._secrets if s}, key=len, reverse=True)
+        user = params.get("user") or ""
+        host = params.get("host") or params.get("hostaddr") or ""
+        port = params.get("port") or ""
+        dbname = params.get("dbname") or ""
+        shown = f"{user}@" if user else ""
+        shown += f"{host}" + (f":{port}" if port else "")
+        self.display = f"postgresql://{shown}/{dbname}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every form of the password replaced by ``***``."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+# ---------------------------------------------------------------- clocks
+
+
+class _DatabaseClock:
+    """The PostgreSQL server's clock (``clock_timestamp()``), read per call."""
+
+    def __init__(self, read_us: Callable[[], int]) -> None:
+        self._read_us = read_us
+
+    def now(self) -> datetime:
+        """The server's current instant (UTC)."""
+        return from_us(self._read_us())
+
+    def __repr__(self) -> str:
+        return "DatabaseClock()"
+
+
+# ---------------------------------------------------------------- the store
+
+
+class PostgresStore(StoreBase):
+    """A store in a PostgreSQL database, shared by workers on many machines.
+
+    ``dsn`` is a libpq connection string or URL (``postgresql://user@host/db``);
+    ``schema`` the PostgreSQL schema that holds the store's tables (created and
+    migrated on open). ``clock``: ``None`` (the machine's UTC clock), a
+    :class:`~sagalease.clock.Clock`, or ``"database"``: calls without ``now``
+    use the server's ``clock_timestamp()`` so that workers with skewed clocks
+    agree on when a lease expires (see the module documentation; integer
+    microseconds are stored, exactly as the core computes them).
+
+    ``connect_timeout`` (seconds) bounds every connection attempt;
+    ``timeout`` bounds the wait for a pooled connection and every lock wait.
+    ``min_size``/``max_size`` size the pool. Every failure to reach the server
+    is a :class:`StoreUnavailableError`; the outcome of a call that failed
+    that way is unknown and the call is safe to retry (module documentation).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        clock: Clock | Literal["database"] | None = None,
+        connect_timeout: float = 5.0,
+        timeout: float = 10.0,
+        min_size: int = 1,
+        max_size: int = 8,
+    ) -> None:
+        super().__init__(clock=None if clock == "database" or clock is None else clock)
+        if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+            raise InvalidInputError(
+                f"schema must be a lower-case PostgreSQL identifier ([a-z_][a-z0-9_]*, at most"
+                f" 63 characters), not {schema!r}"
+            )
+        for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidInputError(f"{name} must be a positive number of seconds")
+        if not (isinstance(min_size, int) and isinstance(max_size, int) and min_size >= 0):
+            raise InvalidInputError("min_size and max_size must be integers")
+        if max_size < max(1, min_size):
+            raise InvalidInputError("max_size must be at least 1 and at least min_size")
+        self._dsn = _Dsn(dsn)
+        self.schema = schema
+        self.clock_source = "database" if clock == "database" else "local"
+        if clock == "database":
+            self.clock = _DatabaseClock(self._server_now_us)
+        self.connect_timeout = float(connect_timeout)
+        self.timeout = float(timeout)
+        self._q = _Statements(schema)
+        self._pid = os.getpid()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._before_write: Callable[[str], None] | None = None
+        """Test hook: called between the optimistic read and the write."""
+        self._kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(1, round(self.connect_timeout)),
+            "application_name": "sagalease",
+            # Every lock wait is bounded (a wait past it: StoreUnavailableError).
+            "options": f"-c lock_timeout={int(self.timeout * 1000)}",
+        }
+        self._open_schema()
+        self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
+            self._dsn.dsn,
+            kwargs=self._kwargs,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            timeout=self.timeout,
+            name=f"sagalease-{schema}",
+        )
+        try:
+            self._pool.open(wait=min_size > 0, timeout=self.connect_timeout + self.timeout)
+        except (PoolTimeout, psycopg.Error) as exc:
+            with contextlib.suppress(Exception):
+                self._pool.close(timeout=1.0)
+            raise StoreUnavailableError(
+                f"cannot open a connection pool to {self._dsn.display}: {self._scrub(exc)}"
+            ) from exc
+
+    def __repr__(self) -> str:
+        state = ", closed" if self._closed else ""
+        clock = ", clock='database'" if self.clock_source == "database" else ""
+        return f"PostgresStore({self._dsn.display!r}, schema={self.schema!r}{clock}{state})"
+
+    # ------------------------------------------------------------ opening
+
+    def _scrub(self, exc: BaseException) -> str:
+        return self._dsn.scrub(str(exc).strip() or type(exc).__name__)
+
+    def _open_schema(self) -> None:
+        """Create or migrate the schema under an advisory lock; refuse a newer one."""
+        where = f"{self._dsn.display} (schema {self.schema!r})"
+        try:
+            conn = psycopg.connect(self._dsn.dsn, **self._kwargs)
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(
+                f"cannot connect to {self._dsn.display}: {self._scrub(exc)}"
+            ) from exc
+        try:
+            with conn:
+                latest = latest_schema_version()
+                version = self._schema_version(conn)
+                if version == latest:
+                    return
+                with conn.transaction():
+                    # Exactly one opener migrates; the others wait here, then find it done.
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                        (_LOCK_NAMESPACE, self.schema),
+                    )
+                    version = self._schema_version(conn)
+                    if version < latest:
+                        self._migrate(conn, version)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise StoreUnavailableError(
+                f"cannot create or migrate {where}: {self._scrub(exc)} (the role needs CREATE on"
+                " the database, or an owner must open the store once to create the schema)"
+            ) from exc
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(f"cannot open {where}: {self._scrub(exc)}") from exc
+
+    def _schema_version(self, conn: psycopg.Connection[Row]) -> int:
+        ident = self._q.schema
+        row = conn.execute(
+            "SELECT to_regclass(format('%%I.schema_version', %s::text)) IS NOT NULL,"
+            " EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)",
+            (self.schema, self.schema),
+        ).fetchone()
+        assert row is not None
+        has_table, has_schema = row
+        if not has_table:
+            if has_schema:
+                found = conn.execute(
+                    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE n.nspname = %s AND c.relkind IN ('r', 'v', 'p') LIMIT 5",
+                    (self.schema,),
+                ).fetchall()
+                if found:
+                    raise StoreUnavailableError(
+                        f"schema {self.schema!r} on {self._dsn.display} exists but is not a"
+                        f" sagalease store (it has {', '.join(repr(r[0]) for r in found)})"
+                    )
+            return 0
+        version_row = conn.execute(
+            sql.SQL("SELECT max(version) FROM {}.schema_version").format(ident)
+        ).fetchone()
+        version = int(version_row[0] or 0) if version_row is not None else 0
+        latest = latest_schema_version()
+        if version > latest:
+            raise SchemaVersionError(
+                f"schema {self.schema!r} on {self._dsn.display} has version {version}; this"
+                f" sagalease writes version {latest} and cannot use it (upgrade sagalease);"
+                " nothing was changed"
+            )
+        return version
+
+    def _migrate(self, conn: psycopg.Connection[Row], version: int) -> None:
+        ident = self._q.schema
+        if version == 0:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {}.schema_version (version integer PRIMARY KEY,"
+                    " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                ).format(ident)
+            )
+        for number, name, text in migrations():
+            if number > version:
+                conn.execute(sql.SQL(text).format(schema=ident))
+                conn.execute(
+                    sql.SQL("INSERT INTO {}.schema_version (version, name) VALUES (%s, %s)").format(
+                        ident
+                    ),
+                    (number, name),
+                )
+        # Fresh statistics: the planner then takes the partial index for claims.
+        conn.execute(sql.SQL("ANALYZE {}.tasks").format(ident))
+        conn.execute(sql.SQL("ANALYZE {}.history").format(ident))
+
+    # ------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def _connection(self, action: str) -> Iterator[psycopg.Connection[Row]]:
+        """A pooled connection; driver errors become :class:`SagaLeaseError` subclasses."""
+        if self._closed:
+            raise StoreUnavailableError(f"the store {self._dsn.display} is closed")
+        if os.getpid() != self._pid:
+            raise StoreUnavailableError(
+                "the store was opened in another process (fork); open a new store in this one"
+            )
+        try:
+            with self._pool.connection(timeout=self.timeout) as conn:
+                yield conn
+        except SagaLeaseError:
+            raise
+        except PoolTimeout as exc:
+            raise StoreUnavailableError(
+                f"{action}: no connection to {self._dsn.display} within {self.timeout:g} s:"
+                f" {self._scrub(exc)}"
+            ) from exc
+        except psycopg.errors.IntegrityError as exc:
+            raise SagaLeaseError(
+                f"the database refused the write of {action} on {self._dsn.display}"
+                f" ({self._scrub(exc)}); nothing was stored"
+            ) from exc
+        except psycopg.errors.LockNotAvailable as exc:
+            raise StoreUnavailableError(
+                f"{action}: a row lock was not free within {self.timeout:g} s: {self._scrub(exc)}"
+            ) from exc
+        except psycopg.Error as exc:
+            if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+                # Other pooled connections may have died too (server restart): drop them now.
+                with contextlib.suppress(Exception):
+                    self._pool.check()
+            raise StoreUnavailableError(
+                f"{action} on {self._dsn.display} failed (outcome unknown; safe to retry):"
+                f" {self._scrub(exc)}"
+            ) from exc
+
+    def _server_now_us(self) -> int:
+        with self._connection("reading the server clock") as conn:
+            row = conn.execute(self._q.server_now, prepare=True).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _read(self, conn: psycopg.Connection[Row], task_id: str, *, lock: bool) -> TaskSaga | None:
+        query = self._q.lock_one if lock else self._q.select_one
+        row = conn.execute(query, (task_id,), prepare=True).fetchone()
+        return None if row is None else _decode(row)
+
+    def _write(self, conn: psycopg.Connection[Row], expected_version: int, step: core.Step) -> bool:
+        """The compare-and-set: write ``step`` and its entry if the row is still at
+        ``expected_version`` (one statement).
+        """
+        row = conn.execute(
+            self._q.write,
+            (
+                *_task_values(step.task),
+                step.task.task_id,
+                expected_version,
+                *_entry_values(step.entry),
+            ),
+            prepare=True,
+        ).fetchone()
+        return row is not None
+
+    # ------------------------------------------------------------ primitives
+
+    def _insert(self, step: core.Step) -> TaskSaga:
+        task = step.task
+        with self._connection("create") as conn:
+            row = conn.execute(
+                self._q.insert,
+                (task.task_id, *_task_values(task), *_entry_values(step.entry)),
+                prepare=True,
+            ).fetchone()
+            if row is None:
+                existing = conn.execute(self._q.state_of, (task.task_id,)).fetchone()
+                raise DuplicateTaskError(
+                    "a task with this id already exists",
+                    task_id=task.task_id,
+                    state=None if existing is None else TaskState(existing[0]),
+                )
+        return task
+
+    def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
+        core.check_id("task_id", task_id)
+        with self._connection("update") as conn:
+            task = self._read(conn, task_id, lock=False)
+            if task is None:
+                raise TaskNotFoundError("no such task", task_id=task_id)
+            # A refusal here is the answer at the read.
+            step = mutation(task)
+            hook = self._before_write
+            if hook is not None:
+                hook(task_id)
+            if self._write(conn, task.version, step):
+                return step.task
+            # Lost the race: evaluate the event again against the fresh row, locked,
+            # so that the answer (or the typed error) is current.
+            with conn.transaction():
+                fresh = self._read(conn, task_id, lock=True)
+                if fresh is None:  # pragma: no cover - rows are never deleted
+                    raise TaskNotFoundError("no such task", task_id=task_id)
+                step = mutation(fresh)
+                if not self._write(conn, fresh.version, step):  # pragma: no cover
+                    raise StoreUnavailableError(
+                        "the row changed while locked", task_id=task_id, state=fresh.state
+                    )
+        return step.task
+
+    def _claim(self, owner: str, ttl_us: int, now_us: int) -> TaskSaga | None:
+        with self._connection("claim_next") as conn, conn.transaction():
+            after = 0
+            while True:
+                row = conn.execute(
+                    self._q.claim, (after, now_us, now_us, now_us), prepare=True
+                ).fetchone()
+                if row is None:
+                    return None
+                after = row[0]
+                task = _decode(row)
+                try:
+                    step = core.acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
+                except SagaLeaseError:
+                    continue
+                if not self._write(conn, task.version, step):  # pragma: no cover - locked
+                    raise StoreUnavailableError(
+                        "the row changed while locked", task_id=task.task_id, state=task.state
+                    )
+                return step.task
+
+    def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
+        changed: list[TaskSaga] = []
+        with self._connection("reap") as conn:
+            after = 0
+            while limit is None or len(changed) < limit:
+                with conn.transaction():
+                    rows = conn.execute(
+                        self._q.reap, (after, now_us, now_us, _BATCH), prepare=True
+                    ).fetchall()
+                    for row in rows:
+                        after = row[0]
+                        task = _decode(row)
+                        if not core.needs_reap(task, now_us):
+                            continue
+                        step = core.reap(task, now_us=now_us)
+                        if not self._write(conn, task.version, step):  # pragma: no cover
+                            raise StoreUnavailableError(
+                                "the row changed while locked",
+                                task_id=task.task_id,
+                                state=task.state,
+                            )
+                        changed.append(step.task)
+                        if limit is not None and len(changed) >= limit:
+                            break
+                if len(rows) < _BATCH:
+                    break
+        return changed
+
+    def _stale(self, now_us: int) -> list[TaskSaga]:
+        with self._connection("list_stale") as conn:
+            rows = conn.execute(self._q.stale, (now_us,), prepare=True).fetchall()
+        return [_decode(row) for row in rows]
+
+    def get(self, task_id: str) -> TaskSaga | None:
+        """The task, or ``None``."""
+        core.check_id("task_id", task_id)
+        with self._connection("get") as conn:
+            return self._read(conn, task_id, lock=False)
+
+    def _list(
+        self, state: TaskState | None, saga_id: str | None, limit: int, after: str | None
+    ) -> list[TaskSaga]:
+        with self._connection("list_tasks") as conn:
+            after_seq = 0
+            if after is not None:
+                row = conn.execute(self._q.seq_of, (after,), prepare=True).fetchone()
+                if row is None:
+                    raise TaskNotFoundError("unknown 'after' task", task_id=after)
+                after_seq = row[0]
+            clauses = ["seq > %s"]
+            params: list[Any] = [after_seq]
+            if state is not None:
+                clauses.append("state = %s")
+                params.append(state.value)
+            if saga_id is not None:
+                clauses.append("saga_id = %s")
+                params.append(saga_id)
+            params.append(limit)
+            rows = conn.execute(self._q.listing(clauses), params).fetchall()
+        return [_decode(row) for row in rows]
+
+    def history(self, task_id: str) -> list[HistoryEntry]:
+        """The task's history, oldest first."""
+        core.check_id("task_id", task_id)
+        with self._connection("history") as conn:
+            rows = conn.execute(self._q.history, (task_id,), prepare=True).fetchall()
+        if not rows:
+            raise TaskNotFoundError("no such task", task_id=task_id)
+        return [_decode_entry(row) for row in rows]
+
+    def counts(self) -> dict[TaskState, int]:
+        """Tasks per state."""
+        result = dict.fromkeys(TaskState, 0)
+        with self._connection("counts") as conn:
+            for state, number in conn.execute(self._q.counts, prepare=True).fetchall():
+                result[TaskState(state)] = number
+        return result
+
+    def close(self) -> None:
+        """Close the pool; closing twice is harmless."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if os.getpid() == self._pid:
+            with contextlib.suppress(Exception):
+                self._pool.close(timeout=5.0)
+
+    # ------------------------------------------------------------ diagnostics
+
+    def explain_claim(self, *, now: datetime | None = None) -> str:
+        """The plan PostgreSQL uses for ``claim_next``'s candidate query (``EXPLAIN``)."""
+        now_us = self._now(now)
+        with self._connection("explain") as conn, conn.transaction():
+            rows = conn.execute(b"EXPLAIN " + self._q.claim, (0, now_us, now_us, now_us)).fetchall()
+        return "\n".join(str(r[0]) for r in rows)
+
+
+# ---------------------------------------------------------------- scratch stores
+
+
+class _ScratchStore(PostgresStore):
+    """A store in a new, randomly named schema that is dropped on ``close()``
+    (tests and the conformance suite).
+    """
+
+    def close(self) -> None:
+        """Close the pool, then drop the schema."""
+        already = self._closed
+        super().close()
+        if already or os.getpid() != self._pid:
+            return
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(self._dsn.dsn, **self._kwargs) as conn,
+        ):
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(self._q.schema))
+
+
+def scratch_store(
+    dsn: str | None = None, *, clock: Clock | Literal["database"] | None = None
+) -> PostgresStore:
+    """A fresh, empty store in a new schema (``sagalease_test_<random>``) on ``dsn``
+    (default: ``$SAGALEASE_TEST_POSTGRES_URL`` or the local test database),
+    dropped again by ``close()``.
+    """
+    url = dsn or os.environ.get(TEST_URL_ENV) or DEFAULT_TEST_URL
+    return _ScratchStore(
+        url, schema=f"sagalease_test_{secrets.token_hex(6)}", clock=clock, min_size=1, max_size=4
+    )
+
+
+def conformance_factory() -> PostgresStore:
+    """The factory for ``sagalease conformance sagalease.postgres:conformance_factory``:
+    a fresh, empty store per call, on ``$SAGALEASE_TEST_POSTGRES_URL``.
+    """
+    return scratch_store()
