@@ -1,33 +1,704 @@
-"""The ``sagalease`` command line.
+"""The ``sagalease`` command line (click; rich tables for people, ``--json`` for machines).
 
-Exit status: 0 success; 1 a check found a violation; 2 bad usage.
+Commands::
+
+    init                       create the store (or check an existing one)
+    ls [--state S] [--saga ID] [--stale] [--limit N] [--after TASK]
+    show TASK                  record, compensations, notes and history
+    stale                      non-terminal tasks whose lease expired
+    reap [--limit N]           drop expired leases, quarantine exhausted tasks, fail overdue ones
+    quarantine TASK --reason R [--by WHO]
+    annotate TASK --text T [--by WHO]
+    stats                      tasks per state
+    verify [--all-ended]       check every recorded history against the invariants
+    simulate [--workers N] [--tasks M] [--seed S] [--db URL] [--json]
+    spec [--json]              the lifecycle spec generated from the code
+    check [MODEL] [--workers N ...]   model-check the lifecycle
+    conformance ARGS...        run the conformance suite (sagalease.conformance.main)
+
+The store is ``--db URL``, else ``$SAGALEASE_DB``, else ``sqlite:///sagalease.db``
+in the current directory. Only ``init`` creates a database; every other
+command refuses a missing one. ``simulate`` uses its own fresh
+``./sagalease-sim.db`` unless ``--db`` is given on the command line.
+
+Exit status:
+
+- 0: success (a check, verification or simulation passed);
+- 1: a check, verification or simulation found a violation (FAIL);
+- 2: bad usage or input: unknown command or option, bad store URL, unknown
+  task, a refused operation (e.g. quarantining a task that already ended),
+  conformance suite not installed;
+- 3: the store is unavailable: missing database or directory, a file that is
+  not a sagalease database, a database locked past ``--timeout``, a schema
+  newer than this sagalease.
+
+Every error is one line on stderr (``sagalease: error: ...``), never a traceback.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
+import json
+import os
+import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sagalease._open import DEFAULT_URL, open_store
+from sagalease.errors import (
+    InvalidInputError,
+    SagaLeaseError,
+    SchemaVersionError,
+    StoreUnavailableError,
+    TaskNotFoundError,
+)
+from sagalease.records import HistoryEntry, TaskSaga, TaskState
+from sagalease.store import SagaStore
+
+__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+_STATES = [s.value for s in TaskState]
 
 
-def _check(args: argparse.Namespace) -> int:
-    from sagalease.checker import check, load_model
+class _Fail(Exception):
+    """A one-line error with its exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class _Options:
+    db: str
+    db_given: bool
+    timeout: float
+
+
+# ---------------------------------------------------------------- JSON forms
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def task_json(task: TaskSaga) -> dict[str, Any]:
+    """A task record as a JSON object (what ``--json`` prints)."""
+    lease = task.lease
+    return {
+        "task_id": task.task_id,
+        "saga_id": task.saga_id,
+        "state": task.state.value,
+        "metadata": task.metadata,
+        "compensations": [c.to_json() for c in task.compensations],
+        "lease": None
+        if lease is None
+        else {
+            "owner": lease.owner,
+            "token": lease.token,
+            "acquired_at": _iso(lease.acquired_at),
+            "expires_at": _iso(lease.expires_at),
+            "heartbeat_at": _iso(lease.heartbeat_at),
+        },
+        "token": task.token,
+        "attempts": task.attempts,
+        "expirations": task.expirations,
+        "max_attempts": task.max_attempts,
+        "available_at": _iso(task.available_at),
+        "deadline": _iso(task.deadline),
+        "created_at": _iso(task.created_at),
+        "updated_at": _iso(task.updated_at),
+        "terminal_reason": task.terminal_reason,
+        "notes": [{"at": _iso(n.at), "author": n.author, "text": n.text} for n in task.notes],
+        "version": task.version,
+    }
+
+
+def entry_json(entry: HistoryEntry) -> dict[str, Any]:
+    """A history entry as a JSON object."""
+    return {
+        "seq": entry.seq,
+        "task_id": entry.task_id,
+        "event": entry.event,
+        "from_state": None if entry.from_state is None else entry.from_state.value,
+        "to_state": entry.to_state.value,
+        "at": _iso(entry.at),
+        "owner": entry.owner,
+        "token": entry.token,
+        "reason": entry.reason,
+        "args": entry.args,
+    }
+
+
+def _print_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+# ---------------------------------------------------------------- rich output
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    width = None if sys.stdout.isatty() else 200
+    return Console(width=width, highlight=False, soft_wrap=False)
+
+
+def _short(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _tasks_table(tasks: Sequence[TaskSaga], title: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for name in ("task", "saga", "state", "attempts", "token", "holder", "expires", "updated"):
+        table.add_column(name, overflow="fold")
+    for t in tasks:
+        lease = t.lease
+        table.add_row(
+            t.task_id,
+            t.saga_id or "",
+            t.state.value,
+            f"{t.attempts}/{t.max_attempts}",
+            str(t.token),
+            "" if lease is None else lease.owner,
+            "" if lease is None else _short(lease.expires_at),
+            _short(t.updated_at),
+        )
+    return table
+
+
+# ---------------------------------------------------------------- the store
+
+
+def _sqlite_path(url: str) -> Path | None:
+    scheme, sep, rest = url.partition("://")
+    if scheme != "sqlite" or not sep:
+        return None
+    if not rest.startswith("/") or not rest[1:]:
+        raise InvalidInputError(f"expected sqlite:///path/to/file.db, got {url!r}")
+    return Path(os.path.abspath(rest[1:]))
+
+
+def _open(options: _Options, *, create: bool = False) -> SagaStore:
+    url = options.db
+    path = _sqlite_path(url)
+    if path is None:
+        return open_store(url)
+    from sagalease.sqlite import SQLiteStore
+
+    if not path.parent.is_dir():
+        raise StoreUnavailableError(
+            f"cannot open {str(path)!r}: directory {str(path.parent)!r} does not exist"
+        )
+    if not create and not path.exists():
+        raise StoreUnavailableError(
+            f"no store at {str(path)!r} (create one with `sagalease --db {url} init`)"
+        )
+    return SQLiteStore(path, timeout=options.timeout)
+
+
+def _with_store(options: _Options, body: Callable[[SagaStore], int]) -> int:
+    store = _open(options)
+    try:
+        return body(store)
+    finally:
+        store.close()
+
+
+def _get(store: SagaStore, task_id: str) -> TaskSaga:
+    task = store.get(task_id)
+    if task is None:
+        raise TaskNotFoundError("no such task", task_id=task_id)
+    return task
+
+
+# ---------------------------------------------------------------- commands
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    help="sagalease: leases, fencing tokens and saga compensations of tasks.",
+)
+@click.option(
+    "--db",
+    envvar="SAGALEASE_DB",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="store URL (also $SAGALEASE_DB): sqlite:///path.db, memory://, postgresql://...",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.01),
+    default=5.0,
+    show_default=True,
+    help="seconds to wait for a locked database",
+)
+@click.pass_context
+def cli(ctx: click.Context, db: str, timeout: float) -> None:
+    """The command group."""
+    source = ctx.get_parameter_source("db")
+    ctx.obj = _Options(db, source is click.core.ParameterSource.COMMANDLINE, timeout)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_obj
+def init(options: _Options, as_json: bool) -> int:
+    """Create the store (an existing one is checked and migrated in place)."""
+    path = _sqlite_path(options.db)
+    existed = path is not None and path.exists()
+    store = _open(options, create=True)
+    try:
+        total = sum(store.counts().values())
+    finally:
+        store.close()
+    if as_json:
+        _print_json({"db": options.db, "created": not existed, "tasks": total})
+    else:
+        verb = "store ready (already there)" if existed else "store created"
+        click.echo(f"{verb}: {options.db} ({total} tasks)")
+    return EXIT_OK
+
+
+def _list(
+    options: _Options,
+    *,
+    state: str | None,
+    saga: str | None,
+    stale: bool,
+    limit: int,
+    after: str | None,
+    as_json: bool,
+) -> int:
+    def body(store: SagaStore) -> int:
+        wanted = None if state is None else TaskState(state)
+        if stale:
+            tasks = [
+                t
+                for t in store.list_stale()
+                if (wanted is None or t.state is wanted) and (saga is None or t.saga_id == saga)
+            ][:limit]
+        else:
+            tasks = store.list_tasks(state=wanted, saga_id=saga, limit=limit, after=after)
+        if as_json:
+            _print_json([task_json(t) for t in tasks])
+            return EXIT_OK
+        title = f"{len(tasks)} {'stale ' if stale else ''}task(s)"
+        console = _console()
+        console.print(_tasks_table(tasks, title))
+        if len(tasks) == limit and not stale:
+            console.print(f"more: --after {tasks[-1].task_id}")
+        return EXIT_OK
+
+    return _with_store(options, body)
+
+
+@cli.command("ls")
+@click.option("--state", type=click.Choice(_STATES), help="only tasks in this state")
+@click.option("--saga", help="only tasks of this saga")
+@click.option("--stale", is_flag=True, help="only non-terminal tasks whose lease expired")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--after", help="the last task id of the previous page")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_obj
+def ls_command(
+    options: _Options,
+    state: str | None,
+    saga: str | None,
+    stale: bool,
+    limit: int,
+    after: str | None,
+    as_json: bool,
+) -> int:
+    """List tasks in creation order."""
+    return _list(
+        options, state=state, saga=saga, stale=stale, limit=limit, after=after, as_json=as_json
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_obj
+def stale(options: _Options, as_json: bool) -> int:
+    """List non-terminal tasks whose lease expired (the reaper's work)."""
+    return _list(
+        options, state=None, saga=None, stale=True, limit=10_000, after=None, as_json=as_json
+    )
+
+
+@cli.command()
+@click.argument("task_id", metavar="TASK")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_obj
+def show(options: _Options, task_id: str, as_json: bool) -> int:
+    """Show one task: record, compensations, notes and history."""
+
+    def body(store: SagaStore) -> int:
+        task = _get(store, task_id)
+        history = store.history(task_id)
+        if as_json:
+            _print_json({"task": task_json(task), "history": [entry_json(e) for e in history]})
+            return EXIT_OK
+        _show_rich(task, history)
+        return EXIT_OK
+
+    return _with_store(options, body)
+
+
+def _show_rich(task: TaskSaga, history: Sequence[HistoryEntry]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    lease = task.lease
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column(overflow="fold")
+    rows: list[tuple[str, str]] = [
+        ("task", task.task_id),
+        ("saga", task.saga_id or "-"),
+        ("state", task.state.value),
+        ("terminal reason", task.terminal_reason or "-"),
+        ("token", str(task.token)),
+        ("attempts", f"{task.attempts}/{task.max_attempts} (expired leases: {task.expirations})"),
+        (
+            "lease",
+            "-"
+            if lease is None
+            else f"{lease.owner}, token {lease.token}, expires {lease.expires_at.isoformat()}",
+        ),
+        ("available at", task.available_at.isoformat()),
+        ("deadline", "-" if task.deadline is None else task.deadline.isoformat()),
+        ("created", task.created_at.isoformat()),
+        ("updated", task.updated_at.isoformat()),
+        ("metadata", json.dumps(task.metadata, ensure_ascii=False)),
+    ]
+    for key, value in rows:
+        info.add_row(key, value)
+    console.print(info)
+    comps = Table(title="compensations", title_justify="left")
+    for name in ("#", "kind", "target", "reason", "status"):
+        comps.add_column(name, overflow="fold")
+    for i, c in enumerate(task.compensations):
+        comps.add_row(str(i), c.kind, c.target, c.reason, c.status.value)
+    console.print(comps)
+    notes = Table(title="notes", title_justify="left")
+    for name in ("at", "author", "text"):
+        notes.add_column(name, overflow="fold")
+    for n in task.notes:
+        notes.add_row(_short(n.at), n.author, n.text)
+    console.print(notes)
+    hist = Table(title="history", title_justify="left")
+    for name in ("seq", "at", "event", "from", "to", "owner", "token", "reason"):
+        hist.add_column(name, overflow="fold")
+    for e in history:
+        hist.add_row(
+            str(e.seq),
+            e.at.isoformat(timespec="milliseconds"),
+            e.event,
+            "-" if e.from_state is None else e.from_state.value,
+            e.to_state.value,
+            e.owner or "",
+            "" if e.token is None else str(e.token),
+            e.reason or "",
+        )
+    console.print(hist)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="at most this many tasks")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_obj
+def reap(options: _Options, limit: int | None, as_json: bool) -> int:
+    """Drop expired leases, quarantine tasks out of attempts, fail tasks past their deadline."""
+
+    def body(store: SagaStore) -> int:
+        changed = store.reap(limit=limit)
+        if as_json:
+            _print_json([task_json(t) for t in changed])
+        else:
+            _console().print(_tasks_table(changed, f"reaped {len(changed)} task(s)"))
+        return EXIT_OK
+
+    return _with_store(options, body)
+
+
+@cli.command()
+@click.argument("task_id", metavar="TASK")
+@click.option("--reason", required=True, help="why (recorded as the terminal reason)")
+@click.option("--by", default="operator", show_default=True, help="who")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_obj
+def quarantine(options: _Options, task_id: str, reason: str, by: str, as_json: bool) -> int:
+    """Operator: move a non-terminal task to QUARANTINED."""
+
+    def body(store: SagaStore) -> int:
+        task = store.quarantine(task_id, reason=reason, by=by)
+        if as_json:
+            _print_json(task_json(task))
+        else:
+            click.echo(f"{task.task_id}: quarantined ({reason})")
+        return EXIT_OK
+
+    return _with_store(options, body)
+
+
+@cli.command()
+@click.argument("task_id", metavar="TASK")
+@click.option("--text", required=True, help="the note")
+@click.option("--by", default="operator", show_default=True, help="who")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_obj
+def annotate(options: _Options, task_id: str, text: str, by: str, as_json: bool) -> int:
+    """Append an audit note to a task (terminal tasks included)."""
+
+    def body(store: SagaStore) -> int:
+        task = store.annotate(task_id, text=text, by=by)
+        if as_json:
+            _print_json(task_json(task))
+        else:
+            click.echo(f"{task.task_id}: note {len(task.notes)} added")
+        return EXIT_OK
+
+    return _with_store(options, body)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_obj
+def stats(options: _Options, as_json: bool) -> int:
+    """Tasks per state, and how many leases are stale."""
+
+    def body(store: SagaStore) -> int:
+        counts = store.counts()
+        stale_count = len(store.list_stale())
+        total = sum(counts.values())
+        if as_json:
+            _print_json(
+                {
+                    "counts": {s.value: counts[s] for s in TaskState},
+                    "total": total,
+                    "stale": stale_count,
+                }
+            )
+            return EXIT_OK
+        from rich.table import Table
+
+        table = Table(title=f"{total} task(s), {stale_count} stale", title_justify="left")
+        table.add_column("state")
+        table.add_column("tasks", justify="right")
+        for s in TaskState:
+            table.add_row(s.value + (" (terminal)" if s.is_terminal else ""), str(counts[s]))
+        _console().print(table)
+        return EXIT_OK
+
+    return _with_store(options, body)
+
+
+@cli.command()
+@click.option("--all-ended", is_flag=True, help="also require every task to be terminal")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_obj
+def verify(options: _Options, all_ended: bool, as_json: bool) -> int:
+    """Check every task's recorded history against the invariants (exit 1 on FAIL)."""
+    from sagalease.verify import verify_store
+
+    def body(store: SagaStore) -> int:
+        result = verify_store(store, require_terminal=all_ended)
+        if as_json:
+            _print_json(
+                {
+                    "result": "PASS" if result.ok else "FAIL",
+                    "tasks": result.tasks,
+                    "history_entries": result.entries,
+                    "problems": result.problems,
+                }
+            )
+        else:
+            for problem in result.problems[:50]:
+                click.echo(f"VIOLATION: {problem}")
+            click.echo(
+                f"{'PASS' if result.ok else 'FAIL'}: {result.tasks} task(s),"
+                f" {result.entries} history entries, {len(result.problems)} problem(s)"
+            )
+        return EXIT_OK if result.ok else EXIT_FAIL
+
+    return _with_store(options, body)
+
+
+@cli.command()
+@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--tasks", type=click.IntRange(1, 100_000), default=200, show_default=True)
+@click.option("--seed", type=int, default=None, help="fixes every choice (default: random)")
+@click.option(
+    "--ttl", type=click.FloatRange(0.2, 60), default=1.0, show_default=True, help="lease seconds"
+)
+@click.option("--kills", type=click.IntRange(min=0), default=None, help="SIGKILLs (tasks/25)")
+@click.option("--pauses", type=click.IntRange(min=0), default=None, help="zombies (tasks/25)")
+@click.option("--timeout", "time_limit", type=click.FloatRange(min=1), default=120.0)
+@click.option("--db", "sim_db", default=None, help="sqlite URL (default: ./sagalease-sim.db)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.pass_obj
+def simulate(
+    options: _Options,
+    workers: int,
+    tasks: int,
+    seed: int | None,
+    ttl: float,
+    kills: int | None,
+    pauses: int | None,
+    time_limit: float,
+    sim_db: str | None,
+    as_json: bool,
+) -> int:
+    """Run a fleet of worker processes through crashes, pauses and failures on
+    SQLite, then verify the whole history (exit 1 on FAIL).
+    """
+    from sagalease.simulate import SimulationSettings, run_simulation
+
+    if seed is None:
+        seed = random.randrange(1_000_000)
+    settings = SimulationSettings(
+        workers=workers,
+        tasks=tasks,
+        seed=seed,
+        ttl=ttl,
+        kills=kills,
+        pauses=pauses,
+        timeout=time_limit,
+    )
+    settings.validate()
+    db = sim_db if sim_db is not None else (options.db if options.db_given else None)
+    if as_json or not sys.stderr.isatty():
+        report = run_simulation(settings, db=db)
+    else:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        ) as bar:
+            job = bar.add_task(f"{workers} workers, seed {seed}", total=tasks)
+            report = run_simulation(
+                settings, db=db, progress=lambda done, total: bar.update(job, completed=done)
+            )
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        _print_report(report.to_json())
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def _print_report(data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    states = Table(title="how the tasks ended", title_justify="left")
+    states.add_column("state")
+    states.add_column("tasks", justify="right")
+    for state, n in data["states"].items():
+        states.add_row(state, str(n))
+    console.print(states)
+    facts = Table(title="what the fleet went through", title_justify="left")
+    facts.add_column("")
+    facts.add_column("", justify="right")
+    for label, key in (
+        ("worker processes started", "workers_started"),
+        ("workers SIGKILLed by the simulator", "workers_killed"),
+        ("workers killed by poison tasks", "workers_killed_by_poison_tasks"),
+        ("workers paused past their lease", "workers_paused_past_lease"),
+        ("leases expired", "leases_expired"),
+        ("tasks reclaimed after an expired lease", "reclaims"),
+        ("tasks changed by the reaper", "reaped"),
+        ("zombie writes rejected by fencing", "zombie_writes_fenced"),
+        ("compensations applied", "compensations_applied"),
+        ("compensations failed for good", "compensations_failed"),
+        ("tasks quarantined", "quarantined"),
+    ):
+        facts.add_row(label, str(data[key]))
+    facts.add_row("seconds", f"{data['seconds']:.1f}")
+    facts.add_row("throughput (tasks/s)", f"{data['throughput_tasks_per_second']:.1f}")
+    console.print(facts)
+    v = data["verification"]
+    for problem in v["problems"]:
+        console.print(f"VIOLATION: {problem}", markup=False)
+    console.print(
+        f"verification: {data['result']} ({v['tasks']} tasks, {v['history_entries']} history"
+        f" entries, {v['acquisitions']} acquisitions, {v['problem_count']} problem(s))",
+        markup=False,
+    )
+    console.print(
+        "  checked: every history replays to its record; tokens +1 per acquisition; no"
+        " acquisition while another lease was live; every holder write under the live"
+        " (owner, token); no dropped compensation; attempts bounded; every task ended;"
+        " the workers' own reports agree with the history",
+        markup=False,
+    )
+    console.print(f"store: {data['db']}  seed: {data['seed']}", markup=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print specs/lifecycle.json instead")
+def spec(as_json: bool) -> int:
+    """Print the lifecycle spec generated from the code."""
+    from sagalease.spec import render_json, render_markdown
+
+    sys.stdout.write(render_json() if as_json else render_markdown())
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("model", default="default")
+@click.option("--workers", type=int, default=None)
+@click.option("--ttl", type=int, default=None)
+@click.option("--max-attempts", type=int, default=None)
+@click.option("--deadline", type=int, default=None)
+@click.option("--compensations", type=int, default=None)
+@click.option("--heartbeats", type=int, default=None)
+def check(
+    model: str,
+    workers: int | None,
+    ttl: int | None,
+    max_attempts: int | None,
+    deadline: int | None,
+    compensations: int | None,
+    heartbeats: int | None,
+) -> int:
+    """Model-check the lifecycle (MODEL: a name in models/ or a .toml path)."""
+    from sagalease.checker import check as run_check
+    from sagalease.checker import load_model
 
     overrides = {
-        "workers": args.workers,
-        "ttl": args.ttl,
-        "max_attempts": args.max_attempts,
-        "deadline": args.deadline,
-        "compensations": args.compensations,
-        "heartbeats": args.heartbeats,
+        "workers": workers,
+        "ttl": ttl,
+        "max_attempts": max_attempts,
+        "deadline": deadline,
+        "compensations": compensations,
+        "heartbeats": heartbeats,
     }
     try:
-        model = load_model(args.model, **overrides)
+        loaded = load_model(model, **overrides)
     except (OSError, TypeError, ValueError) as exc:
-        print(f"sagalease check: cannot load model {args.model!r}: {exc}", file=sys.stderr)
-        return 2
-    print(f"model {model.name}: {model.description or model}")
-    result = check(model)
+        raise _Fail(f"check: cannot load model {model!r}: {exc}", EXIT_USAGE) from exc
+    print(f"model {loaded.name}: {loaded.description or loaded}")
+    result = run_check(loaded)
     print(
         f"states {result.states:,}  transitions {result.transitions:,}  depth {result.depth}"
         f"  longest run to termination {result.longest_run}  time {result.seconds:.1f}s"
@@ -39,27 +710,81 @@ def _check(args: argparse.Namespace) -> int:
             print(f"  {line}")
     for edge in result.uncovered:
         print(f"NOT EXERCISED: declared transition {edge}")
-    print(f"{'PASS' if result.ok else 'FAIL'} (expected: {model.expect})")
-    return 0 if result.ok else 1
+    print(f"{'PASS' if result.ok else 'FAIL'} (expected: {loaded.expect})")
+    return EXIT_OK if result.ok else EXIT_FAIL
+
+
+@cli.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    }
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def conformance(args: tuple[str, ...]) -> int:
+    """Run the conformance suite against a store factory (module:factory)."""
+    try:
+        module = importlib.import_module("sagalease.conformance")
+    except ImportError as exc:
+        raise _Fail(
+            f"conformance: the conformance suite is not available in this installation ({exc})",
+            EXIT_USAGE,
+        ) from exc
+    run = getattr(module, "main", None)
+    if not callable(run):
+        raise _Fail("conformance: sagalease.conformance has no main(argv)", EXIT_USAGE)
+    code = run(list(args))
+    return int(code) if isinstance(code, int) else EXIT_OK
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sagalease`` console script."""
-    parser = argparse.ArgumentParser(prog="sagalease", description="sagalease tools")
-    commands = parser.add_subparsers(dest="command", required=True)
-    spec = commands.add_parser("spec", help="print the lifecycle spec generated from the code")
-    spec.add_argument("--json", action="store_true", help="print specs/lifecycle.json instead")
-    check = commands.add_parser("check", help="model-check the lifecycle")
-    check.add_argument("model", nargs="?", default="default", help="model name or .toml path")
-    for flag in ("workers", "ttl", "max-attempts", "deadline", "compensations", "heartbeats"):
-        check.add_argument(f"--{flag}", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.command == "check":
-        return _check(args)
-    from sagalease.spec import render_json, render_markdown
+    """Entry point of the ``sagalease`` console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        ctx = click.Context(cli, info_name="sagalease", **cli.context_settings)
+        click.echo(cli.get_help(ctx))
+        return EXIT_USAGE
+    try:
+        result = cli.main(args=args, prog_name="sagalease", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else "", err=True)
+        return EXIT_USAGE
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        _error(f"{exc.format_message()}{hint}")
+        return EXIT_USAGE
+    except click.exceptions.Abort:
+        _error("interrupted")
+        return 130
+    except click.ClickException as exc:
+        _error(exc.format_message())
+        return exc.exit_code
+    except _Fail as exc:
+        _error(str(exc))
+        return exc.code
+    except (SchemaVersionError, StoreUnavailableError) as exc:
+        _error(str(exc))
+        return EXIT_UNAVAILABLE
+    except SagaLeaseError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK
+    if isinstance(result, int):
+        return result
+    return EXIT_OK
 
-    sys.stdout.write(render_json() if args.json else render_markdown())
-    return 0
+
+def _error(message: str) -> None:
+    click.echo(f"sagalease: error: {_one_line(message)}", err=True)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,17 @@ Hierarchy::
     ├── TaskNotFoundError        (also LookupError)   no task with that id
     ├── DuplicateTaskError                            create() with an id in use
     ├── LeaseConflictError                            lease held by another, expired, absent,
-    │                                                 wrong owner or stale token
+    │   │                                             wrong owner or stale token
+    │   └── LeaseLostError                            worker runtime: the lease this worker
+    │                                                 held is gone (expired, taken, refused)
     ├── TerminalTaskError                             the task already ended
     ├── AttemptsExhaustedError                        no acquisition left
     ├── InvalidTransitionError                        the lifecycle has no such move now
     ├── InvalidInputError        (also ValueError)    bad argument; nothing was stored
     ├── SchemaVersionError                            store schema newer than this library
-    └── StoreUnavailableError                         database missing, locked or unreachable
+    ├── StoreUnavailableError                         database missing, locked or unreachable
+    ├── ShutdownRequestedError                        worker runtime: the worker is stopping
+    └── PermanentCompensationError                    raised by a compensator: cannot ever apply
 
 Every error that concerns a task carries ``task_id``, ``state`` (the state the
 task was in, or ``None``) and ``reason``; its message names all three. A call
@@ -32,8 +36,11 @@ __all__ = [
     "InvalidInputError",
     "InvalidTransitionError",
     "LeaseConflictError",
+    "LeaseLostError",
+    "PermanentCompensationError",
     "SagaLeaseError",
     "SchemaVersionError",
+    "ShutdownRequestedError",
     "StoreUnavailableError",
     "TaskNotFoundError",
     "TerminalTaskError",
@@ -134,4 +141,26 @@ class StoreUnavailableError(SagaLeaseError):
 
     Whether the interrupted call took effect is unknown; every call is safe to
     retry (a repeat either succeeds or reports the state it finds).
+    """
+
+
+class LeaseLostError(LeaseConflictError):
+    """Worker runtime: the lease this worker held is gone (it expired, the heartbeat
+    was refused, or another worker took the task over). Raised by
+    ``LeaseContext.check()``; the handler must stop writing under this token.
+    """
+
+
+class ShutdownRequestedError(SagaLeaseError):
+    """Worker runtime: the worker was asked to stop (SIGTERM/SIGINT or ``stop()``);
+    raised by ``LeaseContext.check()`` so the handler can unwind. The runtime
+    then releases the lease, so another worker can take the task at once.
+    """
+
+
+class PermanentCompensationError(SagaLeaseError):
+    """Raised by a compensator to say a compensation can never be applied; the
+    runtime records ``compensation_failed`` and the task ends QUARANTINED.
+    Any other exception from a compensator is treated as transient (the lease
+    is released and the compensation is retried later).
     """
