@@ -14,8 +14,11 @@ from sagalease.errors import DuplicateTaskError as DuplicateTaskError
 from sagalease.errors import InvalidInputError as InvalidInputError
 from sagalease.errors import InvalidTransitionError as InvalidTransitionError
 from sagalease.errors import LeaseConflictError as LeaseConflictError
+from sagalease.errors import LeaseLostError as LeaseLostError
+from sagalease.errors import PermanentCompensationError as PermanentCompensationError
 from sagalease.errors import SagaLeaseError as SagaLeaseError
 from sagalease.errors import SchemaVersionError as SchemaVersionError
+from sagalease.errors import ShutdownRequestedError as ShutdownRequestedError
 from sagalease.errors import StoreUnavailableError as StoreUnavailableError
 from sagalease.errors import TaskNotFoundError as TaskNotFoundError
 from sagalease.errors import TerminalTaskError as TerminalTaskError
@@ -29,6 +32,9 @@ from sagalease.records import TaskSaga as TaskSaga
 from sagalease.records import TaskState as TaskState
 from sagalease.sqlite import SQLiteStore as SQLiteStore
 from sagalease.store import SagaStore as SagaStore
+from sagalease.worker import LeaseContext as LeaseContext
+from sagalease.worker import Outcome as Outcome
+from sagalease.worker import Worker as Worker
 
 __version__ = "0.1.0"
 
@@ -43,19 +49,25 @@ __all__ = [
     "InvalidTransitionError",
     "Lease",
     "LeaseConflictError",
+    "LeaseContext",
+    "LeaseLostError",
     "ManualClock",
     "MemoryStore",
     "Note",
+    "Outcome",
+    "PermanentCompensationError",
     "SQLiteStore",
     "SagaLeaseError",
     "SagaStore",
     "SchemaVersionError",
+    "ShutdownRequestedError",
     "StoreUnavailableError",
     "SystemClock",
     "TaskNotFoundError",
     "TaskSaga",
     "TaskState",
     "TerminalTaskError",
+    "Worker",
     "__version__",
     "open_store",
 ]
