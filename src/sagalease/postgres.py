@@ -68,7 +68,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from importlib import resources
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Self
 from urllib.parse import quote, urlsplit
 
 import psycopg
@@ -295,6 +295,16 @@ def _entry_values(entry: HistoryEntry) -> tuple[Any, ...]:
     )
 
 
+def _write_params(expected_version: int, step: core.Step) -> tuple[Any, ...]:
+    """The parameters of the compare-and-set statement (``write``)."""
+    return (
+        *_task_values(step.task),
+        step.task.task_id,
+        expected_version,
+        *_entry_values(step.entry),
+    )
+
+
 def _decode(row: Row) -> TaskSaga:
     (
         _seq,
@@ -387,6 +397,7 @@ class _Dsn:
                 "not a valid PostgreSQL connection string (details withheld: it may hold a"
                 " password)"
             ) from None
+        self.params: dict[str, Any] = dict(params)
         password = params.get("password")
         if password:
             text = str(password)
@@ -482,13 +493,16 @@ class PostgresStore(StoreBase):
         self._close_lock = threading.Lock()
         self._before_write: Callable[[str], None] | None = None
         """Test hook: called between the optimistic read and the write."""
-        self._kwargs: dict[str, Any] = {
-            "autocommit": True,
-            "connect_timeout": max(1, round(self.connect_timeout)),
-            "application_name": "sagalease",
-            # Every lock wait is bounded (a wait past it: StoreUnavailableError).
-            "options": f"-c lock_timeout={int(self.timeout * 1000)}",
-        }
+        # Keyword arguments override the DSN's own parameters: only add what it lacks
+        # (its options are kept, with a bound on every lock wait appended).
+        given = self._dsn.params
+        self._kwargs: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in given:
+            self._kwargs["connect_timeout"] = max(1, round(self.connect_timeout))
+        if "application_name" not in given:
+            self._kwargs["application_name"] = "sagalease"
+        lock_timeout = f"-c lock_timeout={int(self.timeout * 1000)}"
+        self._kwargs["options"] = f"{given.get('options') or ''} {lock_timeout}".strip()
         self._open_schema()
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             self._dsn.dsn,
@@ -507,6 +521,9 @@ class PostgresStore(StoreBase):
             raise StoreUnavailableError(
                 f"cannot open a connection pool to {self._dsn.display}: {self._scrub(exc)}"
             ) from exc
+
+    def __enter__(self) -> Self:
+        return self
 
     def __repr__(self) -> str:
         state = ", closed" if self._closed else ""
@@ -664,14 +681,7 @@ class PostgresStore(StoreBase):
         ``expected_version`` (one statement).
         """
         row = conn.execute(
-            self._q.write,
-            (
-                *_task_values(step.task),
-                step.task.task_id,
-                expected_version,
-                *_entry_values(step.entry),
-            ),
-            prepare=True,
+            self._q.write, _write_params(expected_version, step), prepare=True
         ).fetchone()
         return row is not None
 
@@ -721,25 +731,35 @@ class PostgresStore(StoreBase):
         return step.task
 
     def _claim(self, owner: str, ttl_us: int, now_us: int) -> TaskSaga | None:
-        with self._connection("claim_next") as conn, conn.transaction():
-            after = 0
-            while True:
-                row = conn.execute(
-                    self._q.claim, (after, now_us, now_us, now_us), prepare=True
-                ).fetchone()
-                if row is None:
-                    return None
-                after = row[0]
-                task = _decode(row)
-                try:
-                    step = core.acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
-                except SagaLeaseError:
-                    continue
-                if not self._write(conn, task.version, step):  # pragma: no cover - locked
-                    raise StoreUnavailableError(
-                        "the row changed while locked", task_id=task.task_id, state=task.state
+        # Pipeline mode: BEGIN travels with the first SELECT, the write with COMMIT
+        # (two round trips for a claim).
+        with self._connection("claim_next") as conn:
+            written: psycopg.Cursor[Row] | None = None
+            with conn.pipeline(), conn.transaction():
+                after = 0
+                while True:
+                    row = conn.execute(
+                        self._q.claim, (after, now_us, now_us, now_us), prepare=True
+                    ).fetchone()
+                    if row is None:
+                        return None
+                    after = row[0]
+                    task = _decode(row)
+                    try:
+                        step = core.acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
+                    except SagaLeaseError:
+                        continue
+                    written = conn.execute(
+                        self._q.write,
+                        _write_params(task.version, step),
+                        prepare=True,
                     )
-                return step.task
+                    break
+            if written.fetchone() is None:  # pragma: no cover - the row was locked
+                raise StoreUnavailableError(
+                    "the row changed while locked", task_id=task.task_id, state=task.state
+                )
+            return step.task
 
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
         changed: list[TaskSaga] = []

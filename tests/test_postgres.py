@@ -1,0 +1,418 @@
+"""PostgreSQL store: schema and migrations, the claim plan, time sources, failures,
+bad connection input, secrets, and hostile input on every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from conftest import POSTGRES_URL, T0, require_postgres
+from sagalease import (
+    Compensation,
+    InvalidInputError,
+    SagaLeaseError,
+    SagaStore,
+    SchemaVersionError,
+    StoreUnavailableError,
+    TaskState,
+    TerminalTaskError,
+    core,
+    open_store,
+)
+
+psycopg = pytest.importorskip("psycopg")
+from sagalease import postgres  # noqa: E402
+from sagalease.postgres import PostgresStore  # noqa: E402
+
+TTL = timedelta(seconds=30)
+S = timedelta(seconds=1)
+PASSWORD = "Sekr1t-pa55w0rd"
+
+
+def _drop(schema: str) -> None:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _admin(statement: str) -> None:
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A fresh schema name, dropped after the test."""
+    require_postgres()
+    name = f"sagalease_test_{secrets.token_hex(6)}"
+    try:
+        yield name
+    finally:
+        _drop(name)
+
+
+def _with(url: str, **params: str) -> str:
+    """``url`` with ``params`` replaced in its user info / path (a URL DSN)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    user = params.get("user", parts.username or "")
+    password = params.get("password", parts.password or "")
+    host = parts.hostname or "127.0.0.1"
+    port = params.get("port", str(parts.port or 5432))
+    netloc = f"{user}{':' + password if password else ''}@{host}:{port}"
+    path = "/" + params.get("dbname", parts.path.lstrip("/"))
+    return urlunsplit((parts.scheme, netloc, path, parts.query, ""))
+
+
+# ---------------------------------------------------------------- schema
+
+
+def test_schema_is_migrated_once_by_many_concurrent_openers(schema: str) -> None:
+    """Eight stores opening one fresh schema at once: all work, each migration ran once."""
+    stores: list[PostgresStore] = []
+    failures: list[BaseException] = []
+    barrier = threading.Barrier(8)
+    lock = threading.Lock()
+
+    def opener() -> None:
+        barrier.wait()
+        try:
+            store = PostgresStore(POSTGRES_URL, schema=schema, max_size=1)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+            return
+        with lock:
+            stores.append(store)
+
+    threads = [threading.Thread(target=opener) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert failures == []
+        assert len(stores) == 8
+        with psycopg.connect(POSTGRES_URL) as conn:
+            rows = conn.execute(f'SELECT version FROM "{schema}".schema_version').fetchall()
+        assert sorted(r[0] for r in rows) == list(range(1, postgres.latest_schema_version() + 1))
+        stores[0].create("t", now=T0)
+        assert stores[7].get("t") == stores[0].get("t")
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_newer_schema_is_refused_untouched(schema: str) -> None:
+    """A schema written by a newer sagalease: SchemaVersionError, and nothing changes."""
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        store.create("t", now=T0)
+    newer = postgres.latest_schema_version() + 1
+    _admin(f"INSERT INTO \"{schema}\".schema_version (version, name) VALUES ({newer}, 'future')")
+    with psycopg.connect(POSTGRES_URL) as conn:
+        before = conn.execute(f'SELECT * FROM "{schema}".tasks').fetchall()
+    with pytest.raises(SchemaVersionError) as info:
+        PostgresStore(POSTGRES_URL, schema=schema)
+    assert f"version {newer}" in str(info.value)
+    with psycopg.connect(POSTGRES_URL) as conn:
+        assert conn.execute(f'SELECT * FROM "{schema}".tasks').fetchall() == before
+        assert conn.execute(f'SELECT max(version) FROM "{schema}".schema_version').fetchone() == (
+            newer,
+        )
+
+
+def test_foreign_schema_is_not_taken_over(schema: str) -> None:
+    """A schema of the same name holding other tables: StoreUnavailableError, left alone."""
+    _admin(f'CREATE SCHEMA "{schema}"')
+    _admin(f'CREATE TABLE "{schema}".orders (id int)')
+    with pytest.raises(StoreUnavailableError, match="not a sagalease store"):
+        PostgresStore(POSTGRES_URL, schema=schema)
+    with psycopg.connect(POSTGRES_URL) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+        ).fetchall()
+    assert tables == [("orders",)]
+
+
+@pytest.mark.parametrize("bad", ["", "Upper", "x;drop", 'a"b', "1abc", "a" * 64, "sp ace"])
+def test_bad_schema_names_are_refused(bad: str) -> None:
+    """A schema name that is not a plain lower-case identifier: InvalidInputError."""
+    with pytest.raises(InvalidInputError):
+        PostgresStore(POSTGRES_URL, schema=bad)
+
+
+def test_check_constraints_refuse_a_malformed_record(schema: str) -> None:
+    """The CHECK constraints mirror the core's invariants (a lease outside RUNNING/COMPENSATING)."""
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        store.create("t", now=T0)
+        with pytest.raises(psycopg.errors.CheckViolation):
+            _admin(
+                f"UPDATE \"{schema}\".tasks SET lease_owner = 'x', lease_token = 0,"
+                " lease_acquired_us = 0, lease_expires_us = 1, lease_heartbeat_us = 0"
+            )
+        assert store.get("t") == core.replay(store.history("t"))
+
+
+def test_claim_uses_the_open_tasks_index_on_a_fresh_table(schema: str) -> None:
+    """With 20,000 finished tasks and no ANALYZE since, the claim plan walks tasks_open."""
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        _admin(
+            f'INSERT INTO "{schema}".tasks (task_id, state, metadata_json, compensations_json,'
+            " token, attempts, expirations, max_attempts, available_us, created_us, updated_us,"
+            " terminal_reason, notes_json, version) SELECT 'done-' || i, 'completed', '{}',"
+            " '[]', 1, 1, 0, 5, 0, 0, 0, 'completed', '[]', 3 FROM generate_series(1, 20000) i"
+        )
+        for i in range(20):
+            store.create(f"p{i}", now=T0)
+        plan = store.explain_claim(now=T0 + S)
+        assert "tasks_open" in plan, plan
+        assert "Seq Scan" not in plan, plan
+        task = store.claim_next(owner="w", ttl=TTL, now=T0 + S)
+        assert task is not None
+        assert task.task_id == "p0"
+
+
+# ---------------------------------------------------------------- open_store, time
+
+
+def test_open_store_postgres_urls(schema: str) -> None:
+    """open_store takes postgresql:// and postgres:// URLs, ?schema= and ?clock=database."""
+    for scheme in ("postgresql", "postgres"):
+        url = POSTGRES_URL.replace("postgresql://", f"{scheme}://", 1)
+        store = open_store(f"{url}?schema={schema}&clock=database")
+        try:
+            assert isinstance(store, PostgresStore)
+            assert isinstance(store, SagaStore)
+            assert (store.schema, store.clock_source) == (schema, "database")
+        finally:
+            store.close()
+    with pytest.raises(InvalidInputError):
+        open_store(f"{POSTGRES_URL}?schema={schema}&clock=sundial")
+
+
+def test_database_clock_is_used_when_no_now_is_given(schema: str) -> None:
+    """clock="database": a call without now is stamped with the server's clock_timestamp()."""
+    with PostgresStore(POSTGRES_URL, schema=schema, clock="database") as store:
+        before = store._server_now_us()
+        task = store.create("t")
+        after = store._server_now_us()
+        assert before <= task.created_us <= after
+        explicit = store.annotate("t", text="x", by="op", now=T0)
+        assert explicit.notes[-1].at == T0  # an explicit now is honoured
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_killed_connection_is_unavailable_then_the_pool_reconnects(schema: str) -> None:
+    """A backend killed under the store: StoreUnavailableError (driver error chained),
+    nothing half-written, and the next call works on a fresh connection.
+    """
+    url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}application_name=victim_{schema}"
+    with PostgresStore(url, schema=schema, min_size=1, max_size=1) as store:
+        store.create("t", now=T0)
+        store.acquire("t", owner="w", ttl=TTL, now=T0)
+        _admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            f" WHERE application_name = 'victim_{schema}'"
+        )
+        with pytest.raises(StoreUnavailableError) as info:
+            store.complete("t", owner="w", token=1, now=T0 + S)
+        assert isinstance(info.value.__cause__, psycopg.Error)
+        assert "outcome unknown" in str(info.value)
+        task = store.get("t")  # the pool replaced the dead connection
+        assert task is not None
+        assert task.state is TaskState.RUNNING
+        assert core.replay(store.history("t")) == task
+
+
+def test_retrying_a_committed_holder_call_reports_what_it_finds(schema: str) -> None:
+    """A retried complete (outcome was unknown, in fact committed) is TerminalTaskError,
+    never a second transition.
+    """
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        store.create("t", now=T0)
+        store.acquire("t", owner="w", ttl=TTL, now=T0)
+        done = store.complete("t", owner="w", token=1, now=T0 + S)
+        with pytest.raises(TerminalTaskError):
+            store.complete("t", owner="w", token=1, now=T0 + 2 * S)
+        assert store.get("t") == done
+        assert [e.event for e in store.history("t")] == ["create", "acquire", "complete"]
+
+
+def test_closed_store_is_unavailable(schema: str) -> None:
+    """Any call on a closed store: StoreUnavailableError; closing twice is harmless."""
+    store = PostgresStore(POSTGRES_URL, schema=schema)
+    store.close()
+    store.close()
+    with pytest.raises(StoreUnavailableError):
+        store.get("t")
+    assert "closed" in repr(store)
+
+
+# ---------------------------------------------------------------- bad connection input
+
+
+def test_unreachable_server_is_a_typed_error() -> None:
+    """Nothing listens on port 1: StoreUnavailableError naming the server."""
+    require_postgres()
+    with pytest.raises(StoreUnavailableError, match="cannot connect"):
+        PostgresStore(_with(POSTGRES_URL, port="1"), connect_timeout=2)
+
+
+def test_connect_timeout_bounds_a_silent_address() -> None:
+    """A non-routable address (TEST-NET-1): StoreUnavailableError after connect_timeout."""
+    require_postgres()
+    with pytest.raises(StoreUnavailableError):
+        PostgresStore("postgresql://postgres@192.0.2.1:5432/test", connect_timeout=1)
+
+
+def test_wrong_credentials_are_a_typed_error_without_the_password() -> None:
+    """A role that does not exist (trust auth on 127.0.0.1 accepts any password, so a
+    missing role stands for wrong credentials): StoreUnavailableError, password hidden.
+    """
+    require_postgres()
+    url = _with(POSTGRES_URL, user="no_such_role_sagalease", password=PASSWORD)
+    with pytest.raises(StoreUnavailableError) as info:
+        PostgresStore(url, connect_timeout=2)
+    assert "no_such_role_sagalease" in str(info.value)
+    assert PASSWORD not in "".join(traceback.format_exception(info.value))
+
+
+def test_missing_database_is_a_typed_error() -> None:
+    """A database that does not exist: StoreUnavailableError naming it."""
+    require_postgres()
+    with pytest.raises(StoreUnavailableError, match="no_such_db_sagalease"):
+        PostgresStore(_with(POSTGRES_URL, dbname="no_such_db_sagalease"), connect_timeout=2)
+
+
+def test_role_without_create_privilege_gets_a_typed_error(schema: str) -> None:
+    """A role without CREATE on the database cannot create the schema (typed error naming
+    the missing privilege, nothing created) but can use one an owner created.
+    """
+    role = "sagalease_test_nocreate"
+    _admin(
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN"
+        f" CREATE ROLE {role} LOGIN; END IF; END $$"
+    )
+    url = _with(POSTGRES_URL, user=role)
+    with pytest.raises(StoreUnavailableError, match="CREATE") as info:
+        PostgresStore(url, schema=schema, connect_timeout=2)
+    assert isinstance(info.value.__cause__, psycopg.errors.InsufficientPrivilege)
+    with psycopg.connect(POSTGRES_URL) as conn:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        assert found.fetchall() == []
+    PostgresStore(POSTGRES_URL, schema=schema).close()  # an owner creates it
+    _admin(f'GRANT USAGE ON SCHEMA "{schema}" TO {role}')
+    _admin(f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "{schema}" TO {role}')
+    with PostgresStore(url, schema=schema) as store:
+        store.create("t", now=T0)
+        assert store.acquire("t", owner="w", ttl=TTL, now=T0).token == 1
+
+
+def test_malformed_dsn_is_invalid_input_without_echo() -> None:
+    """A connection string libpq cannot parse: InvalidInputError that does not quote it."""
+    with pytest.raises(InvalidInputError) as info:
+        PostgresStore(f"host=localhost password={PASSWORD} nonsense")
+    assert PASSWORD not in "".join(traceback.format_exception(info.value))
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def test_password_never_in_repr_errors_or_logs(
+    schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The DSN's password is absent from repr(), error messages and chains, and log lines."""
+    caplog.set_level(logging.DEBUG)
+    url = _with(POSTGRES_URL, password=PASSWORD)  # trust auth: any password works
+    store = PostgresStore(url, schema=schema)
+    texts = [repr(store), str(store)]
+    try:
+        store.create("t", now=T0)
+        texts.append(repr(store.get("t")))
+    finally:
+        store.close()
+    for bad in (
+        _with(POSTGRES_URL, password=PASSWORD, port="1"),
+        _with(POSTGRES_URL, password=PASSWORD, dbname="no_such_db_sagalease"),
+        _with(POSTGRES_URL, password=PASSWORD.replace("-", "%2D")),  # percent-encoded
+    ):
+        try:
+            PostgresStore(bad, schema="sagalease_never", connect_timeout=2).close()
+        except SagaLeaseError as exc:
+            texts.append("".join(traceback.format_exception(exc)))
+    try:
+        open_store(_with(POSTGRES_URL, password=PASSWORD, port="1") + "?schema=x")
+    except SagaLeaseError as exc:
+        texts.append("".join(traceback.format_exception(exc)))
+    texts += [record.getMessage() for record in caplog.records]
+    assert len(texts) >= 6
+    for text in texts:
+        assert PASSWORD not in text
+        assert PASSWORD.replace("-", "%2D") not in text
+    assert "***" not in repr(store)  # the password is left out, not even masked
+
+
+# ---------------------------------------------------------------- hostile input, every backend
+
+HOSTILE_IDS = [
+    "'; DROP TABLE tasks; --",
+    'Robert"); DELETE FROM history; --',
+    "a' OR '1'='1",
+    "SELECT * FROM pg_user",
+    "$1 %s %(x)s {schema} \\x00not-nul",
+    "semi;colon;;",
+    "back\\slash 'quote' \"dq\" `tick`",
+    "ünï©ødé ✓ 😀",
+]
+
+
+@pytest.mark.parametrize("task_id", HOSTILE_IDS)
+def test_hostile_ids_and_metadata_round_trip(store: SagaStore, task_id: str) -> None:
+    """Task ids, saga ids, owners, reasons and metadata full of quotes, semicolons and SQL
+    keywords are stored and read back unchanged (bound parameters only).
+    """
+    metadata = {
+        "sql": "'; DROP SCHEMA public CASCADE; --",
+        task_id: [task_id, {"nested": "\"quoted\" 'single' ;"}],
+        "pct": "%s %% %(name)s",
+    }
+    comp = Compensation("undo'; --", f"target {task_id}", "reason; DELETE FROM tasks")
+    created = store.create(
+        task_id, saga_id=task_id, metadata=metadata, compensations=[comp], now=T0
+    )
+    leased = store.acquire(task_id, owner=task_id, ttl=TTL, now=T0)
+    store.annotate(task_id, text=f"note {task_id}", by=task_id, now=T0 + S)
+    failed = store.fail(task_id, owner=task_id, token=leased.token, reason=task_id, now=T0 + S)
+    got = store.get(task_id)
+    assert got is not None
+    assert got.task_id == task_id
+    assert got.saga_id == task_id
+    assert got.metadata == metadata == created.metadata
+    assert got.compensations == (comp,)
+    assert got.notes[-1].text == f"note {task_id}"
+    assert got.notes[-1].author == task_id
+    assert got == failed
+    assert [t.task_id for t in store.list_tasks(saga_id=task_id)] == [task_id]
+    assert store.history(task_id)[-1].reason == task_id
+    assert core.replay(store.history(task_id)) == got
+    assert store.counts()[TaskState.COMPENSATING] == 1
+
+
+def test_core_imports_without_psycopg() -> None:
+    """`import sagalease` does not import psycopg (the postgres extra is optional)."""
+    import subprocess
+
+    code = (
+        "import sys, sagalease; sagalease.open_store('memory://'); print('psycopg' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
