@@ -23,6 +23,8 @@ import multiprocessing
 import os
 import random
 import signal
+import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +32,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sagalease.errors import InvalidInputError, PermanentCompensationError
+from sagalease.errors import (
+    InvalidInputError,
+    PermanentCompensationError,
+    SagaLeaseError,
+    StoreUnavailableError,
+)
 from sagalease.records import Compensation, CompensationStatus, TaskState
 from sagalease.sqlite import SQLiteStore
 from sagalease.verify import Verification, verify_store
@@ -186,8 +193,23 @@ def _compensator(ctx: LeaseContext, compensation: Compensation) -> None:
         raise ConnectionError("downstream timed out (will retry)")
 
 
+def _resume(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+
+
 def _worker_main(db: str, owner: str, report: str, ttl: float) -> None:
-    """One worker process: work until every task has ended (or SIGTERM)."""
+    """One worker process: work until every task has ended (or SIGTERM). A store
+    error ends the process with one line on stderr (the parent replaces it).
+    """
+    try:
+        _work(db, owner, report, ttl)
+    except SagaLeaseError as exc:
+        print(f"sagalease simulate: worker {owner} stopped: {exc}", file=sys.stderr)
+        sys.exit(3)
+
+
+def _work(db: str, owner: str, report: str, ttl: float) -> None:
     store = SQLiteStore(db, timeout=30.0)
     out = open(report, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
 
@@ -316,7 +338,9 @@ def run_simulation(
     ctx = multiprocessing.get_context("spawn")
     procs: dict[str, multiprocessing.process.BaseProcess] = {}
     killed_by_us: set[str] = set()
-    paused: dict[str, float] = {}  # owner -> monotonic instant to resume
+    # owner -> the timer that resumes it. Resuming runs on its own thread: a worker
+    # stopped while holding the writer lock blocks this loop's reaper until resumed.
+    paused: dict[str, threading.Timer] = {}
     counter = 0
 
     def spawn() -> None:
@@ -350,12 +374,8 @@ def run_simulation(
             now = time.monotonic()
             if now - start > settings.timeout:
                 break
-            # Resume zombies whose pause is over.
-            for owner, until in list(paused.items()):
-                if now >= until:
-                    proc = procs[owner]
-                    if proc.pid is not None and proc.is_alive():
-                        os.kill(proc.pid, signal.SIGCONT)
+            for owner, timer in list(paused.items()):
+                if not timer.is_alive():
                     del paused[owner]
             # Replace dead workers (killed by us, or by a poison task).
             for owner, proc in list(procs.items()):
@@ -366,10 +386,13 @@ def run_simulation(
                         report.self_kills += 1
                     if ended < settings.tasks:
                         spawn()
-            if now >= next_reap:
-                report.reaped += len(store.reap())
-                next_reap = now + settings.ttl / 4
-            counts = store.counts()
+            try:
+                if now >= next_reap:
+                    report.reaped += len(store.reap())
+                    next_reap = now + settings.ttl / 4
+                counts = store.counts()
+            except StoreUnavailableError:
+                continue  # the writer lock is held by a paused worker: wait for it
             ended = sum(n for s, n in counts.items() if s.is_terminal)
             if progress is not None:
                 progress(ended, settings.tasks)
@@ -380,7 +403,7 @@ def run_simulation(
                 holders = {
                     t.lease.owner
                     for state in (TaskState.RUNNING, TaskState.COMPENSATING)
-                    for t in store.list_tasks(state=state, limit=1000)
+                    for t in store.list_tasks(state=state, limit=10_000)
                     if t.lease is not None
                 }
                 live = sorted(
@@ -399,15 +422,19 @@ def run_simulation(
                         report.kills += 1
                     else:
                         os.kill(pid, signal.SIGSTOP)
-                        paused[victim] = now + 2 * settings.ttl
+                        timer = threading.Timer(2 * settings.ttl, _resume, (pid,))
+                        timer.daemon = True
+                        timer.start()
+                        paused[victim] = timer
                         pauses_left -= 1
                         report.pauses += 1
             time.sleep(tick)
     finally:
-        for owner in list(paused):
-            proc = procs[owner]
+        for timer in paused.values():
+            timer.cancel()
+        for proc in procs.values():
             if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signal.SIGCONT)
+                _resume(proc.pid)
         deadline = time.monotonic() + 5 * settings.ttl + 5
         for proc in procs.values():
             proc.join(max(0.0, deadline - time.monotonic()))
