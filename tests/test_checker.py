@@ -232,3 +232,14 @@ def test_declaration_missing_a_transition_the_core_takes_is_caught(
     result = check(load_model("default", **SMALL))
     assert result.violation is not None
     assert "undeclared edge running --release--> pending" in result.violation
+
+
+def test_recorded_figures_that_differ_fail_the_check() -> None:
+    """A model whose recorded figures differ from the run fails, naming the figure."""
+    model = load_model("default")
+    assert model.figures is not None
+    wrong = dataclasses.replace(model, figures={**model.figures, "states": 1})
+    result = check(wrong)
+    assert result.violation is None
+    assert result.drift == {"states": (1, _bundled("default").states)}
+    assert not result.ok

@@ -1,9 +1,9 @@
 """The CrossHair check bites: it finds a counterexample in every core mutant.
 
 ``tests/crosshair_mutants/broken_core.py`` holds broken copies of core
-functions carrying the real functions' contracts, each driven over
-well-formed records (the same drivers ``.ci/crosshair`` runs on the real
-core). CrossHair must exit 1 and name every driver in a counterexample.
+functions, each driven exactly like the real function in ``.ci/crosshair``
+(from reachable records, held to the real function's contracts). CrossHair
+must exit 1 and name every driver in a counterexample.
 """
 
 from __future__ import annotations
@@ -23,11 +23,6 @@ CROSSHAIR = shutil.which("crosshair", path=str(Path(sys.executable).parent))
 pytestmark = pytest.mark.skipif(CROSSHAIR is None, reason="crosshair-tool is not installed")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="not yet biting: in 5 s per driver CrossHair reaches mostly refusal paths"
-    " (77 iterations in 20 s CPU for the acquire driver, no successful acquire)",
-)
 def test_crosshair_finds_every_mutant() -> None:
     """CrossHair exits 1 with a counterexample naming every mutant driver."""
     from crosshair_mutants.broken_core import DRIVERS

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_committed_spec_matches_generated() -> None:
-    """specs/lifecycle.md equals `sagalease spec`; regenerate with `uv run sagalease spec > specs/lifecycle.md`."""
+    """specs/lifecycle.md equals `sagalease spec` (regenerate: `uv run sagalease spec`)."""
     committed = (ROOT / "specs" / "lifecycle.md").read_text(encoding="utf-8")
     assert committed == render_markdown()
 
@@ -69,7 +69,7 @@ def _shape(chart: object) -> list[tuple[str, bool, bool, list[tuple[str, str, li
 
 
 def test_json_statechart_loads_back_equal_to_the_declaration() -> None:
-    """python-statemachine's own JSON loader rebuilds the declared states, events, targets, guards."""
+    """python-statemachine's JSON loader rebuilds the declared states, events, targets, guards."""
     doc = json.loads((ROOT / "specs" / "lifecycle.json").read_text(encoding="utf-8"))
     loaded = load(json.dumps(doc["statechart"]), format="json")
     assert _shape(loaded) == _shape(Lifecycle)

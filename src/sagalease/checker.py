@@ -11,22 +11,7 @@ relative to ``now`` and clamped at zero, so the space is finite without a
 horizon: a lease with 2 ticks left is the same state whatever the clock reads.
 Workers are interchangeable, so states are keyed up to a permutation of them.
 
-Checked:
-
-* on every state: ``core.well_formed`` (lease only in leasing states, bounded
-  attempts, compensation bookkeeping, ...) and that at most one worker holds
-  the current token;
-* on every edge: terminal states absorb; compensations are never dropped and
-  only leave ``pending``, and no task fails while one is pending; a holder
-  write succeeds only for the current owner with the current token before
-  expiry; acquisition only of an absent or expired lease, with the token up by
-  exactly one (so token = number of grants); a heartbeat never revives nor
-  shortens a lease; the reaper never drops a live lease; the edge is a
-  declared transition of the chart;
-* liveness: no cycle among non-terminal states and no non-terminal state
-  without a way forward, i.e. under weak fairness every run ends (a check that
-  ignored cycles would miss endless heartbeats);
-* coverage: every declared transition is taken somewhere.
+What is checked is listed in :data:`PROPERTIES` (the spec prints it).
 """
 
 from __future__ import annotations
@@ -45,7 +30,28 @@ from sagalease.errors import SagaLeaseError
 from sagalease.lifecycle import CHART
 from sagalease.records import Compensation, CompensationStatus, TaskSaga, TaskState
 
-__all__ = ["Model", "Result", "check", "load_model", "model_names"]
+__all__ = ["PROPERTIES", "Model", "Result", "check", "load_model", "model_names"]
+
+PROPERTIES = (
+    "every state: the record is well formed (`core.well_formed`: a lease only in"
+    " leasing states and carrying the current token, bounded attempts, compensation"
+    " bookkeeping) and at most one worker holds the current token",
+    "every edge: a terminal state never changes",
+    "every edge: a holder write (heartbeat, release, register_compensation, complete,"
+    " fail, compensation_*) succeeds only for the current owner with the current token"
+    " before expiry, whoever tries (same-id zombies, impostors with the right token)",
+    "every edge: acquisition only of an absent or expired lease, granting the caller the"
+    " token plus one; no other event changes the token (so token = number of grants)",
+    "every edge: a heartbeat never revives an expired lease nor shortens a live one;"
+    " the reaper never drops a live lease",
+    "every edge: compensations are never dropped and only leave `pending`; no task"
+    " fails while one is pending",
+    "every edge is a transition declared in the chart",
+    "liveness: no cycle among non-terminal states and no non-terminal state without a"
+    " way forward, so under weak fairness every run ends",
+    "coverage: every declared transition is taken in some run",
+)
+"""The properties :func:`check` verifies, in words."""
 
 TICK = 1_000_000
 _HOLDER_EVENTS = frozenset(
@@ -78,6 +84,7 @@ class Model:
     impostor: bool = True  # someone presenting the current token under another owner id
     expect: str = "pass"
     description: str = ""
+    figures: dict[str, int] | None = None  # recorded results; a difference is a failure
 
 
 @dataclass(frozen=True)
@@ -106,11 +113,22 @@ class Result:
     violation: str | None = None
     trace: list[str] = field(default_factory=list)
     uncovered: list[str] = field(default_factory=list)
+    drift: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        """Whether every check passed."""
-        return self.violation is None and not self.uncovered
+        """Whether every check passed (and the recorded figures, if any, match)."""
+        return self.violation is None and not self.uncovered and not self.drift
+
+    @property
+    def figures(self) -> dict[str, int]:
+        """The deterministic figures of this run (everything but the time)."""
+        return {
+            "states": self.states,
+            "transitions": self.transitions,
+            "depth": self.depth,
+            "longest_run": self.longest_run,
+        }
 
 
 # ------------------------------------------------------------------ models
@@ -136,7 +154,10 @@ def load_model(name_or_path: str, **overrides: Any) -> Model:
         path = _models_dir() / f"{name_or_path}.toml"
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     data.setdefault("name", path.stem)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if changes:
+        data.pop("figures", None)  # recorded for the model as written, not a variant
+    data.update(changes)
     return Model(**data)
 
 
@@ -406,6 +427,10 @@ def check(m: Model, *, contracts: bool = False) -> Result:
     if result.violation is None:
         declared = {(t.source, t.event, t.target) for ts in CHART.values() for t in ts}
         result.uncovered = sorted(f"{a.value} --{e}--> {b.value}" for a, e, b in declared - covered)
+    if m.figures is not None and result.violation is None:
+        result.drift = {
+            k: (v, result.figures[k]) for k, v in m.figures.items() if result.figures.get(k) != v
+        }
     result.seconds = time.perf_counter() - started
     return result
 

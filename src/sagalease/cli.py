@@ -710,6 +710,8 @@ def check(
             print(f"  {line}")
     for edge in result.uncovered:
         print(f"NOT EXERCISED: declared transition {edge}")
+    for name, (recorded, found) in result.drift.items():
+        print(f"FIGURES DRIFTED: {name} recorded {recorded:,}, found {found:,}")
     print(f"{'PASS' if result.ok else 'FAIL'} (expected: {loaded.expect})")
     return EXIT_OK if result.ok else EXIT_FAIL
 

@@ -200,6 +200,13 @@ def check_text(
     """
     if not isinstance(value, str):
         raise _bad(f"{name} must be a string, not {type(value).__name__}")
+    if (
+        value.isascii()
+        and value.isprintable()
+        and 0 < len(value) <= max_length
+        and (not required or value.strip())
+    ):
+        return value  # the common case: nothing below can object
     if required and not value.strip():
         raise _bad(f"{name} must not be empty")
     if len(value) > max_length:
@@ -518,7 +525,9 @@ def heartbeat(task: TaskSaga, *, owner: str, token: int, ttl_us: int, now_us: in
         actor_token=token,
         reason=None,
         args={"owner": owner, "token": token, "ttl_us": ttl},
-        lease=replace(task.lease, expires_us=expiry, heartbeat_us=now_us),
+        lease=replace(
+            task.lease, expires_us=expiry, heartbeat_us=max(now_us, task.lease.heartbeat_us)
+        ),  # a caller whose clock lags never moves the last heartbeat back
     )
 
 

@@ -22,6 +22,7 @@ transition (it only appends a note, terminal tasks included).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +36,23 @@ from sagalease.errors import (
     SagaLeaseError,
     TerminalTaskError,
 )
-from sagalease.records import CompensationStatus, TaskSaga, TaskState, from_us
+from sagalease.records import CompensationStatus, TaskSaga, TaskState
+
+
+def _when(instant_us: int) -> str:
+    """An instant as ISO 8601 UTC text, by integer arithmetic (no datetime objects,
+    which CrossHair cannot follow symbolically).
+    """
+    seconds, micros = divmod(instant_us, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+
 
 __all__ = [
     "CHART",
     "COMMON_VALIDATORS",
-    "STATE_DOCS",
     "EVENTS",
     "GUARDS",
+    "STATE_DOCS",
     "CompiledTransition",
     "Guard",
     "GuardContext",
@@ -112,11 +122,16 @@ class Lifecycle(StateChart):  # type: ignore[type-arg]
 STATE_DOCS: Mapping[TaskState, str] = {
     TaskState.PENDING: "waiting to be leased; never holds a lease",
     TaskState.RUNNING: "forward work under a lease (always set; it may have expired)",
-    TaskState.COMPENSATING: "forward work failed, compensations owed; leaseable by a compensating worker",
+    TaskState.COMPENSATING: (
+        "forward work failed, compensations owed; leaseable by a compensating worker"
+    ),
     TaskState.COMPLETED: "the forward work finished",
     TaskState.FAILED: "the forward work failed and no compensation was owed",
     TaskState.COMPENSATED: "every compensation was applied",
-    TaskState.QUARANTINED: "set aside for an operator: a permanent compensation failure, no attempts left, or an operator's decision; lists what is still pending",
+    TaskState.QUARANTINED: (
+        "set aside for an operator: a permanent compensation failure, no attempts left,"
+        " or an operator's decision; lists what is still pending"
+    ),
 }
 """What each state means (the spec prints these)."""
 
@@ -148,7 +163,7 @@ def _holder_problem(c: GuardContext) -> str | None:
         )
     if c.now_us >= lease.expires_us:
         return (
-            f"lease of {lease.owner!r} (token {lease.token}) expired at {from_us(lease.expires_us)}"
+            f"lease of {lease.owner!r} (token {lease.token}) expired at {_when(lease.expires_us)}"
         )
     return None
 
@@ -192,7 +207,8 @@ class Guard:
     def check(self, c: GuardContext) -> None:
         """Raise this validator's error when its test fails."""
         if not self.test(c):
-            assert self.error is not None and self.message is not None
+            assert self.error is not None
+            assert self.message is not None
             err = self.error(self.message(c), task_id=c.task.task_id, state=c.task.state)
             if isinstance(err, LeaseConflictError):
                 err.owner, err.token = c.owner, c.token
@@ -202,15 +218,13 @@ class Guard:
 def _live_lease_message(c: GuardContext) -> str:
     lease = c.task.lease
     assert lease is not None
-    return (
-        f"lease is held by {lease.owner!r} (token {lease.token}) until {from_us(lease.expires_us)}"
-    )
+    return f"lease is held by {lease.owner!r} (token {lease.token}) until {_when(lease.expires_us)}"
 
 
 def _extends_message(c: GuardContext) -> str:
     lease = c.task.lease
-    new = "?" if c.new_expiry_us is None else str(from_us(c.new_expiry_us))
-    old = "?" if lease is None else str(from_us(lease.expires_us))
+    new = "?" if c.new_expiry_us is None else _when(c.new_expiry_us)
+    old = "?" if lease is None else _when(lease.expires_us)
     return f"heartbeat would not extend the lease (new expiry {new}, current {old})"
 
 
@@ -228,14 +242,14 @@ _GUARD_LIST = (
         "`now >= available_at`",
         lambda c: c.now_us >= c.task.available_us,
         InvalidTransitionError,
-        lambda c: f"not available before {from_us(c.task.available_us)}",
+        lambda c: f"not available before {_when(c.task.available_us)}",
     ),
     Guard(
         "before_deadline",
         "no deadline, or `now < deadline`",
         lambda c: not _past_deadline(c),
         InvalidTransitionError,
-        lambda c: f"deadline {c.task.deadline} has passed",
+        lambda c: f"deadline {_when(c.task.deadline_us or 0)} has passed",
     ),
     Guard(
         "attempts_left",

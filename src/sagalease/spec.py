@@ -64,6 +64,37 @@ def _guard_cell(names: tuple[str, ...], *, validators: bool) -> str:
     return ", ".join(parts)
 
 
+def _model_checking() -> list[str]:
+    from sagalease.checker import PROPERTIES, load_model, model_names
+
+    out = [
+        "## Model checking",
+        "",
+        "`sagalease check MODEL` explores every interleaving of the model's workers"
+        " (including paused zombies, restarted workers under the same id and an"
+        " impostor), the reaper, an operator and the clock, through the same core the"
+        " stores run, and verifies:",
+        "",
+        *(f"- {p}" for p in PROPERTIES),
+        "",
+        "| model | what it runs | expected | states | transitions | depth | longest run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in model_names():
+        m = load_model(name)
+        f = m.figures or {}
+        cells = [f"{f[k]:,}" if k in f else "-" for k in ("states", "transitions", "depth")]
+        longest = f"{f['longest_run']:,}" if "longest_run" in f else "-"
+        out.append(f"| `{name}` | {m.description} | {m.expect} | {' | '.join(cells)} | {longest} |")
+    out += [
+        "",
+        "Recorded figures are checked on every run of the model: a difference fails"
+        " `sagalease check` (CI runs `ci`).",
+        "",
+    ]
+    return out
+
+
 def render_markdown() -> str:
     """The whole spec as Markdown (the content of ``specs/lifecycle.md``)."""
     out: list[str] = [
@@ -127,6 +158,7 @@ def render_markdown() -> str:
     out += [
         "",
         _PROSE,
+        *_model_checking(),
         "## Diagram",
         "",
         "```mermaid",

@@ -1,16 +1,14 @@
-"""Mutants of :mod:`sagalease.core`, each carrying the real function's contracts.
+"""Mutants of :mod:`sagalease.core`, for showing that the CrossHair check bites.
 
-Each mutant is the real function's body with one deliberate bug; its pre- and
-postconditions are copied from the real function at import
-(:func:`same_contracts`), so they cannot drift from what ``.ci/crosshair``
-checks. ``tests/test_crosshair.py`` runs ``crosshair check`` on this module and
-expects a counterexample naming every mutant listed in :data:`MUTANTS`.
+Each mutant is the real function's body with one deliberate bug. Its driver is
+the same as in :mod:`.harness`: its postcondition is the conjunction of the
+*real* function's icontract contracts, so the mutant is held to exactly what
+``.ci/crosshair`` proves of the core. ``tests/test_crosshair.py`` runs
+``crosshair check`` on the drivers in :data:`DRIVERS` and expects a
+counterexample naming each.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import icontract
 
@@ -24,40 +22,14 @@ from sagalease.core import (
     _holder_ctx,
     check_id,
     check_text,
-    well_formed,
 )
-from sagalease.errors import SagaLeaseError  # noqa: F401  (the copied ":raises" docstrings name it)
+from sagalease.errors import SagaLeaseError  # noqa: F401  (named by the ":raises" lines)
 from sagalease.lifecycle import GuardContext, resolve
-from sagalease.records import CompensationStatus, Lease, TaskSaga, TaskState
+from sagalease.records import Lease, TaskSaga, TaskState
 
-from .harness import _owner, _task, instant
-
-F = TypeVar("F", bound=Callable[..., Any])
+from .harness import CLOCK, TTLS, N, acquire_args, holder_args, holds, plain_args
 
 
-def same_contracts(real: Callable[..., Any]) -> Callable[[F], F]:
-    """Give the decorated function ``real``'s icontract pre/postconditions and
-    docstring (whose ``:raises SagaLeaseError:`` line tells CrossHair which
-    exceptions are refusals rather than bugs).
-    """
-    checker: Any = icontract._checkers.find_checker(real)
-    assert checker is not None, f"{real.__name__} has no contracts"
-
-    def decorate(fn: F) -> F:
-        fn.__doc__ = real.__doc__
-        wrapped: Any = fn
-        for post in checker.__postconditions__:
-            wrapped = icontract.ensure(post.condition, post.description)(wrapped)
-        (conjunction,) = checker.__preconditions__
-        for pre in conjunction:
-            wrapped = icontract.require(pre.condition, pre.description)(wrapped)
-        result: F = wrapped
-        return result
-
-    return decorate
-
-
-@same_contracts(core.acquire)
 def acquire_without_token_bump(task: TaskSaga, *, owner: str, ttl_us: int, now_us: int) -> Step:  # noqa: D103
     check_id("owner", owner)
     ttl = _check_duration("ttl", ttl_us, allow_zero=False)
@@ -82,7 +54,6 @@ def acquire_without_token_bump(task: TaskSaga, *, owner: str, ttl_us: int, now_u
     )
 
 
-@same_contracts(core.complete)
 def complete_ignoring_token(  # noqa: D103
     task: TaskSaga, *, owner: str, token: int, reason: str | None = None, now_us: int
 ) -> Step:
@@ -102,7 +73,6 @@ def complete_ignoring_token(  # noqa: D103
     )
 
 
-@same_contracts(core.reap)
 def reap_live_lease(task: TaskSaga, *, now_us: int) -> Step:  # noqa: D103
     # BUG: the guards are asked one microsecond late, so a lease that is still
     # live at ``now_us`` (expiring at ``now_us + 1``) is reaped.
@@ -130,65 +100,55 @@ def reap_live_lease(task: TaskSaga, *, now_us: int) -> Step:  # noqa: D103
 
 
 # ---------------------------------------------------------------- drivers
-# CrossHair is pointed at these (see ``harness``): a record built well-formed,
-# then the mutant, whose copied postconditions CrossHair enforces.
+# Exactly the drivers of ``harness``, pointed at the mutants: the postcondition
+# is the conjunction of the *real* function's contracts.
 
 
-@icontract.ensure(lambda result: well_formed(result.task))
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.require(lambda who, ttl: 0 <= who < 3 and 0 <= ttl < len(TTLS))
+@icontract.ensure(
+    lambda seed, who, ttl, clock, micros, result: holds(
+        core.acquire, acquire_args(seed, who, ttl, clock, micros), result
+    )
+)
 def drive_acquire_without_token_bump(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    same_owner: bool,
-    ttl: int,
-    now: int,
+    seed: int, who: int, ttl: int, clock: int, micros: int
 ) -> Step:
     """Drive :func:`acquire_without_token_bump`.
 
     :raises SagaLeaseError: a refusal.
     """
-    task = _task(state, n, leased, c0, c1)
-    return acquire_without_token_bump(
-        task, owner=_owner(same_owner), ttl_us=1 + abs(ttl), now_us=instant(now)
+    return acquire_without_token_bump(**acquire_args(seed, who, ttl, clock, micros))
+
+
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.require(lambda who, token: 0 <= who < 3 and 0 <= token <= 3)
+@icontract.ensure(
+    lambda seed, who, token, clock, micros, result: holds(
+        core.complete, holder_args(seed, who, token, clock, micros), result
     )
-
-
-@icontract.ensure(lambda result: well_formed(result.task))
-def drive_complete_ignoring_token(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    same_owner: bool,
-    token: int,
-    now: int,
-) -> Step:
+)
+def drive_complete_ignoring_token(seed: int, who: int, token: int, clock: int, micros: int) -> Step:
     """Drive :func:`complete_ignoring_token`.
 
     :raises SagaLeaseError: a refusal.
     """
-    task = _task(state, n, leased, c0, c1)
-    return complete_ignoring_token(task, owner=_owner(same_owner), token=token, now_us=instant(now))
+    return complete_ignoring_token(**holder_args(seed, who, token, clock, micros))
 
 
-@icontract.ensure(lambda result: well_formed(result.task))
-def drive_reap_live_lease(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    now: int,
-) -> Step:
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.ensure(
+    lambda seed, clock, micros, result: holds(core.reap, plain_args(seed, clock, micros), result)
+)
+def drive_reap_live_lease(seed: int, clock: int, micros: int) -> Step:
     """Drive :func:`reap_live_lease`.
 
     :raises SagaLeaseError: a refusal.
     """
-    task = _task(state, n, leased, c0, c1)
-    return reap_live_lease(task, now_us=instant(now))
+    return reap_live_lease(**plain_args(seed, clock, micros))
 
 
 DRIVERS = (

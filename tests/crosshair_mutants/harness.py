@@ -1,330 +1,326 @@
-"""CrossHair drivers: the core's contracts checked over well-formed records.
+"""CrossHair drivers: every event of the core, over reachable records.
+
+CrossHair checks a function's *own* contracts; when a contracted function is
+called from the one under analysis, its icontract violations are not reported
+(measured here: a core mutant called from a driver went unnoticed). So each
+driver here calls the core function *without* its icontract wrapper and
+carries, as its own postcondition, the conjunction of that function's real
+pre- and postconditions (:func:`holds`, read from icontract at run time, so
+they cannot drift from :mod:`sagalease.core`).
 
 Pointed at :mod:`sagalease.core` directly, CrossHair draws arbitrary
-``TaskSaga`` values and spends nearly every iteration failing the
-``well_formed`` precondition (about 20 comparisons that must all come out
-right). These drivers instead *build* a well-formed record from a handful of
-integers, enums and booleans (``abs``/``min`` keep every field in range, so
-no branch is wasted) and call the real, icontract-wrapped core function:
-CrossHair then enforces that function's postconditions on every path it runs
-(a violation is reported as a counterexample naming the driver). The scope is
-bounded on purpose: fixed ids (``"t"``, owners ``"a"``/``"b"``), at most two
-compensations; integers (instants, tokens, attempts) are unbounded symbols.
-
-``broken_core`` uses the same builder for its mutants.
+``TaskSaga`` values and spends nearly every iteration failing ``well_formed``.
+These drivers instead start from *reachable* records (:data:`SEEDS`, built at
+import by concrete core calls) and make the rest symbolic and bounded: the
+seed, the caller (the holder, another worker, an impostor), the token it
+presents, the TTL, and the clock (one of the instants where a seed's guards
+change their answer, nudged by -1/0/+1 µs). The bounds make the path space
+finite, so "Confirmed over all paths" is a proof over that space.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import icontract
 
 from sagalease import core
-from sagalease.core import MAX_INSTANT_US, Step, well_formed
+from sagalease.core import Step
 from sagalease.errors import SagaLeaseError  # noqa: F401  (named by the ":raises" lines)
-from sagalease.records import Compensation, CompensationStatus, Lease, TaskSaga, TaskState
+from sagalease.records import Compensation, TaskSaga
 
-_LEASING = (TaskState.RUNNING, TaskState.COMPENSATING)
-
-
-def instant(raw: int) -> int:
-    """An instant in 1970..9999 from any integer."""
-    return min(abs(raw), MAX_INSTANT_US)
-
-
-def _status(state: TaskState, status: CompensationStatus) -> CompensationStatus:
-    if state is TaskState.COMPENSATED:
-        return CompensationStatus.APPLIED
-    if status is CompensationStatus.FAILED and state is not TaskState.QUARANTINED:
-        return CompensationStatus.APPLIED
-    if status is CompensationStatus.PENDING and state in (TaskState.FAILED, TaskState.COMPENSATED):
-        return CompensationStatus.APPLIED
-    return status
+T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
+S = 1_000_000
+TTL = 30 * S
+OWNERS = ("w1", "w2", "impostor")
+# The instants where the seeds' guards change their answer: creation, the
+# delayed availability, lease expiries (30 s; 50 s after the heartbeat; 61 s
+# for the takeover), the deadline (60 s), and points between and beyond.
+CLOCK = tuple(T0 + s * S for s in (-5, 0, 10, 20, 30, 31, 50, 60, 61, 90))
+TTLS = (S, 30 * S, 90 * S)
 
 
-def build_task(
-    state: TaskState,
-    *,
-    attempts: int,
-    spare: int,
-    extra_token: int,
-    leased: bool,
-    acquired: int,
-    life: int,
-    available: int,
-    deadline: int | None,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-) -> TaskSaga:
-    """A record that satisfies :func:`sagalease.core.well_formed` by construction."""
-    used = min(abs(attempts), core.MAX_ATTEMPTS)
-    token = used + abs(extra_token)
-    lease = None
-    if state is TaskState.RUNNING or (state is TaskState.COMPENSATING and leased):
-        start = min(abs(acquired), MAX_INSTANT_US - 1)
-        lease = Lease("a", token, start, min(start + 1 + abs(life), MAX_INSTANT_US), start)
-    comps: tuple[Compensation, ...] = ()
-    if state is not TaskState.FAILED:
-        comps = tuple(
-            Compensation("k", "x", status=_status(state, s)) for s in (c0, c1) if s is not None
-        )
-    return TaskSaga(
-        "t",
-        state,
-        0,
-        0,
-        compensations=comps,
-        lease=lease,
-        token=token,
-        attempts=used,
-        max_attempts=used + min(abs(spare), 3),
-        available_us=instant(available),
-        deadline_us=None if deadline is None else instant(deadline),
-        terminal_reason="r" if state.is_terminal else None,
+def _seeds() -> tuple[TaskSaga, ...]:
+    comps = (Compensation("refund", "order-1"), Compensation("release", "seat-7"))
+    fresh = core.create(
+        "t", now_us=T0, compensations=comps, max_attempts=2, deadline_us=T0 + 60 * S
+    ).task
+    bare = core.create("t", now_us=T0, max_attempts=1).task
+    running = core.acquire(fresh, owner="w1", ttl_us=TTL, now_us=T0).task
+    beaten = core.heartbeat(running, owner="w1", token=1, ttl_us=TTL, now_us=T0 + 20 * S).task
+    taken = core.acquire(running, owner="w2", ttl_us=TTL, now_us=T0 + 31 * S).task
+    bare_running = core.acquire(bare, owner="w1", ttl_us=TTL, now_us=T0).task
+    delayed = core.release(running, owner="w1", token=1, delay_us=10 * S, now_us=T0 + S).task
+    failing = core.fail(running, owner="w1", token=1, reason="boom", now_us=T0 + S).task
+    compensating = core.acquire(failing, owner="w2", ttl_us=TTL, now_us=T0 + S).task
+    half = core.compensation_applied(compensating, owner="w2", token=2, index=0, now_us=T0 + S).task
+    completed = core.complete(bare_running, owner="w1", token=1, now_us=T0 + S).task
+    quarantined = core.quarantine(running, reason="op", by="op", now_us=T0 + S).task
+    return (
+        fresh,
+        bare,
+        running,
+        beaten,
+        taken,
+        bare_running,
+        delayed,
+        failing,
+        compensating,
+        half,
+        completed,
+        quarantined,
     )
 
 
-def _owner(same: bool) -> str:
-    return "a" if same else "b"
+SEEDS = _seeds()
+N = len(SEEDS)
 
 
-@icontract.ensure(lambda result: well_formed(result.task))
-def drive_acquire(
-    state: TaskState,
-    attempts: int,
-    spare: int,
-    extra_token: int,
-    leased: bool,
-    acquired: int,
-    life: int,
-    available: int,
-    deadline: int | None,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    same_owner: bool,
-    ttl: int,
-    now: int,
-) -> Step:
-    """:func:`sagalease.core.acquire` on a built record.
+def now_at(clock: int, micros: int) -> int:
+    """The clock: one of :data:`CLOCK`, nudged by ``micros`` (-1, 0, +1 µs)."""
+    return CLOCK[clock] + micros
+
+
+def holds(real: Callable[..., Any], kwargs: dict[str, Any], result: Step) -> bool:
+    """Whether every pre- and postcondition icontract declares on ``real`` holds
+    for a call with ``kwargs`` that returned ``result``.
+    """
+    checker: Any = icontract._checkers.find_checker(real)
+    for group in checker.__preconditions__:
+        for pre in group:
+            if not pre.condition(**{name: kwargs[name] for name in pre.condition_args}):
+                return False
+    for post in checker.__postconditions__:
+        args = {name: result if name == "result" else kwargs[name] for name in post.condition_args}
+        if not post.condition(**args):
+            return False
+    return True
+
+
+RAW: dict[str, Callable[..., Step]] = {
+    event: inspect.unwrap(fn) for event, fn in core._HANDLERS.items()
+}
+"""The core's event functions without their icontract wrappers."""
+
+
+def acquire_args(seed: int, who: int, ttl: int, clock: int, micros: int) -> dict[str, Any]:
+    """Keyword arguments of an acquire call."""
+    return {
+        "task": SEEDS[seed],
+        "owner": OWNERS[who],
+        "ttl_us": TTLS[ttl],
+        "now_us": now_at(clock, micros),
+    }
+
+
+def holder_args(seed: int, who: int, token: int, clock: int, micros: int) -> dict[str, Any]:
+    """Keyword arguments shared by the holder calls."""
+    return {
+        "task": SEEDS[seed],
+        "owner": OWNERS[who],
+        "token": token,
+        "now_us": now_at(clock, micros),
+    }
+
+
+def plain_args(seed: int, clock: int, micros: int) -> dict[str, Any]:
+    """Keyword arguments of reap."""
+    return {"task": SEEDS[seed], "now_us": now_at(clock, micros)}
+
+
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.require(lambda who, ttl: 0 <= who < 3 and 0 <= ttl < len(TTLS))
+@icontract.ensure(
+    lambda seed, who, ttl, clock, micros, result: holds(
+        core.acquire, acquire_args(seed, who, ttl, clock, micros), result
+    )
+)
+def drive_acquire(seed: int, who: int, ttl: int, clock: int, micros: int) -> Step:
+    """:func:`sagalease.core.acquire` from a reachable record.
 
     :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
     """
-    task = build_task(
-        state, attempts=attempts, spare=spare, extra_token=extra_token, leased=leased,
-        acquired=acquired, life=life, available=available, deadline=deadline, c0=c0, c1=c1,
-    )  # fmt: skip
-    return core.acquire(task, owner=_owner(same_owner), ttl_us=1 + abs(ttl), now_us=instant(now))
+    return RAW["acquire"](**acquire_args(seed, who, ttl, clock, micros))
 
 
-def _task(
-    state: TaskState, n: tuple[int, int, int, int, int, int, int | None], leased: bool,
-    c0: CompensationStatus | None, c1: CompensationStatus | None,
-) -> TaskSaga:  # fmt: skip
-    attempts, spare, extra_token, acquired, life, available, deadline = n
-    return build_task(
-        state, attempts=attempts, spare=spare, extra_token=extra_token, leased=leased,
-        acquired=acquired, life=life, available=available, deadline=deadline, c0=c0, c1=c1,
-    )  # fmt: skip
-
-
-@icontract.ensure(lambda result: well_formed(result.task))
-def drive_heartbeat(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    same_owner: bool,
-    token: int,
-    ttl: int,
-    now: int,
-) -> Step:
-    """:func:`sagalease.core.heartbeat` on a built record.
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.require(lambda who, token: 0 <= who < 3 and 0 <= token <= 3)
+@icontract.require(lambda ttl: 0 <= ttl < len(TTLS))
+@icontract.ensure(
+    lambda seed, who, token, ttl, clock, micros, result: holds(
+        core.heartbeat,
+        {**holder_args(seed, who, token, clock, micros), "ttl_us": TTLS[ttl]},
+        result,
+    )
+)
+def drive_heartbeat(seed: int, who: int, token: int, ttl: int, clock: int, micros: int) -> Step:
+    """:func:`sagalease.core.heartbeat` from a reachable record.
 
     :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
     """
-    task = _task(state, n, leased, c0, c1)
-    return core.heartbeat(
-        task, owner=_owner(same_owner), token=token, ttl_us=1 + abs(ttl), now_us=instant(now)
+    return RAW["heartbeat"](**holder_args(seed, who, token, clock, micros), ttl_us=TTLS[ttl])
+
+
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.require(lambda who, token: 0 <= who < 3 and 0 <= token <= 3)
+@icontract.require(lambda delay: 0 <= delay <= 1)
+@icontract.ensure(
+    lambda seed, who, token, delay, clock, micros, result: holds(
+        core.release,
+        {**holder_args(seed, who, token, clock, micros), "delay_us": delay * 10 * S},
+        result,
+    )
+)
+def drive_release(seed: int, who: int, token: int, delay: int, clock: int, micros: int) -> Step:
+    """:func:`sagalease.core.release` from a reachable record.
+
+    :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
+    """
+    return RAW["release"](**holder_args(seed, who, token, clock, micros), delay_us=delay * 10 * S)
+
+
+UNDO = Compensation("undo", "x")
+
+
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.require(lambda who, token: 0 <= who < 3 and 0 <= token <= 3)
+@icontract.ensure(
+    lambda seed, who, token, clock, micros, result: holds(
+        core.register_compensation,
+        {**holder_args(seed, who, token, clock, micros), "compensation": UNDO},
+        result,
+    )
+)
+def drive_register_compensation(seed: int, who: int, token: int, clock: int, micros: int) -> Step:
+    """:func:`sagalease.core.register_compensation` from a reachable record.
+
+    :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
+    """
+    return RAW["register_compensation"](
+        **holder_args(seed, who, token, clock, micros), compensation=UNDO
     )
 
 
-@icontract.ensure(lambda result: well_formed(result.task))
-def drive_release(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    same_owner: bool,
-    token: int,
-    delay: int,
-    now: int,
-) -> Step:
-    """:func:`sagalease.core.release` on a built record.
-
-    :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
-    """
-    task = _task(state, n, leased, c0, c1)
-    return core.release(
-        task, owner=_owner(same_owner), token=token, delay_us=abs(delay), now_us=instant(now)
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.require(lambda who, token: 0 <= who < 3 and 0 <= token <= 3)
+@icontract.ensure(
+    lambda seed, who, token, clock, micros, result: holds(
+        core.complete, holder_args(seed, who, token, clock, micros), result
     )
-
-
-@icontract.ensure(lambda result: well_formed(result.task))
-def drive_register_compensation(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    same_owner: bool,
-    token: int,
-    now: int,
-) -> Step:
-    """:func:`sagalease.core.register_compensation` on a built record.
+)
+def drive_complete(seed: int, who: int, token: int, clock: int, micros: int) -> Step:
+    """:func:`sagalease.core.complete` from a reachable record.
 
     :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
     """
-    task = _task(state, n, leased, c0, c1)
-    return core.register_compensation(
-        task,
-        owner=_owner(same_owner),
-        token=token,
-        compensation=Compensation("k", "y"),
-        now_us=instant(now),
+    return RAW["complete"](**holder_args(seed, who, token, clock, micros))
+
+
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.require(lambda who, token: 0 <= who < 3 and 0 <= token <= 3)
+@icontract.ensure(
+    lambda seed, who, token, clock, micros, result: holds(
+        core.fail, {**holder_args(seed, who, token, clock, micros), "reason": "boom"}, result
     )
-
-
-@icontract.ensure(lambda result: well_formed(result.task))
-def drive_complete(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    same_owner: bool,
-    token: int,
-    now: int,
-) -> Step:
-    """:func:`sagalease.core.complete` on a built record.
+)
+def drive_fail(seed: int, who: int, token: int, clock: int, micros: int) -> Step:
+    """:func:`sagalease.core.fail` from a reachable record.
 
     :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
     """
-    task = _task(state, n, leased, c0, c1)
-    return core.complete(task, owner=_owner(same_owner), token=token, now_us=instant(now))
+    return RAW["fail"](**holder_args(seed, who, token, clock, micros), reason="boom")
 
 
-@icontract.ensure(lambda result: well_formed(result.task))
-def drive_fail(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    same_owner: bool,
-    token: int,
-    now: int,
-) -> Step:
-    """:func:`sagalease.core.fail` on a built record.
-
-    :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
-    """
-    task = _task(state, n, leased, c0, c1)
-    return core.fail(
-        task, owner=_owner(same_owner), token=token, reason="boom", now_us=instant(now)
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.require(lambda who, token: 0 <= who < 3 and 0 <= token <= 3)
+@icontract.require(lambda index: -1 <= index <= 2)
+@icontract.ensure(
+    lambda seed, who, token, index, clock, micros, result: holds(
+        core.compensation_applied,
+        {**holder_args(seed, who, token, clock, micros), "index": index},
+        result,
     )
-
-
-@icontract.ensure(lambda result: well_formed(result.task))
+)
 def drive_compensation_applied(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    same_owner: bool,
-    token: int,
-    index: int,
-    now: int,
+    seed: int, who: int, token: int, index: int, clock: int, micros: int
 ) -> Step:
-    """:func:`sagalease.core.compensation_applied` on a built record.
+    """:func:`sagalease.core.compensation_applied` from a reachable record.
 
     :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
     """
-    task = _task(state, n, leased, c0, c1)
-    return core.compensation_applied(
-        task, owner=_owner(same_owner), token=token, index=index, now_us=instant(now)
+    return RAW["compensation_applied"](**holder_args(seed, who, token, clock, micros), index=index)
+
+
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.require(lambda who, token: 0 <= who < 3 and 0 <= token <= 3)
+@icontract.require(lambda index: -1 <= index <= 2)
+@icontract.ensure(
+    lambda seed, who, token, index, clock, micros, result: holds(
+        core.compensation_failed,
+        {**holder_args(seed, who, token, clock, micros), "index": index, "reason": "gone"},
+        result,
     )
-
-
-@icontract.ensure(lambda result: well_formed(result.task))
+)
 def drive_compensation_failed(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    same_owner: bool,
-    token: int,
-    index: int,
-    now: int,
+    seed: int, who: int, token: int, index: int, clock: int, micros: int
 ) -> Step:
-    """:func:`sagalease.core.compensation_failed` on a built record.
+    """:func:`sagalease.core.compensation_failed` from a reachable record.
 
     :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
     """
-    task = _task(state, n, leased, c0, c1)
-    return core.compensation_failed(
-        task, owner=_owner(same_owner), token=token, index=index, reason="x", now_us=instant(now)
+    return RAW["compensation_failed"](
+        **holder_args(seed, who, token, clock, micros), index=index, reason="gone"
     )
 
 
-@icontract.ensure(lambda result: well_formed(result.task))
-def drive_quarantine(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    now: int,
-) -> Step:
-    """:func:`sagalease.core.quarantine` on a built record.
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.ensure(
+    lambda seed, clock, micros, result: holds(
+        core.quarantine, {**plain_args(seed, clock, micros), "reason": "op", "by": "op"}, result
+    )
+)
+def drive_quarantine(seed: int, clock: int, micros: int) -> Step:
+    """:func:`sagalease.core.quarantine` from a reachable record.
 
     :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
     """
-    task = _task(state, n, leased, c0, c1)
-    return core.quarantine(task, reason="op", by="o", now_us=instant(now))
+    return RAW["quarantine"](**plain_args(seed, clock, micros), reason="op", by="op")
 
 
-@icontract.ensure(lambda result: well_formed(result.task))
-def drive_reap(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    now: int,
-) -> Step:
-    """:func:`sagalease.core.reap` on a built record.
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.ensure(
+    lambda seed, clock, micros, result: holds(core.reap, plain_args(seed, clock, micros), result)
+)
+def drive_reap(seed: int, clock: int, micros: int) -> Step:
+    """:func:`sagalease.core.reap` from a reachable record.
 
     :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
     """
-    task = _task(state, n, leased, c0, c1)
-    return core.reap(task, now_us=instant(now))
+    return RAW["reap"](**plain_args(seed, clock, micros))
 
 
-@icontract.ensure(lambda result: well_formed(result.task))
-def drive_annotate(
-    state: TaskState,
-    n: tuple[int, int, int, int, int, int, int | None],
-    leased: bool,
-    c0: CompensationStatus | None,
-    c1: CompensationStatus | None,
-    now: int,
-) -> Step:
-    """:func:`sagalease.core.annotate` on a built record.
+@icontract.require(lambda seed: 0 <= seed < N)
+@icontract.require(lambda clock, micros: 0 <= clock < len(CLOCK) and -1 <= micros <= 1)
+@icontract.ensure(
+    lambda seed, clock, micros, result: holds(
+        core.annotate, {**plain_args(seed, clock, micros), "text": "note", "by": "op"}, result
+    )
+)
+def drive_annotate(seed: int, clock: int, micros: int) -> Step:
+    """:func:`sagalease.core.annotate` from a reachable record.
 
     :raises SagaLeaseError: a refusal (the lifecycle's typed errors).
     """
-    task = _task(state, n, leased, c0, c1)
-    return core.annotate(task, text="n", by="o", now_us=instant(now))
+    return RAW["annotate"](**plain_args(seed, clock, micros), text="note", by="op")
