@@ -190,7 +190,10 @@ _TEMPLATES: Final = {
         f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE {_OPEN} AND seq > %s"
         " AND (lease_expires_us <= %s OR attempts >= max_attempts"
         " OR (deadline_us <= %s AND state <> 'compensating'))"
-        " ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED"
+        # Not SKIP LOCKED: a row being written right now (a heartbeat, a note) is
+        # waited for, so that a reap never misses an expired lease it should drop
+        # (linearizable against the reference store).
+        " ORDER BY seq LIMIT %s FOR UPDATE"
     ),
     "stale": (
         f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE {_OPEN} AND lease_expires_us <= %s"
