@@ -618,7 +618,7 @@ def _print_report(data: dict[str, Any]) -> None:
     console.print(states)
     facts = Table(title="what the fleet went through", title_justify="left")
     facts.add_column("")
-    facts.add_column("", justify="right")
+    facts.add_column("count", justify="right")
     for label, key in (
         ("worker processes started", "workers_started"),
         ("workers SIGKILLed by the simulator", "workers_killed"),
