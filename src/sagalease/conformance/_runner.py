@@ -1,0 +1,284 @@
+"""Running the suite: every check, its outcome, the report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sagalease.conformance._common import (
+    TITLES,
+    Budget,
+    Capabilities,
+    ConformanceFailure,
+    StoreFactory,
+    Trace,
+    violated,
+)
+from sagalease.conformance.contract import CONTRACT_CHECKS
+
+__all__ = ["Check", "CheckResult", "Report", "check_store", "checks", "run"]
+
+DEFAULT_EXAMPLES = 100
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of the suite: ``stage/name``, the invariant it pins, what it does."""
+
+    name: str
+    invariant: str
+    doc: str
+    run: Callable[[StoreFactory, Capabilities, Budget, int], str | None]
+    """Runs the check; returns ``None`` or the reason it was skipped; raises on failure."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one check found."""
+
+    name: str
+    invariant: str
+    status: str  # "passed", "failed" or "skipped"
+    seconds: float
+    failure: ConformanceFailure | None = None
+    skipped: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Whether the check passed (a skipped check did not fail)."""
+        return self.status != "failed"
+
+    def line(self) -> str:
+        """One line for the terminal."""
+        head = f"{self.status.upper():7} {self.name:50} {self.invariant:6}"
+        if self.failure is not None:
+            f = self.failure
+            steps = " ; ".join(f.steps) if f.steps else f.step
+            return (
+                f"{head} {f.invariant} ({TITLES.get(f.invariant, '')}) at {f.step}:"
+                f" {f.detail} | reproduce: {steps}"
+            )
+        if self.skipped is not None:
+            return f"{head} skipped: {self.skipped}"
+        return f"{head} {self.seconds:.2f}s"
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as a JSON object."""
+        data: dict[str, Any] = {
+            "check": self.name,
+            "invariant": self.invariant,
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+        }
+        if self.failure is not None:
+            data["failure"] = {
+                "invariant": self.failure.invariant,
+                "title": TITLES.get(self.failure.invariant, ""),
+                "step": self.failure.step,
+                "detail": self.failure.detail,
+                "steps": self.failure.steps,
+            }
+        if self.skipped is not None:
+            data["skipped"] = self.skipped
+        return data
+
+
+@dataclass
+class Report:
+    """Every check's result."""
+
+    results: list[CheckResult] = field(default_factory=list)
+    examples: int = DEFAULT_EXAMPLES
+    seed: int = DEFAULT_SEED
+
+    @property
+    def ok(self) -> bool:
+        """Whether every check passed (skipped ones do not count as failures)."""
+        return all(r.passed for r in self.results)
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        """The failed checks."""
+        return [r for r in self.results if r.status == "failed"]
+
+    def summary(self) -> str:
+        """``N passed, M failed, K skipped in S s``."""
+        counts = {s: sum(r.status == s for r in self.results) for s in ("passed", "failed", "skipped")}
+        total = sum(r.seconds for r in self.results)
+        return (
+            f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+            f" in {total:.1f}s (examples={self.examples}, seed={self.seed})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as a JSON object."""
+        return {
+            "ok": self.ok,
+            "examples": self.examples,
+            "seed": self.seed,
+            "results": [r.to_json() for r in self.results],
+        }
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def _contract(
+    fn: Callable[[Trace], None], invariant: str
+) -> Callable[[StoreFactory, Capabilities, Budget, int], None]:
+    def run(factory: StoreFactory, _caps: Capabilities, _budget: Budget, _seed: int) -> None:
+        store = factory()
+        trace = Trace(store)
+        try:
+            fn(trace)
+        except ConformanceFailure as exc:
+            raise exc.with_context(check="", steps=trace.steps) from None
+        except Exception as exc:
+            step = trace.steps[-1] if trace.steps else "the start"
+            err = violated(invariant, step, f"{type(exc).__name__}: {exc}")
+            err.steps = list(trace.steps)
+            raise err from None
+        finally:
+            store.close()
+
+    return run
+
+
+def _stateful(factory: StoreFactory, _caps: Capabilities, budget: Budget, seed: int) -> None:
+    try:
+        from sagalease.conformance.stateful import run_stateful
+    except ImportError as exc:  # pragma: no cover - checked by the CLI first
+        raise MissingHypothesis(str(exc)) from None
+    try:
+        run_stateful(factory, examples=budget.examples, seed=seed, steps=budget.steps)
+    except ConformanceFailure:
+        raise
+    except Exception as exc:
+        raise violated(
+            "INV-8",
+            "a step of the state machine",
+            f"the store raised {type(exc).__name__} (not a SagaLeaseError): {exc}",
+        ) from None
+
+
+def _threads(factory: StoreFactory, _caps: Capabilities, budget: Budget, seed: int) -> None:
+    from sagalease.conformance.concurrency import run_threads
+
+    run_threads(factory, trials=budget.thread_trials, seed=seed)
+
+
+def _processes(factory: StoreFactory, caps: Capabilities, budget: Budget, seed: int) -> str | None:
+    if caps.reopen is None:
+        return "the backend did not declare Capabilities(reopen=...)"
+    from sagalease.conformance.concurrency import run_processes
+
+    run_processes(factory, caps, trials=budget.process_trials, seed=seed)
+    return None
+
+
+class MissingHypothesis(ImportError):
+    """The stateful stage needs Hypothesis (``pip install 'sagalease[conformance]'``)."""
+
+
+def checks() -> list[Check]:
+    """Every check of the suite, in the order it runs."""
+    out = [
+        Check(f"contract/{c.name}", c.invariant, c.doc, _contract(c.run, c.invariant))
+        for c in CONTRACT_CHECKS
+    ]
+    out.append(
+        Check(
+            "stateful/agrees_with_memory_reference",
+            "INV-1..8",
+            "Workers, zombies, impostors, reaper and a jumping clock; the store under test"
+            " and the memory reference agree after every step and every invariant holds.",
+            _stateful,
+        )
+    )
+    out.append(
+        Check(
+            "concurrency/threads",
+            "INV-1,2,7",
+            "Threads race on one store; the recorded history has no overlapping leases,"
+            " increasing tokens, current-token holder calls, and is linearizable.",
+            _threads,
+        )
+    )
+    out.append(
+        Check(
+            "concurrency/processes",
+            "INV-1,2,7",
+            "The same with processes sharing the store (declared capability).",
+            _processes,
+        )
+    )
+    return out
+
+
+def _iter_results(
+    factory: StoreFactory, capabilities: Capabilities, budget: Budget, seed: int, only: set[str] | None
+) -> Iterator[CheckResult]:
+    for check in checks():
+        if only is not None and not any(check.name.startswith(o) for o in only):
+            continue
+        start = time.perf_counter()
+        try:
+            skipped = check.run(factory, capabilities, budget, seed)
+        except MissingHypothesis:
+            raise
+        except ConformanceFailure as exc:
+            yield CheckResult(
+                check.name,
+                check.invariant,
+                "failed",
+                time.perf_counter() - start,
+                exc.with_context(check=check.name, steps=exc.steps),
+            )
+            continue
+        seconds = time.perf_counter() - start
+        if skipped is not None:
+            yield CheckResult(check.name, check.invariant, "skipped", seconds, skipped=skipped)
+        else:
+            yield CheckResult(check.name, check.invariant, "passed", seconds)
+
+
+def run(
+    factory: StoreFactory,
+    *,
+    examples: int = DEFAULT_EXAMPLES,
+    seed: int = DEFAULT_SEED,
+    capabilities: Capabilities | None = None,
+    only: set[str] | None = None,
+    progress: Callable[[CheckResult], None] | None = None,
+) -> Report:
+    """Run every check against stores made by ``factory``; never raises on a failure.
+
+    ``capabilities`` defaults to what the factory declares
+    (``factory.conformance_capabilities``). ``only``: run the checks whose name starts
+    with one of these prefixes (e.g. ``{"contract/"}``).
+    """
+    caps = Capabilities.of(factory) if capabilities is None else capabilities
+    report = Report(examples=examples, seed=seed)
+    for result in _iter_results(factory, caps, Budget.from_examples(examples), seed, only):
+        report.results.append(result)
+        if progress is not None:
+            progress(result)
+    return report
+
+
+def check_store(
+    factory: StoreFactory,
+    *,
+    examples: int = DEFAULT_EXAMPLES,
+    seed: int = DEFAULT_SEED,
+    capabilities: Capabilities | None = None,
+    only: set[str] | None = None,
+) -> None:
+    """Run the suite; raise the first :class:`ConformanceFailure` (an ``AssertionError``)."""
+    caps = Capabilities.of(factory) if capabilities is None else capabilities
+    for result in _iter_results(factory, caps, Budget.from_examples(examples), seed, only):
+        if result.failure is not None:
+            raise result.failure

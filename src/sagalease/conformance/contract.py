@@ -1,0 +1,800 @@
+"""Contract checks: every event, guard and error of the brief, as plain functions.
+
+Each check gets a fresh store wrapped in a :class:`~sagalease.conformance._common.Trace`
+and raises :class:`~sagalease.conformance._common.ConformanceFailure` naming the
+invariant it pins. Every refused call is checked for its exact error type and for
+leaving every record, history and count as it was (INV-8). Tokens are deterministic:
+the first acquisition of a task gets token 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sagalease import core
+from sagalease.conformance._common import (
+    T0,
+    Trace,
+    at,
+    first_difference,
+    record_difference,
+    snapshot,
+    violated,
+)
+from sagalease.errors import (
+    AttemptsExhaustedError,
+    DuplicateTaskError,
+    InvalidInputError,
+    InvalidTransitionError,
+    LeaseConflictError,
+    SagaLeaseError,
+    TaskNotFoundError,
+    TerminalTaskError,
+)
+from sagalease.records import Compensation, CompensationStatus, TaskSaga, TaskState
+from sagalease.store import SagaStore
+
+__all__ = ["CONTRACT_CHECKS", "ContractCheck"]
+
+R = TypeVar("R")
+
+TTL = timedelta(seconds=30)
+US = timedelta(microseconds=1)
+COMP_A = Compensation("refund", "order-1", "charged the card")
+COMP_B = Compensation("release-stock", "sku-9", "reserved stock")
+COMP_C = Compensation("notify", "user-7")
+
+LCE, ITE, TTE, AEE, IIE = (
+    LeaseConflictError,
+    InvalidTransitionError,
+    TerminalTaskError,
+    AttemptsExhaustedError,
+    InvalidInputError,
+)
+
+
+@dataclass(frozen=True)
+class ContractCheck:
+    """One named contract check and the invariant it pins."""
+
+    name: str
+    invariant: str
+    doc: str
+    run: Callable[[Trace], None]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _last(t: Trace) -> str:
+    return t.steps[-1] if t.steps else "the start"
+
+
+def expect(
+    t: Trace, inv: str, error: type[SagaLeaseError], call: Callable[[], object]
+) -> SagaLeaseError:
+    """``call`` must raise exactly ``error`` and change nothing (else INV-8)."""
+    before = snapshot(t.store)
+    try:
+        call()
+    except SagaLeaseError as exc:
+        if type(exc) is not error:
+            raise violated(
+                inv, _last(t), f"expected {error.__name__}, got {type(exc).__name__}: {exc}"
+            ) from None
+        after = snapshot(t.store)
+        if after != before:
+            raise violated(
+                "INV-8",
+                _last(t),
+                f"the call raised {error.__name__} but changed the store:"
+                f" {first_difference(before, after)}",
+            ) from None
+        return exc
+    except Exception as exc:
+        raise violated(
+            inv,
+            _last(t),
+            f"expected {error.__name__}, got {type(exc).__name__} (not a SagaLeaseError): {exc}",
+        ) from None
+    raise violated(inv, _last(t), f"expected {error.__name__}, but the call succeeded")
+
+
+def must(t: Trace, inv: str, call: Callable[[], R]) -> R:
+    """``call`` is legal and must succeed."""
+    try:
+        return call()
+    except Exception as exc:
+        raise violated(
+            inv, _last(t), f"a legal call was refused: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def same(t: Trace, inv: str, actual: object, expected: object, what: str) -> None:
+    """``actual == expected``, else the invariant ``inv`` is broken."""
+    if actual != expected:
+        if isinstance(actual, TaskSaga) and isinstance(expected, TaskSaga):
+            detail = record_difference(actual, expected)
+        else:
+            detail = f"{actual!r} != {expected!r}"
+        raise violated(inv, _last(t), f"{what}: got {detail} (expected {expected!r})")
+
+
+def holds(t: Trace, inv: str, condition: bool, what: str) -> None:
+    """``condition`` holds, else the invariant ``inv`` is broken."""
+    if not condition:
+        raise violated(inv, _last(t), what)
+
+
+def got(t: Trace, task_id: str) -> TaskSaga:
+    """The stored record (it must exist)."""
+    rec = t.store.get(task_id)
+    if rec is None:
+        raise violated("INV-7", _last(t), f"task {task_id!r} is missing")
+    return rec
+
+
+def holder_calls(
+    s: SagaStore, task_id: str, owner: str, token: int, now: datetime
+) -> list[Callable[[], object]]:
+    """Every holder call (owner, token) could make at ``now``."""
+    return [
+        lambda: s.heartbeat(task_id, owner=owner, token=token, ttl=TTL, now=now),
+        lambda: s.release(task_id, owner=owner, token=token, now=now),
+        lambda: s.register_compensation(
+            task_id, owner=owner, token=token, compensation=COMP_C, now=now
+        ),
+        lambda: s.complete(task_id, owner=owner, token=token, now=now),
+        lambda: s.fail(task_id, owner=owner, token=token, reason="late", now=now),
+        lambda: s.compensation_applied(task_id, owner=owner, token=token, index=0, now=now),
+        lambda: s.compensation_failed(
+            task_id, owner=owner, token=token, index=0, reason="x", now=now
+        ),
+    ]
+
+
+def running(s: SagaStore, task_id: str, **create: Any) -> TaskSaga:
+    """Create ``task_id`` at T0 and lease it to w1 (token 1) until T0+30s (or the deadline)."""
+    s.create(task_id, now=T0, **create)
+    return s.acquire(task_id, owner="w1", ttl=TTL, now=T0)
+
+
+def compensating(s: SagaStore, task_id: str, *, max_attempts: int = 5) -> TaskSaga:
+    """COMPENSATING, leased to c1 (token 2) until T0+32s; compensations A, B pending."""
+    s.create(task_id, compensations=[COMP_A, COMP_B], max_attempts=max_attempts, now=T0)
+    s.acquire(task_id, owner="w1", ttl=TTL, now=T0)
+    s.fail(task_id, owner="w1", token=1, reason="boom", now=at(1))
+    return s.acquire(task_id, owner="c1", ttl=TTL, now=at(2))
+
+
+# ---------------------------------------------------------------- INV-1
+
+
+def live_lease_blocks_acquire(t: Trace) -> None:
+    """A live lease blocks every acquire (its holder's too) up to the last µs; at expiry
+    the next acquire succeeds.
+    """
+    s = t.store
+    running(s, "t")
+    for owner, now in (("w2", T0), ("w1", at(5)), ("w2", at(30) - US)):
+        expect(t, "INV-1", LCE, lambda o=owner, n=now: s.acquire("t", owner=o, ttl=TTL, now=n))
+    rec = must(t, "INV-1", lambda: s.acquire("t", owner="w2", ttl=TTL, now=at(30)))
+    same(t, "INV-1", (rec.lease and rec.lease.owner, rec.token), ("w2", 2), "takeover at expiry")
+    expect(t, "INV-1", LCE, lambda: s.acquire("t", owner="w3", ttl=TTL, now=at(30)))
+    # The same in the compensation phase.
+    compensating(s, "c")
+    expect(t, "INV-1", LCE, lambda: s.acquire("c", owner="c2", ttl=TTL, now=at(32) - US))
+    rec = must(t, "INV-1", lambda: s.acquire("c", owner="c2", ttl=TTL, now=at(32)))
+    same(t, "INV-1", rec.token, 3, "compensation-phase takeover token")
+
+
+def holder_calls_stop_at_expiry(t: Trace) -> None:
+    """Holder calls succeed 1 µs before expiry and are refused at expiry and 1 µs after."""
+    s = t.store
+    running(s, "t")
+    rec = must(t, "INV-1", lambda: s.heartbeat("t", owner="w1", token=1, ttl=TTL, now=at(30) - US))
+    expiry = at(60) - US
+    same(t, "INV-1", rec.lease and rec.lease.expires_at, expiry, "heartbeat expiry")
+    for now in (expiry, expiry + US):
+        for call in holder_calls(s, "t", "w1", 1, now):
+            expect(t, "INV-1", LCE, call)
+    # A capped lease ends at the deadline.
+    running(s, "d", deadline=at(20))
+    for call in holder_calls(s, "d", "w1", 1, at(20)):
+        expect(t, "INV-1", LCE, call)
+    must(t, "INV-1", lambda: s.complete("d", owner="w1", token=1, now=at(20) - US))
+    # Compensation phase.
+    compensating(s, "c")
+    for call in holder_calls(s, "c", "c1", 2, at(32))[:2]:
+        expect(t, "INV-1", LCE, call)
+
+
+def impostor_with_the_right_token_is_refused(t: Trace) -> None:
+    """Another owner id presenting the current token is refused by every holder call."""
+    s = t.store
+    running(s, "t")
+    for impostor in ("w2", "W1", "w1 "):
+        for call in holder_calls(s, "t", impostor, 1, at(5)):
+            expect(t, "INV-1", LCE, call)
+    compensating(s, "c")
+    for call in holder_calls(s, "c", "w1", 2, at(5)):
+        expect(t, "INV-1", LCE, call)
+    rec = got(t, "t")
+    same(t, "INV-1", rec.lease and rec.lease.owner, "w1", "lease owner after impostors")
+
+
+def claim_next_skips_live_leases(t: Trace) -> None:
+    """claim_next hands out the oldest leaseable task, never one with a live lease."""
+    s = t.store
+    for i, task_id in enumerate(("a", "b", "c")):
+        s.create(task_id, now=T0 + i * US)
+    s.quarantine("c", reason="poison", by="ops", now=at(1))
+    first = must(t, "INV-1", lambda: s.claim_next(owner="w1", ttl=TTL, now=at(1)))
+    second = must(t, "INV-1", lambda: s.claim_next(owner="w2", ttl=TTL, now=at(1)))
+    same(t, "INV-1", (first and first.task_id, second and second.task_id), ("a", "b"), "claims")
+    none = must(t, "INV-1", lambda: s.claim_next(owner="w3", ttl=TTL, now=at(31) - US))
+    same(t, "INV-1", none, None, "claim_next while every lease is live")
+    again = must(t, "INV-1", lambda: s.claim_next(owner="w3", ttl=TTL, now=at(31)))
+    holds(
+        t,
+        "INV-1",
+        again is not None and again.task_id == "a" and again.token == 2,
+        f"claim_next at the first expiry must take over 'a' under token 2, got {again!r}",
+    )
+
+
+# ---------------------------------------------------------------- INV-2
+
+
+def zombie_cannot_write(t: Trace) -> None:
+    """A worker whose lease was taken over (by another, by itself, after reap) cannot write."""
+    s = t.store
+    running(s, "a")
+    s.acquire("a", owner="w2", ttl=TTL, now=at(31))
+    running(s, "b")
+    s.acquire("b", owner="w1", ttl=TTL, now=at(30))
+    running(s, "c")
+    s.reap(now=at(40))
+    s.acquire("c", owner="w2", ttl=TTL, now=at(41))
+    for task_id in ("a", "b", "c"):
+        for call in holder_calls(s, task_id, "w1", 1, at(45)):
+            expect(t, "INV-2", LCE, call)
+    for call in holder_calls(s, "a", "w1", 2, at(45)) + holder_calls(s, "b", "w1", 3, at(45)):
+        expect(t, "INV-2", LCE, call)
+    # Compensation phase: c1's lease was taken over by c2 (token 3).
+    compensating(s, "d")
+    s.acquire("d", owner="c2", ttl=TTL, now=at(32))
+    for call in holder_calls(s, "d", "c1", 2, at(40)) + holder_calls(s, "d", "w1", 1, at(40)):
+        expect(t, "INV-2", LCE, call)
+    done = must(
+        t, "INV-2", lambda: s.compensation_applied("d", owner="c2", token=3, index=0, now=at(41))
+    )
+    same(t, "INV-2", done.token, 3, "token after a holder call")
+
+
+def tokens_grow_by_one(t: Trace) -> None:
+    """Every acquisition (fresh, after release, after expiry, after reap, claim_next,
+    compensation phase) raises the token by exactly one; holder calls never change it.
+    """
+    s = t.store
+    s.create("t", max_attempts=10, compensations=[COMP_A], now=T0)
+    tokens = [must(t, "INV-2", lambda: s.acquire("t", owner="w", ttl=TTL, now=T0)).token]
+    s.heartbeat("t", owner="w", token=1, ttl=TTL, now=at(1))
+    s.release("t", owner="w", token=1, now=at(2))
+    tokens.append(must(t, "INV-2", lambda: s.acquire("t", owner="w", ttl=TTL, now=at(2))).token)
+    tokens.append(must(t, "INV-2", lambda: s.acquire("t", owner="w", ttl=TTL, now=at(40))).token)
+    s.reap(now=at(80))
+    claimed = must(t, "INV-2", lambda: s.claim_next(owner="w", ttl=TTL, now=at(81)))
+    tokens.append(-1 if claimed is None else claimed.token)
+    s.fail("t", owner="w", token=tokens[-1], reason="boom", now=at(82))
+    tokens.append(must(t, "INV-2", lambda: s.acquire("t", owner="c", ttl=TTL, now=at(83))).token)
+    same(t, "INV-2", tokens, [1, 2, 3, 4, 5], "tokens of successive acquisitions")
+    entries = [e for e in s.history("t") if e.event == "acquire"]
+    same(t, "INV-2", [e.token for e in entries], [1, 2, 3, 4, 5], "tokens in the history")
+
+
+# ---------------------------------------------------------------- INV-3
+
+
+def _end_complete(s: SagaStore, tid: str) -> tuple[str, int, TaskState]:
+    running(s, tid)
+    s.complete(tid, owner="w1", token=1, reason="all done", now=at(1))
+    return "w1", 1, TaskState.COMPLETED
+
+
+def _end_fail(s: SagaStore, tid: str) -> tuple[str, int, TaskState]:
+    running(s, tid)
+    s.fail(tid, owner="w1", token=1, reason="upstream said no", now=at(1))
+    return "w1", 1, TaskState.FAILED
+
+
+def _end_compensated(s: SagaStore, tid: str) -> tuple[str, int, TaskState]:
+    compensating(s, tid)
+    s.compensation_applied(tid, owner="c1", token=2, index=1, now=at(3))
+    s.compensation_applied(tid, owner="c1", token=2, index=0, now=at(4))
+    return "c1", 2, TaskState.COMPENSATED
+
+
+def _end_compensation_failed(s: SagaStore, tid: str) -> tuple[str, int, TaskState]:
+    compensating(s, tid)
+    s.compensation_failed(tid, owner="c1", token=2, index=1, reason="gone", now=at(3))
+    return "c1", 2, TaskState.QUARANTINED
+
+
+def _end_quarantine(s: SagaStore, tid: str) -> tuple[str, int, TaskState]:
+    running(s, tid)
+    s.quarantine(tid, reason="poison message", by="ops", now=at(1))
+    return "w1", 1, TaskState.QUARANTINED
+
+
+def _end_deadline(s: SagaStore, tid: str) -> tuple[str, int, TaskState]:
+    running(s, tid, deadline=at(20))
+    s.reap(now=at(20))
+    return "w1", 1, TaskState.FAILED
+
+
+def _end_exhausted(s: SagaStore, tid: str) -> tuple[str, int, TaskState]:
+    running(s, tid, max_attempts=1)
+    s.reap(now=at(30))
+    return "w1", 1, TaskState.QUARANTINED
+
+
+_ENDINGS = (
+    _end_complete,
+    _end_fail,
+    _end_compensated,
+    _end_compensation_failed,
+    _end_quarantine,
+    _end_deadline,
+    _end_exhausted,
+)
+
+
+def terminal_tasks_are_immutable(t: Trace) -> None:
+    """Every terminal path: each later call is TerminalTaskError; reap, claim_next and
+    list_stale ignore the task; annotate changes only the notes.
+    """
+    s = t.store
+    ended: dict[str, tuple[str, int, TaskState]] = {}
+    for i, end in enumerate(_ENDINGS):
+        tid = f"t{i}"
+        ended[tid] = must(t, "INV-3", lambda e=end, x=tid: e(s, x))  # type: ignore[misc]
+    later = at(100)
+    for tid, (owner, token, state) in ended.items():
+        rec = got(t, tid)
+        same(t, "INV-3", rec.state, state, f"state of {tid}")
+        holds(t, "INV-3", rec.lease is None, f"terminal {tid} still holds a lease")
+        holds(t, "INV-3", bool(rec.terminal_reason), f"terminal {tid} records no reason")
+        calls: list[Callable[[], object]] = [
+            lambda x=tid: s.acquire(x, owner="w9", ttl=TTL, now=later),
+            lambda x=tid, o=owner: s.acquire(x, owner=o, ttl=TTL, now=later),
+            lambda x=tid: s.quarantine(x, reason="again", by="ops", now=later),
+            lambda x=tid, k=token: s.complete(x, owner="w9", token=k + 1, now=later),
+            *holder_calls(s, tid, owner, token, later),
+            *holder_calls(s, tid, owner, token, at(2)),
+        ]
+        for call in calls:
+            err = expect(t, "INV-3", TTE, call)
+            holds(t, "INV-3", err.task_id == tid, f"error names task {err.task_id!r}")
+    before = snapshot(s)
+    same(t, "INV-3", s.list_stale(now=at(10_000)), [], "list_stale over terminal tasks")
+    same(t, "INV-3", s.reap(now=at(10_000)), [], "reap over terminal tasks")
+    same(t, "INV-3", s.claim_next(owner="w9", ttl=TTL, now=at(10_000)), None, "claim_next")
+    after = snapshot(s)
+    holds(t, "INV-3", after == before, f"terminal tasks changed: {first_difference(before, after)}")
+    for tid in ended:
+        rec = got(t, tid)
+        noted = must(t, "INV-3", lambda x=tid: s.annotate(x, text="seen", by="ops", now=at(200)))
+        same(t, "INV-3", replace(noted, notes=rec.notes, version=rec.version), rec, "annotate")
+        same(t, "INV-3", noted.notes[:-1], rec.notes, "notes only grow")
+        same(t, "INV-3", got(t, tid), noted, "the stored record after annotate")
+
+
+# ---------------------------------------------------------------- INV-4
+
+
+def compensations_are_never_dropped(t: Trace) -> None:
+    """fail owing compensations → COMPENSATING (unleased, fresh attempts) → COMPENSATED
+    only when all are applied, QUARANTINED listing the pending ones otherwise; a failure
+    without compensations → FAILED.
+    """
+    s = t.store
+    running(s, "t", compensations=[COMP_A])
+    s.register_compensation("t", owner="w1", token=1, compensation=COMP_B, now=at(1))
+    rec = must(t, "INV-4", lambda: s.fail("t", owner="w1", token=1, reason="boom", now=at(2)))
+    same(t, "INV-4", rec.state, TaskState.COMPENSATING, "state after fail with compensations")
+    same(t, "INV-4", rec.pending_compensations, (0, 1), "pending compensations")
+    same(t, "INV-4", (rec.lease, rec.attempts), (None, 0), "lease and attempts after fail")
+    s.acquire("t", owner="c1", ttl=TTL, now=at(3))
+    for call in (
+        lambda: s.complete("t", owner="c1", token=2, now=at(4)),
+        lambda: s.fail("t", owner="c1", token=2, reason="again", now=at(4)),
+        lambda: s.register_compensation("t", owner="c1", token=2, compensation=COMP_C, now=at(4)),
+        lambda: s.compensation_applied("t", owner="c1", token=2, index=2, now=at(4)),
+        lambda: s.compensation_applied("t", owner="c1", token=2, index=-1, now=at(4)),
+    ):
+        expect(t, "INV-4", ITE, call)
+    rec = must(
+        t, "INV-4", lambda: s.compensation_applied("t", owner="c1", token=2, index=1, now=at(4))
+    )
+    same(t, "INV-4", rec.state, TaskState.COMPENSATING, "state with one compensation left")
+    expect(
+        t,
+        "INV-4",
+        ITE,
+        lambda: s.compensation_applied("t", owner="c1", token=2, index=1, now=at(4)),
+    )
+    rec = must(
+        t, "INV-4", lambda: s.compensation_applied("t", owner="c1", token=2, index=0, now=at(5))
+    )
+    same(t, "INV-4", rec.state, TaskState.COMPENSATED, "state when every compensation applied")
+    holds(
+        t,
+        "INV-4",
+        all(c.status is CompensationStatus.APPLIED for c in rec.compensations),
+        "COMPENSATED with a compensation not applied",
+    )
+    # A permanent failure quarantines, listing what is still pending.
+    compensating(s, "q")
+    rec = must(
+        t,
+        "INV-4",
+        lambda: s.compensation_failed("q", owner="c1", token=2, index=0, reason="gone", now=at(3)),
+    )
+    same(t, "INV-4", rec.state, TaskState.QUARANTINED, "state after compensation_failed")
+    same(
+        t,
+        "INV-4",
+        [c.status for c in rec.compensations],
+        [CompensationStatus.FAILED, CompensationStatus.PENDING],
+        "statuses after compensation_failed",
+    )
+    # The reaper past the deadline fails the task the same way.
+    running(s, "late", compensations=[COMP_A], deadline=at(20))
+    (reaped,) = must(t, "INV-4", lambda: s.reap(now=at(20))) or [None]
+    holds(
+        t,
+        "INV-4",
+        reaped is not None
+        and reaped.state is TaskState.COMPENSATING
+        and reaped.pending_compensations == (0,),
+        f"reap past the deadline owing a compensation must enter COMPENSATING, got {reaped!r}",
+    )
+    # Without compensations a failure is FAILED.
+    running(s, "plain")
+    rec = must(t, "INV-4", lambda: s.fail("plain", owner="w1", token=1, reason="no", now=at(1)))
+    same(t, "INV-4", (rec.state, rec.compensations), (TaskState.FAILED, ()), "fail without")
+
+
+# ---------------------------------------------------------------- INV-5
+
+
+def attempts_are_bounded(t: Trace) -> None:
+    """No acquisition beyond max_attempts (released or expired alike); the reaper
+    quarantines a task out of attempts; the compensation phase counts afresh.
+    """
+    s = t.store
+    s.create("t", max_attempts=2, now=T0)
+    for i in range(2):
+        s.acquire("t", owner="w1", ttl=TTL, now=at(i))
+        s.release("t", owner="w1", token=i + 1, now=at(i) + US)
+    expect(t, "INV-5", AEE, lambda: s.acquire("t", owner="w1", ttl=TTL, now=at(5)))
+    same(t, "INV-5", s.claim_next(owner="w1", ttl=TTL, now=at(5)), None, "claim_next")
+    running(s, "x", max_attempts=1)
+    expect(t, "INV-5", AEE, lambda: s.acquire("x", owner="w2", ttl=TTL, now=at(30)))
+    reaped = must(t, "INV-5", lambda: s.reap(now=at(30)))
+    same(
+        t,
+        "INV-5",
+        sorted((r.task_id, r.state) for r in reaped),
+        [("t", TaskState.QUARANTINED), ("x", TaskState.QUARANTINED)],
+        "reap of exhausted tasks",
+    )
+    rec = got(t, "x")
+    same(t, "INV-5", (rec.attempts, rec.expirations), (1, 1), "attempts and expirations")
+    compensating(s, "c", max_attempts=1)
+    expect(t, "INV-5", AEE, lambda: s.acquire("c", owner="c2", ttl=TTL, now=at(32)))
+
+
+# ---------------------------------------------------------------- INV-6
+
+
+def fair_reaper_ends_every_task(t: Trace) -> None:
+    """Workers that keep crashing, a reaper and one finishing worker: every task ends."""
+    s = t.store
+    s.create("crashy", max_attempts=3, now=T0)
+    s.create("deadline", deadline=at(100), max_attempts=50, now=T0 + US)
+    s.create("comp", compensations=[COMP_A], max_attempts=2, now=T0 + 2 * US)
+    s.create("fine", now=T0 + 3 * US)
+    now = at(1)
+    for _round in range(20):
+        s.reap(now=now)
+        while True:
+            claimed = s.claim_next(owner="w", ttl=TTL, now=now)
+            if claimed is None:
+                break
+            lease = claimed.lease
+            assert lease is not None
+            if claimed.task_id == "fine":
+                s.complete("fine", owner="w", token=lease.token, now=now)
+            elif claimed.task_id == "comp" and claimed.state is TaskState.RUNNING:
+                s.fail("comp", owner="w", token=lease.token, reason="boom", now=now)
+            # every other lease: the worker crashes and the lease expires
+        now += TTL
+    s.reap(now=now)
+    left = [r.task_id for r in s.list_tasks(limit=100) if not r.is_terminal]
+    holds(t, "INV-6", not left, f"tasks never ended under a fair reaper: {left}")
+
+
+# ---------------------------------------------------------------- INV-7
+
+
+def history_records_every_change(t: Trace) -> None:
+    """Each change appends exactly one entry naming event, states, owner and token;
+    replaying the history reproduces the record; returned records are the stored ones.
+    """
+    s = t.store
+    expected = 0
+
+    def changed(rec: TaskSaga, event: str, owner: str | None, token: int | None) -> None:
+        nonlocal expected
+        expected += 1
+        entries = s.history("t")
+        same(t, "INV-7", len(entries), expected, "number of history entries")
+        last = entries[-1]
+        same(t, "INV-7", (last.event, last.owner, last.token), (event, owner, token), "entry")
+        same(t, "INV-7", last.to_state, rec.state, "entry's to_state")
+        same(t, "INV-7", [e.seq for e in entries], list(range(1, expected + 1)), "seq numbers")
+        same(t, "INV-7", got(t, "t"), rec, "the stored record vs the returned one")
+        try:
+            replayed = core.replay(entries)
+        except AssertionError as exc:
+            raise violated("INV-7", _last(t), f"the history does not replay: {exc}") from None
+        same(t, "INV-7", replayed, rec, "the record replayed from its history")
+
+    rec = s.create("t", saga_id="s", metadata={"k": [1, "v"]}, compensations=[COMP_A], now=T0)
+    changed(rec, "create", None, None)
+    changed(s.acquire("t", owner="w1", ttl=TTL, now=at(1)), "acquire", "w1", 1)
+    changed(s.heartbeat("t", owner="w1", token=1, ttl=TTL, now=at(2)), "heartbeat", "w1", 1)
+    rec = s.register_compensation("t", owner="w1", token=1, compensation=COMP_B, now=at(3))
+    changed(rec, "register_compensation", "w1", 1)
+    changed(s.annotate("t", text="note", by="ops", now=at(4)), "annotate", "ops", None)
+    changed(s.release("t", owner="w1", token=1, now=at(5)), "release", "w1", 1)
+    changed(s.acquire("t", owner="w2", ttl=TTL, now=at(6)), "acquire", "w2", 2)
+    (reaped,) = s.reap(now=at(36))
+    changed(reaped, "reap", None, None)
+    claimed = s.claim_next(owner="w3", ttl=TTL, now=at(37))
+    holds(t, "INV-7", claimed is not None, "claim_next found nothing to claim")
+    assert claimed is not None
+    changed(claimed, "acquire", "w3", 3)
+    changed(s.fail("t", owner="w3", token=3, reason="boom", now=at(38)), "fail", "w3", 3)
+    changed(s.acquire("t", owner="c1", ttl=TTL, now=at(39)), "acquire", "c1", 4)
+    rec = s.compensation_applied("t", owner="c1", token=4, index=0, now=at(40))
+    changed(rec, "compensation_applied", "c1", 4)
+    rec = s.compensation_applied("t", owner="c1", token=4, index=1, now=at(41))
+    changed(rec, "compensation_applied", "c1", 4)
+    changed(s.annotate("t", text="after", by="ops", now=at(42)), "annotate", "ops", None)
+
+
+def listings_agree_with_records(t: Trace) -> None:
+    """list_tasks pages and filters in creation order, counts cover every state,
+    list_stale lists exactly the non-terminal tasks whose lease expired.
+    """
+    s = t.store
+    for i in range(5):
+        s.create(f"t{i}", saga_id="even" if i % 2 == 0 else "odd", now=T0 + i * US)
+    s.acquire("t1", owner="w", ttl=TTL, now=at(1))
+    s.acquire("t2", owner="w", ttl=timedelta(seconds=60), now=at(1))
+    s.acquire("t3", owner="w", ttl=TTL, now=at(1))
+    s.complete("t3", owner="w", token=1, now=at(2))
+    every = [r.task_id for r in s.list_tasks()]
+    same(t, "INV-7", every, ["t0", "t1", "t2", "t3", "t4"], "list_tasks order")
+    page1 = [r.task_id for r in s.list_tasks(limit=2)]
+    page2 = [r.task_id for r in s.list_tasks(limit=2, after="t1")]
+    same(t, "INV-7", (page1, page2), (["t0", "t1"], ["t2", "t3"]), "pages")
+    running_ids = [r.task_id for r in s.list_tasks(state=TaskState.RUNNING)]
+    same(t, "INV-7", running_ids, ["t1", "t2"], "list_tasks(state=RUNNING)")
+    even = [r.task_id for r in s.list_tasks(saga_id="even", after="t0")]
+    same(t, "INV-7", even, ["t2", "t4"], "list_tasks(saga_id='even', after='t0')")
+    for rec in s.list_tasks():
+        same(t, "INV-7", rec, s.get(rec.task_id), "a listed record vs get()")
+    expect(t, "INV-7", TaskNotFoundError, lambda: s.list_tasks(after="nope"))
+    counts = s.counts()
+    same(t, "INV-7", set(counts), set(TaskState), "counts keys")
+    want = dict.fromkeys(TaskState, 0) | {
+        TaskState.PENDING: 2,
+        TaskState.RUNNING: 2,
+        TaskState.COMPLETED: 1,
+    }
+    same(t, "INV-7", counts, want, "counts")
+    same(t, "INV-1", [r.task_id for r in s.list_stale(now=at(31) - US)], [], "list_stale early")
+    same(t, "INV-1", [r.task_id for r in s.list_stale(now=at(31))], ["t1"], "list_stale at expiry")
+    same(t, "INV-1", [r.task_id for r in s.list_stale(now=at(61))], ["t1", "t2"], "list_stale")
+
+
+# ---------------------------------------------------------------- INV-8
+
+
+_GuardSetup = Callable[[SagaStore, str], object]
+_GuardCall = Callable[[SagaStore, str], object]
+
+
+def _guard_cases() -> list[tuple[_GuardSetup, _GuardCall, type[SagaLeaseError]]]:
+    def pending_later(s: SagaStore, tid: str) -> object:
+        return s.create(tid, available_at=at(10), now=T0)
+
+    def pending_deadline(s: SagaStore, tid: str) -> object:
+        return s.create(tid, deadline=at(10), now=T0)
+
+    def run(s: SagaStore, tid: str) -> object:
+        return running(s, tid)
+
+    def capped(s: SagaStore, tid: str) -> object:
+        return running(s, tid, deadline=at(20))
+
+    def comp(s: SagaStore, tid: str) -> object:
+        return compensating(s, tid)
+
+    def comp_delayed(s: SagaStore, tid: str) -> object:
+        compensating(s, tid)
+        return s.release(tid, owner="c1", token=2, delay=timedelta(seconds=10), now=at(3))
+
+    def comp_one_applied(s: SagaStore, tid: str) -> object:
+        compensating(s, tid)
+        return s.compensation_applied(tid, owner="c1", token=2, index=0, now=at(3))
+
+    def hb(owner: str, token: int, now: datetime, ttl: timedelta = TTL) -> _GuardCall:
+        return lambda s, tid: s.heartbeat(tid, owner=owner, token=token, ttl=ttl, now=now)
+
+    def acq(owner: str, now: datetime) -> _GuardCall:
+        return lambda s, tid: s.acquire(tid, owner=owner, ttl=TTL, now=now)
+
+    def applied(owner: str, token: int, index: int) -> _GuardCall:
+        return lambda s, tid: s.compensation_applied(
+            tid, owner=owner, token=token, index=index, now=at(5)
+        )
+
+    def cfailed(owner: str, token: int, index: int) -> _GuardCall:
+        return lambda s, tid: s.compensation_failed(
+            tid, owner=owner, token=token, index=index, reason="r", now=at(5)
+        )
+
+    return [
+        (pending_later, acq("w1", at(10) - US), ITE),
+        (pending_deadline, acq("w1", at(10)), ITE),
+        (capped, acq("w2", at(20)), ITE),
+        (comp_delayed, acq("c2", at(13) - US), ITE),
+        (run, hb("w1", 1, at(5), timedelta(seconds=25)), LCE),
+        (run, hb("w1", 0, at(5)), LCE),
+        (capped, hb("w1", 1, at(5), timedelta(hours=1)), LCE),
+        (comp, hb("c1", 2, at(32)), LCE),
+        (comp_delayed, hb("c1", 2, at(4)), LCE),
+        (run, lambda s, tid: s.release(tid, owner="w1", token=2, now=at(5)), LCE),
+        (pending_later, lambda s, tid: s.release(tid, owner="w1", token=0, now=at(5)), LCE),
+        (comp_one_applied, applied("c1", 2, 0), ITE),
+        (comp_one_applied, cfailed("c1", 2, 0), ITE),
+        (comp, applied("c1", 2, 2), ITE),
+        (comp, cfailed("c1", 2, -1), ITE),
+        (run, applied("w1", 1, 0), ITE),
+        (run, cfailed("w1", 1, 0), ITE),
+        (
+            comp,
+            lambda s, tid: s.register_compensation(
+                tid, owner="c1", token=2, compensation=COMP_C, now=at(5)
+            ),
+            ITE,
+        ),
+        (comp, lambda s, tid: s.complete(tid, owner="c1", token=2, now=at(5)), ITE),
+    ]
+
+
+def guard_failures_change_nothing(t: Trace) -> None:
+    """Each failing guard raises its exact error and leaves every record and history as
+    they were.
+    """
+    s = t.store
+    for i, (setup, call, error) in enumerate(_guard_cases()):
+        tid = f"g{i}"
+        setup(s, tid)
+        expect(t, "INV-8", error, lambda c=call, x=tid: c(s, x))  # type: ignore[misc]
+
+
+def naive_datetimes_are_refused(t: Trace) -> None:
+    """A naive datetime anywhere is InvalidInputError and nothing is stored."""
+    s = t.store
+    naive = datetime(2026, 1, 1, 0, 0, 5)
+    running(s, "t")
+    s.create("p", now=T0)
+    for call in [
+        lambda: s.create("n1", now=naive),
+        lambda: s.create("n2", deadline=naive, now=T0),
+        lambda: s.create("n3", available_at=naive, now=T0),
+        lambda: s.acquire("p", owner="w2", ttl=TTL, now=naive),
+        lambda: s.claim_next(owner="w2", ttl=TTL, now=naive),
+        lambda: s.reap(now=naive),
+        lambda: s.list_stale(now=naive),
+        lambda: s.quarantine("p", reason="r", by="ops", now=naive),
+        lambda: s.annotate("p", text="x", by="ops", now=naive),
+        *holder_calls(s, "t", "w1", 1, naive)[:5],
+    ]:
+        expect(t, "INV-8", IIE, call)
+
+
+def bad_input_is_refused(t: Trace) -> None:
+    """Bad ids, ttl/delay, metadata and limits are InvalidInputError; a duplicate create
+    is DuplicateTaskError and keeps the original; unknown tasks are TaskNotFoundError.
+    """
+    s = t.store
+    original = running(s, "t")
+    bad_calls: list[Callable[[], object]] = [
+        lambda: s.create("", now=T0),
+        lambda: s.create("x" * 201, now=T0),
+        lambda: s.create("ctl\x00", now=T0),
+        lambda: s.create("m", metadata={"k": float("nan")}, now=T0),
+        lambda: s.create("m", metadata={1: "non-str key"}, now=T0),  # type: ignore[dict-item]
+        lambda: s.create("m", max_attempts=0, now=T0),
+        lambda: s.create("m", deadline=T0, now=T0),
+        lambda: s.acquire("t", owner="", ttl=TTL, now=at(40)),
+        lambda: s.acquire("t", owner="w2", ttl=timedelta(0), now=at(40)),
+        lambda: s.acquire("t", owner="w2", ttl=-TTL, now=at(40)),
+        lambda: s.heartbeat("t", owner="w1", token=1, ttl=timedelta(0), now=at(1)),
+        lambda: s.release("t", owner="w1", token=1, delay=-TTL, now=at(1)),
+        lambda: s.complete("t", owner="w1", token=1, reason="", now=at(1)),
+        lambda: s.fail("t", owner="w1", token=1, reason="", now=at(1)),
+        lambda: s.quarantine("t", reason="", by="ops", now=at(1)),
+        lambda: s.annotate("t", text="", by="ops", now=at(1)),
+        lambda: s.list_tasks(limit=0),
+        lambda: s.reap(now=at(1), limit=0),
+    ]
+    for call in bad_calls:
+        expect(t, "INV-8", IIE, call)
+    expect(t, "INV-8", DuplicateTaskError, lambda: s.create("t", saga_id="other", now=at(1)))
+    same(t, "INV-8", got(t, "t"), original, "the original task after a duplicate create")
+    for call in holder_calls(s, "nope", "w1", 1, at(1)) + [
+        lambda: s.acquire("nope", owner="w1", ttl=TTL, now=at(1)),
+        lambda: s.quarantine("nope", reason="r", by="ops", now=at(1)),
+        lambda: s.annotate("nope", text="x", by="ops", now=at(1)),
+        lambda: s.history("nope"),
+    ]:
+        expect(t, "INV-8", TaskNotFoundError, call)
+    same(t, "INV-8", s.get("nope"), None, "get of an unknown task")
+
+
+def repeats_are_not_merged(t: Trace) -> None:
+    """A repeated holder call after success reports the state it finds and changes nothing."""
+    s = t.store
+    running(s, "t")
+    s.complete("t", owner="w1", token=1, now=at(1))
+    expect(t, "INV-8", TTE, lambda: s.complete("t", owner="w1", token=1, now=at(1)))
+    running(s, "r")
+    s.release("r", owner="w1", token=1, now=at(1))
+    expect(t, "INV-8", LCE, lambda: s.release("r", owner="w1", token=1, now=at(1)))
+    running(s, "a")
+    expect(t, "INV-8", LCE, lambda: s.acquire("a", owner="w1", ttl=TTL, now=at(1)))
+
+
+CONTRACT_CHECKS: tuple[ContractCheck, ...] = tuple(
+    ContractCheck(fn.__name__, inv, (fn.__doc__ or "").split("\n\n")[0].replace("\n", " "), fn)
+    for fn, inv in (
+        (live_lease_blocks_acquire, "INV-1"),
+        (holder_calls_stop_at_expiry, "INV-1"),
+        (impostor_with_the_right_token_is_refused, "INV-1"),
+        (claim_next_skips_live_leases, "INV-1"),
+        (zombie_cannot_write, "INV-2"),
+        (tokens_grow_by_one, "INV-2"),
+        (terminal_tasks_are_immutable, "INV-3"),
+        (compensations_are_never_dropped, "INV-4"),
+        (attempts_are_bounded, "INV-5"),
+        (fair_reaper_ends_every_task, "INV-6"),
+        (history_records_every_change, "INV-7"),
+        (listings_agree_with_records, "INV-7"),
+        (guard_failures_change_nothing, "INV-8"),
+        (naive_datetimes_are_refused, "INV-8"),
+        (bad_input_is_refused, "INV-8"),
+        (repeats_are_not_merged, "INV-8"),
+    )
+)
+"""Every contract check, in the order they run."""

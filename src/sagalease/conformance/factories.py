@@ -1,0 +1,65 @@
+"""Factories for the bundled backends, so that CI runs the suite through the CLI
+exactly as a third party would::
+
+    sagalease conformance sagalease.conformance.factories:memory
+    sagalease conformance sagalease.conformance.factories:sqlite
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import itertools
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from sagalease.conformance._common import Capabilities
+from sagalease.memory import MemoryStore
+from sagalease.sqlite import SQLiteStore
+from sagalease.store import SagaStore
+
+__all__ = ["memory", "sqlite", "temp_path"]
+
+_dir: Path | None = None
+_lock = threading.Lock()
+_counter = itertools.count()
+
+
+def temp_path(suffix: str = ".db") -> Path:
+    """A fresh path in a temporary directory removed when the process exits."""
+    global _dir
+    with _lock:
+        if _dir is None:
+            _dir = Path(tempfile.mkdtemp(prefix="sagalease-conformance-"))
+            atexit.register(shutil.rmtree, _dir, ignore_errors=True)
+        return _dir / f"store-{next(_counter)}{suffix}"
+
+
+def memory() -> MemoryStore:
+    """A fresh, empty memory store."""
+    return MemoryStore()
+
+
+def _reopen_sqlite(store: SagaStore) -> Callable[[], SagaStore]:
+    if not isinstance(store, SQLiteStore):  # pragma: no cover - wrong factory
+        raise TypeError(f"expected an SQLiteStore, got {type(store).__name__}")
+    return functools.partial(SQLiteStore, store.path)
+
+
+class _SQLiteFactory:
+    """A fresh SQLite store in a new temporary file per call."""
+
+    conformance_capabilities = Capabilities(reopen=_reopen_sqlite)
+
+    def __call__(self) -> SQLiteStore:
+        return SQLiteStore(temp_path())
+
+    def __repr__(self) -> str:
+        return "sagalease.conformance.factories:sqlite"
+
+
+sqlite = _SQLiteFactory()
+"""A fresh SQLite store in a new temporary file per call; declares cross-process sharing."""

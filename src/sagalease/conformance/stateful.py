@@ -1,0 +1,679 @@
+"""The stateful stage: a Hypothesis ``RuleBasedStateMachine`` drives the store under
+test and the memory reference side by side.
+
+Three simulated workers (and an operator and a reaper) act on a handful of tasks
+under a controlled clock that is passed as ``now`` on every call. The clock
+advances by small and large steps and jumps exactly onto a lease's expiry, a
+deadline or an ``available_at`` (−1 µs, 0, +1 µs). Every lease ever granted stays
+in a Bundle, so zombies keep presenting old leases; impostors present the current
+token under another owner id. After every step the outcomes, records, histories
+and listings of both stores must agree and every invariant must hold on the store
+under test; each check names the invariant it pins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, Verbosity, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    get_state_machine_test,
+    initialize,
+    multiple,
+    precondition,
+    rule,
+)
+
+from sagalease import core
+from sagalease.conformance._common import (
+    SEC,
+    T0_US,
+    ConformanceFailure,
+    StoreFactory,
+    describe,
+    first_difference,
+    outcome_text,
+    record_difference,
+    violated,
+)
+from sagalease.errors import (
+    AttemptsExhaustedError,
+    InvalidInputError,
+    LeaseConflictError,
+    SagaLeaseError,
+    TerminalTaskError,
+)
+from sagalease.memory import MemoryStore
+from sagalease.records import Compensation, TaskSaga, TaskState, from_us
+from sagalease.store import SagaStore
+
+__all__ = ["run_stateful"]
+
+WORKERS = ("w0", "w1", "w2")
+MAX_TASKS = 4
+TTLS = (1 * SEC, 5 * SEC, 30 * SEC)
+CREATE_SPECS = st.tuples(
+    st.integers(0, 2),
+    st.integers(1, 3),
+    st.sampled_from([None, 3 * SEC, 20 * SEC]),
+    st.sampled_from([None, 2 * SEC]),
+    st.booleans(),
+)
+HOLDER_EVENTS = (
+    "heartbeat",
+    "release",
+    "register_compensation",
+    "complete",
+    "fail",
+    "compensation_applied",
+    "compensation_failed",
+)
+
+
+@dataclass(frozen=True)
+class Cred:
+    """A lease as a worker remembers it: (task, owner, token)."""
+
+    task_id: str
+    owner: str
+    token: int
+
+
+_ERROR_INVARIANT: dict[type[BaseException], str] = {
+    TerminalTaskError: "INV-3",
+    AttemptsExhaustedError: "INV-5",
+    InvalidInputError: "INV-8",
+}
+
+
+def _classify_record(sut: TaskSaga, ref: TaskSaga) -> str:
+    """The invariant a record that differs from the reference's breaks."""
+    if sut.token != ref.token or (sut.lease and sut.lease.token) != (ref.lease and ref.lease.token):
+        return "INV-2"
+    if sut.lease != ref.lease:
+        return "INV-1"
+    if sut.compensations != ref.compensations:
+        return "INV-4"
+    if ref.state.is_terminal or sut.state.is_terminal:
+        if sut.state is not ref.state and TaskState.FAILED in (sut.state, ref.state):
+            return "INV-4"
+        return "INV-3"
+    if (sut.attempts, sut.max_attempts) != (ref.attempts, ref.max_attempts):
+        return "INV-5"
+    return "INV-7"
+
+
+def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
+    """The state machine class for stores made by ``factory``."""
+
+    class StoreAgreesWithReference(RuleBasedStateMachine):
+        tasks = Bundle("tasks")
+        leases = Bundle("leases")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.steps: list[str] = []
+            self.now = T0_US
+            self.ids: list[str] = []
+            self.ref = MemoryStore()
+            self.sut: SagaStore = factory()
+            self.failed = False
+
+        # ------------------------------------------------------------ plumbing
+
+        def teardown(self) -> None:
+            try:
+                if not self.failed:
+                    self._final_checks()
+            finally:
+                self.sut.close()
+                self.ref.close()
+
+        def _fail(self, invariant: str, detail: str) -> ConformanceFailure:
+            err = violated(invariant, self.steps[-1] if self.steps else "the start", detail)
+            err.steps = list(self.steps)
+            self.failed = True
+            return err
+
+        def _snap(self, store: SagaStore) -> Any:
+            tasks = store.list_tasks(limit=10_000)
+            return tasks, [store.history(t.task_id) for t in tasks], store.counts()
+
+        def _call(
+            self,
+            method: str,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            *,
+            naive: bool = False,
+        ) -> Any:
+            """Run one call on both stores and check everything about it."""
+            now = from_us(self.now)
+            if naive:
+                now = now.replace(tzinfo=None)
+            kwargs = {**kwargs, "now": now}
+            text = describe(method, args, kwargs)
+            task_id = args[0] if args else None
+            sut_before = self._snap(self.sut)
+            prev = {t.task_id: t for t in sut_before[0]}
+            ref_out: Any
+            sut_out: Any
+            try:
+                ref_out = getattr(self.ref, method)(*args, **kwargs)
+            except SagaLeaseError as exc:
+                ref_out = exc
+            try:
+                sut_out = getattr(self.sut, method)(*args, **kwargs)
+            except Exception as exc:
+                sut_out = exc
+            self.steps.append(f"{text} -> {outcome_text(sut_out)}")
+            self._check_outcome(method, kwargs, task_id, prev, sut_before, ref_out, sut_out)
+            self._check_stores()
+            return None if isinstance(sut_out, BaseException) else sut_out
+
+        def _check_outcome(
+            self,
+            method: str,
+            kwargs: dict[str, Any],
+            task_id: str | None,
+            prev: dict[str, TaskSaga],
+            sut_before: Any,
+            ref_out: Any,
+            sut_out: Any,
+        ) -> None:
+            ref_err = isinstance(ref_out, BaseException)
+            if isinstance(sut_out, BaseException):
+                if not isinstance(sut_out, SagaLeaseError):
+                    raise self._fail(
+                        "INV-8",
+                        f"raised {type(sut_out).__name__} (not a SagaLeaseError): {sut_out}",
+                    )
+                after = self._snap(self.sut)
+                if after != sut_before:
+                    raise self._fail(
+                        "INV-8",
+                        f"raised {type(sut_out).__name__} but changed the store:"
+                        f" {first_difference(sut_before, after)}",
+                    )
+                if not ref_err:
+                    inv = {LeaseConflictError: "INV-1"}.get(type(sut_out)) or _ERROR_INVARIANT.get(
+                        type(sut_out), "INV-6"
+                    )
+                    raise self._fail(
+                        inv,
+                        f"refused a legal call with {type(sut_out).__name__}: {sut_out}"
+                        f" (the reference returned {outcome_text(ref_out)})",
+                    )
+                if type(sut_out) is not type(ref_out):
+                    lease_err = sut_out if isinstance(sut_out, LeaseConflictError) else ref_out
+                    inv = self._refused_invariant(method, kwargs, task_id, prev, lease_err)
+                    raise self._fail(
+                        inv,
+                        f"raised {type(sut_out).__name__}, the reference raised"
+                        f" {type(ref_out).__name__}: {ref_out}",
+                    )
+                return
+            # The store under test accepted the call.
+            self._check_accepted(method, kwargs, task_id, prev, sut_out)
+            if ref_err:
+                inv = self._refused_invariant(method, kwargs, task_id, prev, ref_out)
+                raise self._fail(
+                    inv,
+                    f"accepted a call the reference refuses with {type(ref_out).__name__}:"
+                    f" {ref_out}",
+                )
+            if sut_out != ref_out:
+                if isinstance(sut_out, TaskSaga) and isinstance(ref_out, TaskSaga):
+                    if sut_out.task_id == ref_out.task_id:
+                        raise self._fail(
+                            _classify_record(sut_out, ref_out),
+                            f"returned a record that differs from the reference's:"
+                            f" {record_difference(sut_out, ref_out)}",
+                        )
+                inv = "INV-1" if method == "claim_next" else "INV-7"
+                raise self._fail(
+                    inv,
+                    f"returned {outcome_text(sut_out)}, the reference {outcome_text(ref_out)}",
+                )
+
+        def _refused_invariant(
+            self,
+            method: str,
+            kwargs: dict[str, Any],
+            task_id: str | None,
+            prev: dict[str, TaskSaga],
+            ref_err: BaseException,
+        ) -> str:
+            if isinstance(ref_err, LeaseConflictError):
+                old = prev.get(task_id or "")
+                if method in HOLDER_EVENTS and old is not None and kwargs["token"] != old.token:
+                    return "INV-2"
+                return "INV-1"
+            return _ERROR_INVARIANT.get(type(ref_err), "INV-6")
+
+        def _check_accepted(
+            self,
+            method: str,
+            kwargs: dict[str, Any],
+            task_id: str | None,
+            prev: dict[str, TaskSaga],
+            result: Any,
+        ) -> None:
+            """What a successful call implies about the record it found (the store's own)."""
+            if method in ("acquire", "claim_next") and isinstance(result, TaskSaga):
+                old = prev.get(result.task_id)
+                if old is None:
+                    raise self._fail("INV-7", f"granted a lease on unknown {result.task_id!r}")
+                if old.state.is_terminal:
+                    raise self._fail("INV-3", f"leased terminal task {old.task_id!r}")
+                if old.lease is not None and self.now < old.lease.expires_us:
+                    raise self._fail(
+                        "INV-1",
+                        f"granted {result.task_id!r} to {kwargs['owner']!r} while"
+                        f" {old.lease.owner!r} (token {old.lease.token}) held a live lease"
+                        f" until {from_us(old.lease.expires_us).isoformat()}",
+                    )
+                if old.attempts >= old.max_attempts:
+                    raise self._fail(
+                        "INV-5",
+                        f"granted attempt {old.attempts + 1} of {old.max_attempts}",
+                    )
+                if result.token != old.token + 1 or (
+                    result.lease is None or result.lease.token != result.token
+                ):
+                    raise self._fail(
+                        "INV-2",
+                        f"acquisition gave token {result.token} after token {old.token}",
+                    )
+            elif method in HOLDER_EVENTS and task_id is not None:
+                old = prev[task_id]
+                lease = old.lease
+                owner, token = kwargs["owner"], kwargs["token"]
+                if old.state.is_terminal:
+                    raise self._fail("INV-3", f"{method} changed terminal task {task_id!r}")
+                if token != old.token or lease is None or lease.token != token:
+                    raise self._fail(
+                        "INV-2",
+                        f"{method} succeeded with token {token}; the current token is"
+                        f" {old.token}",
+                    )
+                if owner != lease.owner:
+                    raise self._fail(
+                        "INV-1",
+                        f"{method} succeeded for {owner!r}; the lease is held by"
+                        f" {lease.owner!r} (same token {token}: an impostor)",
+                    )
+                if self.now >= lease.expires_us:
+                    raise self._fail(
+                        "INV-1",
+                        f"{method} succeeded on a lease that expired at"
+                        f" {from_us(lease.expires_us).isoformat()}",
+                    )
+            elif method in ("quarantine",) and task_id is not None:
+                if prev[task_id].state.is_terminal:
+                    raise self._fail("INV-3", f"quarantine changed terminal task {task_id!r}")
+            elif method == "annotate" and task_id is not None and isinstance(result, TaskSaga):
+                old = prev[task_id]
+                if replace(result, notes=old.notes, version=old.version) != old or (
+                    result.notes[:-1] != old.notes
+                ):
+                    inv = "INV-3" if old.state.is_terminal else "INV-7"
+                    raise self._fail(
+                        inv,
+                        "annotate changed more than the notes:"
+                        f" {record_difference(result, replace(old, notes=result.notes))}",
+                    )
+
+        def _check_record(self, rec: TaskSaga) -> None:
+            """Invariants of one stored record on its own."""
+            if rec.attempts > rec.max_attempts:
+                raise self._fail(
+                    "INV-5", f"{rec.task_id!r} has {rec.attempts} of {rec.max_attempts} attempts"
+                )
+            if rec.state.is_terminal and rec.lease is not None:
+                raise self._fail("INV-3", f"terminal {rec.task_id!r} holds a lease")
+            pending = rec.pending_compensations
+            if rec.state is TaskState.FAILED and rec.compensations:
+                raise self._fail("INV-4", f"FAILED {rec.task_id!r} has compensations")
+            if rec.state is TaskState.COMPENSATED and len(
+                [c for c in rec.compensations if c.status.value == "applied"]
+            ) != len(rec.compensations):
+                raise self._fail("INV-4", f"COMPENSATED {rec.task_id!r} with one not applied")
+            if rec.state in (TaskState.FAILED, TaskState.COMPENSATED) and pending:
+                raise self._fail("INV-4", f"{rec.task_id!r} ended with {pending} pending")
+            if rec.lease is not None and rec.lease.token != rec.token:
+                raise self._fail(
+                    "INV-2", f"{rec.task_id!r}: lease token {rec.lease.token} != {rec.token}"
+                )
+
+        def _check_stores(self) -> None:
+            sut_tasks = self.sut.list_tasks(limit=10_000)
+            ref_tasks = self.ref.list_tasks(limit=10_000)
+            for rec in sut_tasks:
+                self._check_record(rec)
+            sut_ids = [t.task_id for t in sut_tasks]
+            ref_ids = [t.task_id for t in ref_tasks]
+            if sut_ids != ref_ids:
+                raise self._fail("INV-7", f"list_tasks gives {sut_ids}, the reference {ref_ids}")
+            for s_rec, r_rec in zip(sut_tasks, ref_tasks, strict=True):
+                if s_rec != r_rec:
+                    raise self._fail(
+                        _classify_record(s_rec, r_rec),
+                        f"stored {s_rec.task_id!r} differs from the reference:"
+                        f" {record_difference(s_rec, r_rec)}",
+                    )
+                got = self.sut.get(s_rec.task_id)
+                if got != s_rec:
+                    raise self._fail("INV-7", f"get({s_rec.task_id!r}) differs from list_tasks")
+                s_hist = self.sut.history(s_rec.task_id)
+                r_hist = self.ref.history(r_rec.task_id)
+                if s_hist != r_hist:
+                    raise self._fail(
+                        "INV-7",
+                        f"the history of {s_rec.task_id!r} differs from the reference's"
+                        f" ({len(s_hist)} vs {len(r_hist)} entries;"
+                        f" events {[e.event for e in s_hist]} vs {[e.event for e in r_hist]})",
+                    )
+            now = from_us(self.now)
+            s_stale = [t.task_id for t in self.sut.list_stale(now=now)]
+            r_stale = [t.task_id for t in self.ref.list_stale(now=now)]
+            if s_stale != r_stale:
+                terminal = [
+                    t for t in s_stale if t not in r_stale and self.ref.get(t) is not None
+                ]
+                ended = [t for t in terminal if (rec := self.ref.get(t)) and rec.is_terminal]
+                raise self._fail(
+                    "INV-3" if ended else "INV-1",
+                    f"list_stale(now) gives {s_stale}, the reference {r_stale}",
+                )
+            if self.sut.counts() != self.ref.counts():
+                raise self._fail(
+                    "INV-7", f"counts {self.sut.counts()} differ from {self.ref.counts()}"
+                )
+            for state in (TaskState.RUNNING, TaskState.COMPENSATING):
+                s_ids = [t.task_id for t in self.sut.list_tasks(state=state, limit=2)]
+                r_ids = [t.task_id for t in self.ref.list_tasks(state=state, limit=2)]
+                if s_ids != r_ids:
+                    raise self._fail(
+                        "INV-7", f"list_tasks(state={state.value}) gives {s_ids}, not {r_ids}"
+                    )
+            if len(ref_ids) >= 2:
+                s_page = [t.task_id for t in self.sut.list_tasks(after=ref_ids[0], limit=2)]
+                if s_page != ref_ids[1:3]:
+                    raise self._fail("INV-7", f"the page after {ref_ids[0]!r} is {s_page}")
+
+        def _final_checks(self) -> None:
+            self.steps.append("(end of run: replaying every history)")
+            for rec in self.sut.list_tasks(limit=10_000):
+                entries = self.sut.history(rec.task_id)
+                try:
+                    replayed = core.replay(entries)
+                except AssertionError as exc:
+                    raise self._fail("INV-7", f"the history of {rec.task_id!r}: {exc}") from None
+                if replayed != rec:
+                    raise self._fail(
+                        "INV-7",
+                        f"replaying {rec.task_id!r} gives a different record:"
+                        f" {record_difference(replayed, rec)}",
+                    )
+
+        def _boundaries(self) -> list[int]:
+            points: set[int] = set()
+            for rec in self.ref.list_tasks(limit=10_000):
+                if rec.is_terminal:
+                    continue
+                marks = [rec.available_us]
+                if rec.lease is not None:
+                    marks.append(rec.lease.expires_us)
+                if rec.deadline_us is not None:
+                    marks.append(rec.deadline_us)
+                for mark in marks:
+                    points.update(p for p in (mark - 1, mark, mark + 1) if p > self.now)
+            return sorted(points)
+
+        # ------------------------------------------------------------ rules
+
+        def _holder_kwargs(
+            self, event: str, task_id: str, owner: str, token: int, ttl: int, index: int, delay: int
+        ) -> dict[str, Any]:
+            kwargs: dict[str, Any] = {"owner": owner, "token": token}
+            if event == "heartbeat":
+                kwargs["ttl"] = timedelta(microseconds=ttl)
+            elif event == "release":
+                kwargs["delay"] = timedelta(microseconds=delay)
+            elif event == "register_compensation":
+                kwargs["compensation"] = Compensation("undo", f"{task_id}-late")
+            elif event in ("fail", "compensation_failed"):
+                kwargs["reason"] = "boom"
+            if event in ("compensation_applied", "compensation_failed"):
+                kwargs["index"] = index
+            return kwargs
+
+        def _create(self, spec: tuple[int, int, int | None, int | None, bool]) -> str:
+            compensations, max_attempts, deadline, delay, saga = spec
+            task_id = f"t{len(self.ids)}"
+            self.ids.append(task_id)
+            kwargs: dict[str, Any] = {
+                "compensations": [
+                    Compensation("undo", f"{task_id}-{i}") for i in range(compensations)
+                ],
+                "max_attempts": max_attempts,
+            }
+            if saga:
+                kwargs["saga_id"] = "saga"
+            if deadline is not None:
+                kwargs["deadline"] = from_us(self.now + deadline)
+            if delay is not None:
+                kwargs["available_at"] = from_us(self.now + delay)
+            self._call("create", (task_id,), kwargs)
+            return task_id
+
+        @initialize(target=tasks, spec=CREATE_SPECS)
+        def first_task(self, spec: tuple[int, int, int | None, int | None, bool]) -> Any:
+            return self._create(spec)
+
+        @precondition(lambda self: len(self.ids) < MAX_TASKS)
+        @rule(target=tasks, spec=CREATE_SPECS, again=st.integers(0, 9))
+        def create(self, spec: tuple[int, int, int | None, int | None, bool], again: int) -> Any:
+            if again == 0:  # now and then, a duplicate id
+                self._call("create", (self.ids[-1],), {})
+                return multiple()
+            return self._create(spec)
+
+        @rule(
+            target=leases,
+            task_id=tasks,
+            worker=st.sampled_from(WORKERS),
+            ttl=st.sampled_from(TTLS),
+        )
+        def acquire(self, task_id: str, worker: str, ttl: int) -> Any:
+            rec = self._call(
+                "acquire", (task_id,), {"owner": worker, "ttl": timedelta(microseconds=ttl)}
+            )
+            return multiple() if rec is None else Cred(task_id, worker, rec.token)
+
+        @rule(target=leases, worker=st.sampled_from(WORKERS), ttl=st.sampled_from(TTLS))
+        def claim_next(self, worker: str, ttl: int) -> Any:
+            rec = self._call(
+                "claim_next", (), {"owner": worker, "ttl": timedelta(microseconds=ttl)}
+            )
+            return multiple() if rec is None else Cred(rec.task_id, worker, rec.token)
+
+        @precondition(lambda self: bool(self._leased()))
+        @rule(
+            data=st.data(),
+            event=st.sampled_from(("heartbeat", "heartbeat", *HOLDER_EVENTS)),
+            ttl=st.sampled_from(TTLS),
+            index=st.integers(0, 2),
+            delay=st.sampled_from([0, SEC]),
+        )
+        def holder(
+            self, data: st.DataObject, event: str, ttl: int, index: int, delay: int
+        ) -> None:
+            """The current holder of a lease (a live one if there is) makes a holder call."""
+            leased = self._leased()
+            live = [t for t in leased if t.lease is not None and self.now < t.lease.expires_us]
+            task = data.draw(st.sampled_from(live or leased), label="task")
+            assert task.lease is not None
+            kwargs = self._holder_kwargs(
+                event, task.task_id, task.lease.owner, task.token, ttl, index, delay
+            )
+            self._call(event, (task.task_id,), kwargs)
+
+        @rule(
+            cred=leases,
+            event=st.sampled_from(HOLDER_EVENTS),
+            who=st.sampled_from(["zombie", "impostor", "next-token"]),
+            other=st.sampled_from(WORKERS),
+            ttl=st.sampled_from(TTLS),
+            index=st.integers(0, 2),
+            delay=st.sampled_from([0, SEC]),
+        )
+        def zombie_or_impostor(
+            self, cred: Cred, event: str, who: str, other: str, ttl: int, index: int, delay: int
+        ) -> None:
+            """An old lease reused as it was (zombie), the current token under another
+            owner id (impostor), or the old owner with the next token.
+            """
+            owner, token = cred.owner, cred.token
+            current = self.ref.get(cred.task_id)
+            if who == "impostor" and current is not None:
+                token = current.token
+                holder = current.lease.owner if current.lease is not None else cred.owner
+                owner = other if other != holder else f"{holder}-impostor"
+            elif who == "next-token":
+                token += 1
+            kwargs = self._holder_kwargs(event, cred.task_id, owner, token, ttl, index, delay)
+            self._call(event, (cred.task_id,), kwargs)
+
+        @precondition(lambda self: bool(self._leased()))
+        @rule(
+            data=st.data(),
+            offset=st.sampled_from([-1, 0, 1]),
+            action=st.sampled_from(
+                ["acquire", "claim_next", "heartbeat", "complete", "impostor", "reap"]
+            ),
+            worker=st.sampled_from(WORKERS),
+        )
+        def at_expiry(self, data: st.DataObject, offset: int, action: str, worker: str) -> None:
+            """Jump onto a lease's expiry (−1 µs, 0, +1 µs) and act on it at once: another
+            worker takes over, the holder writes, or an impostor with the current token does.
+            """
+            leased = [
+                t
+                for t in self._leased()
+                if t.lease is not None and t.lease.expires_us + offset >= self.now
+            ]
+            if not leased:
+                return
+            task = data.draw(st.sampled_from(leased), label="task")
+            assert task.lease is not None
+            self.now = task.lease.expires_us + offset
+            self.steps.append(f"clock -> {describe('at', (), {'now': from_us(self.now)})}")
+            ttl = timedelta(microseconds=TTLS[1])
+            if action == "reap":
+                self._call("reap", (), {})
+            elif action == "acquire":
+                self._call("acquire", (task.task_id,), {"owner": worker, "ttl": ttl})
+            elif action == "claim_next":
+                self._call("claim_next", (), {"owner": worker, "ttl": ttl})
+            else:
+                owner = task.lease.owner
+                if action == "impostor":
+                    owner = worker if worker != owner else f"{owner}-impostor"
+                event = "complete" if action == "complete" else "heartbeat"
+                if event == "complete" and task.state is TaskState.COMPENSATING:
+                    event = "release"
+                kwargs = self._holder_kwargs(
+                    event, task.task_id, owner, task.token, TTLS[1], 0, 0
+                )
+                self._call(event, (task.task_id,), kwargs)
+
+        @precondition(lambda self: bool(self._leased()))
+        @rule(
+            data=st.data(),
+            event=st.sampled_from(HOLDER_EVENTS),
+            other=st.sampled_from(WORKERS),
+            index=st.integers(0, 2),
+        )
+        def impostor(self, data: st.DataObject, event: str, other: str, index: int) -> None:
+            """The current token of a leased task under another owner id."""
+            leased = self._leased()
+            task = data.draw(st.sampled_from(leased), label="task")
+            assert task.lease is not None
+            holder = task.lease.owner
+            owner = other if other != holder else f"{holder}-impostor"
+            kwargs = self._holder_kwargs(event, task.task_id, owner, task.token, TTLS[1], index, 0)
+            self._call(event, (task.task_id,), kwargs)
+
+        @rule(task_id=tasks, event=st.sampled_from(["acquire", "annotate", "quarantine"]))
+        def naive_now(self, task_id: str, event: str) -> None:
+            """A naive datetime as ``now`` must be refused (InvalidInputError)."""
+            kwargs: dict[str, Any] = {
+                "acquire": {"owner": "w0", "ttl": timedelta(seconds=5)},
+                "annotate": {"text": "naive", "by": "ops"},
+                "quarantine": {"reason": "naive", "by": "ops"},
+            }[event]
+            self._call(event, (task_id,), kwargs, naive=True)
+
+        @rule(task_id=tasks, action=st.sampled_from(["annotate"] * 4 + ["quarantine"]))
+        def operator(self, task_id: str, action: str) -> None:
+            if action == "quarantine":
+                self._call("quarantine", (task_id,), {"reason": "poison", "by": "ops"})
+            else:
+                self._call("annotate", (task_id,), {"text": "seen", "by": "ops"})
+
+        @rule(
+            data=st.data(),
+            delta=st.sampled_from([0, 1, SEC, 3 * SEC, 10 * SEC]),
+            reap=st.sampled_from([None, None, "all", "one"]),
+        )
+        def clock(self, data: st.DataObject, delta: int, reap: str | None) -> None:
+            """Advance by ``delta``, or (0) jump onto a boundary −1 µs, 0 or +1 µs; then
+            maybe run the reaper (all, or ``limit=1``).
+            """
+            points = self._boundaries() if delta == 0 else []
+            if points:
+                self.now = data.draw(st.sampled_from(points), label="boundary")
+            else:
+                self.now += max(delta, 1)
+            self.steps.append(f"clock -> {describe('at', (), {'now': from_us(self.now)})}")
+            if reap is None:
+                self._check_stores()
+            else:
+                self._call("reap", (), {} if reap == "all" else {"limit": 1})
+
+        def _leased(self) -> list[TaskSaga]:
+            return [t for t in self.ref.list_tasks(limit=100) if t.lease is not None]
+
+    return StoreAgreesWithReference
+
+
+def run_stateful(factory: StoreFactory, *, examples: int, seed: int, steps: int = 40) -> None:
+    """Run the state machine; raise :class:`ConformanceFailure` (with the minimal
+    sequence of steps Hypothesis found) on the first broken rule.
+    """
+    machine = make_machine(factory)
+    test = get_state_machine_test(
+        machine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=steps,
+            deadline=None,
+            database=None,
+            derandomize=False,
+            print_blob=False,
+            report_multiple_bugs=False,
+            verbosity=Verbosity.quiet,
+            phases=[Phase.generate, Phase.shrink],
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
+    hypothesis_seed(seed)(test)
+    test()
