@@ -118,7 +118,7 @@ def _rebuild_failure(
 
 
 def violated(invariant: str, step: str, detail: str) -> ConformanceFailure:
-    """The failure to raise (``raise violated(...)``)."""
+    """The failure to raise, naming the invariant, the step and what went wrong."""
     if invariant not in TITLES:  # pragma: no cover - a bug in the suite itself
         raise ValueError(f"unknown invariant {invariant!r}")
     return ConformanceFailure(invariant, step, detail)
@@ -156,7 +156,7 @@ def _fmt(value: object) -> str:
 
 
 def describe(method: str, args: Sequence[object], kwargs: dict[str, object]) -> str:
-    """``heartbeat('t', owner='w1', token=1, ttl=30s, now=T0+30s)``."""
+    """A call as text in Python call syntax, times relative to ``T0``."""
     parts = [_fmt(a) for a in args] + [f"{k}={_fmt(v)}" for k, v in kwargs.items()]
     return f"{method}({', '.join(parts)})"
 
@@ -220,7 +220,7 @@ class Trace:
 
     @property
     def store(self) -> SagaStore:
-        """This trace, typed as the store it wraps."""
+        """The trace, typed as the store it wraps."""
         return cast(SagaStore, self)
 
 
@@ -304,6 +304,7 @@ class Budget:
         """The budget for ``--examples N``."""
         return cls(
             examples=examples,
+            steps=40 if examples >= 50 else 25,
             thread_trials=max(4, examples // 5),
             process_trials=1 if examples < 100 else 2,
         )

@@ -106,7 +106,9 @@ class Report:
 
     def summary(self) -> str:
         """``N passed, M failed, K skipped in S s``."""
-        counts = {s: sum(r.status == s for r in self.results) for s in ("passed", "failed", "skipped")}
+        counts = {
+            s: sum(r.status == s for r in self.results) for s in ("passed", "failed", "skipped")
+        }
         total = sum(r.seconds for r in self.results)
         return (
             f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
@@ -219,7 +221,11 @@ def checks() -> list[Check]:
 
 
 def _iter_results(
-    factory: StoreFactory, capabilities: Capabilities, budget: Budget, seed: int, only: set[str] | None
+    factory: StoreFactory,
+    capabilities: Capabilities,
+    budget: Budget,
+    seed: int,
+    only: set[str] | None,
 ) -> Iterator[CheckResult]:
     for check in checks():
         if only is not None and not any(check.name.startswith(o) for o in only):

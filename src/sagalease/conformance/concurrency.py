@@ -13,7 +13,7 @@ history is then checked:
   call began;
 * INV-7: the acquisitions in the store's history are the grants seen by callers,
   and every history replays to its record;
-* INV-1 (linearizability): a Wing–Gong–Lowe search finds a sequential order of the
+* INV-1 (linearizability): a Wing-Gong-Lowe search finds a sequential order of the
   calls, consistent with their real-time order, in which the memory reference's
   transition functions give every caller exactly the result it got.
 """
@@ -88,7 +88,9 @@ class Op:
 # ---------------------------------------------------------------- running workers
 
 
-def _call(store: SagaStore, method: str, task_id: str | None, now_us: int, kw: dict[str, Any]) -> Any:
+def _call(
+    store: SagaStore, method: str, task_id: str | None, now_us: int, kw: dict[str, Any]
+) -> Any:
     kwargs = dict(kw)
     if "ttl_us" in kwargs:
         kwargs["ttl"] = timedelta(microseconds=kwargs.pop("ttl_us"))
@@ -100,7 +102,9 @@ def _call(store: SagaStore, method: str, task_id: str | None, now_us: int, kw: d
     return getattr(store, method)(*args, now=from_us(now_us), **kwargs)
 
 
-def _work(store: SagaStore, seed: int, worker: int, n_ops: int, wait: Callable[[], object]) -> list[Op]:
+def _work(
+    store: SagaStore, seed: int, worker: int, n_ops: int, wait: Callable[[], object]
+) -> list[Op]:
     """One worker's scripted-at-random run (deterministic given ``seed`` and results)."""
     rng = random.Random(f"{seed}/{worker}")
     owner = f"w{worker}"
@@ -245,9 +249,7 @@ def check_history(ops: Sequence[Op], initial: Sequence[TaskSaga], store: SagaSto
     for task_id, entries in grants.items():
         tokens = sorted(g.token for g in entries)
         if tokens != list(range(1, len(tokens) + 1)):
-            raise _fail(
-                "INV-2", None, f"tokens granted on {task_id!r} are {tokens}, not 1..n", ops
-            )
+            raise _fail("INV-2", None, f"tokens granted on {task_id!r} are {tokens}, not 1..n", ops)
         for a in entries:
             for b in entries:
                 if a.op.end < b.op.start and a.token >= b.token:
@@ -267,12 +269,13 @@ def check_history(ops: Sequence[Op], initial: Sequence[TaskSaga], store: SagaSto
             holders = [g for g in grants.get(op.task_id, []) if g.token == kw["token"]]
             inv = "INV-1" if holders else "INV-2"
             raise _fail(
-                inv, op, f"succeeded with (owner, token) ({kw['owner']!r}, {kw['token']}),"
-                " which no grant handed out", ops
+                inv,
+                op,
+                f"succeeded with (owner, token) ({kw['owner']!r}, {kw['token']}),"
+                " which no grant handed out",
+                ops,
             )
-        newer = [
-            g for g in grants[op.task_id] if g.token > kw["token"] and g.op.end < op.start
-        ]
+        newer = [g for g in grants[op.task_id] if g.token > kw["token"] and g.op.end < op.start]
         if newer:
             raise _fail(
                 "INV-2",
@@ -299,7 +302,9 @@ def check_history(ops: Sequence[Op], initial: Sequence[TaskSaga], store: SagaSto
         try:
             replayed = core.replay(history)
         except AssertionError as exc:
-            raise _fail("INV-7", None, f"history of {task_id!r} does not replay: {exc}", ops)
+            raise _fail(
+                "INV-7", None, f"history of {task_id!r} does not replay: {exc}", ops
+            ) from None
         if record != replayed:
             assert record is not None
             raise _fail(
@@ -357,7 +362,7 @@ def _model(state: State, op: Op) -> tuple[bool, Any, State]:
 
 
 def linearizable(ops: Sequence[Op], initial: State) -> int | None:
-    """Wing–Gong–Lowe with memoisation: ``None`` if some order consistent with real
+    """Wing-Gong-Lowe with memoisation: ``None`` if some order consistent with real
     time reproduces every result, else the length of the longest prefix found.
     """
     calls = list(ops)
@@ -399,30 +404,37 @@ def _trial_check(store: SagaStore, ops: list[Op], trial: int, mode: str) -> None
         raise
 
 
-def run_threads(factory: StoreFactory, *, trials: int, seed: int, workers: int = 4, n_ops: int = 8) -> None:
+def _run_workers(store: SagaStore, seed: int, workers: int, n_ops: int) -> list[Op]:
+    barrier = threading.Barrier(workers)
+    results: list[list[Op]] = [[] for _ in range(workers)]
+    errors: list[BaseException] = []
+
+    def body(w: int) -> None:
+        try:
+            results[w] = _work(store, seed, w, n_ops, barrier.wait)
+        except BaseException as exc:  # pragma: no cover - a bug in the suite
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(w,)) for w in range(workers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return [op for r in results for op in r]
+
+
+def run_threads(
+    factory: StoreFactory, *, trials: int, seed: int, workers: int = 4, n_ops: int = 8
+) -> None:
     """Threads sharing one store; raise :class:`ConformanceFailure` on a bad history."""
     for trial in range(trials):
         store = factory()
         try:
             _setup(store)
-            barrier = threading.Barrier(workers)
-            results: list[list[Op]] = [[] for _ in range(workers)]
-            errors: list[BaseException] = []
-
-            def body(w: int, tr: int = trial) -> None:
-                try:
-                    results[w] = _work(store, seed * 1_000 + tr, w, n_ops, barrier.wait)
-                except BaseException as exc:  # pragma: no cover - a bug in the suite
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=body, args=(w,)) for w in range(workers)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            if errors:
-                raise errors[0]
-            _trial_check(store, [op for r in results for op in r], trial, "threads")
+            ops = _run_workers(store, seed * 1_000 + trial, workers, n_ops)
+            _trial_check(store, ops, trial, "threads")
         finally:
             store.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from sagalease import core
@@ -180,7 +181,7 @@ def live_lease_blocks_acquire(t: Trace) -> None:
     s = t.store
     running(s, "t")
     for owner, now in (("w2", T0), ("w1", at(5)), ("w2", at(30) - US)):
-        expect(t, "INV-1", LCE, lambda o=owner, n=now: s.acquire("t", owner=o, ttl=TTL, now=n))
+        expect(t, "INV-1", LCE, partial(s.acquire, "t", owner=owner, ttl=TTL, now=now))
     rec = must(t, "INV-1", lambda: s.acquire("t", owner="w2", ttl=TTL, now=at(30)))
     same(t, "INV-1", (rec.lease and rec.lease.owner, rec.token), ("w2", 2), "takeover at expiry")
     expect(t, "INV-1", LCE, lambda: s.acquire("t", owner="w3", ttl=TTL, now=at(30)))
@@ -361,7 +362,7 @@ def terminal_tasks_are_immutable(t: Trace) -> None:
     ended: dict[str, tuple[str, int, TaskState]] = {}
     for i, end in enumerate(_ENDINGS):
         tid = f"t{i}"
-        ended[tid] = must(t, "INV-3", lambda e=end, x=tid: e(s, x))  # type: ignore[misc]
+        ended[tid] = must(t, "INV-3", partial(end, s, tid))
     later = at(100)
     for tid, (owner, token, state) in ended.items():
         rec = got(t, tid)
@@ -369,10 +370,10 @@ def terminal_tasks_are_immutable(t: Trace) -> None:
         holds(t, "INV-3", rec.lease is None, f"terminal {tid} still holds a lease")
         holds(t, "INV-3", bool(rec.terminal_reason), f"terminal {tid} records no reason")
         calls: list[Callable[[], object]] = [
-            lambda x=tid: s.acquire(x, owner="w9", ttl=TTL, now=later),
-            lambda x=tid, o=owner: s.acquire(x, owner=o, ttl=TTL, now=later),
-            lambda x=tid: s.quarantine(x, reason="again", by="ops", now=later),
-            lambda x=tid, k=token: s.complete(x, owner="w9", token=k + 1, now=later),
+            partial(s.acquire, tid, owner="w9", ttl=TTL, now=later),
+            partial(s.acquire, tid, owner=owner, ttl=TTL, now=later),
+            partial(s.quarantine, tid, reason="again", by="ops", now=later),
+            partial(s.complete, tid, owner="w9", token=token + 1, now=later),
             *holder_calls(s, tid, owner, token, later),
             *holder_calls(s, tid, owner, token, at(2)),
         ]
@@ -387,7 +388,7 @@ def terminal_tasks_are_immutable(t: Trace) -> None:
     holds(t, "INV-3", after == before, f"terminal tasks changed: {first_difference(before, after)}")
     for tid in ended:
         rec = got(t, tid)
-        noted = must(t, "INV-3", lambda x=tid: s.annotate(x, text="seen", by="ops", now=at(200)))
+        noted = must(t, "INV-3", partial(s.annotate, tid, text="seen", by="ops", now=at(200)))
         same(t, "INV-3", replace(noted, notes=rec.notes, version=rec.version), rec, "annotate")
         same(t, "INV-3", noted.notes[:-1], rec.notes, "notes only grow")
         same(t, "INV-3", got(t, tid), noted, "the stored record after annotate")
@@ -397,7 +398,7 @@ def terminal_tasks_are_immutable(t: Trace) -> None:
 
 
 def compensations_are_never_dropped(t: Trace) -> None:
-    """fail owing compensations → COMPENSATING (unleased, fresh attempts) → COMPENSATED
+    """Fail owing compensations → COMPENSATING (unleased, fresh attempts) → COMPENSATED
     only when all are applied, QUARANTINED listing the pending ones otherwise; a failure
     without compensations → FAILED.
     """
@@ -454,7 +455,8 @@ def compensations_are_never_dropped(t: Trace) -> None:
     )
     # The reaper past the deadline fails the task the same way.
     running(s, "late", compensations=[COMP_A], deadline=at(20))
-    (reaped,) = must(t, "INV-4", lambda: s.reap(now=at(20))) or [None]
+    reaps = must(t, "INV-4", lambda: s.reap(now=at(20)))
+    reaped = reaps[0] if len(reaps) == 1 else None
     holds(
         t,
         "INV-4",
@@ -699,7 +701,7 @@ def guard_failures_change_nothing(t: Trace) -> None:
     for i, (setup, call, error) in enumerate(_guard_cases()):
         tid = f"g{i}"
         setup(s, tid)
-        expect(t, "INV-8", error, lambda c=call, x=tid: c(s, x))  # type: ignore[misc]
+        expect(t, "INV-8", error, partial(call, s, tid))
 
 
 def naive_datetimes_are_refused(t: Trace) -> None:
@@ -753,7 +755,8 @@ def bad_input_is_refused(t: Trace) -> None:
         expect(t, "INV-8", IIE, call)
     expect(t, "INV-8", DuplicateTaskError, lambda: s.create("t", saga_id="other", now=at(1)))
     same(t, "INV-8", got(t, "t"), original, "the original task after a duplicate create")
-    for call in holder_calls(s, "nope", "w1", 1, at(1)) + [
+    for call in [
+        *holder_calls(s, "nope", "w1", 1, at(1)),
         lambda: s.acquire("nope", owner="w1", ttl=TTL, now=at(1)),
         lambda: s.quarantine("nope", reason="r", by="ops", now=at(1)),
         lambda: s.annotate("nope", text="x", by="ops", now=at(1)),

@@ -1,5 +1,6 @@
-"""Factories for the bundled backends, so that CI runs the suite through the CLI
-exactly as a third party would::
+"""Factories for the bundled backends (memory, SQLite).
+
+CI runs the suite through the CLI on them exactly as a third party would::
 
     sagalease conformance sagalease.conformance.factories:memory
     sagalease conformance sagalease.conformance.factories:sqlite
