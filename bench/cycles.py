@@ -1,0 +1,454 @@
+"""The lease cycle, library against raw SQL, in worker processes.
+
+A cycle is ``claim_next`` + ``heartbeat`` + ``complete`` (mode ``full``) or
+``claim_next`` + ``complete`` (mode ``cc``); raw SQL does the same work with the
+minimal statements on a minimal table (``jobs``): one conditional ``UPDATE`` per
+operation, no history, no library. ``batch10`` (raw PostgreSQL only) claims ten
+jobs in one statement and completes them in one.
+
+Tasks for the library are bulk-inserted with raw SQL into the store's own schema:
+copies of a task the library itself created (row and history entry), so every
+copy is a record the store wrote.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from bench.common import TTL_US, WORKDIR, Work
+
+TTL = timedelta(microseconds=TTL_US)
+
+_TASK_COLUMNS = (
+    "task_id, saga_id, state, metadata_json, compensations_json, lease_owner,"
+    " lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us, token, attempts,"
+    " expirations, max_attempts, available_us, deadline_us, created_us, updated_us,"
+    " terminal_reason, notes_json, version"
+)
+_HISTORY_COLUMNS = (
+    "task_id, seq, event, from_state, to_state, at_us, owner, token, reason, args_json"
+)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _copy_columns(columns: str, prefix: str, postgres: bool = False) -> str:
+    """``columns`` with ``task_id`` replaced by ``prefix`` || zero-padded ``x``."""
+    rest = columns.split(", ", 1)[1]
+    padded = "lpad(x::text, 9, '0')" if postgres else "printf('%09d', x)"
+    return f"{prefix!r} || {padded}, {rest}"
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+def sqlite_paths(name: str) -> Path:
+    """A fresh path for database ``name`` (old files removed)."""
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    path = WORKDIR / f"{name}.db"
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return path
+
+
+def sqlite_lib_prepare(path: Path, pending: int, finished: int = 0) -> None:
+    """A library store at ``path`` with ``finished`` completed tasks, then ``pending``
+    pending ones (in creation order).
+    """
+    from sagalease.sqlite import SQLiteStore
+
+    store = SQLiteStore(path, synchronous="NORMAL")
+    try:
+        done = store.create("tpl-done")
+        held = store.acquire(done.task_id, owner="bench", ttl=TTL)
+        store.complete(done.task_id, owner="bench", token=held.token)
+        store.create("tpl-pending")
+    finally:
+        store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("BEGIN")
+        series = "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < ?)"
+        if finished:
+            conn.execute(
+                f"{series} INSERT INTO tasks ({_TASK_COLUMNS})"
+                f" SELECT {_copy_columns(_TASK_COLUMNS, 'f')} FROM g, tasks"
+                " WHERE task_id = 'tpl-done' ORDER BY x",
+                (finished,),
+            )
+        if pending > 1:
+            conn.execute(
+                f"{series} INSERT INTO tasks ({_TASK_COLUMNS})"
+                f" SELECT {_copy_columns(_TASK_COLUMNS, 'p')} FROM g, tasks"
+                " WHERE task_id = 'tpl-pending' ORDER BY x",
+                (pending - 1,),
+            )
+            conn.execute(
+                f"{series} INSERT INTO history ({_HISTORY_COLUMNS})"
+                f" SELECT {_copy_columns(_HISTORY_COLUMNS, 'p')} FROM g, history"
+                " WHERE task_id = 'tpl-pending'",
+                (pending - 1,),
+            )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+_RAW_SQLITE_SCHEMA = """
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    owner TEXT,
+    token INTEGER NOT NULL DEFAULT 0,
+    expires_us INTEGER
+);
+CREATE INDEX jobs_open ON jobs (id, expires_us) WHERE state IN ('pending', 'running');
+"""
+
+_RAW_CLAIM = (
+    "UPDATE jobs SET state = 'running', owner = ?, token = token + 1, expires_us = ?"
+    " WHERE id = (SELECT id FROM jobs WHERE state IN ('pending', 'running')"
+    " AND (expires_us IS NULL OR expires_us <= ?) ORDER BY id LIMIT 1)"
+    " RETURNING id, token"
+)
+_RAW_HEARTBEAT = (
+    "UPDATE jobs SET expires_us = ? WHERE id = ? AND owner = ? AND token = ?"
+    " AND state = 'running' AND expires_us > ?"
+)
+_RAW_COMPLETE = (
+    "UPDATE jobs SET state = 'done', owner = NULL, expires_us = NULL"
+    " WHERE id = ? AND owner = ? AND token = ? AND state = 'running' AND expires_us > ?"
+)
+
+
+def sqlite_raw_prepare(path: Path, pending: int) -> None:
+    """The minimal table with ``pending`` jobs."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(_RAW_SQLITE_SCHEMA)
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO jobs (state) VALUES ('pending')", [()] * pending)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def _timed_loop(cycle: Callable[[], bool]) -> tuple[int, list[float]]:
+    latencies: list[float] = []
+    clock = time.perf_counter_ns
+    while True:
+        t0 = clock()
+        if not cycle():
+            return len(latencies), latencies
+        latencies.append((clock() - t0) / 1000)
+
+
+def sqlite_lib_worker(path: str, synchronous: str, owner: str, mode: str) -> Work:
+    """Set up one library worker on the SQLite store at ``path``."""
+    from sagalease.sqlite import SQLiteStore
+
+    store = SQLiteStore(path, synchronous=synchronous)
+    store.get("tpl-pending")  # warm the connection
+
+    def cycle() -> bool:
+        task = store.claim_next(owner=owner, ttl=TTL)
+        if task is None:
+            return False
+        if mode == "full":
+            store.heartbeat(task.task_id, owner=owner, token=task.token, ttl=TTL)
+        store.complete(task.task_id, owner=owner, token=task.token)
+        return True
+
+    def work() -> tuple[int, list[float]]:
+        try:
+            return _timed_loop(cycle)
+        finally:
+            store.close()
+
+    return work
+
+
+class _FileLock:
+    """An app-level writer lock (``flock``), as in performance.md's second raw variant."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(f"{path}.rawlock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    def __enter__(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def sqlite_raw_worker(path: str, synchronous: str, owner: str, mode: str, lock: bool) -> Work:
+    """Set up one raw-SQL worker (SQLite busy handler, or a ``flock`` writer lock)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    guard: _FileLock | _NoLock = _FileLock(path) if lock else _NoLock()
+
+    def cycle() -> bool:
+        now = _now_us()
+        with guard:
+            row = conn.execute(_RAW_CLAIM, (owner, now + TTL_US, now)).fetchone()
+        if row is None:
+            return False
+        job, token = row
+        if mode == "full":
+            now = _now_us()
+            with guard:
+                cur = conn.execute(_RAW_HEARTBEAT, (now + TTL_US, job, owner, token, now))
+            if cur.rowcount != 1:
+                raise RuntimeError("raw heartbeat lost the lease")
+        now = _now_us()
+        with guard:
+            cur = conn.execute(_RAW_COMPLETE, (job, owner, token, now))
+        if cur.rowcount != 1:
+            raise RuntimeError("raw complete lost the lease")
+        return True
+
+    def work() -> tuple[int, list[float]]:
+        try:
+            return _timed_loop(cycle)
+        finally:
+            conn.close()
+
+    return work
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def pg_lib_prepare(dsn: str, schema: str, pending: int, finished: int = 0) -> None:
+    """A fresh library store in ``schema``: ``finished`` completed tasks, then
+    ``pending`` pending ones; ``ANALYZE``d afterwards (as autovacuum would).
+    """
+    import psycopg
+
+    from sagalease.postgres import PostgresStore
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    store = PostgresStore(dsn, schema=schema, min_size=1, max_size=1)
+    try:
+        done = store.create("tpl-done")
+        held = store.acquire(done.task_id, owner="bench", ttl=TTL)
+        store.complete(done.task_id, owner="bench", token=held.token)
+        store.create("tpl-pending")
+    finally:
+        store.close()
+    series = "generate_series(1, %s) AS g(x)"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if finished:
+            conn.execute(
+                f"INSERT INTO {schema}.tasks ({_TASK_COLUMNS})"
+                f" SELECT {_copy_columns(_TASK_COLUMNS, 'f', postgres=True)} FROM {series}, {schema}.tasks"
+                " WHERE task_id = 'tpl-done' ORDER BY x",
+                (finished,),
+            )
+        if pending > 1:
+            conn.execute(
+                f"INSERT INTO {schema}.tasks ({_TASK_COLUMNS})"
+                f" SELECT {_copy_columns(_TASK_COLUMNS, 'p', postgres=True)} FROM {series}, {schema}.tasks"
+                " WHERE task_id = 'tpl-pending' ORDER BY x",
+                (pending - 1,),
+            )
+            conn.execute(
+                f"INSERT INTO {schema}.history ({_HISTORY_COLUMNS})"
+                f" SELECT {_copy_columns(_HISTORY_COLUMNS, 'p', postgres=True)} FROM {series}, {schema}.history"
+                " WHERE task_id = 'tpl-pending'",
+                (pending - 1,),
+            )
+        conn.execute(f"VACUUM ANALYZE {schema}.tasks")
+        conn.execute(f"VACUUM ANALYZE {schema}.history")
+
+
+def pg_raw_prepare(dsn: str, schema: str, pending: int) -> None:
+    """The minimal table in ``schema`` with ``pending`` jobs."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(
+            f"CREATE TABLE {schema}.jobs (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            " state text NOT NULL, owner text, token bigint NOT NULL DEFAULT 0, expires_us bigint)"
+        )
+        conn.execute(
+            f"CREATE INDEX jobs_open ON {schema}.jobs (id) INCLUDE (expires_us)"
+            " WHERE state IN ('pending', 'running')"
+        )
+        conn.execute(
+            f"INSERT INTO {schema}.jobs (state) SELECT 'pending' FROM generate_series(1, %s)",
+            (pending,),
+        )
+        conn.execute(f"VACUUM ANALYZE {schema}.jobs")
+
+
+def pg_lib_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
+    """Set up one library worker on the PostgreSQL store in ``schema``."""
+    from sagalease.postgres import PostgresStore
+
+    store = PostgresStore(dsn, schema=schema, min_size=1, max_size=1)
+    store.get("tpl-pending")  # warm the pooled connection
+
+    def cycle() -> bool:
+        task = store.claim_next(owner=owner, ttl=TTL)
+        if task is None:
+            return False
+        if mode == "full":
+            store.heartbeat(task.task_id, owner=owner, token=task.token, ttl=TTL)
+        store.complete(task.task_id, owner=owner, token=task.token)
+        return True
+
+    def work() -> tuple[int, list[float]]:
+        try:
+            return _timed_loop(cycle)
+        finally:
+            store.close()
+
+    return work
+
+
+def pg_raw_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
+    """Set up one raw-SQL worker (psycopg, autocommit, prepared statements)."""
+    import psycopg
+
+    conn = psycopg.connect(dsn, autocommit=True)
+    claim = (
+        f"UPDATE {schema}.jobs SET state = 'running', owner = %s, token = token + 1,"
+        f" expires_us = %s WHERE id = (SELECT id FROM {schema}.jobs"
+        " WHERE state IN ('pending', 'running') AND (expires_us IS NULL OR expires_us <= %s)"
+        " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, token"
+    )
+    claim10 = (
+        f"UPDATE {schema}.jobs SET state = 'running', owner = %s, token = token + 1,"
+        f" expires_us = %s WHERE id IN (SELECT id FROM {schema}.jobs"
+        " WHERE state IN ('pending', 'running') AND (expires_us IS NULL OR expires_us <= %s)"
+        " ORDER BY id LIMIT 10 FOR UPDATE SKIP LOCKED) RETURNING id, token"
+    )
+    heartbeat = (
+        f"UPDATE {schema}.jobs SET expires_us = %s WHERE id = %s AND owner = %s"
+        " AND token = %s AND state = 'running' AND expires_us > %s"
+    )
+    complete = (
+        f"UPDATE {schema}.jobs SET state = 'done', owner = NULL, expires_us = NULL"
+        " WHERE id = %s AND owner = %s AND token = %s AND state = 'running' AND expires_us > %s"
+    )
+    complete10 = (
+        f"UPDATE {schema}.jobs SET state = 'done', owner = NULL, expires_us = NULL"
+        " WHERE id = ANY(%s) AND owner = %s AND state = 'running' AND expires_us > %s"
+    )
+    done = 0
+
+    def cycle() -> bool:
+        nonlocal done
+        now = _now_us()
+        if mode == "batch10":
+            rows = conn.execute(claim10, (owner, now + TTL_US, now), prepare=True).fetchall()
+            if not rows:
+                return False
+            cur = conn.execute(complete10, ([r[0] for r in rows], owner, _now_us()), prepare=True)
+            if cur.rowcount != len(rows):
+                raise RuntimeError("raw batch complete lost a lease")
+            done += len(rows)
+            return True
+        row = conn.execute(claim, (owner, now + TTL_US, now), prepare=True).fetchone()
+        if row is None:
+            return False
+        job, token = row
+        if mode == "full":
+            now = _now_us()
+            cur = conn.execute(heartbeat, (now + TTL_US, job, owner, token, now), prepare=True)
+            if cur.rowcount != 1:
+                raise RuntimeError("raw heartbeat lost the lease")
+        cur = conn.execute(complete, (job, owner, token, _now_us()), prepare=True)
+        if cur.rowcount != 1:
+            raise RuntimeError("raw complete lost the lease")
+        done += 1
+        return True
+
+    def work() -> tuple[int, list[float]]:
+        try:
+            _count, latencies = _timed_loop(cycle)
+            return done, latencies
+        finally:
+            conn.close()
+
+    return work
+
+
+# ---------------------------------------------------------------- one measurement
+
+
+def measure(
+    backend: str, impl: str, workers: int, tasks: int, mode: str, dsn: str
+) -> dict[str, object]:
+    """Prepare a fresh database, run ``workers`` processes until no task is left.
+
+    ``backend``: ``sqlite-NORMAL``, ``sqlite-FULL`` or ``postgres``; ``impl``: ``lib``,
+    ``raw`` or (SQLite) ``raw-lock``. Returns the figures as a JSON-able dict.
+    """
+    from bench.common import percentile, run_processes
+
+    owners = [f"w{i}" for i in range(workers)]
+    target: Callable[..., Work]
+    if backend.startswith("sqlite"):
+        sync = backend.split("-", 1)[1]
+        path = sqlite_paths(f"cycle-{impl}")
+        if impl == "lib":
+            sqlite_lib_prepare(path, tasks)
+            target = sqlite_lib_worker
+            args = [(str(path), sync, o, mode) for o in owners]
+        else:
+            sqlite_raw_prepare(path, tasks)
+            target = sqlite_raw_worker
+            args = [(str(path), sync, o, mode, impl == "raw-lock") for o in owners]
+    else:
+        schema = f"bench_{impl.replace('-', '_')}"
+        if impl == "lib":
+            pg_lib_prepare(dsn, schema, tasks)
+            target = pg_lib_worker
+        else:
+            pg_raw_prepare(dsn, schema, tasks)
+            target = pg_raw_worker
+        args = [(dsn, schema, o, mode) for o in owners]
+    result = run_processes(target, args)
+    if result.count != tasks:
+        raise RuntimeError(f"{backend} {impl} x{workers}: {result.count} of {tasks} tasks done")
+    lat = result.latencies_us
+    return {
+        "backend": backend,
+        "impl": impl,
+        "mode": mode,
+        "workers": workers,
+        "count": result.count,
+        "seconds": result.seconds,
+        "rate": result.rate,
+        "p50_us": percentile(lat, 0.5),
+        "p99_us": percentile(lat, 0.99),
+        "max_us": max(lat) if lat else 0.0,
+        "min_worker_share": (min(result.per_worker) * workers / result.count)
+        if result.count
+        else 0.0,
+    }
