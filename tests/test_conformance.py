@@ -88,6 +88,7 @@ def test_broken_backend_rejected_naming_the_invariant(
                 MUTANT_EXAMPLES,
                 "--seed",
                 str(seed),
+                "--no-shrink",
             ],
         )
         assert code == 1, f"{mutant.broken_rule}: seed {seed} passed"
@@ -178,7 +179,12 @@ def test_missing_hypothesis_says_how_to_install(
 
     monkeypatch.setitem(sys.modules, "hypothesis", None)
     args = argparse.Namespace(
-        factory="sagalease.conformance.factories:memory", examples=5, seed=0, json=False, only=None
+        factory="sagalease.conformance.factories:memory",
+        examples=5,
+        seed=0,
+        json=False,
+        only=None,
+        no_shrink=False,
     )
     assert run_from_args(args) == 2
     assert "pip install 'sagalease[conformance]'" in capsys.readouterr().err

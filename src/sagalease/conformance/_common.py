@@ -297,12 +297,14 @@ class Budget:
     steps: int = 40
     thread_trials: int = 20
     process_trials: int = 2
+    shrink: bool = True
     extra: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_examples(cls, examples: int) -> Budget:
+    def from_examples(cls, examples: int, *, shrink: bool = True) -> Budget:
         """The budget for ``--examples N``."""
         return cls(
+            shrink=shrink,
             examples=examples,
             steps=40 if examples >= 50 else 25,
             thread_trials=max(4, examples // 5),

@@ -155,7 +155,13 @@ def _stateful(factory: StoreFactory, _caps: Capabilities, budget: Budget, seed: 
     except ImportError as exc:  # pragma: no cover - checked by the CLI first
         raise MissingHypothesis(str(exc)) from None
     try:
-        run_stateful(factory, examples=budget.examples, seed=seed, steps=budget.steps)
+        run_stateful(
+            factory,
+            examples=budget.examples,
+            seed=seed,
+            steps=budget.steps,
+            shrink=budget.shrink,
+        )
     except ConformanceFailure:
         raise
     except Exception as exc:
@@ -244,6 +250,20 @@ def _iter_results(
                 exc.with_context(check=check.name, steps=exc.steps),
             )
             continue
+        except Exception as exc:
+            failure = violated(
+                "INV-8",
+                check.name,
+                f"the store raised {type(exc).__name__} (not a SagaLeaseError): {exc}",
+            )
+            yield CheckResult(
+                check.name,
+                check.invariant,
+                "failed",
+                time.perf_counter() - start,
+                failure.with_context(check=check.name, steps=()),
+            )
+            continue
         seconds = time.perf_counter() - start
         if skipped is not None:
             yield CheckResult(check.name, check.invariant, "skipped", seconds, skipped=skipped)
@@ -259,16 +279,19 @@ def run(
     capabilities: Capabilities | None = None,
     only: set[str] | None = None,
     progress: Callable[[CheckResult], None] | None = None,
+    shrink: bool = True,
 ) -> Report:
     """Run every check against stores made by ``factory``; never raises on a failure.
 
     ``capabilities`` defaults to what the factory declares
     (``factory.conformance_capabilities``). ``only``: run the checks whose name starts
-    with one of these prefixes (e.g. ``{"contract/"}``).
+    with one of these prefixes (e.g. ``{"contract/"}``). ``shrink=False`` reports the
+    first failing sequence the stateful stage finds without minimising it (faster).
     """
     caps = Capabilities.of(factory) if capabilities is None else capabilities
     report = Report(examples=examples, seed=seed)
-    for result in _iter_results(factory, caps, Budget.from_examples(examples), seed, only):
+    budget = Budget.from_examples(examples, shrink=shrink)
+    for result in _iter_results(factory, caps, budget, seed, only):
         report.results.append(result)
         if progress is not None:
             progress(result)

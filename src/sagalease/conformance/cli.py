@@ -67,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON report")
     parser.add_argument(
+        "--no-shrink",
+        action="store_true",
+        help="report the first failing sequence unminimised (faster; for mutation runs)",
+    )
+    parser.add_argument(
         "--only",
         action="append",
         default=None,
@@ -124,6 +129,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         capabilities=caps,
         only=set(args.only) if args.only else None,
         progress=show,
+        shrink=not args.no_shrink,
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
