@@ -547,7 +547,14 @@ def verify(options: _Options, all_ended: bool, as_json: bool) -> int:
 )
 @click.option("--kills", type=click.IntRange(min=0), default=None, help="SIGKILLs (tasks/25)")
 @click.option("--pauses", type=click.IntRange(min=0), default=None, help="zombies (tasks/25)")
-@click.option("--timeout", "time_limit", type=click.FloatRange(min=1), default=120.0)
+@click.option(
+    "--timeout",
+    "time_limit",
+    type=click.FloatRange(min=1),
+    default=120.0,
+    show_default=True,
+    help="seconds before the run stops (unfinished tasks make it FAIL)",
+)
 @click.option("--db", "sim_db", default=None, help="sqlite URL (default: ./sagalease-sim.db)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.pass_obj
