@@ -898,6 +898,18 @@ def scratch_store(
 
 def conformance_factory() -> PostgresStore:
     """The factory for ``sagalease conformance sagalease.postgres:conformance_factory``:
-    a fresh, empty store per call, on ``$SAGALEASE_TEST_POSTGRES_URL``.
+    a fresh, empty store per call, on ``$SAGALEASE_TEST_POSTGRES_URL``. It declares
+    ``skip_locked_claims`` (claims use ``FOR UPDATE SKIP LOCKED``).
     """
     return scratch_store()
+
+
+def _declare_capabilities() -> None:
+    from sagalease.conformance._common import Capabilities
+
+    conformance_factory.conformance_capabilities = Capabilities(  # type: ignore[attr-defined]
+        skip_locked_claims=True
+    )
+
+
+_declare_capabilities()

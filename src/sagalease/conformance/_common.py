@@ -47,11 +47,17 @@ class Capabilities:
     ``reopen``: given a store made by the factory, return a *picklable* zero-argument
     callable that opens another handle on the same data in another process (for
     SQLite: ``functools.partial(SQLiteStore, store.path)``). Declaring it turns on
-    the multi-process stage; without it that stage is reported as skipped. Nothing
-    else is optional: thread safety, every event, guard and error are required.
+    the multi-process stage; without it that stage is reported as skipped.
+    ``skip_locked_claims``: see the attribute. Nothing else is optional: thread
+    safety, every event, guard and error are required.
     """
 
     reopen: Callable[[SagaStore], Callable[[], SagaStore]] | None = None
+    skip_locked_claims: bool = False
+    """``claim_next`` passes over candidates another transaction holds locked
+    (PostgreSQL ``FOR UPDATE SKIP LOCKED``): under concurrency a claim then only
+    promises *some* leaseable task or ``None``, not the oldest one. Every safety
+    property (single holder, fencing, history) is still checked in full."""
 
     @classmethod
     def of(cls, factory: object) -> Capabilities:

@@ -172,10 +172,15 @@ def _stateful(factory: StoreFactory, _caps: Capabilities, budget: Budget, seed: 
         ) from None
 
 
-def _threads(factory: StoreFactory, _caps: Capabilities, budget: Budget, seed: int) -> None:
+def _threads(factory: StoreFactory, caps: Capabilities, budget: Budget, seed: int) -> None:
     from sagalease.conformance.concurrency import run_threads
 
-    run_threads(factory, trials=budget.thread_trials, seed=seed)
+    run_threads(
+        factory,
+        trials=budget.thread_trials,
+        seed=seed,
+        skip_locked_claims=caps.skip_locked_claims,
+    )
 
 
 def _processes(factory: StoreFactory, caps: Capabilities, budget: Budget, seed: int) -> str | None:

@@ -204,7 +204,13 @@ def _fail(inv: str, op: Op | None, detail: str, ops: Sequence[Op]) -> Conformanc
     return err
 
 
-def check_history(ops: Sequence[Op], initial: Sequence[TaskSaga], store: SagaStore) -> None:
+def check_history(
+    ops: Sequence[Op],
+    initial: Sequence[TaskSaga],
+    store: SagaStore,
+    *,
+    skip_locked_claims: bool = False,
+) -> None:
     """Check a recorded history; raise :class:`ConformanceFailure` on the first problem."""
     for op in ops:
         if not op.ok and str(op.value).startswith("!"):
@@ -314,7 +320,7 @@ def check_history(ops: Sequence[Op], initial: Sequence[TaskSaga], store: SagaSto
                 f" {record_difference(record, replayed)}",
                 ops,
             )
-    bad = linearizable(ops, tuple(initial))
+    bad = linearizable(ops, tuple(initial), skip_locked_claims=skip_locked_claims)
     if bad is not None:
         raise _fail(
             "INV-1",
@@ -330,11 +336,24 @@ def check_history(ops: Sequence[Op], initial: Sequence[TaskSaga], store: SagaSto
 State = tuple[TaskSaga, ...]
 
 
-def _model(state: State, op: Op) -> tuple[bool, Any, State]:
-    """Apply ``op`` to the reference model; (ok, value, new state)."""
+def _model(state: State, op: Op, skip_locked_claims: bool = False) -> tuple[bool, Any, State]:
+    """Apply ``op`` to the reference model; (ok, value, new state).
+
+    With ``skip_locked_claims`` a claim may return ``None`` or any task the
+    model lets it acquire, not only the oldest.
+    """
     kw = dict(op.kwargs)
     if "compensation" in kw:
         kw["compensation"] = Compensation.from_json(kw["compensation"])
+    if op.method == "claim_next" and skip_locked_claims:
+        if not isinstance(op.value, TaskSaga):
+            return True, None, state
+        index = next(i for i, t in enumerate(state) if t.task_id == op.value.task_id)
+        try:
+            step = core.acquire(state[index], now_us=op.now_us, **kw)
+        except SagaLeaseError:
+            return True, None, state
+        return True, step.task, (*state[:index], step.task, *state[index + 1 :])
     if op.method == "claim_next":
         for i, task in enumerate(state):
             if task.state.is_terminal:
@@ -361,7 +380,9 @@ def _model(state: State, op: Op) -> tuple[bool, Any, State]:
     return True, step.task, (*state[:index], step.task, *state[index + 1 :])
 
 
-def linearizable(ops: Sequence[Op], initial: State) -> int | None:
+def linearizable(
+    ops: Sequence[Op], initial: State, *, skip_locked_claims: bool = False
+) -> int | None:
     """Wing-Gong-Lowe with memoisation: ``None`` if some order consistent with real
     time reproduces every result, else the length of the longest prefix found.
     """
@@ -383,7 +404,7 @@ def linearizable(ops: Sequence[Op], initial: State) -> int | None:
             op = calls[i]
             if op.start > horizon:
                 continue
-            ok, value, new_state = _model(state, op)
+            ok, value, new_state = _model(state, op, skip_locked_claims)
             if ok == op.ok and value == op.value and search(remaining - {i}, new_state, depth + 1):
                 return True
         return False
@@ -394,11 +415,13 @@ def linearizable(ops: Sequence[Op], initial: State) -> int | None:
 # ---------------------------------------------------------------- stages
 
 
-def _trial_check(store: SagaStore, ops: list[Op], trial: int, mode: str) -> None:
+def _trial_check(
+    store: SagaStore, ops: list[Op], trial: int, mode: str, skip_locked_claims: bool = False
+) -> None:
     reference = MemoryStore()
     initial = _setup(reference)
     try:
-        check_history(ops, initial, store)
+        check_history(ops, initial, store, skip_locked_claims=skip_locked_claims)
     except ConformanceFailure as exc:
         exc.steps.insert(0, f"{mode} trial {trial}: tasks {', '.join(TASK_IDS)} created")
         raise
@@ -426,7 +449,13 @@ def _run_workers(store: SagaStore, seed: int, workers: int, n_ops: int) -> list[
 
 
 def run_threads(
-    factory: StoreFactory, *, trials: int, seed: int, workers: int = 4, n_ops: int = 8
+    factory: StoreFactory,
+    *,
+    trials: int,
+    seed: int,
+    workers: int = 4,
+    n_ops: int = 8,
+    skip_locked_claims: bool = False,
 ) -> None:
     """Threads sharing one store; raise :class:`ConformanceFailure` on a bad history."""
     for trial in range(trials):
@@ -434,7 +463,7 @@ def run_threads(
         try:
             _setup(store)
             ops = _run_workers(store, seed * 1_000 + trial, workers, n_ops)
-            _trial_check(store, ops, trial, "threads")
+            _trial_check(store, ops, trial, "threads", skip_locked_claims)
         finally:
             store.close()
 
@@ -481,6 +510,6 @@ def run_processes(
                     f"a worker process could not use the store: {problems[0]}",
                 )
             ops = [op for _w, worker_ops, _e in results for op in worker_ops]
-            _trial_check(store, ops, trial, "processes")
+            _trial_check(store, ops, trial, "processes", capabilities.skip_locked_claims)
         finally:
             store.close()
