@@ -31,6 +31,8 @@ INVARIANTS: tuple[Invariant, ...] = (
         (
             "tests/test_core_properties.py::test_single_holder",
             "tests/test_store_contract.py::test_two_workers_race_one_wins",
+            "tests/test_checker.py::test_catches_holder_check_ignoring_the_token",
+            "tests/test_conformance.py::test_concurrency_stage_alone_catches_select_then_update",
         ),
     ),
     Invariant(
@@ -41,6 +43,7 @@ INVARIANTS: tuple[Invariant, ...] = (
         (
             "tests/test_core_properties.py::test_tokens_increase_and_stale_tokens_change_nothing",
             "tests/test_store_contract.py::test_zombie_cannot_write_after_reacquire",
+            "tests/test_checker.py::test_catches_acquire_without_token_bump",
         ),
     ),
     Invariant(
@@ -50,6 +53,7 @@ INVARIANTS: tuple[Invariant, ...] = (
         (
             "tests/test_core_properties.py::test_terminal_is_absorbing",
             "tests/test_store_contract.py::test_terminal_markers_reject_every_later_mutation",
+            "tests/test_checker.py::test_catches_a_writable_terminal_state",
         ),
     ),
     Invariant(
@@ -61,6 +65,7 @@ INVARIANTS: tuple[Invariant, ...] = (
         (
             "tests/test_core_properties.py::test_no_dropped_compensation",
             "tests/test_store_contract.py::test_failure_with_compensations_ends_compensated_or_quarantined",
+            "tests/test_checker.py::test_catches_a_failure_that_drops_compensations",
         ),
     ),
     Invariant(
@@ -75,14 +80,21 @@ INVARIANTS: tuple[Invariant, ...] = (
         "With a fair reaper and at least one live worker, every task reaches a terminal"
         " state: the deadline and the attempt cap bound the forward phase, the attempt"
         " cap bounds the compensation phase.",
-        ("tests/test_core_properties.py::test_fair_reaper_ends_every_task",),
+        (
+            "tests/test_core_properties.py::test_fair_reaper_ends_every_task",
+            "tests/test_checker.py::test_default_model_exercises_every_declared_transition",
+            "tests/test_checker.py::test_endless_heartbeats_are_a_liveness_violation",
+        ),
     ),
     Invariant(
         "INV-7",
         "History is the truth",
         "Every change appends exactly one history entry; replaying a task's history"
         " reproduces its current record.",
-        ("tests/test_core_properties.py::test_history_replays_to_record",),
+        (
+            "tests/test_core_properties.py::test_history_replays_to_record",
+            "tests/test_sqlite_crash.py::test_sigkill_mid_loop_leaves_every_task_whole_and_finishable",
+        ),
     ),
     Invariant(
         "INV-8",
@@ -91,6 +103,7 @@ INVARIANTS: tuple[Invariant, ...] = (
         (
             "tests/test_core_properties.py::test_failed_calls_change_nothing",
             "tests/test_store_contract.py::test_guard_failures_change_nothing",
+            "tests/test_conformance.py::test_broken_backend_rejected_naming_the_invariant",
         ),
     ),
 )
