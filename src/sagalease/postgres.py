@@ -60,7 +60,6 @@ never shown: not in error messages, log lines or ``repr()``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -79,6 +78,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sagalease import core
 from sagalease._base import Mutation, StoreBase
+from sagalease._rows import Row, decode_entry, decode_task, entry_values, task_values
 from sagalease.clock import Clock
 from sagalease.errors import (
     DuplicateTaskError,
@@ -89,10 +89,7 @@ from sagalease.errors import (
     TaskNotFoundError,
 )
 from sagalease.records import (
-    Compensation,
     HistoryEntry,
-    Lease,
-    Note,
     TaskSaga,
     TaskState,
     from_us,
@@ -211,8 +208,6 @@ _TEMPLATES: Final = {
 _BATCH: Final = 32
 """Candidates read per statement by reap (one transaction per batch)."""
 
-Row = tuple[Any, ...]
-
 
 class _Statements:
     """The statements of one schema, rendered once (the schema is a quoted identifier)."""
@@ -252,128 +247,13 @@ class _Statements:
 # ---------------------------------------------------------------- encoding
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _task_values(task: TaskSaga) -> tuple[Any, ...]:
-    """The mutable columns of ``task``, in ``_SET`` order."""
-    lease = task.lease
-    return (
-        task.saga_id,
-        task.state.value,
-        task.metadata_json,
-        _dumps([c.to_json() for c in task.compensations]),
-        None if lease is None else lease.owner,
-        None if lease is None else lease.token,
-        None if lease is None else lease.acquired_us,
-        None if lease is None else lease.expires_us,
-        None if lease is None else lease.heartbeat_us,
-        task.token,
-        task.attempts,
-        task.expirations,
-        task.max_attempts,
-        task.available_us,
-        task.deadline_us,
-        task.created_us,
-        task.updated_us,
-        task.terminal_reason,
-        _dumps([[n.at_us, n.author, n.text] for n in task.notes]),
-        task.version,
-    )
-
-
-def _entry_values(entry: HistoryEntry) -> tuple[Any, ...]:
-    """The history columns after ``task_id``, in ``_ENTRY_SELECT`` order."""
-    return (
-        entry.seq,
-        entry.event,
-        None if entry.from_state is None else entry.from_state.value,
-        entry.to_state.value,
-        entry.at_us,
-        entry.owner,
-        entry.token,
-        entry.reason,
-        entry.args_json,
-    )
-
-
 def _write_params(expected_version: int, step: core.Step) -> tuple[Any, ...]:
     """The parameters of the compare-and-set statement (``write``)."""
     return (
-        *_task_values(step.task),
+        *task_values(step.task),
         step.task.task_id,
         expected_version,
-        *_entry_values(step.entry),
-    )
-
-
-def _decode(row: Row) -> TaskSaga:
-    (
-        _seq,
-        task_id,
-        saga_id,
-        state,
-        metadata_json,
-        compensations_json,
-        lease_owner,
-        lease_token,
-        lease_acquired_us,
-        lease_expires_us,
-        lease_heartbeat_us,
-        token,
-        attempts,
-        expirations,
-        max_attempts,
-        available_us,
-        deadline_us,
-        created_us,
-        updated_us,
-        terminal_reason,
-        notes_json,
-        version,
-    ) = row
-    lease = (
-        None
-        if lease_owner is None
-        else Lease(
-            lease_owner, lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us
-        )
-    )
-    return TaskSaga(
-        task_id=task_id,
-        state=TaskState(state),
-        created_us=created_us,
-        updated_us=updated_us,
-        saga_id=saga_id,
-        metadata_json=metadata_json,
-        compensations=tuple(Compensation.from_json(c) for c in json.loads(compensations_json)),
-        lease=lease,
-        token=token,
-        attempts=attempts,
-        expirations=expirations,
-        max_attempts=max_attempts,
-        available_us=available_us,
-        deadline_us=deadline_us,
-        terminal_reason=terminal_reason,
-        notes=tuple(Note(at, author, text) for at, author, text in json.loads(notes_json)),
-        version=version,
-    )
-
-
-def _decode_entry(row: Row) -> HistoryEntry:
-    task_id, seq, event, from_state, to_state, at_us, owner, token, reason, args_json = row
-    return HistoryEntry(
-        seq=seq,
-        task_id=task_id,
-        event=event,
-        from_state=None if from_state is None else TaskState(from_state),
-        to_state=TaskState(to_state),
-        at_us=at_us,
-        owner=owner,
-        token=token,
-        reason=reason,
-        args_json=args_json,
+        *entry_values(step.entry),
     )
 
 
@@ -677,7 +557,7 @@ class PostgresStore(StoreBase):
     def _read(self, conn: psycopg.Connection[Row], task_id: str, *, lock: bool) -> TaskSaga | None:
         query = self._q.lock_one if lock else self._q.select_one
         row = conn.execute(query, (task_id,), prepare=True).fetchone()
-        return None if row is None else _decode(row)
+        return None if row is None else decode_task(row)
 
     def _write(self, conn: psycopg.Connection[Row], expected_version: int, step: core.Step) -> bool:
         """The compare-and-set: write ``step`` and its entry if the row is still at
@@ -695,7 +575,7 @@ class PostgresStore(StoreBase):
         with self._connection("create") as conn:
             row = conn.execute(
                 self._q.insert,
-                (task.task_id, *_task_values(task), *_entry_values(step.entry)),
+                (task.task_id, *task_values(task), *entry_values(step.entry)),
                 prepare=True,
             ).fetchone()
             if row is None:
@@ -747,7 +627,7 @@ class PostgresStore(StoreBase):
                     if row is None:
                         return None
                     after = row[0]
-                    task = _decode(row)
+                    task = decode_task(row)
                     try:
                         step = core.acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
                     except SagaLeaseError:
@@ -775,7 +655,7 @@ class PostgresStore(StoreBase):
                     ).fetchall()
                     for row in rows:
                         after = row[0]
-                        task = _decode(row)
+                        task = decode_task(row)
                         if not core.needs_reap(task, now_us):
                             continue
                         step = core.reap(task, now_us=now_us)
@@ -795,7 +675,7 @@ class PostgresStore(StoreBase):
     def _stale(self, now_us: int) -> list[TaskSaga]:
         with self._connection("list_stale") as conn:
             rows = conn.execute(self._q.stale, (now_us,), prepare=True).fetchall()
-        return [_decode(row) for row in rows]
+        return [decode_task(row) for row in rows]
 
     def get(self, task_id: str) -> TaskSaga | None:
         """The task, or ``None``."""
@@ -823,7 +703,7 @@ class PostgresStore(StoreBase):
                 params.append(saga_id)
             params.append(limit)
             rows = conn.execute(self._q.listing(clauses), params).fetchall()
-        return [_decode(row) for row in rows]
+        return [decode_task(row) for row in rows]
 
     def history(self, task_id: str) -> list[HistoryEntry]:
         """The task's history, oldest first."""
@@ -832,7 +712,7 @@ class PostgresStore(StoreBase):
             rows = conn.execute(self._q.history, (task_id,), prepare=True).fetchall()
         if not rows:
             raise TaskNotFoundError("no such task", task_id=task_id)
-        return [_decode_entry(row) for row in rows]
+        return [decode_entry(row) for row in rows]
 
     def counts(self) -> dict[TaskState, int]:
         """Tasks per state."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import random
 import re
@@ -45,6 +44,7 @@ from typing import Any, Final
 
 from sagalease import core
 from sagalease._base import Mutation, StoreBase
+from sagalease._rows import decode_entry, decode_task, entry_values, task_values
 from sagalease.clock import Clock
 from sagalease.errors import (
     DuplicateTaskError,
@@ -55,10 +55,7 @@ from sagalease.errors import (
     TaskNotFoundError,
 )
 from sagalease.records import (
-    Compensation,
     HistoryEntry,
-    Lease,
-    Note,
     TaskSaga,
     TaskState,
 )
@@ -154,125 +151,8 @@ _STALE = f"{_SELECT_OPEN} AND lease_expires_us <= ? ORDER BY seq"
 _BATCH: Final = 32
 """Candidates read per statement by claim_next and reap (one write transaction each)."""
 
-Row = tuple[Any, ...]
-
 
 # ---------------------------------------------------------------- encoding
-
-
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _task_values(task: TaskSaga) -> tuple[Any, ...]:
-    """The mutable columns of ``task``, in ``_SET`` order."""
-    lease = task.lease
-    return (
-        task.saga_id,
-        task.state.value,
-        task.metadata_json,
-        _dumps([c.to_json() for c in task.compensations]),
-        None if lease is None else lease.owner,
-        None if lease is None else lease.token,
-        None if lease is None else lease.acquired_us,
-        None if lease is None else lease.expires_us,
-        None if lease is None else lease.heartbeat_us,
-        task.token,
-        task.attempts,
-        task.expirations,
-        task.max_attempts,
-        task.available_us,
-        task.deadline_us,
-        task.created_us,
-        task.updated_us,
-        task.terminal_reason,
-        _dumps([[n.at_us, n.author, n.text] for n in task.notes]),
-        task.version,
-    )
-
-
-def _decode(row: Row) -> TaskSaga:
-    (
-        _seq,
-        task_id,
-        saga_id,
-        state,
-        metadata_json,
-        compensations_json,
-        lease_owner,
-        lease_token,
-        lease_acquired_us,
-        lease_expires_us,
-        lease_heartbeat_us,
-        token,
-        attempts,
-        expirations,
-        max_attempts,
-        available_us,
-        deadline_us,
-        created_us,
-        updated_us,
-        terminal_reason,
-        notes_json,
-        version,
-    ) = row
-    lease = (
-        None
-        if lease_owner is None
-        else Lease(
-            lease_owner, lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us
-        )
-    )
-    return TaskSaga(
-        task_id=task_id,
-        state=TaskState(state),
-        created_us=created_us,
-        updated_us=updated_us,
-        saga_id=saga_id,
-        metadata_json=metadata_json,
-        compensations=tuple(Compensation.from_json(c) for c in json.loads(compensations_json)),
-        lease=lease,
-        token=token,
-        attempts=attempts,
-        expirations=expirations,
-        max_attempts=max_attempts,
-        available_us=available_us,
-        deadline_us=deadline_us,
-        terminal_reason=terminal_reason,
-        notes=tuple(Note(at, author, text) for at, author, text in json.loads(notes_json)),
-        version=version,
-    )
-
-
-def _entry_values(entry: HistoryEntry) -> tuple[Any, ...]:
-    return (
-        entry.task_id,
-        entry.seq,
-        entry.event,
-        None if entry.from_state is None else entry.from_state.value,
-        entry.to_state.value,
-        entry.at_us,
-        entry.owner,
-        entry.token,
-        entry.reason,
-        entry.args_json,
-    )
-
-
-def _decode_entry(row: Row) -> HistoryEntry:
-    task_id, seq, event, from_state, to_state, at_us, owner, token, reason, args_json = row
-    return HistoryEntry(
-        seq=seq,
-        task_id=task_id,
-        event=event,
-        from_state=None if from_state is None else TaskState(from_state),
-        to_state=TaskState(to_state),
-        at_us=at_us,
-        owner=owner,
-        token=token,
-        reason=reason,
-        args_json=args_json,
-    )
 
 
 # ---------------------------------------------------------------- writer lock
@@ -565,17 +445,17 @@ class SQLiteStore(StoreBase):
     @staticmethod
     def _read(conn: sqlite3.Connection, task_id: str) -> TaskSaga | None:
         row = conn.execute(f"{_SELECT} WHERE task_id = ?", (task_id,)).fetchone()
-        return None if row is None else _decode(row)
+        return None if row is None else decode_task(row)
 
     @staticmethod
     def _write(conn: sqlite3.Connection, expected_version: int, step: core.Step) -> bool:
         """The compare-and-set: write ``step`` if the row is still at ``expected_version``."""
         cursor = conn.execute(
-            _UPDATE, (*_task_values(step.task), step.task.task_id, expected_version)
+            _UPDATE, (*task_values(step.task), step.task.task_id, expected_version)
         )
         if cursor.rowcount != 1:
             return False
-        conn.execute(_INSERT_HISTORY, _entry_values(step.entry))
+        conn.execute(_INSERT_HISTORY, (step.entry.task_id, *entry_values(step.entry)))
         return True
 
     # ------------------------------------------------------------ primitives
@@ -594,8 +474,8 @@ class SQLiteStore(StoreBase):
                         task_id=task.task_id,
                         state=TaskState(row[0]),
                     )
-                conn.execute(_INSERT, (task.task_id, *_task_values(task)))
-                conn.execute(_INSERT_HISTORY, _entry_values(step.entry))
+                conn.execute(_INSERT, (task.task_id, *task_values(task)))
+                conn.execute(_INSERT_HISTORY, (step.entry.task_id, *entry_values(step.entry)))
         return task
 
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
@@ -633,7 +513,7 @@ class SQLiteStore(StoreBase):
                     rows = conn.execute(_CLAIM, (after, now_us, now_us, now_us, _BATCH)).fetchall()
                     for row in rows:
                         after = row[0]
-                        task = _decode(row)
+                        task = decode_task(row)
                         try:
                             step = core.acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
                         except SagaLeaseError:
@@ -657,7 +537,7 @@ class SQLiteStore(StoreBase):
                     rows = conn.execute(_REAP, (after, now_us, now_us, _BATCH)).fetchall()
                     for row in rows:
                         after = row[0]
-                        task = _decode(row)
+                        task = decode_task(row)
                         if not core.needs_reap(task, now_us):
                             continue
                         step = core.reap(task, now_us=now_us)
@@ -676,7 +556,7 @@ class SQLiteStore(StoreBase):
     def _stale(self, now_us: int) -> list[TaskSaga]:
         with self._boundary("list_stale"):
             rows = self._conn().execute(_STALE, (now_us,)).fetchall()
-        return [_decode(row) for row in rows]
+        return [decode_task(row) for row in rows]
 
     def get(self, task_id: str) -> TaskSaga | None:
         """The task, or ``None``."""
@@ -707,7 +587,7 @@ class SQLiteStore(StoreBase):
             rows = conn.execute(
                 f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?", params
             ).fetchall()
-        return [_decode(row) for row in rows]
+        return [decode_task(row) for row in rows]
 
     def history(self, task_id: str) -> list[HistoryEntry]:
         """The task's history, oldest first."""
@@ -724,7 +604,7 @@ class SQLiteStore(StoreBase):
             )
         if not rows:
             raise TaskNotFoundError("no such task", task_id=task_id)
-        return [_decode_entry(row) for row in rows]
+        return [decode_entry(row) for row in rows]
 
     def counts(self) -> dict[TaskState, int]:
         """Tasks per state."""

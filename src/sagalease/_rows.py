@@ -1,0 +1,132 @@
+"""The row codec the SQL stores share: a record as column values and back.
+
+Both schemas keep the same columns (times as integer microseconds, compensations
+and notes as JSON text), so SQLite and PostgreSQL encode and decode records the
+same way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sagalease.records import Compensation, HistoryEntry, Lease, Note, TaskSaga, TaskState
+
+Row = tuple[Any, ...]
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def task_values(task: TaskSaga) -> tuple[Any, ...]:
+    """The columns of ``task`` after ``task_id``, in the stores' ``_SET`` order."""
+    lease = task.lease
+    return (
+        task.saga_id,
+        task.state.value,
+        task.metadata_json,
+        dumps([c.to_json() for c in task.compensations]),
+        None if lease is None else lease.owner,
+        None if lease is None else lease.token,
+        None if lease is None else lease.acquired_us,
+        None if lease is None else lease.expires_us,
+        None if lease is None else lease.heartbeat_us,
+        task.token,
+        task.attempts,
+        task.expirations,
+        task.max_attempts,
+        task.available_us,
+        task.deadline_us,
+        task.created_us,
+        task.updated_us,
+        task.terminal_reason,
+        dumps([[n.at_us, n.author, n.text] for n in task.notes]),
+        task.version,
+    )
+
+
+def entry_values(entry: HistoryEntry) -> tuple[Any, ...]:
+    """The history columns after ``task_id``: seq, event, from/to state, at, owner,
+    token, reason, args.
+    """
+    return (
+        entry.seq,
+        entry.event,
+        None if entry.from_state is None else entry.from_state.value,
+        entry.to_state.value,
+        entry.at_us,
+        entry.owner,
+        entry.token,
+        entry.reason,
+        entry.args_json,
+    )
+
+
+def decode_task(row: Row) -> TaskSaga:
+    (
+        _seq,
+        task_id,
+        saga_id,
+        state,
+        metadata_json,
+        compensations_json,
+        lease_owner,
+        lease_token,
+        lease_acquired_us,
+        lease_expires_us,
+        lease_heartbeat_us,
+        token,
+        attempts,
+        expirations,
+        max_attempts,
+        available_us,
+        deadline_us,
+        created_us,
+        updated_us,
+        terminal_reason,
+        notes_json,
+        version,
+    ) = row
+    lease = (
+        None
+        if lease_owner is None
+        else Lease(
+            lease_owner, lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us
+        )
+    )
+    return TaskSaga(
+        task_id=task_id,
+        state=TaskState(state),
+        created_us=created_us,
+        updated_us=updated_us,
+        saga_id=saga_id,
+        metadata_json=metadata_json,
+        compensations=tuple(Compensation.from_json(c) for c in json.loads(compensations_json)),
+        lease=lease,
+        token=token,
+        attempts=attempts,
+        expirations=expirations,
+        max_attempts=max_attempts,
+        available_us=available_us,
+        deadline_us=deadline_us,
+        terminal_reason=terminal_reason,
+        notes=tuple(Note(at, author, text) for at, author, text in json.loads(notes_json)),
+        version=version,
+    )
+
+
+def decode_entry(row: Row) -> HistoryEntry:
+    task_id, seq, event, from_state, to_state, at_us, owner, token, reason, args_json = row
+    return HistoryEntry(
+        seq=seq,
+        task_id=task_id,
+        event=event,
+        from_state=None if from_state is None else TaskState(from_state),
+        to_state=TaskState(to_state),
+        at_us=at_us,
+        owner=owner,
+        token=token,
+        reason=reason,
+        args_json=args_json,
+    )
