@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DSN = os.environ.get("SAGALEASE_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+DEFAULT_DSN = os.environ.get(
+    "SAGALEASE_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/sagalease_bench"
+)
 WORKDIR = Path(os.environ.get("SAGALEASE_BENCH_DIR", "/tmp/sagalease-bench"))
 TTL_US = 30_000_000
 
@@ -26,6 +28,7 @@ class RunResult:
     seconds: float
     latencies_us: list[float] = field(default_factory=list)
     per_worker: list[int] = field(default_factory=list)
+    wall_start: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -97,6 +100,7 @@ def run_processes(
     for _ in procs:
         if not ready.acquire(timeout=120):
             raise RuntimeError("a benchmark worker did not start")
+    wall_start = time.time()
     go.set()
     results = [out.get(timeout=timeout) for _ in procs]
     for p in procs:
@@ -114,4 +118,5 @@ def run_processes(
         seconds=end - start,
         latencies_us=lat,
         per_worker=[r[2] for r in results],
+        wall_start=wall_start,
     )

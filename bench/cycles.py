@@ -113,7 +113,16 @@ CREATE TABLE jobs (
     expires_us INTEGER
 );
 CREATE INDEX jobs_open ON jobs (id, expires_us) WHERE state IN ('pending', 'running');
+CREATE TABLE history (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    at_us INTEGER NOT NULL,
+    owner TEXT,
+    token INTEGER
+);
 """
+_RAW_HISTORY = "INSERT INTO history (job_id, event, at_us, owner, token) VALUES (?, ?, ?, ?, ?)"
 
 _RAW_CLAIM = (
     "UPDATE jobs SET state = 'running', owner = ?, token = token + 1, expires_us = ?"
@@ -200,30 +209,60 @@ class _NoLock:
         return None
 
 
-def sqlite_raw_worker(path: str, synchronous: str, owner: str, mode: str, lock: bool) -> Work:
-    """Set up one raw-SQL worker (SQLite busy handler, or a ``flock`` writer lock)."""
+def sqlite_raw_worker(
+    path: str, synchronous: str, owner: str, mode: str, lock: bool, hist: bool = False
+) -> Work:
+    """Set up one raw-SQL worker (SQLite busy handler, or a ``flock`` writer lock).
+
+    ``hist``: each operation is also one ``BEGIN IMMEDIATE`` transaction that appends
+    a history row (the durable work the library does, without the library).
+    """
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     guard: _FileLock | _NoLock = _FileLock(path) if lock else _NoLock()
 
+    def op(
+        sql: str, params: tuple[object, ...], event: str, job: int = 0, token: int = 0
+    ) -> sqlite3.Cursor | tuple[int, int]:
+        if not hist:
+            return conn.execute(sql, params)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(sql, params)
+            if event == "claim":
+                row = cur.fetchone()
+                if row is None:
+                    conn.execute("COMMIT")
+                    return cur
+                job, token = row
+            conn.execute(_RAW_HISTORY, (job, event, _now_us(), owner, token))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return (job, token) if event == "claim" else cur
+
     def cycle() -> bool:
         now = _now_us()
         with guard:
-            row = conn.execute(_RAW_CLAIM, (owner, now + TTL_US, now)).fetchone()
+            got = op(_RAW_CLAIM, (owner, now + TTL_US, now), "claim")
+            row = got if isinstance(got, tuple) else got.fetchone()
         if row is None:
             return False
         job, token = row
         if mode == "full":
             now = _now_us()
             with guard:
-                cur = conn.execute(_RAW_HEARTBEAT, (now + TTL_US, job, owner, token, now))
-            if cur.rowcount != 1:
+                cur = op(
+                    _RAW_HEARTBEAT, (now + TTL_US, job, owner, token, now), "heartbeat", job, token
+                )
+            if not isinstance(cur, sqlite3.Cursor) or cur.rowcount != 1:
                 raise RuntimeError("raw heartbeat lost the lease")
         now = _now_us()
         with guard:
-            cur = conn.execute(_RAW_COMPLETE, (job, owner, token, now))
-        if cur.rowcount != 1:
+            cur = op(_RAW_COMPLETE, (job, owner, token, now), "complete", job, token)
+        if not isinstance(cur, sqlite3.Cursor) or cur.rowcount != 1:
             raise RuntimeError("raw complete lost the lease")
         return True
 
@@ -258,24 +297,27 @@ def pg_lib_prepare(dsn: str, schema: str, pending: int, finished: int = 0) -> No
     finally:
         store.close()
     series = "generate_series(1, %s) AS g(x)"
+    done_cols = _copy_columns(_TASK_COLUMNS, "f", postgres=True)
+    pending_cols = _copy_columns(_TASK_COLUMNS, "p", postgres=True)
+    history_cols = _copy_columns(_HISTORY_COLUMNS, "p", postgres=True)
     with psycopg.connect(dsn, autocommit=True) as conn:
         if finished:
             conn.execute(
                 f"INSERT INTO {schema}.tasks ({_TASK_COLUMNS})"
-                f" SELECT {_copy_columns(_TASK_COLUMNS, 'f', postgres=True)} FROM {series}, {schema}.tasks"
+                f" SELECT {done_cols} FROM {series}, {schema}.tasks"
                 " WHERE task_id = 'tpl-done' ORDER BY x",
                 (finished,),
             )
         if pending > 1:
             conn.execute(
                 f"INSERT INTO {schema}.tasks ({_TASK_COLUMNS})"
-                f" SELECT {_copy_columns(_TASK_COLUMNS, 'p', postgres=True)} FROM {series}, {schema}.tasks"
+                f" SELECT {pending_cols} FROM {series}, {schema}.tasks"
                 " WHERE task_id = 'tpl-pending' ORDER BY x",
                 (pending - 1,),
             )
             conn.execute(
                 f"INSERT INTO {schema}.history ({_HISTORY_COLUMNS})"
-                f" SELECT {_copy_columns(_HISTORY_COLUMNS, 'p', postgres=True)} FROM {series}, {schema}.history"
+                f" SELECT {history_cols} FROM {series}, {schema}.history"
                 " WHERE task_id = 'tpl-pending'",
                 (pending - 1,),
             )
@@ -301,6 +343,11 @@ def pg_raw_prepare(dsn: str, schema: str, pending: int) -> None:
         conn.execute(
             f"INSERT INTO {schema}.jobs (state) SELECT 'pending' FROM generate_series(1, %s)",
             (pending,),
+        )
+        conn.execute(
+            f"CREATE TABLE {schema}.history (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            " job_id bigint NOT NULL, event text NOT NULL, at_us bigint NOT NULL, owner text,"
+            " token bigint)"
         )
         conn.execute(f"VACUUM ANALYZE {schema}.jobs")
 
@@ -330,8 +377,11 @@ def pg_lib_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
     return work
 
 
-def pg_raw_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
-    """Set up one raw-SQL worker (psycopg, autocommit, prepared statements)."""
+def pg_raw_worker(dsn: str, schema: str, owner: str, mode: str, hist: bool = False) -> Work:
+    """Set up one raw-SQL worker (psycopg, autocommit, prepared statements).
+
+    ``hist``: every update also appends a history row, in the same statement (a CTE).
+    """
     import psycopg
 
     conn = psycopg.connect(dsn, autocommit=True)
@@ -359,6 +409,21 @@ def pg_raw_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
         f"UPDATE {schema}.jobs SET state = 'done', owner = NULL, expires_us = NULL"
         " WHERE id = ANY(%s) AND owner = %s AND state = 'running' AND expires_us > %s"
     )
+    if hist:
+
+        def logged(update: str, event: str) -> str:
+            update = update.split(" RETURNING ")[0]
+            return (
+                f"WITH u AS ({update} RETURNING id, token) INSERT INTO {schema}.history"
+                f" (job_id, event, at_us, owner, token) SELECT id, '{event}',"
+                " (extract(epoch FROM clock_timestamp()) * 1000000)::bigint, owner_, token"
+                f" FROM u, (SELECT %s::text AS owner_) o RETURNING job_id, token"
+            )
+
+        claim = logged(claim, "claim")
+        heartbeat = logged(heartbeat, "heartbeat")
+        complete = logged(complete, "complete")
+    extra = (owner,) if hist else ()
     done = 0
 
     def cycle() -> bool:
@@ -373,16 +438,18 @@ def pg_raw_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
                 raise RuntimeError("raw batch complete lost a lease")
             done += len(rows)
             return True
-        row = conn.execute(claim, (owner, now + TTL_US, now), prepare=True).fetchone()
+        row = conn.execute(claim, (owner, now + TTL_US, now, *extra), prepare=True).fetchone()
         if row is None:
             return False
         job, token = row
         if mode == "full":
             now = _now_us()
-            cur = conn.execute(heartbeat, (now + TTL_US, job, owner, token, now), prepare=True)
+            cur = conn.execute(
+                heartbeat, (now + TTL_US, job, owner, token, now, *extra), prepare=True
+            )
             if cur.rowcount != 1:
                 raise RuntimeError("raw heartbeat lost the lease")
-        cur = conn.execute(complete, (job, owner, token, _now_us()), prepare=True)
+        cur = conn.execute(complete, (job, owner, token, _now_us(), *extra), prepare=True)
         if cur.rowcount != 1:
             raise RuntimeError("raw complete lost the lease")
         done += 1
@@ -407,7 +474,9 @@ def measure(
     """Prepare a fresh database, run ``workers`` processes until no task is left.
 
     ``backend``: ``sqlite-NORMAL``, ``sqlite-FULL`` or ``postgres``; ``impl``: ``lib``,
-    ``raw`` or (SQLite) ``raw-lock``. Returns the figures as a JSON-able dict.
+    ``raw``, or (SQLite) ``raw-lock`` (``flock`` writer lock) and ``raw-hist`` (``flock``,
+    and one history row per operation in the same transaction). Returns the figures as a
+    JSON-able dict.
     """
     from bench.common import percentile, run_processes
 
@@ -423,7 +492,8 @@ def measure(
         else:
             sqlite_raw_prepare(path, tasks)
             target = sqlite_raw_worker
-            args = [(str(path), sync, o, mode, impl == "raw-lock") for o in owners]
+            lock = impl in ("raw-lock", "raw-hist")
+            args = [(str(path), sync, o, mode, lock, impl == "raw-hist") for o in owners]
     else:
         schema = f"bench_{impl.replace('-', '_')}"
         if impl == "lib":
@@ -432,7 +502,7 @@ def measure(
         else:
             pg_raw_prepare(dsn, schema, tasks)
             target = pg_raw_worker
-        args = [(dsn, schema, o, mode) for o in owners]
+        args = [(dsn, schema, o, mode, *((True,) if impl == "raw-hist" else ())) for o in owners]
     result = run_processes(target, args)
     if result.count != tasks:
         raise RuntimeError(f"{backend} {impl} x{workers}: {result.count} of {tasks} tasks done")

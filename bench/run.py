@@ -1,0 +1,252 @@
+"""Run the benchmarks of issue 8 and write ``bench/results/``.
+
+    uv run --group bench python -m bench.run            # everything (~15 min)
+    uv run --group bench python -m bench.run --quick    # a smoke run (a few minutes)
+    uv run --group bench python -m bench.run --part cycles   # one part; the report
+                                                              # is rebuilt from all parts
+
+Each part saves its raw figures as ``bench/results/<part>.json``; the Markdown
+report (``README.md``) and the plot (``plot.png``) are rebuilt from whatever
+parts exist. Ratios are computed within a repetition (library and raw SQL run
+back to back on the same database), then the median of the repetitions is taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import cycles, queues, tablesize
+from bench.common import DEFAULT_DSN
+
+RESULTS = Path(__file__).parent / "results"
+PARTS = ("cycles", "postgres-extra", "tablesize", "contracts-off", "profile")
+WORKERS = (1, 2, 4, 8)
+TASKS = {"sqlite-NORMAL": 3000, "sqlite-FULL": 600, "postgres": 1000}
+QUICK_TASKS = {"sqlite-NORMAL": 1000, "sqlite-FULL": 200, "postgres": 300}
+
+
+def _log(*parts: object) -> None:
+    print(time.strftime("%H:%M:%S"), *parts, file=sys.stderr, flush=True)
+
+
+def _save(part: str, data: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data["load_before"] = data.get("load_before")
+    data["load_after"] = os.getloadavg()
+    (RESULTS / f"{part}.json").write_text(json.dumps(data, indent=1) + "\n")
+
+
+def ensure_database(dsn: str) -> None:
+    """Create the bench database named in ``dsn`` if it does not exist."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(dsn)
+    name = params.get("dbname") or "postgres"
+    admin = make_conninfo(dsn, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def part_cycles(
+    args: argparse.Namespace,
+    backends: list[str],
+    impls: dict[str, list[str]],
+    workers: tuple[int, ...],
+) -> list[dict[str, Any]]:
+    """The cycle measurements of ``backends`` x ``impls`` x ``workers``, interleaved."""
+    tasks = QUICK_TASKS if args.quick else TASKS
+    rows = []
+    for rep in range(args.reps):
+        for backend in backends:
+            for w in workers:
+                for impl in impls[backend]:
+                    row = cycles.measure(backend, impl, w, tasks[backend], "full", args.dsn)
+                    row["rep"] = rep
+                    _log(
+                        f"rep {rep} {backend} {impl} x{w}: {row['rate']:.0f}/s"
+                        f" p99 {row['p99_us'] / 1000:.1f} ms max {row['max_us'] / 1000:.1f} ms"
+                    )
+                    rows.append(row)
+    return rows
+
+
+def run_cycles(args: argparse.Namespace) -> None:
+    """Library, raw and raw+flock cycles on every backend at 1, 2, 4 and 8 workers."""
+    load = os.getloadavg()
+    impls = {
+        "sqlite-NORMAL": ["lib", "raw", "raw-lock", "raw-hist"],
+        "sqlite-FULL": ["lib", "raw", "raw-lock", "raw-hist"],
+        "postgres": ["lib", "raw", "raw-hist"],
+    }
+    rows = part_cycles(args, list(TASKS), impls, WORKERS)
+    _save("cycles", {"rows": rows, "load_before": load, "optimize": sys.flags.optimize})
+
+
+def run_contracts_off(args: argparse.Namespace) -> None:
+    """The library with icontract's checks off: this process re-runs itself under ``-O``."""
+    if not sys.flags.optimize:
+        cmd = [
+            sys.executable,
+            "-O",
+            "-m",
+            "bench.run",
+            "--part",
+            "contracts-off",
+            "--reps",
+            str(args.reps),
+            "--dsn",
+            args.dsn,
+            "--no-report",
+        ]
+        if args.quick:
+            cmd.append("--quick")
+        subprocess.run(cmd, check=True)
+        return
+    load = os.getloadavg()
+    impls = {"sqlite-NORMAL": ["lib", "raw"], "postgres": ["lib", "raw"]}
+    rows = part_cycles(args, ["sqlite-NORMAL", "postgres"], impls, (1, 8))
+    _save("contracts-off", {"rows": rows, "load_before": load, "optimize": sys.flags.optimize})
+
+
+def run_postgres_extra(args: argparse.Namespace) -> None:
+    """Claim + complete (library, raw), raw batch-10, pgqueuer and procrastinate."""
+    load = os.getloadavg()
+    n = 1000 if args.quick else 2000
+    jobs = 1000 if args.quick else 3000
+    queue_dsn = args.dsn
+    rows = []
+    for rep in range(args.reps):
+        for w in (1, 8):
+            for impl, mode in (("lib", "cc"), ("raw", "cc"), ("raw", "batch10")):
+                row = cycles.measure("postgres", impl, w, n, mode, args.dsn)
+                row["rep"] = rep
+                rows.append(row)
+                _log(f"rep {rep} postgres {impl} {mode} x{w}: {row['rate']:.0f}/s")
+            for kind in ("pgqueuer-b1", "pgqueuer-b10", "procrastinate"):
+                row = queues.measure(kind, w, jobs, queue_dsn)
+                row["rep"] = rep
+                rows.append(row)
+                _log(f"rep {rep} {kind} x{w}: {row['rate']:.0f}/s")
+    _save("postgres-extra", {"rows": rows, "load_before": load})
+
+
+def run_tablesize(args: argparse.Namespace) -> None:
+    """Claim time at 10k, 100k and 1M tasks (finished ones kept)."""
+    load = os.getloadavg()
+    sizes = (10_000, 100_000) if args.quick else (10_000, 100_000, 1_000_000)
+    rows = []
+    for backend in ("sqlite", "postgres"):
+        for size in sizes:
+            row = tablesize.measure(backend, size, 200, 3, args.dsn)
+            _log(
+                f"{backend} {size}: {row['claim_us']:.0f} µs/claim"
+                f" (populated in {row['populate_s']:.1f} s)"
+            )
+            rows.append(row)
+    _save("tablesize", {"rows": rows, "load_before": load})
+
+
+def _profile_one(label: str, setup: Any, out: list[dict[str, Any]]) -> None:
+    work = setup()
+    profiler = cProfile.Profile()
+    t0 = time.perf_counter()
+    profiler.enable()
+    count, _ = work()
+    profiler.disable()
+    wall = time.perf_counter() - t0
+    stats = pstats.Stats(profiler)
+    total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
+    entries = []
+    for (file, line, func), (_cc, ncalls, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        short = file.split("site-packages/")[-1].split("/src/")[-1]
+        entries.append(
+            {
+                "func": f"{short}:{line}({func})",
+                "ncalls": ncalls,
+                "tottime_share": tt / total,
+                "cumtime_share": ct / total,
+                "us_per_cycle_cum": ct / count * 1e6,
+                "us_per_cycle_own": tt / count * 1e6,
+            }
+        )
+    text_path = RESULTS / f"profile-{label}.txt"
+    with text_path.open("w") as fh:
+        fh.write(f"{label}: {count} cycles in {wall:.2f} s under cProfile\n\n")
+        pstats.Stats(profiler, stream=fh).sort_stats("cumulative").print_stats(45)
+        pstats.Stats(profiler, stream=fh).sort_stats("tottime").print_stats(30)
+    out.append(
+        {
+            "label": label,
+            "cycles": count,
+            "wall_s": wall,
+            "total_s": total,
+            "us_per_cycle": wall / count * 1e6,
+            "by_own": sorted(entries, key=lambda e: -e["tottime_share"])[:20],
+            "by_cum": sorted(entries, key=lambda e: -e["cumtime_share"])[:60],
+        }
+    )
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    """CProfile one library worker (SQLite NORMAL and PostgreSQL)."""
+    load = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out: list[dict[str, Any]] = []
+    path = cycles.sqlite_paths("profile")
+    cycles.sqlite_lib_prepare(path, 2000)
+    _profile_one(
+        "sqlite-NORMAL", lambda: cycles.sqlite_lib_worker(str(path), "NORMAL", "p", "full"), out
+    )
+    cycles.pg_lib_prepare(args.dsn, "bench_profile", 500)
+    _profile_one(
+        "postgres", lambda: cycles.pg_lib_worker(args.dsn, "bench_profile", "p", "full"), out
+    )
+    _save("profile", {"profiles": out, "load_before": load})
+
+
+def main() -> None:
+    """Parse the options and run the parts."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts, one repetition")
+    parser.add_argument("--part", action="append", choices=PARTS, help="run only these parts")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
+    parser.add_argument("--dsn", default=DEFAULT_DSN, help="PostgreSQL (a bench database)")
+    parser.add_argument("--no-report", action="store_true", help="do not rebuild the report")
+    args = parser.parse_args()
+    if args.reps is None:
+        args.reps = 1 if args.quick else 3
+    ensure_database(args.dsn)
+    runners = {
+        "cycles": run_cycles,
+        "postgres-extra": run_postgres_extra,
+        "tablesize": run_tablesize,
+        "contracts-off": run_contracts_off,
+        "profile": run_profile,
+    }
+    started = datetime.now(UTC)
+    for part in args.part or PARTS:
+        _log(f"part {part}")
+        runners[part](args)
+    if not args.no_report:
+        from bench import report
+
+        command = "uv run --group bench python -m bench.run " + " ".join(sys.argv[1:])
+        report.write(RESULTS, command.strip(), started)
+
+
+if __name__ == "__main__":
+    main()
