@@ -245,14 +245,15 @@ class NoCompareAndSet(SQLiteStore):
     def _write(conn: object, expected_version: int, step: core.Step) -> bool:
         import sqlite3
 
+        from sagalease import _rows
         from sagalease import sqlite as sq
 
         assert isinstance(conn, sqlite3.Connection)
         conn.execute(
             f"UPDATE tasks SET {sq._SET} WHERE task_id = ?",
-            (*sq._task_values(step.task), step.task.task_id),
+            (*_rows.task_values(step.task), step.task.task_id),
         )
-        conn.execute(sq._INSERT_HISTORY, sq._entry_values(step.entry))
+        conn.execute(sq._INSERT_HISTORY, (step.task.task_id, *_rows.entry_values(step.entry)))
         return True
 
 
