@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 from collections import defaultdict
@@ -16,6 +17,10 @@ from bench.common import DEFAULT_DSN, median
 
 TARGETS = {"sqlite-NORMAL": 0.75, "sqlite-FULL": 0.9, "postgres": 0.85}
 TAIL_LIMIT_MS = 150.0
+
+
+def _short(func: str) -> str:
+    return re.sub(r"^.*/lib/python3\.\d+/", "stdlib/", func)
 
 
 def _load(results: Path, part: str) -> dict[str, Any] | None:
@@ -40,10 +45,20 @@ def _machine() -> list[str]:
     except Exception as exc:  # the report still gets written
         pg = f"unavailable ({type(exc).__name__})"
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True
+    ).stdout.strip()
     return [
         f"- CPU: {cpu} (`/proc/cpuinfo`), `nproc` = {nproc}",
         f"- Python {platform.python_version()}, SQLite {sqlite3.sqlite_version},"
         f" PostgreSQL {pg}, {platform.platform()}",
+        f"- sagalease at commit {head}"
+        + (" (src/ had uncommitted changes)" if dirty else "")
+        + " when the report was written; other sessions commit to src/ concurrently, so"
+        " each part measured the tree of its own time",
     ]
 
 
@@ -155,6 +170,66 @@ def _cycle_table(data: dict[str, Any], lines: list[str], title: str) -> list[dic
     return summary
 
 
+def _targets(
+    cyc: dict[str, Any] | None, extra: dict[str, Any] | None, size: dict[str, Any] | None
+) -> list[str]:
+    """The targets of performance.md, as measured in these parts."""
+    out = ["### Targets (performance.md)", ""]
+    x = "\N{MULTIPLICATION SIGN}"
+
+    def verdict(value: float, target: float) -> str:
+        return "met" if value >= target else f"**missed** by {target - value:.2f}"
+
+    if cyc:
+        rows = cyc["rows"]
+        for b, w, target in (
+            ("sqlite-NORMAL", 1, 0.75),
+            ("sqlite-FULL", 1, 0.9),
+            ("sqlite-NORMAL", 8, 0.8),
+            ("sqlite-FULL", 8, 0.8),
+            ("postgres", 1, 0.85),
+            ("postgres", 8, 0.85),
+        ):
+            r = _ratio(rows, b, "full", w, "lib", "raw")
+            text = (
+                f"- {b}, {w} worker(s): library {r:.2f}{x} raw (≥ {target}): {verdict(r, target)}"
+            )
+            if w == 8 and b.startswith("sqlite"):
+                worst = _tail(rows, b, w, "lib")[1]
+                text += (
+                    f"; slowest cycle {worst:.0f} ms (≤ 150 ms:"
+                    f" {'met' if worst <= TAIL_LIMIT_MS else '**missed**'})"
+                )
+            out.append(text)
+    if size:
+        for b in ("sqlite", "postgres"):
+            pts = sorted((r["size"], r["claim_us"]) for r in size["rows"] if r["backend"] == b)
+            if len(pts) > 1:
+                ratio = pts[-1][1] / pts[0][1]
+                out.append(
+                    f"- claim time {pts[-1][0]:,} / {pts[0][0]:,} tasks, {b}: {ratio:.2f}{x}"
+                    f" (≤ 1.5): {'met' if ratio <= 1.5 else '**missed**'}"
+                )
+    if extra:
+        rows = extra["rows"]
+        for w in (1, 8):
+            lib = _rate(rows, "postgres", "cc", w, "lib")
+            for other in ("pgqueuer-b1", "procrastinate", "pgqueuer-b10"):
+                rate = _rate(rows, "postgres", "noop", w, other)
+                if rate:
+                    out.append(
+                        f"- per task, {w} worker(s): library claim+complete {lib:,.0f}/s vs"
+                        f" {other} {rate:,.0f}/s ({lib / rate:.2f}{x}):"
+                        f" {'ahead' if lib > rate else '**behind**'}"
+                    )
+        out.append(
+            f"- batch claim/complete API ≥ 0.6{x} raw batch-10: **not measurable**, the"
+            " library has no batch API (raw batch-10 is in the table below)"
+        )
+    out.append("")
+    return out
+
+
 def write(results: Path, command: str, started: datetime) -> None:
     """Write ``README.md`` and ``plot.png`` in ``results``."""
     lines = [
@@ -175,6 +250,7 @@ def write(results: Path, command: str, started: datetime) -> None:
         " absolute figures are noisy, the ratios are what counts.",
         "",
     ]
+    insert_at = len(lines)
     cyc = _load(results, "cycles")
     summary: list[dict[str, Any]] = []
     if cyc:
@@ -260,7 +336,7 @@ def write(results: Path, command: str, started: datetime) -> None:
                 if "cProfile" in e["func"] or "bench/" in e["func"] or "{built-in" in e["func"]:
                     continue
                 lines.append(
-                    f"| `{e['func']}` | {e['ncalls']} | {e['cumtime_share']:.0%} |"
+                    f"| `{_short(e['func'])}` | {e['ncalls']} | {e['cumtime_share']:.0%} |"
                     f" {e['us_per_cycle_cum']:.0f} |"
                 )
                 shown += 1
@@ -274,10 +350,21 @@ def write(results: Path, command: str, started: datetime) -> None:
                 "|---|---|",
             ]
             for e in p["by_own"][:12]:
-                lines.append(f"| `{e['func']}` | {e['tottime_share']:.0%} |")
+                lines.append(f"| `{_short(e['func'])}` | {e['tottime_share']:.0%} |")
             lines.append("")
         lines.append("Full listings: `profile-*.txt`.")
         lines.append("")
+    sqlcost = results / "sqlcost.txt"
+    if sqlcost.exists():
+        lines += [
+            "### One library heartbeat on SQLite NORMAL, piece by piece (`bench/sqlcost.py`)",
+            "",
+            "```",
+            sqlcost.read_text().rstrip(),
+            "```",
+            "",
+        ]
+    lines[insert_at:insert_at] = _targets(cyc, extra, size)
     (results / "README.md").write_text("\n".join(lines) + "\n")
     _plot(results, summary, size["rows"] if size else [])
 
@@ -305,17 +392,38 @@ def _plot(results: Path, summary: list[dict[str, Any]], sizes: list[dict[str, An
     left.axhline(1.0, color="grey", linewidth=0.8)
     left.set_xticks(range(len(backends)), backends)
     left.set_ylabel("library cycles/s ÷ raw SQL cycles/s (same run)")
-    left.set_title("Lease cycle, library vs raw SQL (red: target)")
+    left.set_title(
+        "Lease cycle, library vs raw SQL, same run\n(red dashes: target at 1 worker;"
+        " SQLite at 8 workers: 0.8)",
+        fontsize=10,
+    )
     left.legend(fontsize=8)
     for b, marker in (("sqlite", "o"), ("postgres", "s")):
         pts = sorted((r["size"], r["claim_us"]) for r in sizes if r["backend"] == b)
         if pts:
-            right.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=b)
+            ratio = pts[-1][1] / pts[0][1]
+            right.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker=marker,
+                label=f"{b} (largest / smallest = {ratio:.2f})",
+            )
+            for x_, y_ in pts:
+                right.annotate(
+                    f"{y_:.0f} µs",
+                    (x_, y_),
+                    textcoords="offset points",
+                    xytext=(0, 7),
+                    ha="center",
+                    fontsize=8,
+                )
     right.set_xscale("log")
     right.set_yscale("log")
     right.set_xlabel("tasks in the table (finished kept)")
     right.set_ylabel("µs per claim_next")
-    right.set_title("Claim time against table size")
+    right.set_title("Claim time against table size (target: largest / 10k ≤ 1.5)", fontsize=10)
+    right.set_ylim(10, 100_000)
+    right.set_xlim(5_000, 2_000_000)
     right.grid(True, which="both", alpha=0.3)
     if sizes:
         right.legend()

@@ -124,7 +124,7 @@ def run_postgres_extra(args: argparse.Namespace) -> None:
     """Claim + complete (library, raw), raw batch-10, pgqueuer and procrastinate."""
     load = os.getloadavg()
     n = 1000 if args.quick else 2000
-    jobs = 1000 if args.quick else 3000
+    jobs = 1000 if args.quick else 5000
     queue_dsn = args.dsn
     rows = []
     for rep in range(args.reps):
