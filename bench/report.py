@@ -241,6 +241,11 @@ def write(results: Path, command: str, started: datetime) -> None:
         "",
         *_machine(),
         "",
+        "Reproduce: `uv run --group bench python -m bench.run` (every part, ≈ 10 min; or one"
+        " part at a time with `--part NAME`, the report is rebuilt from every part's JSON)"
+        " and `uv run --group bench python -m bench.sqlcost > bench/results/sqlcost.txt`."
+        " See `bench/README.md` for what is measured and the findings.",
+        "",
         "A cycle = `claim_next` + `heartbeat` + `complete` (three write transactions);"
         " raw = the minimal statements with plain `sqlite3`/psycopg on a minimal table"
         " (one conditional `UPDATE ... RETURNING` per operation, no history). Ratios are"

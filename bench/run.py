@@ -229,6 +229,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.reps is None:
         args.reps = 1 if args.quick else 3
+    global RESULTS
+    if args.quick:  # never overwrites the committed full results
+        RESULTS = RESULTS / "quick"
     ensure_database(args.dsn)
     runners = {
         "cycles": run_cycles,

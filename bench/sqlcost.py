@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 
 from bench.cycles import TTL, sqlite_lib_prepare, sqlite_paths
 
@@ -84,6 +85,18 @@ def measure() -> list[tuple[str, float]]:
                 ),
             )
         )
+
+    pending = store.get("p000000001")
+    assert pending is not None
+    for name, call in (
+        ("acquire", lambda f: f(pending, owner="me", ttl_us=ttl_us, now_us=now())),
+        ("complete", lambda f: f(current, owner="me", token=token, reason=None, now_us=now())),
+    ):
+        fn = getattr(core, name)
+        rows.append((f"  core.{name} with icontract contracts", _time(partial(call, fn))))
+        raw_fn = getattr(fn, "__wrapped__", None)
+        if raw_fn is not None:
+            rows.append((f"  core.{name} without contracts", _time(partial(call, raw_fn))))
 
     def full_write() -> None:
         task = store._read(conn, tid)
