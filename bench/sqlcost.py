@@ -36,10 +36,9 @@ def measure() -> list[tuple[str, float]]:
     """One round of every timing."""
     from sagalease import core
     from sagalease import sqlite as sq
+    from sagalease._rows import entry_values, task_values
     from sagalease.sqlite import SQLiteStore
 
-    task_values = getattr(sq, "task_values", None) or sq._task_values  # type: ignore[attr-defined]
-    entry_values = getattr(sq, "entry_values", None) or sq._entry_values  # type: ignore[attr-defined]
     path = sqlite_paths("sqlcost")
     sqlite_lib_prepare(path, 10)
     store = SQLiteStore(path, synchronous="NORMAL")
@@ -157,10 +156,7 @@ def measure() -> list[tuple[str, float]]:
                 ),
             )
             assert cur.rowcount == 1
-            values = entry_values(step.entry)
-            if len(values) == 9:  # newer _rows.entry_values leaves task_id out
-                values = (step.entry.task_id, *values)
-            conn.execute(sq._INSERT_HISTORY, values)
+            conn.execute(sq._INSERT_HISTORY, (step.entry.task_id, *entry_values(step.entry)))
         timings.append((time.perf_counter_ns() - t0) / 1000)
 
     timings = []
