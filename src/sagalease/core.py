@@ -24,7 +24,7 @@ import icontract
 
 from sagalease.errors import (
     InvalidInputError,
-    SagaLeaseError,  # noqa: F401  (named by the ":raises" lines; CrossHair)
+    SagaLeaseError,
 )
 from sagalease.lifecycle import EVENTS, CompiledTransition, GuardContext, resolve
 from sagalease.records import (
@@ -796,7 +796,7 @@ def needs_reap(task: TaskSaga, now_us: int) -> bool:
     """Whether :func:`reap` has something to do for ``task`` at ``now_us``."""
     try:
         resolve("reap", GuardContext(task, now_us))
-    except Exception:
+    except SagaLeaseError:  # no reap transition applies (or the task has ended)
         return False
     return True
 
