@@ -18,7 +18,6 @@ import cProfile
 import json
 import os
 import pstats
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from bench import cycles, queues, tablesize
 from bench.common import DEFAULT_DSN
 
 RESULTS = Path(__file__).parent / "results"
-PARTS = ("cycles", "postgres-extra", "tablesize", "contracts-off", "profile")
+PARTS = ("cycles", "postgres-extra", "tablesize", "contracts-on", "profile")
 WORKERS = (1, 2, 4, 8)
 TASKS = {"sqlite-NORMAL": 3000, "sqlite-FULL": 600, "postgres": 1000}
 QUICK_TASKS = {"sqlite-NORMAL": 1000, "sqlite-FULL": 200, "postgres": 300}
@@ -94,30 +93,22 @@ def run_cycles(args: argparse.Namespace) -> None:
     _save("cycles", {"rows": rows, "load_before": load, "optimize": sys.flags.optimize})
 
 
-def run_contracts_off(args: argparse.Namespace) -> None:
-    """The library with icontract's checks off: this process re-runs itself under ``-O``."""
-    if not sys.flags.optimize:
-        cmd = [
-            sys.executable,
-            "-O",
-            "-m",
-            "bench.run",
-            "--part",
-            "contracts-off",
-            "--reps",
-            str(args.reps),
-            "--dsn",
-            args.dsn,
-            "--no-report",
-        ]
-        if args.quick:
-            cmd.append("--quick")
-        subprocess.run(cmd, check=True)
-        return
+def run_contracts_on(args: argparse.Namespace) -> None:
+    """The library with the core's icontract checks on (``SAGALEASE_CONTRACTS=1``, which
+    the spawned workers inherit); stores run without them by default.
+    """
     load = os.getloadavg()
     impls = {"sqlite-NORMAL": ["lib", "raw"], "postgres": ["lib", "raw"]}
-    rows = part_cycles(args, ["sqlite-NORMAL", "postgres"], impls, (1, 8))
-    _save("contracts-off", {"rows": rows, "load_before": load, "optimize": sys.flags.optimize})
+    before = os.environ.get("SAGALEASE_CONTRACTS")
+    os.environ["SAGALEASE_CONTRACTS"] = "1"
+    try:
+        rows = part_cycles(args, ["sqlite-NORMAL", "postgres"], impls, (1, 8))
+    finally:
+        if before is None:
+            del os.environ["SAGALEASE_CONTRACTS"]
+        else:
+            os.environ["SAGALEASE_CONTRACTS"] = before
+    _save("contracts-on", {"rows": rows, "load_before": load})
 
 
 def run_postgres_extra(args: argparse.Namespace) -> None:
@@ -237,7 +228,7 @@ def main() -> None:
         "cycles": run_cycles,
         "postgres-extra": run_postgres_extra,
         "tablesize": run_tablesize,
-        "contracts-off": run_contracts_off,
+        "contracts-on": run_contracts_on,
         "profile": run_profile,
     }
     started = datetime.now(UTC)

@@ -203,18 +203,23 @@ def skewed_worker(
     """One call from a machine whose clock is ``skew_s`` seconds off.
 
     The skew is injected into the system clock the store falls back on
-    (``SystemClock.now``); with ``clock="database"`` the store must not use it.
+    (``SystemClock.now`` and ``now_us``); with ``clock="database"`` the store must not use it.
     ``action``: ``acquire`` (task ``t``, ttl 60 s), ``claim`` or ``heartbeat``
     (as the holder with token 1). Writes what happened.
     """
     from sagalease import clock as clock_module
 
     real_now = clock_module.SystemClock.now
+    real_now_us = clock_module.SystemClock.now_us
 
     def skewed(self: clock_module.SystemClock) -> datetime:
         return real_now(self) + timedelta(seconds=skew_s)
 
+    def skewed_us(self: clock_module.SystemClock) -> int:
+        return real_now_us(self) + round(skew_s * 1_000_000)
+
     clock_module.SystemClock.now = skewed  # type: ignore[method-assign]
+    clock_module.SystemClock.now_us = skewed_us  # type: ignore[method-assign]
     store = PostgresStore(
         url, schema=schema, clock="database" if clock == "database" else None, max_size=1
     )

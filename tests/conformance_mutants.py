@@ -242,7 +242,7 @@ class NoCompareAndSet(SQLiteStore):
         self._before_write = lambda _task_id: time.sleep(0.001)
 
     @staticmethod
-    def _write(conn: object, expected_version: int, step: core.Step) -> bool:
+    def _write(conn: object, old: object, step: core.Step) -> bool:
         import sqlite3
 
         from sagalease import _rows

@@ -12,6 +12,10 @@ from hypothesis import HealthCheck, settings
 
 from sagalease import MemoryStore, SagaStore, SQLiteStore
 
+# Stores in the test suite (and the worker processes it starts) check the core's
+# contracts on every event; production stores skip them unless asked.
+os.environ.setdefault("SAGALEASE_CONTRACTS", "1")
+
 settings.register_profile(
     "ci",
     derandomize=True,

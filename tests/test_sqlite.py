@@ -132,13 +132,17 @@ def test_new_file_gets_latest_version_and_wal(tmp_path: Path) -> None:
 
 
 def test_older_file_is_migrated_in_place_keeping_data(tmp_path: Path) -> None:
-    """A version-1 file (no open-task index) is migrated to the latest version; data kept."""
+    """A version-1 file (no open-task index, the full by-state index) is migrated to the
+    latest version; data kept.
+    """
     db = tmp_path / "old.db"
     with SQLiteStore(db) as store:
         _populate(store)
         before = _dump(store)
     conn = sqlite3.connect(db)
     conn.execute("DROP INDEX tasks_open")
+    conn.execute("DROP INDEX tasks_ended")
+    conn.execute("CREATE INDEX tasks_by_state ON tasks (state, seq)")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()

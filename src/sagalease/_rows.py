@@ -46,6 +46,61 @@ def task_values(task: TaskSaga) -> tuple[Any, ...]:
     )
 
 
+_LEASE_COLUMNS = (
+    "lease_owner",
+    "lease_token",
+    "lease_acquired_us",
+    "lease_expires_us",
+    "lease_heartbeat_us",
+)
+_SCALARS = (
+    "saga_id",
+    "metadata_json",
+    "token",
+    "attempts",
+    "expirations",
+    "max_attempts",
+    "available_us",
+    "deadline_us",
+    "created_us",
+    "updated_us",
+    "terminal_reason",
+    "version",
+)
+
+
+def changes(old: TaskSaga, new: TaskSaga) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The columns whose values differ between ``old`` and ``new`` (never
+    ``task_id``), and their new values: an event's ``UPDATE`` writes only these.
+    """
+    names: list[str] = []
+    values: list[Any] = []
+    if new.state is not old.state:
+        names.append("state")
+        values.append(new.state.value)
+    for name in _SCALARS:
+        value = getattr(new, name)
+        if value != getattr(old, name):
+            names.append(name)
+            values.append(value)
+    lease = new.lease
+    if lease != old.lease:
+        names.extend(_LEASE_COLUMNS)
+        if lease is None:
+            values.extend((None, None, None, None, None))
+        else:
+            values.extend(
+                (lease.owner, lease.token, lease.acquired_us, lease.expires_us, lease.heartbeat_us)
+            )
+    if new.compensations != old.compensations:
+        names.append("compensations_json")
+        values.append(dumps([c.to_json() for c in new.compensations]))
+    if new.notes != old.notes:
+        names.append("notes_json")
+        values.append(dumps([[n.at_us, n.author, n.text] for n in new.notes]))
+    return tuple(names), tuple(values)
+
+
 def entry_values(entry: HistoryEntry) -> tuple[Any, ...]:
     """The history columns after ``task_id``: seq, event, from/to state, at, owner,
     token, reason, args.

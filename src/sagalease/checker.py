@@ -16,7 +16,6 @@ What is checked is listed in :data:`PROPERTIES` (the spec prints it).
 
 from __future__ import annotations
 
-import inspect
 import time
 import tomllib
 from collections import deque
@@ -311,7 +310,7 @@ def _handlers(contracts: bool) -> dict[str, Any]:
     """The core's event functions, with their icontract checks or without them
     (the checker's own state and edge checks cover the same ground, 2-3x faster).
     """
-    return {event: fn if contracts else inspect.unwrap(fn) for event, fn in core._HANDLERS.items()}
+    return dict(core.handlers(contracts=contracts))
 
 
 def _successors(m: Model, s: _State, handlers: dict[str, Any]) -> Iterator[tuple[str, str, _State]]:

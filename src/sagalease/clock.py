@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
@@ -16,7 +17,11 @@ _ONE_US = timedelta(microseconds=1)
 
 @runtime_checkable
 class Clock(Protocol):
-    """Anything with a ``now()`` returning an aware datetime."""
+    """Anything with a ``now()`` returning an aware datetime.
+
+    A clock may also offer ``now_us()``, the same instant as integer UTC
+    microseconds; stores then read that (no datetime built and converted).
+    """
 
     def now(self) -> datetime:
         """The current instant (timezone-aware)."""
@@ -29,6 +34,10 @@ class SystemClock:
     def now(self) -> datetime:
         """``datetime.now(UTC)``."""
         return datetime.now(UTC)
+
+    def now_us(self) -> int:
+        """The same instant as integer microseconds since the epoch."""
+        return time.time_ns() // 1000
 
     def __repr__(self) -> str:
         return "SystemClock()"
@@ -47,6 +56,10 @@ class ManualClock:
         """The clock's current instant."""
         with self._lock:
             return self._now
+
+    def now_us(self) -> int:
+        """The clock's current instant as integer microseconds since the epoch."""
+        return to_us(self.now(), "now")
 
     def advance(self, delta: timedelta) -> datetime:
         """Move forward by ``delta`` (negative deltas are refused) and return the new now."""

@@ -14,10 +14,12 @@ checks them over all paths (``crosshair check sagalease.core``).
 
 from __future__ import annotations
 
+import inspect
 import json
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import icontract
@@ -53,6 +55,7 @@ __all__ = [
     "create",
     "encode_metadata",
     "fail",
+    "handlers",
     "heartbeat",
     "needs_reap",
     "quarantine",
@@ -846,6 +849,19 @@ _HANDLERS: Mapping[str, Callable[..., Step]] = {
     "reap": reap,
     "annotate": annotate,
 }
+
+
+def handlers(*, contracts: bool) -> Mapping[str, Callable[..., Step]]:
+    """The event functions by name, with their icontract checks or without them.
+
+    Both compute the same steps and raise the same typed errors; the checks only
+    re-verify the core (a failing one is a bug in sagalease). Stores run without
+    them unless asked (``contracts=True`` or ``SAGALEASE_CONTRACTS=1``): they
+    cost about a quarter of a lease cycle.
+    """
+    if contracts:
+        return MappingProxyType(_HANDLERS)
+    return MappingProxyType({event: inspect.unwrap(fn) for event, fn in _HANDLERS.items()})
 
 
 def apply(task: TaskSaga, event: str, now_us: int, **args: Any) -> Step:

@@ -21,8 +21,8 @@ __all__ = ["MemoryStore"]
 class MemoryStore(StoreBase):
     """A thread-safe store in this process's memory (``memory://``)."""
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
-        super().__init__(clock=clock)
+    def __init__(self, *, clock: Clock | None = None, contracts: bool | None = None) -> None:
+        super().__init__(clock=clock, contracts=contracts)
         self._lock = threading.RLock()
         self._tasks: dict[str, TaskSaga] = {}  # insertion order is creation order
         self._history: dict[str, list[HistoryEntry]] = {}
@@ -58,13 +58,14 @@ class MemoryStore(StoreBase):
             return self._apply(task, mutation)
 
     def _claim(self, owner: str, ttl_us: int, now_us: int) -> TaskSaga | None:
+        acquire = self._core["acquire"]
         with self._lock:
             for task in self._tasks.values():
                 if task.state.is_terminal:
                     continue
                 try:
                     return self._apply(
-                        task, lambda t: core.acquire(t, owner=owner, ttl_us=ttl_us, now_us=now_us)
+                        task, lambda t: acquire(t, owner=owner, ttl_us=ttl_us, now_us=now_us)
                     )
                 except SagaLeaseError:
                     continue
@@ -72,12 +73,13 @@ class MemoryStore(StoreBase):
 
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
         changed: list[TaskSaga] = []
+        reap = self._core["reap"]
         with self._lock:
             for task in list(self._tasks.values()):
                 if limit is not None and len(changed) >= limit:
                     break
                 if not task.state.is_terminal and core.needs_reap(task, now_us):
-                    changed.append(self._apply(task, lambda t: core.reap(t, now_us=now_us)))
+                    changed.append(self._apply(task, lambda t: reap(t, now_us=now_us)))
         return changed
 
     def _stale(self, now_us: int) -> list[TaskSaga]:

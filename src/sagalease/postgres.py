@@ -6,9 +6,11 @@ stores': the store loads a row, applies the pure core's function in Python and
 writes the new record together with its history entry as a compare-and-set on
 ``version``:
 
-* every holder/operator event reads the row (one statement), computes the step
-  with :mod:`sagalease.core`, then writes it with one statement: a CTE whose
-  ``UPDATE ... WHERE task_id = %s AND version = %s`` feeds the history
+* every holder/operator event starts from the last record this store saw of
+  the task (or reads the row, one statement), computes the step with
+  :mod:`sagalease.core`, then writes the columns it changes with one
+  statement: a CTE whose ``UPDATE ... WHERE task_id = %s AND version = %s``
+  feeds the history
   ``INSERT``, so the record and its entry are written together or not at all
   (one round trip, one implicit transaction). If another writer got there
   first the update matches no row and nothing is written; the event is then
@@ -18,9 +20,12 @@ writes the new record together with its history entry as a compare-and-set on
 * ``claim_next`` and ``reap`` pick their candidates with ``FOR UPDATE SKIP
   LOCKED`` in creation order (workers never wait for each other's candidate),
   apply ``core.acquire``/``core.reap`` and skip whatever the core refuses.
-  A partial index over the tasks that have not ended keeps the scan
-  independent of the number of finished tasks kept; the migrations end with
-  ``ANALYZE`` so the planner takes that index on a fresh table too.
+  They walk ``open_seq`` (a generated column: the seq of a task that has not
+  ended, NULL after) through its partial index, which no other index can
+  answer, so the scan is independent of the number of finished tasks kept
+  whatever the planner's statistics say. A claim is two round trips: a
+  pipelined ``BEGIN`` with the locking ``SELECT``, then the write with
+  ``COMMIT``.
 
 Statements are prepared on each connection (``prepare=True``).
 
@@ -74,11 +79,12 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sagalease import core
 from sagalease._base import Mutation, StoreBase
-from sagalease._rows import Row, decode_entry, decode_task, entry_values, task_values
+from sagalease._rows import Row, changes, decode_entry, decode_task, entry_values, task_values
 from sagalease.clock import Clock
 from sagalease.errors import (
     DuplicateTaskError,
@@ -139,14 +145,6 @@ _COLUMNS = (
     " expirations, max_attempts, available_us, deadline_us, created_us, updated_us,"
     " terminal_reason, notes_json, version"
 )
-_OPEN = "state IN ('pending', 'running', 'compensating')"  # the tasks_open index predicate
-_SET = (
-    "saga_id = %s, state = %s, metadata_json = %s, compensations_json = %s, lease_owner = %s,"
-    " lease_token = %s, lease_acquired_us = %s, lease_expires_us = %s,"
-    " lease_heartbeat_us = %s, token = %s, attempts = %s, expirations = %s,"
-    " max_attempts = %s, available_us = %s, deadline_us = %s, created_us = %s,"
-    " updated_us = %s, terminal_reason = %s, notes_json = %s, version = %s"
-)
 _ENTRY_SELECT = (
     "%s::bigint, %s::text, %s::text, %s::text, %s::bigint, %s::text, %s::bigint, %s::text, %s::text"
 )
@@ -157,13 +155,6 @@ _HISTORY_COLUMNS = (
 _TEMPLATES: Final = {
     "select_one": f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s",
     "lock_one": f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s FOR UPDATE",
-    # The compare-and-set: the history entry is inserted only if the update matched.
-    "write": (
-        f"WITH upd AS (UPDATE {{schema}}.tasks SET {_SET}"
-        " WHERE task_id = %s AND version = %s RETURNING task_id)"
-        f" INSERT INTO {{schema}}.history ({_HISTORY_COLUMNS})"
-        f" SELECT upd.task_id, {_ENTRY_SELECT} FROM upd RETURNING seq"
-    ),
     "insert": (
         "WITH ins AS (INSERT INTO {schema}.tasks (task_id, saga_id, state, metadata_json,"
         " compensations_json, lease_owner, lease_token, lease_acquired_us, lease_expires_us,"
@@ -176,25 +167,25 @@ _TEMPLATES: Final = {
     ),
     "state_of": "SELECT state FROM {schema}.tasks WHERE task_id = %s",
     "claim": (
-        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE {_OPEN} AND seq > %s"
+        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE open_seq > %s"
         " AND available_us <= %s"
         " AND (lease_expires_us IS NULL OR lease_expires_us <= %s)"
         " AND attempts < max_attempts"
         " AND (deadline_us IS NULL OR deadline_us > %s OR state = 'compensating')"
-        " ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+        " ORDER BY open_seq LIMIT 1 FOR UPDATE SKIP LOCKED"
     ),
     "reap": (
-        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE {_OPEN} AND seq > %s"
+        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE open_seq > %s"
         " AND (lease_expires_us <= %s OR attempts >= max_attempts"
         " OR (deadline_us <= %s AND state <> 'compensating'))"
         # Not SKIP LOCKED: a row being written right now (a heartbeat, a note) is
         # waited for, so that a reap never misses an expired lease it should drop
         # (linearizable against the reference store).
-        " ORDER BY seq LIMIT %s FOR UPDATE"
+        " ORDER BY open_seq LIMIT %s FOR UPDATE"
     ),
     "stale": (
-        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE {_OPEN} AND lease_expires_us <= %s"
-        " ORDER BY seq"
+        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE open_seq IS NOT NULL"
+        " AND lease_expires_us <= %s ORDER BY open_seq"
     ),
     "seq_of": "SELECT seq FROM {schema}.tasks WHERE task_id = %s",
     "history": (
@@ -219,9 +210,9 @@ class _Statements:
             name: sql.SQL(text).format(schema=ident).as_bytes(None)
             for name, text in _TEMPLATES.items()
         }
+        self._writes: dict[tuple[str, ...], bytes] = {}
         self.select_one = rendered["select_one"]
         self.lock_one = rendered["lock_one"]
-        self.write = rendered["write"]
         self.insert = rendered["insert"]
         self.state_of = rendered["state_of"]
         self.claim = rendered["claim"]
@@ -231,6 +222,26 @@ class _Statements:
         self.history = rendered["history"]
         self.counts = rendered["counts"]
         self.server_now = rendered["server_now"]
+
+    def write(self, columns: tuple[str, ...]) -> bytes:
+        """The compare-and-set of ``columns`` (names from the row codec, never input):
+        the history entry is inserted only if the update matched.
+        """
+        query = self._writes.get(columns)
+        if query is None:
+            sets = ", ".join(f"{column} = %s" for column in columns)
+            query = (
+                sql.SQL(
+                    f"WITH upd AS (UPDATE {{schema}}.tasks SET {sets}"
+                    " WHERE task_id = %s AND version = %s RETURNING task_id)"
+                    f" INSERT INTO {{schema}}.history ({_HISTORY_COLUMNS})"
+                    f" SELECT upd.task_id, {_ENTRY_SELECT} FROM upd RETURNING seq"
+                )
+                .format(schema=self.schema)
+                .as_bytes(None)
+            )
+            self._writes[columns] = query
+        return query
 
     def listing(self, clauses: list[str]) -> sql.Composed:
         """``list_tasks``: fixed clause texts only, every value a bound parameter."""
@@ -245,16 +256,6 @@ class _Statements:
 
 
 # ---------------------------------------------------------------- encoding
-
-
-def _write_params(expected_version: int, step: core.Step) -> tuple[Any, ...]:
-    """The parameters of the compare-and-set statement (``write``)."""
-    return (
-        *task_values(step.task),
-        step.task.task_id,
-        expected_version,
-        *entry_values(step.entry),
-    )
 
 
 # ---------------------------------------------------------------- DSN handling
@@ -314,6 +315,10 @@ class _DatabaseClock:
         """The server's current instant (UTC)."""
         return from_us(self._read_us())
 
+    def now_us(self) -> int:
+        """The server's current instant as integer microseconds since the epoch."""
+        return self._read_us()
+
     def __repr__(self) -> str:
         return "DatabaseClock()"
 
@@ -334,9 +339,11 @@ class PostgresStore(StoreBase):
 
     ``connect_timeout`` (seconds) bounds every connection attempt;
     ``timeout`` bounds the wait for a pooled connection and every lock wait.
-    ``min_size``/``max_size`` size the pool. Every failure to reach the server
-    is a :class:`StoreUnavailableError`; the outcome of a call that failed
-    that way is unknown and the call is safe to retry (module documentation).
+    ``min_size``/``max_size`` size the pool. ``contracts``: check the core's
+    contracts on every event (``None``: as ``$SAGALEASE_CONTRACTS`` says).
+    Every failure to reach the server is a :class:`StoreUnavailableError`; the
+    outcome of a call that failed that way is unknown and the call is safe to
+    retry (module documentation).
     """
 
     def __init__(
@@ -349,8 +356,11 @@ class PostgresStore(StoreBase):
         timeout: float = 10.0,
         min_size: int = 1,
         max_size: int = 8,
+        contracts: bool | None = None,
     ) -> None:
-        super().__init__(clock=None if clock == "database" or clock is None else clock)
+        super().__init__(
+            clock=None if clock == "database" or clock is None else clock, contracts=contracts
+        )
         if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
             raise InvalidInputError(
                 f"schema must be a lower-case PostgreSQL identifier ([a-z_][a-z0-9_]*, at most"
@@ -559,12 +569,15 @@ class PostgresStore(StoreBase):
         row = conn.execute(query, (task_id,), prepare=True).fetchone()
         return None if row is None else decode_task(row)
 
-    def _write(self, conn: psycopg.Connection[Row], expected_version: int, step: core.Step) -> bool:
-        """The compare-and-set: write ``step`` and its entry if the row is still at
-        ``expected_version`` (one statement).
+    def _write(self, conn: psycopg.Connection[Row], old: TaskSaga, step: core.Step) -> bool:
+        """The compare-and-set: write the columns ``step`` changes and its entry if
+        the row is still at ``old.version`` (one statement).
         """
+        names, values = changes(old, step.task)
         row = conn.execute(
-            self._q.write, _write_params(expected_version, step), prepare=True
+            self._q.write(names),
+            (*values, old.task_id, old.version, *entry_values(step.entry)),
+            prepare=True,
         ).fetchone()
         return row is not None
 
@@ -590,62 +603,87 @@ class PostgresStore(StoreBase):
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)
         with self._connection("update") as conn:
-            task = self._read(conn, task_id, lock=False)
-            if task is None:
-                raise TaskNotFoundError("no such task", task_id=task_id)
-            # A refusal here is the answer at the read.
-            step = mutation(task)
+            step: core.Step | None = None
+            task = self._known.get(task_id)
+            if task is not None:
+                try:
+                    step = mutation(task)
+                except SagaLeaseError:
+                    step = None  # the record may be stale: the stored row decides
+            if step is None:
+                task = self._read(conn, task_id, lock=False)
+                if task is None:
+                    raise TaskNotFoundError("no such task", task_id=task_id)
+                self._remember(task)
+                # A refusal here is the answer at the read.
+                step = mutation(task)
+            assert task is not None
             hook = self._before_write
             if hook is not None:
                 hook(task_id)
-            if self._write(conn, task.version, step):
-                return step.task
-            # Lost the race: evaluate the event again against the fresh row, locked,
-            # so that the answer (or the typed error) is current.
+            if self._write(conn, task, step):
+                return self._remember(step.task)
+            # Lost the race (or the remembered record was stale): evaluate the event
+            # again against the stored row, locked, so that the answer (or the typed
+            # error) is current.
             with conn.transaction():
                 fresh = self._read(conn, task_id, lock=True)
                 if fresh is None:  # pragma: no cover - rows are never deleted
                     raise TaskNotFoundError("no such task", task_id=task_id)
+                self._remember(fresh)
                 step = mutation(fresh)
-                if not self._write(conn, fresh.version, step):  # pragma: no cover
+                if not self._write(conn, fresh, step):  # pragma: no cover
                     raise StoreUnavailableError(
                         "the row changed while locked", task_id=task_id, state=fresh.state
                     )
-        return step.task
+        return self._remember(step.task)
 
     def _claim(self, owner: str, ttl_us: int, now_us: int) -> TaskSaga | None:
-        # Pipeline mode: BEGIN travels with the first SELECT, the write with COMMIT
-        # (two round trips for a claim).
+        acquire = self._core["acquire"]
         with self._connection("claim_next") as conn:
-            written: psycopg.Cursor[Row] | None = None
-            with conn.pipeline(), conn.transaction():
-                after = 0
-                while True:
-                    row = conn.execute(
-                        self._q.claim, (after, now_us, now_us, now_us), prepare=True
-                    ).fetchone()
-                    if row is None:
-                        return None
-                    after = row[0]
-                    task = decode_task(row)
-                    try:
-                        step = core.acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
-                    except SagaLeaseError:
-                        continue
+            try:
+                # Pipeline mode, two round trips: BEGIN travels with the SELECT that
+                # locks the candidate, the compare-and-set with COMMIT.
+                with conn.pipeline() as pipeline:
+                    conn.execute(b"BEGIN")
+                    after = 0
+                    while True:
+                        cursor = conn.execute(
+                            self._q.claim, (after, now_us, now_us, now_us), prepare=True
+                        )
+                        pipeline.sync()
+                        row = cursor.fetchone()
+                        if row is None:
+                            conn.execute(b"COMMIT")
+                            return None
+                        after = row[0]
+                        task = decode_task(row)
+                        try:
+                            step = acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
+                        except SagaLeaseError:
+                            continue
+                        break
+                    names, values = changes(task, step.task)
                     written = conn.execute(
-                        self._q.write,
-                        _write_params(task.version, step),
+                        self._q.write(names),
+                        (*values, task.task_id, task.version, *entry_values(step.entry)),
                         prepare=True,
                     )
-                    break
+                    conn.execute(b"COMMIT")
+            except BaseException:
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute(b"ROLLBACK")
+                raise
             if written.fetchone() is None:  # pragma: no cover - the row was locked
                 raise StoreUnavailableError(
                     "the row changed while locked", task_id=task.task_id, state=task.state
                 )
-            return step.task
+            return self._remember(step.task)
 
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
         changed: list[TaskSaga] = []
+        reap = self._core["reap"]
         with self._connection("reap") as conn:
             after = 0
             while limit is None or len(changed) < limit:
@@ -658,14 +696,14 @@ class PostgresStore(StoreBase):
                         task = decode_task(row)
                         if not core.needs_reap(task, now_us):
                             continue
-                        step = core.reap(task, now_us=now_us)
-                        if not self._write(conn, task.version, step):  # pragma: no cover
+                        step = reap(task, now_us=now_us)
+                        if not self._write(conn, task, step):  # pragma: no cover
                             raise StoreUnavailableError(
                                 "the row changed while locked",
                                 task_id=task.task_id,
                                 state=task.state,
                             )
-                        changed.append(step.task)
+                        changed.append(self._remember(step.task))
                         if limit is not None and len(changed) >= limit:
                             break
                 if len(rows) < _BATCH:

@@ -3,8 +3,9 @@
 Plain :mod:`sqlite3` in WAL mode. Every event is one short write transaction
 that applies the pure core's transition as a compare-and-set:
 
-* ``acquire``, ``heartbeat``, ``complete``... read the row (no lock), compute
-  the step with the core, then write it with ``UPDATE ... WHERE task_id = ?
+* ``acquire``, ``heartbeat``, ``complete``... start from the last record this
+  store saw of the task (or read the row, no lock), compute the step with the
+  core, then write the columns it changes with ``UPDATE ... WHERE task_id = ?
   AND version = ?`` inside ``BEGIN IMMEDIATE``. If another writer got there
   first the update matches no row; the call is then evaluated again against
   the fresh row, inside the same write transaction, so the loser gets the
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import random
 import re
@@ -44,7 +46,7 @@ from typing import Any, Final
 
 from sagalease import core
 from sagalease._base import Mutation, StoreBase
-from sagalease._rows import decode_entry, decode_task, entry_values, task_values
+from sagalease._rows import changes, decode_entry, decode_task, entry_values, task_values
 from sagalease.clock import Clock
 from sagalease.errors import (
     DuplicateTaskError,
@@ -105,6 +107,7 @@ def _statements(script: str) -> Iterator[str]:
 
 
 _OPEN = "state IN ('pending', 'running', 'compensating')"  # the tasks_open index predicate
+_ENDED = "state IN ('completed', 'failed', 'compensated', 'quarantined')"  # tasks_ended's
 
 _COLUMNS = (
     "seq, task_id, saga_id, state, metadata_json, compensations_json, lease_owner,"
@@ -121,7 +124,6 @@ _SET = (
     " deadline_us = ?, created_us = ?, updated_us = ?, terminal_reason = ?, notes_json = ?,"
     " version = ?"
 )
-_UPDATE = f"UPDATE tasks SET {_SET} WHERE task_id = ? AND version = ?"
 _INSERT = (
     "INSERT INTO tasks (task_id, saga_id, state, metadata_json, compensations_json,"
     " lease_owner, lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us,"
@@ -149,7 +151,16 @@ _REAP = (
 _STALE = f"{_SELECT_OPEN} AND lease_expires_us <= ? ORDER BY seq"
 
 _BATCH: Final = 32
-"""Candidates read per statement by claim_next and reap (one write transaction each)."""
+"""Candidates read per statement by claim_next (after the first) and reap."""
+
+
+@functools.cache
+def _update(columns: tuple[str, ...]) -> str:
+    """The compare-and-set ``UPDATE`` of ``columns`` (names from the row codec, never
+    input; a handful of distinct sets, one per kind of event).
+    """
+    sets = ", ".join(f"{column} = ?" for column in columns)
+    return f"UPDATE tasks SET {sets} WHERE task_id = ? AND version = ?"
 
 
 # ---------------------------------------------------------------- encoding
@@ -178,9 +189,8 @@ class _WriterLock:
             f"the writer lock {str(self.path)!r} was not free within {waited:.3f} s"
         )
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the lock for the duration of the block."""
+    def __enter__(self) -> None:
+        """Take the lock (a wait past ``timeout``: :class:`StoreUnavailableError`)."""
         start = time.monotonic()
         deadline = start + self.timeout
         if not self._thread_lock.acquire(timeout=self.timeout):
@@ -193,7 +203,7 @@ class _WriterLock:
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
+                    return
                 except BlockingIOError:
                     pass
                 now = time.monotonic()
@@ -201,10 +211,15 @@ class _WriterLock:
                     raise self._unavailable(now - start)
                 time.sleep(min(delay * random.uniform(0.5, 1.5), deadline - now))
                 delay = min(delay * 2, 0.002)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        """Release the lock."""
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
 
@@ -213,6 +228,65 @@ class _WriterLock:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+class _Boundary:
+    """Driver errors inside the block become :class:`SagaLeaseError` subclasses."""
+
+    __slots__ = ("action", "where")
+
+    def __init__(self, where: str, action: str) -> None:
+        self.where = where
+        self.action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
+        if isinstance(exc, sqlite3.IntegrityError):
+            raise SagaLeaseError(
+                f"the database refused the write of {self.action} on {self.where!r}"
+                f" ({exc}); nothing was stored"
+            ) from exc
+        if isinstance(exc, (sqlite3.Error, OSError)):
+            raise StoreUnavailableError(f"{self.action} on {self.where!r} failed: {exc}") from exc
+
+
+class _WriteTransaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the writer lock; an exception rolls back."""
+
+    __slots__ = ("conn", "lock")
+
+    def __init__(self, lock: _WriterLock, conn: sqlite3.Connection) -> None:
+        self.lock = lock
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.lock.__enter__()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.__exit__()
+            raise
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
+        try:
+            if exc is None:
+                try:
+                    self.conn.execute("COMMIT")
+                    return
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        self.conn.execute("ROLLBACK")
+                    raise
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+        finally:
+            self.lock.__exit__()
 
 
 # ---------------------------------------------------------------- the store
@@ -225,7 +299,8 @@ class SQLiteStore(StoreBase):
     database; ``synchronous`` is SQLite's ``PRAGMA synchronous``: ``"FULL"``
     (default) flushes every commit, so that a granted fencing token survives a
     power cut and is never granted twice; ``"NORMAL"`` is faster and still safe
-    against process crashes.
+    against process crashes. ``contracts``: check the core's contracts on every
+    event (``None``: as ``$SAGALEASE_CONTRACTS`` says; off by default).
     """
 
     def __init__(
@@ -235,8 +310,9 @@ class SQLiteStore(StoreBase):
         clock: Clock | None = None,
         timeout: float = 5.0,
         synchronous: str = "FULL",
+        contracts: bool | None = None,
     ) -> None:
-        super().__init__(clock=clock)
+        super().__init__(clock=clock, contracts=contracts)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InvalidInputError("timeout must be a positive number of seconds")
         if synchronous not in ("FULL", "NORMAL", "EXTRA"):
@@ -334,7 +410,7 @@ class SQLiteStore(StoreBase):
         except OSError as exc:
             raise StoreUnavailableError(f"cannot open the writer lock of {where}: {exc}") from exc
         try:
-            with lock.held():
+            with lock:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise StoreUnavailableError(f"cannot use WAL mode on {where} (got {mode})")
@@ -408,39 +484,16 @@ class SQLiteStore(StoreBase):
             self._local.conn = conn
         return conn
 
-    @contextlib.contextmanager
-    def _boundary(self, action: str) -> Iterator[None]:
+    def _boundary(self, action: str) -> _Boundary:
         """Wrap driver errors into :class:`SagaLeaseError` subclasses."""
-        try:
-            yield
-        except sqlite3.IntegrityError as exc:
-            raise SagaLeaseError(
-                f"the database refused the write of {action} on {str(self.path)!r}"
-                f" ({exc}); nothing was stored"
-            ) from exc
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailableError(f"{action} on {str(self.path)!r} failed: {exc}") from exc
+        return _Boundary(str(self.path), action)
 
-    @contextlib.contextmanager
-    def _writing(self, conn: sqlite3.Connection) -> Iterator[None]:
+    def _writing(self, conn: sqlite3.Connection) -> _WriteTransaction:
         """One write transaction under the writer lock; any exception rolls back."""
         lock = self._lock
         if lock is None:  # pragma: no cover - set in __init__
             raise StoreUnavailableError("the store is closed")
-        with lock.held():
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+        return _WriteTransaction(lock, conn)
 
     @staticmethod
     def _read(conn: sqlite3.Connection, task_id: str) -> TaskSaga | None:
@@ -448,11 +501,12 @@ class SQLiteStore(StoreBase):
         return None if row is None else decode_task(row)
 
     @staticmethod
-    def _write(conn: sqlite3.Connection, expected_version: int, step: core.Step) -> bool:
-        """The compare-and-set: write ``step`` if the row is still at ``expected_version``."""
-        cursor = conn.execute(
-            _UPDATE, (*task_values(step.task), step.task.task_id, expected_version)
-        )
+    def _write(conn: sqlite3.Connection, old: TaskSaga, step: core.Step) -> bool:
+        """The compare-and-set: write the columns ``step`` changes if the row is
+        still at ``old.version``, and the history entry.
+        """
+        names, values = changes(old, step.task)
+        cursor = conn.execute(_update(names), (*values, old.task_id, old.version))
         if cursor.rowcount != 1:
             return False
         conn.execute(_INSERT_HISTORY, (step.entry.task_id, *entry_values(step.entry)))
@@ -482,53 +536,68 @@ class SQLiteStore(StoreBase):
         core.check_id("task_id", task_id)
         with self._boundary("update"):
             conn = self._conn()
-            task = self._read(conn, task_id)
-            if task is None:
-                raise TaskNotFoundError("no such task", task_id=task_id)
-            # Computed outside the lock; a refusal here is the answer at the read.
-            step = mutation(task)
+            step: core.Step | None = None
+            task = self._known.get(task_id)
+            if task is not None:
+                try:
+                    step = mutation(task)
+                except SagaLeaseError:
+                    step = None  # the record may be stale: the stored row decides
+            if step is None:
+                task = self._read(conn, task_id)
+                if task is None:
+                    raise TaskNotFoundError("no such task", task_id=task_id)
+                self._remember(task)
+                # Computed outside the lock; a refusal here is the answer at the read.
+                step = mutation(task)
+            assert task is not None
             hook = self._before_write
             if hook is not None:
                 hook(task_id)
             with self._writing(conn):
-                if not self._write(conn, task.version, step):
-                    # Lost the race: evaluate the event again against the fresh row,
-                    # now under the lock, so the answer (or the typed error) is current.
+                if not self._write(conn, task, step):
+                    # Lost the race (or the remembered record was stale): evaluate the
+                    # event again against the stored row, now under the lock, so the
+                    # answer (or the typed error) is current.
                     fresh = self._read(conn, task_id)
                     if fresh is None:  # pragma: no cover - rows are never deleted
                         raise TaskNotFoundError("no such task", task_id=task_id)
+                    self._remember(fresh)
                     step = mutation(fresh)
-                    if not self._write(conn, fresh.version, step):  # pragma: no cover
+                    if not self._write(conn, fresh, step):  # pragma: no cover
                         raise StoreUnavailableError(
                             "the row changed inside a write transaction", task_id=task_id
                         )
-        return step.task
+        return self._remember(step.task)
 
     def _claim(self, owner: str, ttl_us: int, now_us: int) -> TaskSaga | None:
+        acquire = self._core["acquire"]
         with self._boundary("claim_next"):
             conn = self._conn()
-            after = 0
+            after, limit = 0, 1  # the first candidate is almost always taken
             while True:
                 with self._writing(conn):
-                    rows = conn.execute(_CLAIM, (after, now_us, now_us, now_us, _BATCH)).fetchall()
+                    rows = conn.execute(_CLAIM, (after, now_us, now_us, now_us, limit)).fetchall()
                     for row in rows:
                         after = row[0]
                         task = decode_task(row)
                         try:
-                            step = core.acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
+                            step = acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
                         except SagaLeaseError:
                             continue
-                        if not self._write(conn, task.version, step):  # pragma: no cover
+                        if not self._write(conn, task, step):  # pragma: no cover
                             raise StoreUnavailableError(
                                 "the row changed inside a write transaction",
                                 task_id=task.task_id,
                             )
-                        return step.task
-                if len(rows) < _BATCH:
+                        return self._remember(step.task)
+                if len(rows) < limit:
                     return None
+                limit = _BATCH
 
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
         changed: list[TaskSaga] = []
+        reap = self._core["reap"]
         with self._boundary("reap"):
             conn = self._conn()
             after = 0
@@ -540,13 +609,13 @@ class SQLiteStore(StoreBase):
                         task = decode_task(row)
                         if not core.needs_reap(task, now_us):
                             continue
-                        step = core.reap(task, now_us=now_us)
-                        if not self._write(conn, task.version, step):  # pragma: no cover
+                        step = reap(task, now_us=now_us)
+                        if not self._write(conn, task, step):  # pragma: no cover
                             raise StoreUnavailableError(
                                 "the row changed inside a write transaction",
                                 task_id=task.task_id,
                             )
-                        changed.append(step.task)
+                        changed.append(self._remember(step.task))
                         if limit is not None and len(changed) >= limit:
                             break
                 if len(rows) < _BATCH:
@@ -578,7 +647,8 @@ class SQLiteStore(StoreBase):
             clauses = ["seq > ?"]
             params: list[Any] = [after_seq]
             if state is not None:
-                clauses.append("state = ?")
+                # the partial index's own predicate, so the planner can take it
+                clauses.append(f"{_ENDED if state.is_terminal else _OPEN} AND state = ?")
                 params.append(state.value)
             if saga_id is not None:
                 clauses.append("saga_id = ?")
@@ -610,7 +680,10 @@ class SQLiteStore(StoreBase):
         """Tasks per state."""
         result = dict.fromkeys(TaskState, 0)
         with self._boundary("counts"):
-            rows = self._conn().execute("SELECT state, count(*) FROM tasks GROUP BY state")
+            rows = self._conn().execute(
+                f"SELECT state, count(*) FROM tasks WHERE {_OPEN} GROUP BY state UNION ALL"
+                f" SELECT state, count(*) FROM tasks WHERE {_ENDED} GROUP BY state"
+            )
             for state, number in rows.fetchall():
                 result[TaskState(state)] = number
         return result

@@ -1,4 +1,4 @@
--- sagalease SQLite schema: the current version (PRAGMA user_version = 2).
+-- sagalease SQLite schema: the current version (PRAGMA user_version = 3).
 -- A new database is created from this file; an older one is brought here by
 -- migrations/NNNN_*.sql (a test checks both give the same schema).
 
@@ -60,7 +60,8 @@ CREATE TABLE history (
     PRIMARY KEY (task_id, seq)
 ) STRICT, WITHOUT ROWID;
 
-CREATE INDEX tasks_by_state ON tasks (state, seq);
+CREATE INDEX tasks_ended ON tasks (state, seq)
+    WHERE state IN ('completed', 'failed', 'compensated', 'quarantined');
 
 CREATE INDEX tasks_by_saga ON tasks (saga_id, seq) WHERE saga_id IS NOT NULL;
 
