@@ -181,3 +181,32 @@ def _holder_call(
     elif roll < 0.9:
         store.release(tid, owner=owner, token=token, delay=timedelta(milliseconds=5), now=now)
     # else: abandon the lease
+
+
+def batch_worker(url: str, owner: str, out: str, start: Any, limit: int) -> None:
+    """Claim batches of up to ``limit`` and complete each batch at once, until no task
+    is open; record every (task_id, token) claimed and every error.
+    """
+    from sagalease import open_store
+
+    store = open_store(url)
+    claimed: list[list[Any]] = []
+    errors: list[str] = []
+    start.wait()
+    try:
+        while True:
+            batch = store.claim_batch(owner=owner, ttl=timedelta(seconds=60), limit=limit)
+            if not batch:
+                counts = store.counts()
+                if not any(counts[s] for s in TaskState if not s.is_terminal):
+                    break
+                time.sleep(0.002)
+                continue
+            claimed.extend([t.task_id, t.token] for t in batch)
+            done = store.complete_many([(t.task_id, t.token) for t in batch], owner=owner)
+            assert [t.state for t in done] == [TaskState.COMPLETED] * len(batch)
+    except (SagaLeaseError, AssertionError) as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        store.close()
+    Path(out).write_text(json.dumps({"claimed": claimed, "errors": errors}))

@@ -257,6 +257,44 @@ class NoCompareAndSet(SQLiteStore):
         return True
 
 
+class CompleteManyOneByOne(SQLiteStore):
+    """complete_many completes each task in its own transaction: a refusal part-way
+    leaves the earlier ones completed.
+    """
+
+    def _mutate_many(self, mutations: list[tuple[str, Mutation]]) -> list[TaskSaga]:
+        return [self._mutate(task_id, mutation) for task_id, mutation in mutations]
+
+
+class ClaimBatchIgnoresLiveLeases(MemoryStore):
+    """claim_batch takes the oldest unfinished tasks, live leases or not."""
+
+    def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
+        if limit == 1:
+            return super()._claim(owner, ttl_us, now_us, limit)
+        taken = []
+        for task in [t for t in self._tasks.values() if not t.state.is_terminal][:limit]:
+            lease = task.lease
+            if lease is not None and now_us < lease.expires_us:
+                lease = replace(lease, expires_us=now_us)
+                task = replace(
+                    task,
+                    lease=replace(
+                        lease,
+                        heartbeat_us=min(lease.heartbeat_us, now_us - 1),
+                        acquired_us=min(lease.acquired_us, now_us - 1),
+                    ),
+                )
+            try:
+                step = core.acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
+            except Exception:
+                continue
+            self._tasks[task.task_id] = step.task
+            self._history[task.task_id].append(step.entry)
+            taken.append(step.task)
+        return taken
+
+
 def _sqlite(cls: type[SQLiteStore]) -> SQLiteStore:
     return cls(str(temp_path()))
 
@@ -329,6 +367,16 @@ def no_compare_and_set() -> SQLiteStore:
     return _sqlite(NoCompareAndSet)
 
 
+def complete_many_one_by_one() -> SQLiteStore:
+    """Factory: complete_many is not atomic."""
+    return _sqlite(CompleteManyOneByOne)
+
+
+def claim_batch_ignores_live_leases() -> MemoryStore:
+    """Factory: claim_batch takes over live leases."""
+    return ClaimBatchIgnoresLiveLeases()
+
+
 @dataclass(frozen=True)
 class Mutant:
     """A broken backend and the invariant the suite must name when rejecting it."""
@@ -352,4 +400,6 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("attempts_unbounded", "INV-5", "attempts not bounded"),
     Mutant("fencing_by_owner_only", "INV-2", "stale token accepted from the same owner"),
     Mutant("no_compare_and_set", "INV-1", "select-then-update without compare-and-set"),
+    Mutant("complete_many_one_by_one", "INV-8", "complete_many completes some of its tasks"),
+    Mutant("claim_batch_ignores_live_leases", "INV-1", "claim_batch takes over live leases"),
 )

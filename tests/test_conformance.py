@@ -100,7 +100,7 @@ def test_broken_backend_rejected_naming_the_invariant(
 
 def test_stateful_stage_alone_catches_the_expiry_boundary() -> None:
     """Without the contract checks, the state machine's boundary jumps catch `<=` for `<`."""
-    report = run(conformance_mutants.expiry_off_by_one, examples=100, seed=0, only={"stateful/"})
+    report = run(conformance_mutants.expiry_off_by_one, examples=200, seed=0, only={"stateful/"})
     (result,) = report.results
     assert result.failure is not None
     assert result.failure.invariant == "INV-1"
@@ -261,7 +261,7 @@ def test_pytest_base_class_and_plugin_for_a_third_party(tmp_path: Path) -> None:
         check=False,
     )
     assert mine.returncode == 0, mine.stdout + mine.stderr
-    assert "18 passed, 1 skipped" in mine.stdout
+    assert "20 passed, 1 skipped" in mine.stdout
     broken = subprocess.run(
         [
             *base,
@@ -288,7 +288,7 @@ def test_pytest_base_class_and_plugin_for_a_third_party(tmp_path: Path) -> None:
         check=False,
     )
     assert idle.returncode == 0, idle.stdout + idle.stderr
-    assert "19 skipped" in idle.stdout
+    assert "21 skipped" in idle.stdout
 
 
 def test_memory_factory_gives_fresh_empty_stores() -> None:

@@ -31,6 +31,9 @@ from sagalease.records import Compensation, HistoryEntry, TaskSaga, TaskState
 
 Mutation = Callable[[TaskSaga], core.Step]
 
+MAX_BATCH: Final = 1000
+"""The most tasks one ``claim_batch`` or ``complete_many`` call may touch."""
+
 KNOWN_TASKS: Final = 4096
 """How many unfinished tasks a store remembers (the oldest are forgotten first)."""
 
@@ -80,8 +83,14 @@ class StoreBase(abc.ABC):
         """Atomically load ``task_id``, apply ``mutation`` and write the step."""
 
     @abc.abstractmethod
-    def _claim(self, owner: str, ttl_us: int, now_us: int) -> TaskSaga | None:
-        """Acquire the oldest leaseable task."""
+    def _mutate_many(self, mutations: list[tuple[str, Mutation]]) -> list[TaskSaga]:
+        """Like :meth:`_mutate` for several distinct tasks, in one atomic write: all
+        steps are written, or (the first refusal raised) none.
+        """
+
+    @abc.abstractmethod
+    def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
+        """Acquire the ``limit`` oldest leaseable tasks (fewer if there are fewer)."""
 
     @abc.abstractmethod
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
@@ -168,7 +177,18 @@ class StoreBase(abc.ABC):
         """See :meth:`SagaStore.claim_next`."""
         now_us, ttl_us = self._now(now), duration_us(ttl, "ttl")
         core.check_id("owner", owner)
-        return self._claim(owner, ttl_us, now_us)
+        claimed = self._claim(owner, ttl_us, now_us, 1)
+        return claimed[0] if claimed else None
+
+    def claim_batch(
+        self, *, owner: str, ttl: timedelta, limit: int, now: datetime | None = None
+    ) -> list[TaskSaga]:
+        """See :meth:`SagaStore.claim_batch`."""
+        now_us, ttl_us = self._now(now), duration_us(ttl, "ttl")
+        core.check_id("owner", owner)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_BATCH:
+            raise InvalidInputError(f"limit must be an integer between 1 and {MAX_BATCH}")
+        return self._claim(owner, ttl_us, now_us, limit)
 
     def heartbeat(
         self,
@@ -238,6 +258,37 @@ class StoreBase(abc.ABC):
             task_id,
             lambda t: event(t, owner=owner, token=token, reason=reason, now_us=now_us),
         )
+
+    def complete_many(
+        self,
+        tasks: Iterable[tuple[str, int]],
+        *,
+        owner: str,
+        reason: str | None = None,
+        now: datetime | None = None,
+    ) -> list[TaskSaga]:
+        """See :meth:`SagaStore.complete_many`."""
+        now_us = self._now(now)
+        core.check_id("owner", owner)
+        if isinstance(tasks, (str, bytes)) or not isinstance(tasks, Iterable):
+            raise InvalidInputError("tasks must be an iterable of (task_id, token) pairs")
+        items = list(tasks)
+        if len(items) > MAX_BATCH:
+            raise InvalidInputError(f"at most {MAX_BATCH} tasks per call")
+        seen: set[str] = set()
+        for item in items:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise InvalidInputError("tasks must be (task_id, token) pairs")
+            task_id = core.check_id("task_id", item[0])
+            if task_id in seen:
+                raise InvalidInputError("a task id is given twice", task_id=task_id)
+            seen.add(task_id)
+        event = self._core["complete"]
+
+        def completing(token: int) -> Mutation:
+            return lambda t: event(t, owner=owner, token=token, reason=reason, now_us=now_us)
+
+        return self._mutate_many([(task_id, completing(token)) for task_id, token in items])
 
     def fail(
         self, task_id: str, *, owner: str, token: int, reason: str, now: datetime | None = None

@@ -57,19 +57,37 @@ class MemoryStore(StoreBase):
                 raise TaskNotFoundError("no such task", task_id=task_id)
             return self._apply(task, mutation)
 
-    def _claim(self, owner: str, ttl_us: int, now_us: int) -> TaskSaga | None:
-        acquire = self._core["acquire"]
+    def _mutate_many(self, mutations: list[tuple[str, Mutation]]) -> list[TaskSaga]:
         with self._lock:
-            for task in self._tasks.values():
+            steps = []
+            for task_id, mutation in mutations:  # every step first: a refusal applies none
+                task = self._tasks.get(task_id)
+                if task is None:
+                    raise TaskNotFoundError("no such task", task_id=task_id)
+                steps.append(mutation(task))
+            for step in steps:
+                self._tasks[step.task.task_id] = step.task
+                self._history[step.task.task_id].append(step.entry)
+            return [step.task for step in steps]
+
+    def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
+        acquire = self._core["acquire"]
+        claimed: list[TaskSaga] = []
+        with self._lock:
+            for task in self._tasks.values():  # values change, keys do not
+                if len(claimed) == limit:
+                    break
                 if task.state.is_terminal:
                     continue
                 try:
-                    return self._apply(
-                        task, lambda t: acquire(t, owner=owner, ttl_us=ttl_us, now_us=now_us)
+                    claimed.append(
+                        self._apply(
+                            task, lambda t: acquire(t, owner=owner, ttl_us=ttl_us, now_us=now_us)
+                        )
                     )
                 except SagaLeaseError:
                     continue
-            return None
+        return claimed
 
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
         changed: list[TaskSaga] = []

@@ -172,7 +172,7 @@ _TEMPLATES: Final = {
         " AND (lease_expires_us IS NULL OR lease_expires_us <= %s)"
         " AND attempts < max_attempts"
         " AND (deadline_us IS NULL OR deadline_us > %s OR state = 'compensating')"
-        " ORDER BY open_seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+        " ORDER BY open_seq LIMIT %s FOR UPDATE SKIP LOCKED"
     ),
     "reap": (
         f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE open_seq > %s"
@@ -573,13 +573,7 @@ class PostgresStore(StoreBase):
         """The compare-and-set: write the columns ``step`` changes and its entry if
         the row is still at ``old.version`` (one statement).
         """
-        names, values = changes(old, step.task)
-        row = conn.execute(
-            self._q.write(names),
-            (*values, old.task_id, old.version, *entry_values(step.entry)),
-            prepare=True,
-        ).fetchone()
-        return row is not None
+        return self._send_write(conn, old, step).fetchone() is not None
 
     # ------------------------------------------------------------ primitives
 
@@ -600,86 +594,137 @@ class PostgresStore(StoreBase):
                 )
         return task
 
+    def _start(
+        self, conn: psycopg.Connection[Row], task_id: str, mutation: Mutation
+    ) -> tuple[TaskSaga, core.Step]:
+        """The record a call starts from and its step: the remembered record if the
+        event applies to it, else the stored row (a refusal there is the answer at
+        the read).
+        """
+        task = self._known.get(task_id)
+        if task is not None:
+            try:
+                return task, mutation(task)
+            except SagaLeaseError:
+                pass  # the record may be stale: the stored row decides
+        task = self._read(conn, task_id, lock=False)
+        if task is None:
+            raise TaskNotFoundError("no such task", task_id=task_id)
+        self._remember(task)
+        return task, mutation(task)
+
+    def _again(self, conn: psycopg.Connection[Row], task_id: str, mutation: Mutation) -> core.Step:
+        """Inside a transaction, after a compare-and-set matched nothing (another
+        writer, or a stale remembered record): evaluate the event again against the
+        stored row, locked, so that the answer (or the typed error) is current, and
+        write it. Never last-writer-wins.
+        """
+        fresh = self._read(conn, task_id, lock=True)
+        if fresh is None:  # pragma: no cover - rows are never deleted
+            raise TaskNotFoundError("no such task", task_id=task_id)
+        self._remember(fresh)
+        step = mutation(fresh)
+        if not self._write(conn, fresh, step):  # pragma: no cover
+            raise StoreUnavailableError(
+                "the row changed while locked", task_id=task_id, state=fresh.state
+            )
+        return step
+
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)
         with self._connection("update") as conn:
-            step: core.Step | None = None
-            task = self._known.get(task_id)
-            if task is not None:
-                try:
-                    step = mutation(task)
-                except SagaLeaseError:
-                    step = None  # the record may be stale: the stored row decides
-            if step is None:
-                task = self._read(conn, task_id, lock=False)
-                if task is None:
-                    raise TaskNotFoundError("no such task", task_id=task_id)
-                self._remember(task)
-                # A refusal here is the answer at the read.
-                step = mutation(task)
-            assert task is not None
+            task, step = self._start(conn, task_id, mutation)
             hook = self._before_write
             if hook is not None:
                 hook(task_id)
-            if self._write(conn, task, step):
-                return self._remember(step.task)
-            # Lost the race (or the remembered record was stale): evaluate the event
-            # again against the stored row, locked, so that the answer (or the typed
-            # error) is current.
-            with conn.transaction():
-                fresh = self._read(conn, task_id, lock=True)
-                if fresh is None:  # pragma: no cover - rows are never deleted
-                    raise TaskNotFoundError("no such task", task_id=task_id)
-                self._remember(fresh)
-                step = mutation(fresh)
-                if not self._write(conn, fresh, step):  # pragma: no cover
-                    raise StoreUnavailableError(
-                        "the row changed while locked", task_id=task_id, state=fresh.state
-                    )
+            if not self._write(conn, task, step):  # one statement, its own transaction
+                with conn.transaction():
+                    step = self._again(conn, task_id, mutation)
         return self._remember(step.task)
 
-    def _claim(self, owner: str, ttl_us: int, now_us: int) -> TaskSaga | None:
+    def _mutate_many(self, mutations: list[tuple[str, Mutation]]) -> list[TaskSaga]:
+        if not mutations:
+            return []
+        with self._connection("update") as conn:
+            started = [(*self._start(conn, task_id, m), m) for task_id, m in mutations]
+            steps: list[core.Step] = []
+            try:
+                # Pipeline mode: BEGIN and every compare-and-set in one round trip,
+                # COMMIT in the next (or ROLLBACK on the first refusal).
+                with conn.pipeline() as pipeline:
+                    conn.execute(b"BEGIN")
+                    cursors = [self._send_write(conn, task, step) for task, step, _ in started]
+                    pipeline.sync()
+                    for cursor, (task, step, mutation) in zip(cursors, started, strict=True):
+                        if cursor.fetchone() is None:
+                            step = self._again(conn, task.task_id, mutation)
+                        steps.append(step)
+                    conn.execute(b"COMMIT")
+            except BaseException:
+                self._roll_back(conn)
+                raise
+        return [self._remember(step.task) for step in steps]
+
+    @staticmethod
+    def _roll_back(conn: psycopg.Connection[Row]) -> None:
+        """End the explicit transaction an exception left open (the write is undone)."""
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(b"ROLLBACK")
+
+    def _send_write(
+        self, conn: psycopg.Connection[Row], old: TaskSaga, step: core.Step
+    ) -> psycopg.Cursor[Row]:
+        """Send the compare-and-set of ``step`` over ``old`` (a row comes back if it
+        matched).
+        """
+        names, values = changes(old, step.task)
+        return conn.execute(
+            self._q.write(names),
+            (*values, old.task_id, old.version, *entry_values(step.entry)),
+            prepare=True,
+        )
+
+    def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
         acquire = self._core["acquire"]
+        steps: list[tuple[TaskSaga, core.Step]] = []
         with self._connection("claim_next") as conn:
             try:
                 # Pipeline mode, two round trips: BEGIN travels with the SELECT that
-                # locks the candidate, the compare-and-set with COMMIT.
+                # locks the candidates, the compare-and-sets with COMMIT.
                 with conn.pipeline() as pipeline:
                     conn.execute(b"BEGIN")
-                    after = 0
-                    while True:
+                    after, wanted = 0, limit
+                    while len(steps) < limit:
                         cursor = conn.execute(
-                            self._q.claim, (after, now_us, now_us, now_us), prepare=True
+                            self._q.claim, (after, now_us, now_us, now_us, wanted), prepare=True
                         )
                         pipeline.sync()
-                        row = cursor.fetchone()
-                        if row is None:
-                            conn.execute(b"COMMIT")
-                            return None
-                        after = row[0]
-                        task = decode_task(row)
-                        try:
-                            step = acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
-                        except SagaLeaseError:
-                            continue
-                        break
-                    names, values = changes(task, step.task)
-                    written = conn.execute(
-                        self._q.write(names),
-                        (*values, task.task_id, task.version, *entry_values(step.entry)),
-                        prepare=True,
-                    )
+                        rows = cursor.fetchall()
+                        for row in rows:
+                            after = row[0]
+                            task = decode_task(row)
+                            try:
+                                step = acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
+                            except SagaLeaseError:
+                                continue
+                            steps.append((task, step))
+                            if len(steps) == limit:
+                                break
+                        if len(rows) < wanted:
+                            break
+                        wanted = limit - len(steps)
+                    written = [self._send_write(conn, task, step) for task, step in steps]
                     conn.execute(b"COMMIT")
             except BaseException:
-                if conn.info.transaction_status != TransactionStatus.IDLE:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.execute(b"ROLLBACK")
+                self._roll_back(conn)
                 raise
-            if written.fetchone() is None:  # pragma: no cover - the row was locked
-                raise StoreUnavailableError(
-                    "the row changed while locked", task_id=task.task_id, state=task.state
-                )
-            return self._remember(step.task)
+            for cursor, (task, _step) in zip(written, steps, strict=True):
+                if cursor.fetchone() is None:  # pragma: no cover - the row was locked
+                    raise StoreUnavailableError(
+                        "the row changed while locked", task_id=task.task_id, state=task.state
+                    )
+        return [self._remember(step.task) for _task, step in steps]
 
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
         changed: list[TaskSaga] = []
@@ -776,7 +821,9 @@ class PostgresStore(StoreBase):
         """The plan PostgreSQL uses for ``claim_next``'s candidate query (``EXPLAIN``)."""
         now_us = self._now(now)
         with self._connection("explain") as conn, conn.transaction():
-            rows = conn.execute(b"EXPLAIN " + self._q.claim, (0, now_us, now_us, now_us)).fetchall()
+            rows = conn.execute(
+                b"EXPLAIN " + self._q.claim, (0, now_us, now_us, now_us, 1)
+            ).fetchall()
         return "\n".join(str(r[0]) for r in rows)
 
 

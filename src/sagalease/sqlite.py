@@ -532,52 +532,77 @@ class SQLiteStore(StoreBase):
                 conn.execute(_INSERT_HISTORY, (step.entry.task_id, *entry_values(step.entry)))
         return task
 
+    def _start(
+        self, conn: sqlite3.Connection, task_id: str, mutation: Mutation
+    ) -> tuple[TaskSaga, core.Step]:
+        """The record a call starts from and its step, computed outside the lock: the
+        remembered record if the event applies to it, else the stored row (a refusal
+        there is the answer at the read).
+        """
+        task = self._known.get(task_id)
+        if task is not None:
+            try:
+                return task, mutation(task)
+            except SagaLeaseError:
+                pass  # the record may be stale: the stored row decides
+        task = self._read(conn, task_id)
+        if task is None:
+            raise TaskNotFoundError("no such task", task_id=task_id)
+        self._remember(task)
+        return task, mutation(task)
+
+    def _apply(
+        self, conn: sqlite3.Connection, task: TaskSaga, step: core.Step, mutation: Mutation
+    ) -> core.Step:
+        """Write ``step`` inside the write transaction; if the row moved on since
+        ``task`` (another writer, or a stale remembered record), evaluate the event
+        again against the stored row, now under the lock, so that the answer (or
+        the typed error) is current. Never last-writer-wins.
+        """
+        if self._write(conn, task, step):
+            return step
+        fresh = self._read(conn, task.task_id)
+        if fresh is None:  # pragma: no cover - rows are never deleted
+            raise TaskNotFoundError("no such task", task_id=task.task_id)
+        self._remember(fresh)
+        step = mutation(fresh)
+        if not self._write(conn, fresh, step):  # pragma: no cover
+            raise StoreUnavailableError(
+                "the row changed inside a write transaction", task_id=task.task_id
+            )
+        return step
+
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)
         with self._boundary("update"):
             conn = self._conn()
-            step: core.Step | None = None
-            task = self._known.get(task_id)
-            if task is not None:
-                try:
-                    step = mutation(task)
-                except SagaLeaseError:
-                    step = None  # the record may be stale: the stored row decides
-            if step is None:
-                task = self._read(conn, task_id)
-                if task is None:
-                    raise TaskNotFoundError("no such task", task_id=task_id)
-                self._remember(task)
-                # Computed outside the lock; a refusal here is the answer at the read.
-                step = mutation(task)
-            assert task is not None
+            task, step = self._start(conn, task_id, mutation)
             hook = self._before_write
             if hook is not None:
                 hook(task_id)
             with self._writing(conn):
-                if not self._write(conn, task, step):
-                    # Lost the race (or the remembered record was stale): evaluate the
-                    # event again against the stored row, now under the lock, so the
-                    # answer (or the typed error) is current.
-                    fresh = self._read(conn, task_id)
-                    if fresh is None:  # pragma: no cover - rows are never deleted
-                        raise TaskNotFoundError("no such task", task_id=task_id)
-                    self._remember(fresh)
-                    step = mutation(fresh)
-                    if not self._write(conn, fresh, step):  # pragma: no cover
-                        raise StoreUnavailableError(
-                            "the row changed inside a write transaction", task_id=task_id
-                        )
+                step = self._apply(conn, task, step, mutation)
         return self._remember(step.task)
 
-    def _claim(self, owner: str, ttl_us: int, now_us: int) -> TaskSaga | None:
+    def _mutate_many(self, mutations: list[tuple[str, Mutation]]) -> list[TaskSaga]:
+        if not mutations:
+            return []
+        with self._boundary("update"):
+            conn = self._conn()
+            started = [(*self._start(conn, task_id, m), m) for task_id, m in mutations]
+            with self._writing(conn):  # a refusal inside rolls every write back
+                steps = [self._apply(conn, task, step, m) for task, step, m in started]
+        return [self._remember(step.task) for step in steps]
+
+    def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
         acquire = self._core["acquire"]
+        claimed: list[core.Step] = []
         with self._boundary("claim_next"):
             conn = self._conn()
-            after, limit = 0, 1  # the first candidate is almost always taken
-            while True:
-                with self._writing(conn):
-                    rows = conn.execute(_CLAIM, (after, now_us, now_us, now_us, limit)).fetchall()
+            with self._writing(conn):
+                after, wanted = 0, limit  # the first candidates are almost always taken
+                while len(claimed) < limit:
+                    rows = conn.execute(_CLAIM, (after, now_us, now_us, now_us, wanted)).fetchall()
                     for row in rows:
                         after = row[0]
                         task = decode_task(row)
@@ -590,10 +615,13 @@ class SQLiteStore(StoreBase):
                                 "the row changed inside a write transaction",
                                 task_id=task.task_id,
                             )
-                        return self._remember(step.task)
-                if len(rows) < limit:
-                    return None
-                limit = _BATCH
+                        claimed.append(step)
+                        if len(claimed) == limit:
+                            break
+                    if len(rows) < wanted:
+                        break
+                    wanted = max(limit - len(claimed), _BATCH)
+        return [self._remember(step.task) for step in claimed]
 
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
         changed: list[TaskSaga] = []

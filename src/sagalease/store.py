@@ -3,7 +3,8 @@
 Every mutating method takes a keyword ``now`` (an aware datetime; default:
 the store's clock), applies one event of :mod:`sagalease.lifecycle` through
 the pure core atomically, appends exactly one history entry and returns the
-task's new record. A call that raises changed nothing. Every error is a
+task's new record (the batch methods: one event per task, all in one atomic
+write, and the list of new records). A call that raises changed nothing. Every error is a
 :class:`~sagalease.errors.SagaLeaseError`; an unknown ``task_id`` is a
 :class:`~sagalease.errors.TaskNotFoundError`.
 """
@@ -62,6 +63,16 @@ class SagaStore(Protocol):
         """
         ...
 
+    def claim_batch(
+        self, *, owner: str, ttl: timedelta, limit: int, now: datetime | None = None
+    ) -> list[TaskSaga]:
+        """Acquire up to ``limit`` (1..1000) of the oldest leaseable tasks, each under
+        its own next token, in one atomic write: what ``limit`` calls of
+        :meth:`claim_next` at the same ``now`` would return, stopping at the first
+        ``None``. An empty list when nothing is leaseable.
+        """
+        ...
+
     def heartbeat(
         self, task_id: str, *, owner: str, token: int, ttl: timedelta, now: datetime | None = None
     ) -> TaskSaga:
@@ -107,6 +118,22 @@ class SagaStore(Protocol):
         now: datetime | None = None,
     ) -> TaskSaga:
         """RUNNING → COMPLETED (holder only). A repeat: :class:`TerminalTaskError`."""
+        ...
+
+    def complete_many(
+        self,
+        tasks: Iterable[tuple[str, int]],
+        *,
+        owner: str,
+        reason: str | None = None,
+        now: datetime | None = None,
+    ) -> list[TaskSaga]:
+        """:meth:`complete` every ``(task_id, token)`` (at most 1000) held by
+        ``owner``, atomically: all of them, or, on the first refusal (raised as
+        :meth:`complete` raises it), none. A task id given twice:
+        :class:`InvalidInputError`. Complete them one by one to learn which were
+        refused.
+        """
         ...
 
     def fail(

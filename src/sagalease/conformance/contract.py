@@ -247,6 +247,71 @@ def claim_next_skips_live_leases(t: Trace) -> None:
     )
 
 
+def claim_batch_takes_what_repeated_claims_would(t: Trace) -> None:
+    """claim_batch leases the oldest leaseable tasks, each under its own next token,
+    exactly as repeated claim_next calls at the same instant would; never a live lease.
+    """
+    s = t.store
+    for i, task_id in enumerate(("a", "b", "c", "d", "e")):
+        s.create(task_id, now=T0 + i * US)
+    s.acquire("b", owner="w0", ttl=TTL, now=at(1))
+    s.quarantine("d", reason="poison", by="ops", now=at(1))
+    batch = must(t, "INV-1", lambda: s.claim_batch(owner="w1", ttl=TTL, limit=2, now=at(2)))
+    same(t, "INV-1", [(r.task_id, r.token) for r in batch], [("a", 1), ("c", 1)], "first batch")
+    holds(
+        t,
+        "INV-1",
+        all(r.lease is not None and r.lease.owner == "w1" for r in batch),
+        f"every claimed task is leased to w1: {batch!r}",
+    )
+    rest = must(t, "INV-1", lambda: s.claim_batch(owner="w2", ttl=TTL, limit=5, now=at(2)))
+    same(t, "INV-1", [r.task_id for r in rest], ["e"], "second batch (only e is left)")
+    empty = must(t, "INV-1", lambda: s.claim_batch(owner="w3", ttl=TTL, limit=3, now=at(31) - US))
+    same(t, "INV-1", empty, [], "claim_batch while every lease is live")
+    again = must(t, "INV-1", lambda: s.claim_batch(owner="w3", ttl=TTL, limit=2, now=at(31)))
+    same(t, "INV-1", [(r.task_id, r.token) for r in again], [("b", 2)], "takeover at expiry")
+    claimed = [*batch, *rest, *again]
+    same(t, "INV-7", [got(t, r.task_id) for r in claimed], claimed, "stored records")
+    same(
+        t,
+        "INV-7",
+        [e.event for e in s.history("a")],
+        ["create", "acquire"],
+        "one acquire entry per claimed task",
+    )
+
+
+def complete_many_is_all_or_nothing(t: Trace) -> None:
+    """complete_many completes every task it is given, or, when one of them is refused
+    (a stale token, another owner, an expired lease, a terminal task, an unknown id),
+    raises that refusal and completes none.
+    """
+    s = t.store
+    for task_id in ("a", "b", "c"):
+        running(s, task_id)
+    s.acquire("c", owner="w2", ttl=TTL, now=at(31))
+    refusals: list[tuple[tuple[str, int], type[SagaLeaseError]]] = [
+        (("c", 1), LCE),  # a stale token
+        (("c", 2), LCE),  # another owner's lease
+        (("zz", 1), TaskNotFoundError),
+    ]
+    for bad, error in refusals:
+        expect(t, "INV-8", error, partial(s.complete_many, [("a", 1), bad], owner="w1", now=at(20)))
+    expect(t, "INV-1", LCE, lambda: s.complete_many([("a", 1), ("b", 1)], owner="w1", now=at(30)))
+    expect(t, "INV-8", IIE, lambda: s.complete_many([("a", 1), ("a", 1)], owner="w1", now=at(20)))
+    done = must(t, "INV-8", lambda: s.complete_many([("a", 1), ("b", 1)], owner="w1", now=at(20)))
+    same(
+        t,
+        "INV-8",
+        [(r.task_id, r.state) for r in done],
+        [("a", TaskState.COMPLETED), ("b", TaskState.COMPLETED)],
+        "completed together",
+    )
+    same(t, "INV-7", [got(t, "a"), got(t, "b")], done, "stored records")
+    expect(t, "INV-3", TTE, lambda: s.complete_many([("a", 1)], owner="w1", now=at(21)))
+    same(t, "INV-8", must(t, "INV-8", lambda: s.complete_many([], owner="w1")), [], "empty")
+
+
 # ---------------------------------------------------------------- INV-2
 
 
@@ -786,6 +851,7 @@ CONTRACT_CHECKS: tuple[ContractCheck, ...] = tuple(
         (holder_calls_stop_at_expiry, "INV-1"),
         (impostor_with_the_right_token_is_refused, "INV-1"),
         (claim_next_skips_live_leases, "INV-1"),
+        (claim_batch_takes_what_repeated_claims_would, "INV-1"),
         (zombie_cannot_write, "INV-2"),
         (tokens_grow_by_one, "INV-2"),
         (terminal_tasks_are_immutable, "INV-3"),
@@ -798,6 +864,7 @@ CONTRACT_CHECKS: tuple[ContractCheck, ...] = tuple(
         (naive_datetimes_are_refused, "INV-8"),
         (bad_input_is_refused, "INV-8"),
         (repeats_are_not_merged, "INV-8"),
+        (complete_many_is_all_or_nothing, "INV-8"),
     )
 )
 """Every contract check, in the order they run."""

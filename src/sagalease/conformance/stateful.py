@@ -127,6 +127,8 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             """The store under test as the last step left it (records, histories, counts)."""
             self.failed = False
             self.touched: str | None = None
+            self.batch: list[tuple[str, int]] = []
+            """The (task_id, token) pairs of the last complete_many."""
 
         # ------------------------------------------------------------ plumbing
 
@@ -162,7 +164,7 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                 now = now.replace(tzinfo=None)
             kwargs = {**kwargs, "now": now}
             text = describe(method, args, kwargs)
-            task_id = args[0] if args else None
+            task_id = args[0] if args and isinstance(args[0], str) else None
             self.touched = task_id
             sut_before = self.sut_state
             prev = {t.task_id: t for t in sut_before[0]}
@@ -244,7 +246,7 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                         f"returned a record that differs from the reference's:"
                         f" {record_difference(sut_out, ref_out)}",
                     )
-                inv = "INV-1" if method == "claim_next" else "INV-7"
+                inv = "INV-1" if method in ("claim_next", "claim_batch") else "INV-7"
                 raise self._fail(
                     inv,
                     f"returned {outcome_text(sut_out)}, the reference {outcome_text(ref_out)}",
@@ -274,7 +276,15 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             result: Any,
         ) -> None:
             """What a successful call implies about the record it found (the store's own)."""
-            if method in ("acquire", "claim_next") and isinstance(result, TaskSaga):
+            if method == "claim_batch" and isinstance(result, list):
+                for rec in result:
+                    self._check_accepted("claim_next", kwargs, None, prev, rec)
+            elif method == "complete_many":
+                for item_id, token in self.batch:
+                    self._check_accepted(
+                        "complete", {**kwargs, "token": token}, item_id, prev, None
+                    )
+            elif method in ("acquire", "claim_next") and isinstance(result, TaskSaga):
                 old = prev.get(result.task_id)
                 if old is None:
                     raise self._fail("INV-7", f"granted a lease on unknown {result.task_id!r}")
@@ -512,6 +522,38 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                 "claim_next", (), {"owner": worker, "ttl": timedelta(microseconds=ttl)}
             )
             return multiple() if rec is None else Cred(rec.task_id, worker, rec.token)
+
+        @rule(worker=st.sampled_from(WORKERS), ttl=st.sampled_from(TTLS), limit=st.integers(1, 3))
+        def claim_batch(self, worker: str, ttl: int, limit: int) -> None:
+            """Several tasks at once: what as many claim_next calls would take."""
+            self._call(
+                "claim_batch",
+                (),
+                {"owner": worker, "ttl": timedelta(microseconds=ttl), "limit": limit},
+            )
+
+        @precondition(lambda self: bool(self._leased()))
+        @rule(data=st.data(), stale=st.integers(0, 3))
+        def complete_many(self, data: st.DataObject, stale: int) -> None:
+            """A holder completes several of its tasks at once; now and then one of them
+            under an old token (then none may complete).
+            """
+            leased = self._leased()
+            owner = data.draw(
+                st.sampled_from(sorted({t.lease.owner for t in leased if t.lease})), label="owner"
+            )
+            mine = [t for t in leased if t.lease is not None and t.lease.owner == owner]
+            chosen = data.draw(
+                st.lists(
+                    st.sampled_from(mine), min_size=1, max_size=3, unique_by=lambda t: t.task_id
+                ),
+                label="tasks",
+            )
+            self.batch = [(t.task_id, t.token) for t in chosen]
+            if stale == 0:
+                task_id, token = self.batch[-1]
+                self.batch[-1] = (task_id, token - 1)
+            self._call("complete_many", (list(self.batch),), {"owner": owner})
 
         @precondition(lambda self: bool(self._leased()))
         @rule(
