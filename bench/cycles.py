@@ -14,12 +14,14 @@ copy is a record the store wrote.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from bench.common import TTL_US, WORKDIR, Work
 
@@ -138,6 +140,17 @@ _RAW_COMPLETE = (
     "UPDATE jobs SET state = 'done', owner = NULL, expires_us = NULL"
     " WHERE id = ? AND owner = ? AND token = ? AND state = 'running' AND expires_us > ?"
 )
+_RAW_CLAIM10 = (
+    "UPDATE jobs SET state = 'running', owner = ?, token = token + 1, expires_us = ?"
+    " WHERE id IN (SELECT id FROM jobs WHERE state IN ('pending', 'running')"
+    " AND (expires_us IS NULL OR expires_us <= ?) ORDER BY id LIMIT 10)"
+    " RETURNING id, token"
+)
+_RAW_COMPLETE10 = (
+    "UPDATE jobs SET state = 'done', owner = NULL, expires_us = NULL"
+    " WHERE id IN (SELECT value FROM json_each(?)) AND owner = ? AND state = 'running'"
+    " AND expires_us > ?"
+)
 
 
 def sqlite_raw_prepare(path: Path, pending: int) -> None:
@@ -169,19 +182,37 @@ def sqlite_lib_worker(path: str, synchronous: str, owner: str, mode: str) -> Wor
 
     store = SQLiteStore(path, synchronous=synchronous)
     store.get("tpl-pending")  # warm the connection
+    return _lib_work(store, owner, mode)
+
+
+def _lib_work(store: Any, owner: str, mode: str) -> Work:
+    """The library's cycle on ``store``: ``full``, ``cc`` or ``batch10`` (claim_batch of
+    10 + complete_many); counts tasks done.
+    """
+    done = 0
 
     def cycle() -> bool:
+        nonlocal done
+        if mode == "batch10":
+            batch = store.claim_batch(owner=owner, ttl=TTL, limit=10)
+            if not batch:
+                return False
+            store.complete_many([(t.task_id, t.token) for t in batch], owner=owner)
+            done += len(batch)
+            return True
         task = store.claim_next(owner=owner, ttl=TTL)
         if task is None:
             return False
         if mode == "full":
             store.heartbeat(task.task_id, owner=owner, token=task.token, ttl=TTL)
         store.complete(task.task_id, owner=owner, token=task.token)
+        done += 1
         return True
 
     def work() -> tuple[int, list[float]]:
         try:
-            return _timed_loop(cycle)
+            _count, latencies = _timed_loop(cycle)
+            return done, latencies
         finally:
             store.close()
 
@@ -243,12 +274,35 @@ def sqlite_raw_worker(
             raise
         return (job, token) if event == "claim" else cur
 
+    done = 0
+
+    def batch10() -> bool:
+        nonlocal done
+        now = _now_us()
+        with guard:
+            rows = conn.execute(_RAW_CLAIM10, (owner, now + TTL_US, now)).fetchall()
+        if not rows:
+            return False
+        with guard:
+            cur = conn.execute(
+                _RAW_COMPLETE10, (json.dumps([r[0] for r in rows]), owner, _now_us())
+            )
+        if cur.rowcount != len(rows):
+            raise RuntimeError("raw batch complete lost a lease")
+        done += len(rows)
+        return True
+
     def cycle() -> bool:
+        nonlocal done
+        if mode == "batch10":
+            return batch10()
+        done += 1
         now = _now_us()
         with guard:
             got = op(_RAW_CLAIM, (owner, now + TTL_US, now), "claim")
             row = got if isinstance(got, tuple) else got.fetchone()
         if row is None:
+            done -= 1
             return False
         job, token = row
         if mode == "full":
@@ -268,7 +322,8 @@ def sqlite_raw_worker(
 
     def work() -> tuple[int, list[float]]:
         try:
-            return _timed_loop(cycle)
+            _count, latencies = _timed_loop(cycle)
+            return done, latencies
         finally:
             conn.close()
 
@@ -358,23 +413,7 @@ def pg_lib_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
 
     store = PostgresStore(dsn, schema=schema, min_size=1, max_size=1)
     store.get("tpl-pending")  # warm the pooled connection
-
-    def cycle() -> bool:
-        task = store.claim_next(owner=owner, ttl=TTL)
-        if task is None:
-            return False
-        if mode == "full":
-            store.heartbeat(task.task_id, owner=owner, token=task.token, ttl=TTL)
-        store.complete(task.task_id, owner=owner, token=task.token)
-        return True
-
-    def work() -> tuple[int, list[float]]:
-        try:
-            return _timed_loop(cycle)
-        finally:
-            store.close()
-
-    return work
+    return _lib_work(store, owner, mode)
 
 
 def pg_raw_worker(dsn: str, schema: str, owner: str, mode: str, hist: bool = False) -> Work:

@@ -28,7 +28,7 @@ from bench import cycles, queues, tablesize
 from bench.common import DEFAULT_DSN
 
 RESULTS = Path(__file__).parent / "results"
-PARTS = ("cycles", "postgres-extra", "tablesize", "contracts-on", "profile")
+PARTS = ("cycles", "postgres-extra", "tablesize", "contracts-on", "batches", "profile")
 WORKERS = (1, 2, 4, 8)
 TASKS = {"sqlite-NORMAL": 3000, "sqlite-FULL": 600, "postgres": 1000}
 QUICK_TASKS = {"sqlite-NORMAL": 1000, "sqlite-FULL": 200, "postgres": 300}
@@ -120,7 +120,12 @@ def run_postgres_extra(args: argparse.Namespace) -> None:
     rows = []
     for rep in range(args.reps):
         for w in (1, 8):
-            for impl, mode in (("lib", "cc"), ("raw", "cc"), ("raw", "batch10")):
+            for impl, mode in (
+                ("lib", "cc"),
+                ("raw", "cc"),
+                ("lib", "batch10"),
+                ("raw", "batch10"),
+            ):
                 row = cycles.measure("postgres", impl, w, n, mode, args.dsn)
                 row["rep"] = rep
                 rows.append(row)
@@ -131,6 +136,23 @@ def run_postgres_extra(args: argparse.Namespace) -> None:
                 rows.append(row)
                 _log(f"rep {rep} {kind} x{w}: {row['rate']:.0f}/s")
     _save("postgres-extra", {"rows": rows, "load_before": load})
+
+
+def run_batches(args: argparse.Namespace) -> None:
+    """claim_batch(10) + complete_many against raw claim 10 + complete 10, every backend."""
+    load = os.getloadavg()
+    tasks = QUICK_TASKS if args.quick else TASKS
+    rows = []
+    for rep in range(args.reps):
+        for backend in TASKS:
+            for w in (1, 8):
+                for impl in ("lib", "raw"):
+                    n = tasks[backend] * (10 if backend == "sqlite-NORMAL" else 5)
+                    row = cycles.measure(backend, impl, w, n, "batch10", args.dsn)
+                    row["rep"] = rep
+                    _log(f"rep {rep} {backend} {impl} batch10 x{w}: {row['rate']:.0f} jobs/s")
+                    rows.append(row)
+    _save("batches", {"rows": rows, "load_before": load})
 
 
 def run_tablesize(args: argparse.Namespace) -> None:
@@ -229,6 +251,7 @@ def main() -> None:
         "postgres-extra": run_postgres_extra,
         "tablesize": run_tablesize,
         "contracts-on": run_contracts_on,
+        "batches": run_batches,
         "profile": run_profile,
     }
     started = datetime.now(UTC)

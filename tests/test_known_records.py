@@ -149,3 +149,38 @@ def test_plain_core_gives_the_same_steps_and_errors() -> None:
         assert held == core.acquire(step.task, owner="w", ttl_us=10, now_us=1)
         with pytest.raises(LeaseConflictError):
             events["heartbeat"](held.task, owner="x", token=1, ttl_us=10, now_us=2)
+
+
+def test_complete_many_rechecks_rows_that_moved_on(pair: Pair) -> None:
+    """``a`` claimed two tasks; ``b`` heartbeats one of them since (its row moved on).
+    ``a``'s complete_many re-evaluates that one against the stored row and completes
+    both; histories replay to the records.
+    """
+    a, b = pair
+    for task_id in ("x", "y"):
+        a.create(task_id, now=T0)
+    claimed = a.claim_batch(owner="w", ttl=TTL, limit=2, now=T0)
+    assert [t.task_id for t in claimed] == ["x", "y"]
+    b.heartbeat("y", owner="w", token=1, ttl=TTL, now=T0 + S)
+    done = a.complete_many([("x", 1), ("y", 1)], owner="w", now=T0 + 2 * S)
+    assert [t.state.value for t in done] == ["completed", "completed"]
+    for task in done:
+        assert b.get(task.task_id) == task == core.replay(b.history(task.task_id))
+    assert [e.event for e in b.history("y")] == ["create", "acquire", "heartbeat", "complete"]
+
+
+def test_complete_many_refused_after_a_takeover_changes_nothing(pair: Pair) -> None:
+    """``b`` took one of ``a``'s two tasks over since ``a`` claimed them; ``a``'s
+    complete_many (its clock lagging, so its remembered leases look live) raises
+    LeaseConflictError and completes neither.
+    """
+    a, b = pair
+    for task_id in ("x", "y"):
+        a.create(task_id, now=T0)
+    a.claim_batch(owner="w", ttl=TTL, limit=2, now=T0)
+    b.acquire("y", owner="v", ttl=TTL, now=T0 + TTL)
+    before = [(b.get(t), b.history(t)) for t in ("x", "y")]
+    with pytest.raises(LeaseConflictError) as info:
+        a.complete_many([("x", 1), ("y", 1)], owner="w", now=T0 + TTL - S)
+    assert info.value.task_id == "y"
+    assert [(a.get(t), a.history(t)) for t in ("x", "y")] == before

@@ -196,6 +196,32 @@ _TEMPLATES: Final = {
     "server_now": "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
 }
 
+_TEXT_COLUMNS: Final = frozenset(
+    {
+        "task_id",
+        "saga_id",
+        "state",
+        "metadata_json",
+        "compensations_json",
+        "lease_owner",
+        "terminal_reason",
+        "notes_json",
+    }
+)
+_HISTORY_TYPES: Final = (
+    "text",
+    "bigint",
+    "text",
+    "text",
+    "text",
+    "bigint",
+    "text",
+    "bigint",
+    "text",
+    "text",
+)
+"""The types of ``_HISTORY_COLUMNS``, in order."""
+
 _BATCH: Final = 32
 """Candidates read per statement by reap (one transaction per batch)."""
 
@@ -211,6 +237,7 @@ class _Statements:
             for name, text in _TEMPLATES.items()
         }
         self._writes: dict[tuple[str, ...], bytes] = {}
+        """Compare-and-set statements by the columns they write."""
         self.select_one = rendered["select_one"]
         self.lock_one = rendered["lock_one"]
         self.insert = rendered["insert"]
@@ -241,6 +268,38 @@ class _Statements:
                 .as_bytes(None)
             )
             self._writes[columns] = query
+        return query
+
+    def write_many(self, columns: tuple[str, ...]) -> bytes:
+        """The compare-and-set of ``columns`` for many rows in one statement (arrays
+        unnested: the keys, the new values, the history entries); returns the ids of
+        the rows that matched, whose entries alone are inserted.
+        """
+        key = ("many", *columns)
+        query = self._writes.get(key)
+        if query is None:
+            arrays = ", ".join(
+                f"%s::{'text' if c in _TEXT_COLUMNS else 'bigint'}[]"
+                for c in ("task_id", "version", *columns)
+            )
+            names = ", ".join(columns)
+            sets = ", ".join(f"{column} = u.{column}" for column in columns)
+            entries = ", ".join(f"%s::{t}[]" for t in _HISTORY_TYPES)
+            query = (
+                sql.SQL(
+                    f"WITH u AS (SELECT * FROM unnest({arrays})"
+                    f" AS u(k_task_id, k_version, {names})),"
+                    f" upd AS (UPDATE {{schema}}.tasks AS t SET {sets} FROM u"
+                    " WHERE t.task_id = u.k_task_id AND t.version = u.k_version"
+                    " RETURNING t.task_id),"
+                    f" e AS (SELECT * FROM unnest({entries}) AS e({_HISTORY_COLUMNS}))"
+                    f" INSERT INTO {{schema}}.history ({_HISTORY_COLUMNS})"
+                    " SELECT e.* FROM e JOIN upd ON upd.task_id = e.task_id RETURNING task_id"
+                )
+                .format(schema=self.schema)
+                .as_bytes(None)
+            )
+            self._writes[key] = query
         return query
 
     def listing(self, clauses: list[str]) -> sql.Composed:
@@ -653,10 +712,11 @@ class PostgresStore(StoreBase):
                 # COMMIT in the next (or ROLLBACK on the first refusal).
                 with conn.pipeline() as pipeline:
                     conn.execute(b"BEGIN")
-                    cursors = [self._send_write(conn, task, step) for task, step, _ in started]
+                    cursors = self._send_writes(conn, [(task, step) for task, step, _ in started])
                     pipeline.sync()
-                    for cursor, (task, step, mutation) in zip(cursors, started, strict=True):
-                        if cursor.fetchone() is None:
+                    matched = {row[0] for cursor in cursors for row in cursor.fetchall()}
+                    for task, step, mutation in started:
+                        if task.task_id not in matched:
                             step = self._again(conn, task.task_id, mutation)
                         steps.append(step)
                     conn.execute(b"COMMIT")
@@ -684,6 +744,34 @@ class PostgresStore(StoreBase):
             (*values, old.task_id, old.version, *entry_values(step.entry)),
             prepare=True,
         )
+
+    def _send_writes(
+        self, conn: psycopg.Connection[Row], pairs: list[tuple[TaskSaga, core.Step]]
+    ) -> list[psycopg.Cursor[Row]]:
+        """Send the compare-and-sets of many steps: one statement per set of changed
+        columns (usually one); each returns the ids of the rows that matched.
+        """
+        groups: dict[tuple[str, ...], list[tuple[TaskSaga, core.Step, tuple[Any, ...]]]] = {}
+        for old, step in pairs:
+            names, values = changes(old, step.task)
+            groups.setdefault(names, []).append((old, step, values))
+        cursors = []
+        for names, group in groups.items():
+            keys = [[old.task_id for old, _, _ in group], [old.version for old, _, _ in group]]
+            news = [
+                list(column) for column in zip(*(values for _, _, values in group), strict=True)
+            ]
+            entries = [
+                list(column)
+                for column in zip(
+                    *((step.entry.task_id, *entry_values(step.entry)) for _, step, _ in group),
+                    strict=True,
+                )
+            ]
+            cursors.append(
+                conn.execute(self._q.write_many(names), (*keys, *news, *entries), prepare=True)
+            )
+        return cursors
 
     def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
         acquire = self._core["acquire"]
@@ -714,16 +802,17 @@ class PostgresStore(StoreBase):
                         if len(rows) < wanted:
                             break
                         wanted = limit - len(steps)
-                    written = [self._send_write(conn, task, step) for task, step in steps]
+                    if len(steps) == 1:
+                        written = [self._send_write(conn, *steps[0])]
+                    else:
+                        written = self._send_writes(conn, steps)
                     conn.execute(b"COMMIT")
             except BaseException:
                 self._roll_back(conn)
                 raise
-            for cursor, (task, _step) in zip(written, steps, strict=True):
-                if cursor.fetchone() is None:  # pragma: no cover - the row was locked
-                    raise StoreUnavailableError(
-                        "the row changed while locked", task_id=task.task_id, state=task.state
-                    )
+            matched = sum(len(cursor.fetchall()) for cursor in written)
+            if matched != len(steps):  # pragma: no cover - the rows were locked
+                raise StoreUnavailableError("a claimed row changed while locked")
         return [self._remember(step.task) for _task, step in steps]
 
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
