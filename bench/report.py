@@ -57,8 +57,7 @@ def _machine() -> list[str]:
         f" PostgreSQL {pg}, {platform.platform()}",
         f"- sagalease at commit {head}"
         + (" (src/ had uncommitted changes)" if dirty else "")
-        + " when the report was written; other sessions commit to src/ concurrently, so"
-        " each part measured the tree of its own time",
+        + " when the report was written (each part measured the tree of its own time)",
     ]
 
 
@@ -258,7 +257,7 @@ def write(results: Path, command: str, started: datetime) -> None:
         "",
         *_machine(),
         "",
-        "Reproduce: `uv run --group bench python -m bench.run` (every part, ≈ 10 min; or one"
+        "Reproduce: `uv run --group bench python -m bench.run` (every part, ≈ 12 min; or one"
         " part at a time with `--part NAME`, the report is rebuilt from every part's JSON)"
         " and `uv run --group bench python -m bench.sqlcost > bench/results/sqlcost.txt`."
         " See `bench/README.md` for what is measured and the findings.",
@@ -268,8 +267,10 @@ def write(results: Path, command: str, started: datetime) -> None:
         " (one conditional `UPDATE ... RETURNING` per operation, no history). Ratios are"
         " taken within one repetition (same database, back to back), then the median."
         " raw+flock = raw SQL serialised by an app-level `flock` writer lock, the contention"
-        " method the SQLite store uses. The machine is shared with other test suites:"
-        " absolute figures are noisy, the ratios are what counts.",
+        " method the SQLite store uses; raw+flock+history (SQLite) and raw+history"
+        " (PostgreSQL) also append one history row per operation in the same transaction,"
+        " the durable work the library does (INV-7). Two cores run the workers and the"
+        " database: absolute figures are noisy, the ratios are what counts.",
         "",
     ]
     insert_at = len(lines)

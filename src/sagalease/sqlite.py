@@ -171,7 +171,7 @@ def _update(columns: tuple[str, ...]) -> str:
 _MAX_POLL: Final = 0.0005
 """The longest sleep between two tries for the writer lock (seconds). Shorter polls
 cost some throughput under contention but bound the wait: at 8 processes the slowest
-lease cycle measured 69-87 ms with 0.5 ms, 123-195 ms with 2 ms (bench/README.md).
+lease cycle measured 49-120 ms with 0.5 ms, 123-195 ms with 2 ms (bench/README.md).
 """
 
 
