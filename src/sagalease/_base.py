@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from sagalease import core
 from sagalease.clock import Clock, SystemClock, duration_us, to_us
-from sagalease.errors import InvalidInputError
+from sagalease.errors import InvalidInputError, SagaLeaseError, TaskNotFoundError
 from sagalease.records import Compensation, HistoryEntry, TaskSaga, TaskState
 
 Mutation = Callable[[TaskSaga], core.Step]
@@ -71,6 +71,25 @@ class StoreBase(abc.ABC):
                 with contextlib.suppress(KeyError):  # another thread emptied it first
                     known.popitem(last=False)
         return task
+
+    def _start(
+        self, task_id: str, mutation: Mutation, read: Callable[[], TaskSaga | None]
+    ) -> tuple[TaskSaga, core.Step]:
+        """The record a call starts from and its step: the remembered record if the
+        event applies to it, else the stored row from ``read`` (a refusal there is
+        the answer at the read). Unknown task: :class:`TaskNotFoundError`.
+        """
+        task = self._known.get(task_id)
+        if task is not None:
+            try:
+                return task, mutation(task)
+            except SagaLeaseError:
+                pass  # the record may be stale: the stored row decides
+        task = read()
+        if task is None:
+            raise TaskNotFoundError("no such task", task_id=task_id)
+        self._remember(task)
+        return task, mutation(task)
 
     # ------------------------------------------------------------ primitives
 

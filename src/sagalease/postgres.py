@@ -71,6 +71,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from functools import partial
 from importlib import resources
 from typing import Any, Final, Literal, Self
 from urllib.parse import quote, urlsplit
@@ -653,25 +654,6 @@ class PostgresStore(StoreBase):
                 )
         return task
 
-    def _start(
-        self, conn: psycopg.Connection[Row], task_id: str, mutation: Mutation
-    ) -> tuple[TaskSaga, core.Step]:
-        """The record a call starts from and its step: the remembered record if the
-        event applies to it, else the stored row (a refusal there is the answer at
-        the read).
-        """
-        task = self._known.get(task_id)
-        if task is not None:
-            try:
-                return task, mutation(task)
-            except SagaLeaseError:
-                pass  # the record may be stale: the stored row decides
-        task = self._read(conn, task_id, lock=False)
-        if task is None:
-            raise TaskNotFoundError("no such task", task_id=task_id)
-        self._remember(task)
-        return task, mutation(task)
-
     def _again(self, conn: psycopg.Connection[Row], task_id: str, mutation: Mutation) -> core.Step:
         """Inside a transaction, after a compare-and-set matched nothing (another
         writer, or a stale remembered record): evaluate the event again against the
@@ -692,7 +674,9 @@ class PostgresStore(StoreBase):
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)
         with self._connection("update") as conn:
-            task, step = self._start(conn, task_id, mutation)
+            task, step = self._start(
+                task_id, mutation, partial(self._read, conn, task_id, lock=False)
+            )
             hook = self._before_write
             if hook is not None:
                 hook(task_id)
@@ -705,7 +689,10 @@ class PostgresStore(StoreBase):
         if not mutations:
             return []
         with self._connection("update") as conn:
-            started = [(*self._start(conn, task_id, m), m) for task_id, m in mutations]
+            started = [
+                (*self._start(task_id, m, partial(self._read, conn, task_id, lock=False)), m)
+                for task_id, m in mutations
+            ]
             steps: list[core.Step] = []
             try:
                 # Pipeline mode: BEGIN and every compare-and-set in one round trip,

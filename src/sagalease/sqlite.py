@@ -40,6 +40,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -538,25 +539,6 @@ class SQLiteStore(StoreBase):
                 conn.execute(_INSERT_HISTORY, (step.entry.task_id, *entry_values(step.entry)))
         return task
 
-    def _start(
-        self, conn: sqlite3.Connection, task_id: str, mutation: Mutation
-    ) -> tuple[TaskSaga, core.Step]:
-        """The record a call starts from and its step, computed outside the lock: the
-        remembered record if the event applies to it, else the stored row (a refusal
-        there is the answer at the read).
-        """
-        task = self._known.get(task_id)
-        if task is not None:
-            try:
-                return task, mutation(task)
-            except SagaLeaseError:
-                pass  # the record may be stale: the stored row decides
-        task = self._read(conn, task_id)
-        if task is None:
-            raise TaskNotFoundError("no such task", task_id=task_id)
-        self._remember(task)
-        return task, mutation(task)
-
     def _apply(
         self, conn: sqlite3.Connection, task: TaskSaga, step: core.Step, mutation: Mutation
     ) -> core.Step:
@@ -582,7 +564,7 @@ class SQLiteStore(StoreBase):
         core.check_id("task_id", task_id)
         with self._boundary("update"):
             conn = self._conn()
-            task, step = self._start(conn, task_id, mutation)
+            task, step = self._start(task_id, mutation, partial(self._read, conn, task_id))
             hook = self._before_write
             if hook is not None:
                 hook(task_id)
@@ -595,7 +577,10 @@ class SQLiteStore(StoreBase):
             return []
         with self._boundary("update"):
             conn = self._conn()
-            started = [(*self._start(conn, task_id, m), m) for task_id, m in mutations]
+            started = [
+                (*self._start(task_id, m, partial(self._read, conn, task_id)), m)
+                for task_id, m in mutations
+            ]
             with self._writing(conn):  # a refusal inside rolls every write back
                 steps = [self._apply(conn, task, step, m) for task, step, m in started]
         return [self._remember(step.task) for step in steps]
