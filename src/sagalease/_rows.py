@@ -8,8 +8,11 @@ same way.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from sagalease.core import Step
+from sagalease.errors import SagaLeaseError
 from sagalease.records import Compensation, HistoryEntry, Lease, Note, TaskSaga, TaskState
 
 Row = tuple[Any, ...]
@@ -185,3 +188,34 @@ def decode_entry(row: Row) -> HistoryEntry:
         reason=reason,
         args_json=args_json,
     )
+
+
+def choose_claims(
+    fetch: Callable[[int, int], Sequence[Row]],
+    acquire: Callable[[TaskSaga], Step],
+    limit: int,
+    more: int,
+) -> list[tuple[TaskSaga, Step]]:
+    """Walk the claim candidates in creation order and acquire up to ``limit``.
+
+    ``fetch(after, n)`` returns up to ``n`` candidate rows (``seq`` first) created
+    after ``after``; a row the core refuses is skipped, and then at least ``more``
+    rows are fetched next. Returns each chosen record with its step.
+    """
+    chosen: list[tuple[TaskSaga, Step]] = []
+    after, wanted = 0, limit
+    while len(chosen) < limit:
+        rows = fetch(after, wanted)
+        for row in rows:
+            after = row[0]
+            task = decode_task(row)
+            try:
+                chosen.append((task, acquire(task)))
+            except SagaLeaseError:
+                continue
+            if len(chosen) == limit:
+                break
+        if len(rows) < wanted:
+            break
+        wanted = max(limit - len(chosen), more)
+    return chosen

@@ -85,7 +85,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sagalease import core
 from sagalease._base import Mutation, StoreBase
-from sagalease._rows import Row, changes, decode_entry, decode_task, entry_values, task_values
+from sagalease._rows import (
+    Row,
+    changes,
+    choose_claims,
+    decode_entry,
+    decode_task,
+    entry_values,
+    task_values,
+)
 from sagalease.clock import Clock
 from sagalease.errors import (
     DuplicateTaskError,
@@ -762,33 +770,26 @@ class PostgresStore(StoreBase):
 
     def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
         acquire = self._core["acquire"]
-        steps: list[tuple[TaskSaga, core.Step]] = []
         with self._connection("claim_next") as conn:
             try:
                 # Pipeline mode, two round trips: BEGIN travels with the SELECT that
                 # locks the candidates, the compare-and-sets with COMMIT.
                 with conn.pipeline() as pipeline:
                     conn.execute(b"BEGIN")
-                    after, wanted = 0, limit
-                    while len(steps) < limit:
+
+                    def fetch(after: int, n: int) -> list[Row]:
                         cursor = conn.execute(
-                            self._q.claim, (after, now_us, now_us, now_us, wanted), prepare=True
+                            self._q.claim, (after, now_us, now_us, now_us, n), prepare=True
                         )
                         pipeline.sync()
-                        rows = cursor.fetchall()
-                        for row in rows:
-                            after = row[0]
-                            task = decode_task(row)
-                            try:
-                                step = acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
-                            except SagaLeaseError:
-                                continue
-                            steps.append((task, step))
-                            if len(steps) == limit:
-                                break
-                        if len(rows) < wanted:
-                            break
-                        wanted = limit - len(steps)
+                        return cursor.fetchall()
+
+                    steps = choose_claims(
+                        fetch,
+                        lambda t: acquire(t, owner=owner, ttl_us=ttl_us, now_us=now_us),
+                        limit,
+                        1,  # a refused candidate stays locked: lock no more than needed
+                    )
                     if len(steps) == 1:
                         written = [self._send_write(conn, *steps[0])]
                     else:

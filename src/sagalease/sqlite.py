@@ -47,7 +47,14 @@ from typing import Any, Final
 
 from sagalease import core
 from sagalease._base import Mutation, StoreBase
-from sagalease._rows import changes, decode_entry, decode_task, entry_values, task_values
+from sagalease._rows import (
+    changes,
+    choose_claims,
+    decode_entry,
+    decode_task,
+    entry_values,
+    task_values,
+)
 from sagalease.clock import Clock
 from sagalease.errors import (
     DuplicateTaskError,
@@ -587,32 +594,23 @@ class SQLiteStore(StoreBase):
 
     def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
         acquire = self._core["acquire"]
-        claimed: list[core.Step] = []
         with self._boundary("claim_next"):
             conn = self._conn()
             with self._writing(conn):
-                after, wanted = 0, limit  # the first candidates are almost always taken
-                while len(claimed) < limit:
-                    rows = conn.execute(_CLAIM, (after, now_us, now_us, now_us, wanted)).fetchall()
-                    for row in rows:
-                        after = row[0]
-                        task = decode_task(row)
-                        try:
-                            step = acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
-                        except SagaLeaseError:
-                            continue
-                        if not self._write(conn, task, step):  # pragma: no cover
-                            raise StoreUnavailableError(
-                                "the row changed inside a write transaction",
-                                task_id=task.task_id,
-                            )
-                        claimed.append(step)
-                        if len(claimed) == limit:
-                            break
-                    if len(rows) < wanted:
-                        break
-                    wanted = max(limit - len(claimed), _BATCH)
-        return [self._remember(step.task) for step in claimed]
+                chosen = choose_claims(
+                    lambda after, n: conn.execute(
+                        _CLAIM, (after, now_us, now_us, now_us, n)
+                    ).fetchall(),
+                    lambda t: acquire(t, owner=owner, ttl_us=ttl_us, now_us=now_us),
+                    limit,
+                    _BATCH,
+                )
+                for task, step in chosen:
+                    if not self._write(conn, task, step):  # pragma: no cover
+                        raise StoreUnavailableError(
+                            "the row changed inside a write transaction", task_id=task.task_id
+                        )
+        return [self._remember(step.task) for _task, step in chosen]
 
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
         changed: list[TaskSaga] = []
