@@ -179,6 +179,54 @@ def test_claim_uses_the_open_tasks_index_on_a_fresh_table(schema: str) -> None:
         assert task.task_id == "p0"
 
 
+def test_claim_walks_open_tasks_with_statistics_from_when_all_were_pending(schema: str) -> None:
+    """VACUUM ANALYZE while 2,000 tasks were pending, then the first 1,000 run and
+    finish: the claim plan still walks tasks_open (it used to answer from the primary
+    key and filter out every finished task on each claim).
+    """
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        for i in range(2000):
+            store.create(f"t{i:04d}", now=T0)
+        _admin(f'VACUUM ANALYZE "{schema}".tasks')
+        for _ in range(1000):
+            task = store.claim_next(owner="w", ttl=TTL, now=T0 + S)
+            assert task is not None
+            store.complete(task.task_id, owner="w", token=task.token, now=T0 + S)
+        plan = store.explain_claim(now=T0 + S)
+        assert "tasks_open" in plan, plan
+        assert "tasks_pkey" not in plan, plan
+        task = store.claim_next(owner="w", ttl=TTL, now=T0 + S)
+        assert task is not None
+        assert task.task_id == "t1000"
+
+
+def test_heartbeats_are_hot_updates(schema: str) -> None:
+    """A heartbeat changes no indexed column: PostgreSQL rewrites the row without new
+    index entries (a HOT update), so heartbeats do not bloat the indexes.
+    """
+    with PostgresStore(POSTGRES_URL, schema=schema, max_size=1) as store:
+        for i in range(50):
+            store.create(f"t{i}", now=T0)
+        held = store.claim_batch(owner="w", ttl=TTL, limit=50, now=T0)
+        for beat in range(1, 5):
+            for task in held:
+                store.heartbeat(
+                    task.task_id, owner="w", token=task.token, ttl=TTL, now=T0 + beat * S
+                )
+        with store._connection("flush statistics") as conn:
+            conn.execute("SELECT pg_stat_force_next_flush()")
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                " WHERE schemaname = %s AND relname = 'tasks'",
+                (schema,),
+            ).fetchone()
+        assert row is not None
+        updates, hot = row
+        assert updates == 50 + 200, row  # the claims, then the heartbeats
+        assert hot >= 200 * 0.9, row  # nearly every heartbeat (a full page cannot be HOT)
+
+
 # ---------------------------------------------------------------- open_store, time
 
 
