@@ -109,6 +109,7 @@ from sagalease.records import (
     TaskState,
     from_us,
 )
+from sagalease.store import SagaStore
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -941,16 +942,24 @@ def scratch_store(
 def conformance_factory() -> PostgresStore:
     """The factory for ``sagalease conformance sagalease.postgres:conformance_factory``:
     a fresh, empty store per call, on ``$SAGALEASE_TEST_POSTGRES_URL``. It declares
-    ``skip_locked_claims`` (claims use ``FOR UPDATE SKIP LOCKED``).
+    ``skip_locked_claims`` (claims use ``FOR UPDATE SKIP LOCKED``) and ``reopen``
+    (worker processes open their own store on the same schema).
     """
     return scratch_store()
+
+
+def _reopen(store: SagaStore) -> Callable[[], SagaStore]:
+    """Another handle on ``store``'s schema, openable in another process (picklable)."""
+    if not isinstance(store, PostgresStore):  # pragma: no cover - wrong factory
+        raise TypeError(f"expected a PostgresStore, got {type(store).__name__}")
+    return partial(PostgresStore, store._dsn.dsn, schema=store.schema, max_size=2)
 
 
 def _declare_capabilities() -> None:
     from sagalease.conformance._common import Capabilities
 
     conformance_factory.conformance_capabilities = Capabilities(  # type: ignore[attr-defined]
-        skip_locked_claims=True
+        reopen=_reopen, skip_locked_claims=True
     )
 
 
