@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import os
 import random
 import re
@@ -40,7 +39,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
+from functools import cache, partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -162,7 +161,7 @@ _BATCH: Final = 32
 """Candidates read per statement by claim_next (after the first) and reap."""
 
 
-@functools.cache
+@cache
 def _update(columns: tuple[str, ...]) -> str:
     """The compare-and-set ``UPDATE`` of ``columns`` (names from the row codec, never
     input; a handful of distinct sets, one per kind of event).
