@@ -29,6 +29,7 @@ from sagalease.errors import (
     SagaLeaseError,
     TerminalTaskError,
 )
+from sagalease.lifecycle import HOLDER_EVENTS
 from sagalease.records import (
     Compensation,
     CompensationStatus,
@@ -46,17 +47,6 @@ TASK = "task-1"
 WORKERS = ("w1", "w2", "w3")
 OPERATOR = "operator"
 TTLS = (1, 50, 1_000, 5_000)
-HOLDER_EVENTS = frozenset(
-    {
-        "heartbeat",
-        "release",
-        "register_compensation",
-        "complete",
-        "fail",
-        "compensation_applied",
-        "compensation_failed",
-    }
-)
 # Weighted alphabets (the first entry is what Hypothesis shrinks towards): holder calls
 # are frequent while a lease is live, acquisitions and the clock while none is.
 LEASED_ACTIONS = (

@@ -26,7 +26,7 @@ from typing import Any
 
 from sagalease import core
 from sagalease.errors import SagaLeaseError
-from sagalease.lifecycle import CHART
+from sagalease.lifecycle import CHART, HOLDER_EVENTS
 from sagalease.records import Compensation, CompensationStatus, TaskSaga, TaskState
 
 __all__ = ["PROPERTIES", "Model", "Result", "check", "load_model", "model_names"]
@@ -53,17 +53,6 @@ PROPERTIES = (
 """The properties :func:`check` verifies, in words."""
 
 TICK = 1_000_000
-_HOLDER_EVENTS = frozenset(
-    {
-        "heartbeat",
-        "release",
-        "register_compensation",
-        "complete",
-        "fail",
-        "compensation_applied",
-        "compensation_failed",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -267,7 +256,7 @@ def _edge_checks(
         raise _Violation(f"undeclared edge {old.state} --{event}--> {new.state}")
     lease = old.lease
     live = lease is not None and now < lease.expires_us
-    if event in _HOLDER_EVENTS and not (
+    if event in HOLDER_EVENTS and not (
         live
         and lease is not None
         and lease.owner == owner

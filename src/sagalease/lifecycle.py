@@ -52,6 +52,7 @@ __all__ = [
     "COMMON_VALIDATORS",
     "EVENTS",
     "GUARDS",
+    "HOLDER_EVENTS",
     "STATE_DOCS",
     "CompiledTransition",
     "Guard",
@@ -368,6 +369,12 @@ COMMON_VALIDATORS: Mapping[str, tuple[str, ...]] = {
 holder calls). From a non-terminal state without a transition for the event,
 they are checked first: a heartbeat on a PENDING task is refused as a
 LeaseConflictError (no live lease), not only as a wrong-state call."""
+
+HOLDER_EVENTS: tuple[str, ...] = tuple(
+    event for event in EVENTS if "holder" in COMMON_VALIDATORS[event]
+)
+"""The holder calls (every transition requires the caller's live lease and the
+current token), in declaration order."""
 
 
 def _cond_holds(name: str, c: GuardContext) -> bool:

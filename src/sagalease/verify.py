@@ -15,22 +15,12 @@ from dataclasses import dataclass, field
 
 from sagalease import core
 from sagalease.errors import SagaLeaseError
+from sagalease.lifecycle import HOLDER_EVENTS
 from sagalease.records import CompensationStatus, HistoryEntry, TaskSaga, TaskState
 from sagalease.store import SagaStore
 
-__all__ = ["HOLDER_EVENTS", "TaskFacts", "Verification", "check_task", "verify_store"]
+__all__ = ["TaskFacts", "Verification", "check_task", "verify_store"]
 
-HOLDER_EVENTS = frozenset(
-    {
-        "heartbeat",
-        "release",
-        "register_compensation",
-        "complete",
-        "fail",
-        "compensation_applied",
-        "compensation_failed",
-    }
-)
 """Events only the live lease holder may cause."""
 
 

@@ -49,6 +49,7 @@ from sagalease.errors import (
     SagaLeaseError,
     TerminalTaskError,
 )
+from sagalease.lifecycle import HOLDER_EVENTS
 from sagalease.memory import MemoryStore
 from sagalease.records import Compensation, TaskSaga, TaskState, from_us
 from sagalease.store import SagaStore
@@ -64,15 +65,6 @@ CREATE_SPECS = st.tuples(
     st.sampled_from([None, 3 * SEC, 20 * SEC]),
     st.sampled_from([None, 2 * SEC]),
     st.booleans(),
-)
-HOLDER_EVENTS = (
-    "heartbeat",
-    "release",
-    "register_compensation",
-    "complete",
-    "fail",
-    "compensation_applied",
-    "compensation_failed",
 )
 
 
