@@ -19,9 +19,11 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
+from importlib import resources
 from typing import Any, Final
 
 from sagalease import core
@@ -36,6 +38,24 @@ MAX_BATCH: Final = 1000
 
 KNOWN_TASKS: Final = 4096
 """How many unfinished tasks a store remembers (the oldest are forgotten first)."""
+
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def read_migrations(backend: str) -> list[tuple[int, str, str]]:
+    """``(version, file name, sql)`` of every migration of ``backend`` (package data
+    ``sql/<backend>/migrations/NNNN_*.sql``), in order; they must be numbered 1..N.
+    """
+    found = []
+    for entry in (resources.files("sagalease") / "sql" / backend / "migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"sagalease {backend} migrations are not numbered 1..N: {found}")
+    return found
 
 
 def contracts_from_environment() -> bool:

@@ -72,7 +72,6 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import partial
-from importlib import resources
 from typing import Any, Final, Literal, Self
 from urllib.parse import quote, urlsplit
 
@@ -84,7 +83,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sagalease import core
-from sagalease._base import Mutation, StoreBase
+from sagalease._base import Mutation, StoreBase, read_migrations
 from sagalease._rows import (
     Row,
     changes,
@@ -123,23 +122,13 @@ DEFAULT_SCHEMA: Final = "sagalease"
 TEST_URL_ENV: Final = "SAGALEASE_TEST_POSTGRES_URL"
 DEFAULT_TEST_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 
-_SQL = resources.files("sagalease") / "sql" / "postgres"
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _LOCK_NAMESPACE: Final = 0x5A6A  # pg_advisory_xact_lock(int, int): (namespace, hash of schema)
 
 
 def migrations() -> list[tuple[int, str, str]]:
     """``(version, file name, sql)`` of every migration, in order (1, 2, ...)."""
-    found = []
-    for entry in (_SQL / "migrations").iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"sagalease PostgreSQL migrations are not numbered 1..N: {found}")
-    return found
+    return read_migrations("postgres")
 
 
 def latest_schema_version() -> int:

@@ -33,7 +33,6 @@ import contextlib
 import fcntl
 import os
 import random
-import re
 import sqlite3
 import stat
 import threading
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sagalease import core
-from sagalease._base import Mutation, StoreBase
+from sagalease._base import Mutation, StoreBase, read_migrations
 from sagalease._rows import (
     changes,
     choose_claims,
@@ -72,7 +71,6 @@ from sagalease.records import (
 __all__ = ["SQLiteStore", "latest_schema_version", "migrations", "schema_sql"]
 
 _SQL = resources.files("sagalease") / "sql" / "sqlite"
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
 def schema_sql() -> str:
@@ -82,15 +80,7 @@ def schema_sql() -> str:
 
 def migrations() -> list[tuple[int, str, str]]:
     """``(version, file name, sql)`` of every migration, in order (1, 2, ...)."""
-    found = []
-    for entry in (_SQL / "migrations").iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"sagalease SQLite migrations are not numbered 1..N: {found}")
-    return found
+    return read_migrations("sqlite")
 
 
 def latest_schema_version() -> int:
