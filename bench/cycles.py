@@ -65,7 +65,7 @@ def sqlite_lib_prepare(path: Path, pending: int, finished: int = 0) -> None:
     """A library store at ``path`` with ``finished`` completed tasks, then ``pending``
     pending ones (in creation order).
     """
-    from sagalease.sqlite import SQLiteStore
+    from sagalease.stores.sqlite import SQLiteStore
 
     store = SQLiteStore(path, synchronous="NORMAL")
     try:
@@ -178,7 +178,7 @@ def _timed_loop(cycle: Callable[[], bool]) -> tuple[int, list[float]]:
 
 def sqlite_lib_worker(path: str, synchronous: str, owner: str, mode: str) -> Work:
     """Set up one library worker on the SQLite store at ``path``."""
-    from sagalease.sqlite import SQLiteStore
+    from sagalease.stores.sqlite import SQLiteStore
 
     store = SQLiteStore(path, synchronous=synchronous)
     store.get("tpl-pending")  # warm the connection
@@ -339,7 +339,7 @@ def pg_lib_prepare(dsn: str, schema: str, pending: int, finished: int = 0) -> No
     """
     import psycopg
 
-    from sagalease.postgres import PostgresStore
+    from sagalease.stores.postgres import PostgresStore
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -409,7 +409,7 @@ def pg_raw_prepare(dsn: str, schema: str, pending: int) -> None:
 
 def pg_lib_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
     """Set up one library worker on the PostgreSQL store in ``schema``."""
-    from sagalease.postgres import PostgresStore
+    from sagalease.stores.postgres import PostgresStore
 
     store = PostgresStore(dsn, schema=schema, min_size=1, max_size=1)
     store.get("tpl-pending")  # warm the pooled connection

@@ -36,8 +36,8 @@ def _time(fn: Callable[[], object], n: int = N) -> float:
 def measure() -> list[tuple[str, float]]:
     """One round of every timing."""
     from sagalease import core
-    from sagalease._rows import changes, entry_values
-    from sagalease.sqlite import SQLiteStore
+    from sagalease.stores._rows import changes, entry_values
+    from sagalease.stores.sqlite import SQLiteStore
 
     path = sqlite_paths("sqlcost")
     sqlite_lib_prepare(path, 10)

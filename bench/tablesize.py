@@ -16,13 +16,13 @@ def measure(backend: str, size: int, claims: int, reps: int, dsn: str) -> dict[s
     t0 = time.monotonic()
     plan = ""
     if backend == "sqlite":
-        from sagalease.sqlite import SQLiteStore
+        from sagalease.stores.sqlite import SQLiteStore
 
         path = sqlite_paths("tablesize")
         sqlite_lib_prepare(path, pending, finished=size - pending)
         store: object = SQLiteStore(path, synchronous="NORMAL")
     else:
-        from sagalease.postgres import PostgresStore
+        from sagalease.stores.postgres import PostgresStore
 
         pg_lib_prepare(dsn, "bench_tablesize", pending, finished=size - pending)
         pg = PostgresStore(dsn, schema="bench_tablesize", min_size=1, max_size=1)

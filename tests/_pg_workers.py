@@ -15,7 +15,7 @@ from typing import Any
 
 from sagalease import Compensation, SagaLeaseError, StoreUnavailableError, TaskSaga, TaskState
 from sagalease.clock import to_us
-from sagalease.postgres import PostgresStore
+from sagalease.stores.postgres import PostgresStore
 
 
 def _now() -> datetime:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sagalease import MemoryStore, SQLiteStore, core
-from sagalease._base import Mutation
 from sagalease.conformance.factories import temp_path
 from sagalease.errors import LeaseConflictError
 from sagalease.records import TaskSaga, TaskState
+from sagalease.stores._base import Mutation
 
 
 class LastWriterWinsAcquire(SQLiteStore):
@@ -245,8 +245,8 @@ class NoCompareAndSet(SQLiteStore):
     def _write(conn: object, old: object, step: core.Step) -> bool:
         import sqlite3
 
-        from sagalease import _rows
-        from sagalease import sqlite as sq
+        from sagalease.stores import _rows
+        from sagalease.stores.sqlite import _store as sq
 
         assert isinstance(conn, sqlite3.Connection)
         conn.execute(

@@ -76,7 +76,7 @@ def require_postgres() -> None:
 
 def _postgres(_tmp: Path) -> SagaStore:
     require_postgres()
-    from sagalease.postgres import scratch_store
+    from sagalease.stores.postgres import scratch_store
 
     return scratch_store(POSTGRES_URL)
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from sagalease import core, lifecycle
-from sagalease.checker import Result, check, load_model, model_names
 from sagalease.records import TaskState
+from sagalease.verification.checker import Result, check, load_model, model_names
 
 SMALL = {"workers": 2, "ttl": 2, "max_attempts": 2, "deadline": 5, "compensations": 2}
 _RESULTS: dict[str, Result] = {}
@@ -224,7 +224,7 @@ def test_declaration_missing_a_transition_the_core_takes_is_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A transition missing from the declaration but taken by the core is an undeclared edge."""
-    from sagalease import checker
+    from sagalease.verification import checker
 
     chart = dict(lifecycle.CHART)
     del chart[(TaskState.RUNNING, "release")]

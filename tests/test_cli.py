@@ -19,7 +19,7 @@ import pytest
 
 from sagalease import Compensation, SQLiteStore, TaskSaga, TaskState
 from sagalease import cli as cli_module
-from sagalease.spec import render_json
+from sagalease.verification.spec import render_json
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TTL = timedelta(seconds=30)

@@ -21,8 +21,8 @@ from sagalease.conformance import ConformanceFailure, check_store, main, run
 from sagalease.conformance.cli import run_from_args
 from sagalease.conformance.concurrency import Op, linearizable
 from sagalease.conformance.factories import memory
-from sagalease.memory import MemoryStore
 from sagalease.records import TaskState
+from sagalease.stores.memory import MemoryStore
 
 TESTS = Path(__file__).parent
 MUTANT_SEEDS = (1, 2, 3, 4, 5)

@@ -39,7 +39,7 @@ def _sqlite_pair(tmp_path: Path) -> Iterator[Pair]:
 
 def _postgres_pair(_tmp_path: Path) -> Iterator[Pair]:
     require_postgres()
-    from sagalease.postgres import PostgresStore, scratch_store
+    from sagalease.stores.postgres import PostgresStore, scratch_store
 
     first = scratch_store(POSTGRES_URL)
     assert isinstance(first, PostgresStore)

@@ -29,8 +29,8 @@ from sagalease import (
 )
 
 psycopg = pytest.importorskip("psycopg")
-from sagalease import postgres  # noqa: E402
-from sagalease.postgres import PostgresStore  # noqa: E402
+from sagalease.stores.postgres import PostgresStore  # noqa: E402
+from sagalease.stores.postgres import _store as postgres  # noqa: E402
 
 TTL = timedelta(seconds=30)
 S = timedelta(seconds=1)

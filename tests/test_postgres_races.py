@@ -30,7 +30,7 @@ from sagalease import (
 )
 
 psycopg = pytest.importorskip("psycopg")
-from sagalease.postgres import PostgresStore  # noqa: E402
+from sagalease.stores.postgres import PostgresStore  # noqa: E402
 
 TTL = timedelta(seconds=10)
 S = timedelta(seconds=1)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import sagalease.simulate as simulate_module
+import sagalease.verification.simulate as simulate_module
 from sagalease import (
     Compensation,
     CompensationStatus,
@@ -24,8 +24,8 @@ from sagalease import (
     TaskState,
 )
 from sagalease import cli as cli_module
-from sagalease.simulate import SimulationSettings, run_simulation
-from sagalease.verify import Verification, check_task, verify_store
+from sagalease.verification.history import Verification, check_task, verify_store
+from sagalease.verification.simulate import SimulationSettings, run_simulation
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TTL = timedelta(seconds=30)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from statemachine.io import load
 
-from sagalease.invariants import INVARIANTS
 from sagalease.lifecycle import Lifecycle
-from sagalease.spec import render_json, render_markdown
+from sagalease.verification.invariants import INVARIANTS
+from sagalease.verification.spec import render_json, render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,7 @@ from sagalease import (
     core,
     open_store,
 )
-from sagalease.sqlite import latest_schema_version, migrations, schema_sql
+from sagalease.stores.sqlite import latest_schema_version, migrations, schema_sql
 
 TTL = timedelta(seconds=30)
 S = timedelta(seconds=1)
@@ -41,7 +41,7 @@ def _schema(conn: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
 
 
 def _run(conn: sqlite3.Connection, script: str) -> None:
-    from sagalease.sqlite import _statements
+    from sagalease.stores.sqlite._store import _statements
 
     for statement in _statements(script):
         conn.execute(statement)
@@ -412,7 +412,7 @@ def test_claim_stale_and_reap_cost_does_not_grow_with_finished_tasks(tmp_path: P
 
 def test_queries_use_the_open_task_index(store: SQLiteStore) -> None:
     """The claim, reap and stale queries are planned on the partial index of open tasks."""
-    from sagalease import sqlite as mod
+    from sagalease.stores.sqlite import _store as mod
 
     conn = store._conn()
     for query, params in (

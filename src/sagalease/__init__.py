@@ -1,11 +1,14 @@
 """sagalease: the durable record of leased tasks, fencing tokens and saga compensations.
 
-Import everything from here; the submodules are internal unless documented.
+Users import from here and from the documented subpackages:
+:mod:`sagalease.stores` (backends and store URLs), :mod:`sagalease.conformance`
+(the suite for your own backend), :mod:`sagalease.verification` (model checker,
+history verifier, spec, simulation) and :mod:`sagalease.lifecycle` (the
+declaration). Modules whose names start with ``_`` are private.
 """
 
 from __future__ import annotations
 
-from sagalease._open import open_store as open_store
 from sagalease.clock import Clock as Clock
 from sagalease.clock import ManualClock as ManualClock
 from sagalease.clock import SystemClock as SystemClock
@@ -22,7 +25,6 @@ from sagalease.errors import ShutdownRequestedError as ShutdownRequestedError
 from sagalease.errors import StoreUnavailableError as StoreUnavailableError
 from sagalease.errors import TaskNotFoundError as TaskNotFoundError
 from sagalease.errors import TerminalTaskError as TerminalTaskError
-from sagalease.memory import MemoryStore as MemoryStore
 from sagalease.records import Compensation as Compensation
 from sagalease.records import CompensationStatus as CompensationStatus
 from sagalease.records import HistoryEntry as HistoryEntry
@@ -30,8 +32,10 @@ from sagalease.records import Lease as Lease
 from sagalease.records import Note as Note
 from sagalease.records import TaskSaga as TaskSaga
 from sagalease.records import TaskState as TaskState
-from sagalease.sqlite import SQLiteStore as SQLiteStore
 from sagalease.store import SagaStore as SagaStore
+from sagalease.stores import MemoryStore as MemoryStore
+from sagalease.stores import SQLiteStore as SQLiteStore
+from sagalease.stores import open_store as open_store
 from sagalease.worker import LeaseContext as LeaseContext
 from sagalease.worker import Outcome as Outcome
 from sagalease.worker import Worker as Worker

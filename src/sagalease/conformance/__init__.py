@@ -11,7 +11,7 @@ zero-argument callable returning a fresh, empty store::
     print(report.summary())
 
 Every failure names the invariant it broke (``INV-n`` of
-:mod:`sagalease.invariants`), the step that broke it and a (minimal, for the
+:mod:`sagalease.verification.invariants`), the step that broke it and a (minimal, for the
 stateful stage) sequence of calls that reproduces it. The stages:
 
 1. ``contract/*``: every event, guard and error of the brief, each refusal checked

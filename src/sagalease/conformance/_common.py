@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, cast
 
 from sagalease.errors import SagaLeaseError
-from sagalease.invariants import INVARIANTS
 from sagalease.records import HistoryEntry, TaskSaga, TaskState
 from sagalease.store import SagaStore
+from sagalease.verification.invariants import INVARIANTS
 
 __all__ = [
     "T0",

@@ -41,9 +41,9 @@ from sagalease.conformance._common import (
     violated,
 )
 from sagalease.errors import SagaLeaseError
-from sagalease.memory import MemoryStore
 from sagalease.records import Compensation, TaskSaga, from_us
 from sagalease.store import SagaStore
+from sagalease.stores.memory import MemoryStore
 
 __all__ = ["linearizable", "run_processes", "run_threads"]
 

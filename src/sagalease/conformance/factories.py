@@ -1,9 +1,10 @@
-"""Factories for the bundled backends (memory, SQLite).
+"""Factories for the bundled backends (memory, SQLite, PostgreSQL).
 
 CI runs the suite through the CLI on them exactly as a third party would::
 
     sagalease conformance sagalease.conformance.factories:memory
     sagalease conformance sagalease.conformance.factories:sqlite
+    sagalease conformance sagalease.conformance.factories:postgres
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sagalease.conformance._common import Capabilities
-from sagalease.memory import MemoryStore
-from sagalease.sqlite import SQLiteStore
 from sagalease.store import SagaStore
+from sagalease.stores.memory import MemoryStore
+from sagalease.stores.sqlite import SQLiteStore
 
-__all__ = ["memory", "sqlite", "temp_path"]
+__all__ = ["memory", "postgres", "sqlite", "temp_path"]
 
 _dir: Path | None = None
 _lock = threading.Lock()
@@ -64,3 +65,32 @@ class _SQLiteFactory:
 
 sqlite = _SQLiteFactory()
 """A fresh SQLite store in a new temporary file per call; declares cross-process sharing."""
+
+
+def _reopen_postgres(store: SagaStore) -> Callable[[], SagaStore]:
+    from sagalease.stores.postgres import PostgresStore
+
+    if not isinstance(store, PostgresStore):  # pragma: no cover - wrong factory
+        raise TypeError(f"expected a PostgresStore, got {type(store).__name__}")
+    return store.reopener()
+
+
+class _PostgresFactory:
+    """A fresh store per call in a new schema on ``$SAGALEASE_TEST_POSTGRES_URL``
+    (dropped on ``close()``). Claims use ``FOR UPDATE SKIP LOCKED``; worker
+    processes open their own store on the same schema.
+    """
+
+    conformance_capabilities = Capabilities(reopen=_reopen_postgres, skip_locked_claims=True)
+
+    def __call__(self) -> SagaStore:
+        from sagalease.stores.postgres import scratch_store
+
+        return scratch_store()
+
+    def __repr__(self) -> str:
+        return "sagalease.conformance.factories:postgres"
+
+
+postgres = _PostgresFactory()
+"""A fresh PostgreSQL store in a new schema per call (needs the ``postgres`` extra)."""

@@ -50,9 +50,9 @@ from sagalease.errors import (
     TerminalTaskError,
 )
 from sagalease.lifecycle import HOLDER_EVENTS
-from sagalease.memory import MemoryStore
 from sagalease.records import Compensation, TaskSaga, TaskState, from_us
 from sagalease.store import SagaStore
+from sagalease.stores.memory import MemoryStore
 
 __all__ = ["run_stateful"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import threading
 
 from sagalease import core
-from sagalease._base import Mutation, StoreBase
 from sagalease.clock import Clock
 from sagalease.errors import DuplicateTaskError, SagaLeaseError, TaskNotFoundError
 from sagalease.records import HistoryEntry, TaskSaga, TaskState
+from sagalease.stores._base import Mutation, StoreBase
 
 __all__ = ["MemoryStore"]
 

@@ -44,15 +44,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from sagalease import core
-from sagalease._base import Mutation, StoreBase, read_migrations
-from sagalease._rows import (
-    changes,
-    choose_claims,
-    decode_entry,
-    decode_task,
-    entry_values,
-    task_values,
-)
 from sagalease.clock import Clock
 from sagalease.errors import (
     DuplicateTaskError,
@@ -67,10 +58,20 @@ from sagalease.records import (
     TaskSaga,
     TaskState,
 )
+from sagalease.stores._base import Mutation
+from sagalease.stores._rows import (
+    changes,
+    choose_claims,
+    decode_entry,
+    decode_task,
+    entry_values,
+    task_values,
+)
+from sagalease.stores._sql import SQLStoreBase, read_migrations
 
 __all__ = ["SQLiteStore", "latest_schema_version", "migrations", "schema_sql"]
 
-_SQL = resources.files("sagalease") / "sql" / "sqlite"
+_SQL = resources.files("sagalease.stores.sqlite")
 
 
 def schema_sql() -> str:
@@ -80,7 +81,7 @@ def schema_sql() -> str:
 
 def migrations() -> list[tuple[int, str, str]]:
     """``(version, file name, sql)`` of every migration, in order (1, 2, ...)."""
-    return read_migrations("sqlite")
+    return read_migrations("sagalease.stores.sqlite")
 
 
 def latest_schema_version() -> int:
@@ -295,7 +296,7 @@ class _WriteTransaction:
 # ---------------------------------------------------------------- the store
 
 
-class SQLiteStore(StoreBase):
+class SQLiteStore(SQLStoreBase):
     """A store in one SQLite file, safe across threads and processes of one machine.
 
     ``timeout`` (seconds) bounds every wait for the writer lock or a busy

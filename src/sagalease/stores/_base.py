@@ -5,57 +5,25 @@ methods once: it checks and converts arguments at the boundary (aware
 datetimes to integer microseconds, ``timedelta`` to microseconds), builds the
 core call, and hands it to the backend's few primitives, which load, apply
 and write atomically. Backends differ only in storage and concurrency.
-
-The database stores also keep the last version of each unfinished task they
-wrote or read (:meth:`StoreBase._remember`): a holder call computes its step
-from that record and writes it with the compare-and-set on ``version``, so the
-common case needs no read first. A stale record cannot do harm: its version no
-longer matches, the write changes nothing, and the call is evaluated again
-against the stored row.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 import os
-import re
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from importlib import resources
 from typing import Any, Final
 
 from sagalease import core
 from sagalease.clock import Clock, SystemClock, duration_us, to_us
-from sagalease.errors import InvalidInputError, SagaLeaseError, TaskNotFoundError
+from sagalease.errors import InvalidInputError
 from sagalease.records import Compensation, HistoryEntry, TaskSaga, TaskState
 
 Mutation = Callable[[TaskSaga], core.Step]
 
 MAX_BATCH: Final = 1000
 """The most tasks one ``claim_batch`` or ``complete_many`` call may touch."""
-
-KNOWN_TASKS: Final = 4096
-"""How many unfinished tasks a store remembers (the oldest are forgotten first)."""
-
-
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-
-def read_migrations(backend: str) -> list[tuple[int, str, str]]:
-    """``(version, file name, sql)`` of every migration of ``backend`` (package data
-    ``sql/<backend>/migrations/NNNN_*.sql``), in order; they must be numbered 1..N.
-    """
-    found = []
-    for entry in (resources.files("sagalease") / "sql" / backend / "migrations").iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"sagalease {backend} migrations are not numbered 1..N: {found}")
-    return found
 
 
 def contracts_from_environment() -> bool:
@@ -76,40 +44,6 @@ class StoreBase(abc.ABC):
         self.clock: Clock = SystemClock() if clock is None else clock
         self.contracts = contracts_from_environment() if contracts is None else bool(contracts)
         self._core = core.handlers(contracts=self.contracts)
-        self._known: OrderedDict[str, TaskSaga] = OrderedDict()
-
-    def _remember(self, task: TaskSaga) -> TaskSaga:
-        """Keep ``task`` as the last known version of its row (a finished task is
-        forgotten: no holder call can change it any more). Returns ``task``.
-        """
-        known = self._known
-        if task.state.is_terminal:
-            known.pop(task.task_id, None)
-        else:
-            known[task.task_id] = task
-            if len(known) > KNOWN_TASKS:
-                with contextlib.suppress(KeyError):  # another thread emptied it first
-                    known.popitem(last=False)
-        return task
-
-    def _start(
-        self, task_id: str, mutation: Mutation, read: Callable[[], TaskSaga | None]
-    ) -> tuple[TaskSaga, core.Step]:
-        """The record a call starts from and its step: the remembered record if the
-        event applies to it, else the stored row from ``read`` (a refusal there is
-        the answer at the read). Unknown task: :class:`TaskNotFoundError`.
-        """
-        task = self._known.get(task_id)
-        if task is not None:
-            try:
-                return task, mutation(task)
-            except SagaLeaseError:
-                pass  # the record may be stale: the stored row decides
-        task = read()
-        if task is None:
-            raise TaskNotFoundError("no such task", task_id=task_id)
-        self._remember(task)
-        return task, mutation(task)
 
     # ------------------------------------------------------------ primitives
 

@@ -39,8 +39,8 @@ from sagalease.errors import (
     StoreUnavailableError,
 )
 from sagalease.records import Compensation, CompensationStatus, TaskState
-from sagalease.sqlite import SQLiteStore
-from sagalease.verify import Verification, verify_store
+from sagalease.stores import SQLiteStore, parse_url
+from sagalease.verification.history import Verification, verify_store
 from sagalease.worker import LeaseContext, Outcome, Worker
 
 __all__ = ["SimulationReport", "SimulationSettings", "run_simulation"]
@@ -275,12 +275,12 @@ def _db_path(db: str | None) -> tuple[Path, bool]:
     """The file to use, and whether it is the simulation's own (recreated)."""
     if db is None:
         return Path(DEFAULT_DB).absolute(), True
-    scheme, sep, rest = db.partition("://")
-    if scheme != "sqlite" or not sep or not rest.startswith("/") or not rest[1:]:
+    parsed = parse_url(db)
+    if parsed.path is None:
         raise InvalidInputError(
             f"simulate runs worker processes on SQLite: expected sqlite:///path.db, got {db!r}"
         )
-    return Path(rest[1:]).absolute(), False
+    return parsed.path.absolute(), False
 
 
 def run_simulation(

@@ -38,28 +38,31 @@ Every error is one line on stderr (``sagalease: error: ...``), never a traceback
 from __future__ import annotations
 
 import importlib
-import json
-import os
 import random
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
-from typing import Any
 
 import click
 
-from sagalease._open import DEFAULT_URL, open_store
+from sagalease.cli._render import (
+    entry_json,
+    new_console,
+    print_json,
+    print_report,
+    show_task,
+    task_json,
+    tasks_table,
+)
 from sagalease.errors import (
-    InvalidInputError,
     SagaLeaseError,
     SchemaVersionError,
     StoreUnavailableError,
     TaskNotFoundError,
 )
-from sagalease.records import HistoryEntry, TaskSaga, TaskState
+from sagalease.records import TaskSaga, TaskState
 from sagalease.store import SagaStore
+from sagalease.stores import DEFAULT_URL, open_store, parse_url
 
 __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "main"]
 
@@ -86,118 +89,17 @@ class _Options:
     timeout: float
 
 
-# ---------------------------------------------------------------- JSON forms
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def task_json(task: TaskSaga) -> dict[str, Any]:
-    """A task record as a JSON object (what ``--json`` prints)."""
-    lease = task.lease
-    return {
-        "task_id": task.task_id,
-        "saga_id": task.saga_id,
-        "state": task.state.value,
-        "metadata": task.metadata,
-        "compensations": [c.to_json() for c in task.compensations],
-        "lease": None
-        if lease is None
-        else {
-            "owner": lease.owner,
-            "token": lease.token,
-            "acquired_at": _iso(lease.acquired_at),
-            "expires_at": _iso(lease.expires_at),
-            "heartbeat_at": _iso(lease.heartbeat_at),
-        },
-        "token": task.token,
-        "attempts": task.attempts,
-        "expirations": task.expirations,
-        "max_attempts": task.max_attempts,
-        "available_at": _iso(task.available_at),
-        "deadline": _iso(task.deadline),
-        "created_at": _iso(task.created_at),
-        "updated_at": _iso(task.updated_at),
-        "terminal_reason": task.terminal_reason,
-        "notes": [{"at": _iso(n.at), "author": n.author, "text": n.text} for n in task.notes],
-        "version": task.version,
-    }
-
-
-def entry_json(entry: HistoryEntry) -> dict[str, Any]:
-    """A history entry as a JSON object."""
-    return {
-        "seq": entry.seq,
-        "task_id": entry.task_id,
-        "event": entry.event,
-        "from_state": None if entry.from_state is None else entry.from_state.value,
-        "to_state": entry.to_state.value,
-        "at": _iso(entry.at),
-        "owner": entry.owner,
-        "token": entry.token,
-        "reason": entry.reason,
-        "args": entry.args,
-    }
-
-
-def _print_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-# ---------------------------------------------------------------- rich output
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    width = None if sys.stdout.isatty() else 200
-    return Console(width=width, highlight=False, soft_wrap=False)
-
-
-def _short(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _tasks_table(tasks: Sequence[TaskSaga], title: str) -> Any:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    for name in ("task", "saga", "state", "attempts", "token", "holder", "expires", "updated"):
-        table.add_column(name, overflow="fold")
-    for t in tasks:
-        lease = t.lease
-        table.add_row(
-            t.task_id,
-            t.saga_id or "",
-            t.state.value,
-            f"{t.attempts}/{t.max_attempts}",
-            str(t.token),
-            "" if lease is None else lease.owner,
-            "" if lease is None else _short(lease.expires_at),
-            _short(t.updated_at),
-        )
-    return table
-
-
 # ---------------------------------------------------------------- the store
-
-
-def _sqlite_path(url: str) -> Path | None:
-    scheme, sep, rest = url.partition("://")
-    if scheme != "sqlite" or not sep:
-        return None
-    if not rest.startswith("/") or not rest[1:]:
-        raise InvalidInputError(f"expected sqlite:///path/to/file.db, got {url!r}")
-    return Path(os.path.abspath(rest[1:]))
 
 
 def _open(options: _Options, *, create: bool = False) -> SagaStore:
     url = options.db
-    path = _sqlite_path(url)
-    if path is None:
+    parsed = parse_url(url)
+    if parsed.path is None:
         return open_store(url)
-    from sagalease.sqlite import SQLiteStore
+    from sagalease.stores.sqlite import SQLiteStore
+
+    path = parsed.path.absolute()
 
     if not path.parent.is_dir():
         raise StoreUnavailableError(
@@ -258,7 +160,7 @@ def cli(ctx: click.Context, db: str, timeout: float) -> None:
 @click.pass_obj
 def init(options: _Options, as_json: bool) -> int:
     """Create the store (an existing one is checked and migrated in place)."""
-    path = _sqlite_path(options.db)
+    path = parse_url(options.db).path
     existed = path is not None and path.exists()
     store = _open(options, create=True)
     try:
@@ -266,7 +168,7 @@ def init(options: _Options, as_json: bool) -> int:
     finally:
         store.close()
     if as_json:
-        _print_json({"db": options.db, "created": not existed, "tasks": total})
+        print_json({"db": options.db, "created": not existed, "tasks": total})
     else:
         verb = "store ready (already there)" if existed else "store created"
         click.echo(f"{verb}: {options.db} ({total} tasks)")
@@ -294,11 +196,11 @@ def _list(
         else:
             tasks = store.list_tasks(state=wanted, saga_id=saga, limit=limit, after=after)
         if as_json:
-            _print_json([task_json(t) for t in tasks])
+            print_json([task_json(t) for t in tasks])
             return EXIT_OK
         title = f"{len(tasks)} {'stale ' if stale else ''}task(s)"
-        console = _console()
-        console.print(_tasks_table(tasks, title))
+        console = new_console()
+        console.print(tasks_table(tasks, title))
         if len(tasks) == limit and not stale:
             console.print(f"more: --after {tasks[-1].task_id}")
         return EXIT_OK
@@ -350,71 +252,12 @@ def show(options: _Options, task_id: str, as_json: bool) -> int:
         task = _get(store, task_id)
         history = store.history(task_id)
         if as_json:
-            _print_json({"task": task_json(task), "history": [entry_json(e) for e in history]})
+            print_json({"task": task_json(task), "history": [entry_json(e) for e in history]})
             return EXIT_OK
-        _show_rich(task, history)
+        show_task(task, history)
         return EXIT_OK
 
     return _with_store(options, body)
-
-
-def _show_rich(task: TaskSaga, history: Sequence[HistoryEntry]) -> None:
-    from rich.table import Table
-
-    console = _console()
-    lease = task.lease
-    info = Table.grid(padding=(0, 2))
-    info.add_column(style="bold")
-    info.add_column(overflow="fold")
-    rows: list[tuple[str, str]] = [
-        ("task", task.task_id),
-        ("saga", task.saga_id or "-"),
-        ("state", task.state.value),
-        ("terminal reason", task.terminal_reason or "-"),
-        ("token", str(task.token)),
-        ("attempts", f"{task.attempts}/{task.max_attempts} (expired leases: {task.expirations})"),
-        (
-            "lease",
-            "-"
-            if lease is None
-            else f"{lease.owner}, token {lease.token}, expires {lease.expires_at.isoformat()}",
-        ),
-        ("available at", task.available_at.isoformat()),
-        ("deadline", "-" if task.deadline is None else task.deadline.isoformat()),
-        ("created", task.created_at.isoformat()),
-        ("updated", task.updated_at.isoformat()),
-        ("metadata", json.dumps(task.metadata, ensure_ascii=False)),
-    ]
-    for key, value in rows:
-        info.add_row(key, value)
-    console.print(info)
-    comps = Table(title="compensations", title_justify="left")
-    for name in ("#", "kind", "target", "reason", "status"):
-        comps.add_column(name, overflow="fold")
-    for i, c in enumerate(task.compensations):
-        comps.add_row(str(i), c.kind, c.target, c.reason, c.status.value)
-    console.print(comps)
-    notes = Table(title="notes", title_justify="left")
-    for name in ("at", "author", "text"):
-        notes.add_column(name, overflow="fold")
-    for n in task.notes:
-        notes.add_row(_short(n.at), n.author, n.text)
-    console.print(notes)
-    hist = Table(title="history", title_justify="left")
-    for name in ("seq", "at", "event", "from", "to", "owner", "token", "reason"):
-        hist.add_column(name, overflow="fold")
-    for e in history:
-        hist.add_row(
-            str(e.seq),
-            e.at.isoformat(timespec="milliseconds"),
-            e.event,
-            "-" if e.from_state is None else e.from_state.value,
-            e.to_state.value,
-            e.owner or "",
-            "" if e.token is None else str(e.token),
-            e.reason or "",
-        )
-    console.print(hist)
 
 
 @cli.command()
@@ -427,9 +270,9 @@ def reap(options: _Options, limit: int | None, as_json: bool) -> int:
     def body(store: SagaStore) -> int:
         changed = store.reap(limit=limit)
         if as_json:
-            _print_json([task_json(t) for t in changed])
+            print_json([task_json(t) for t in changed])
         else:
-            _console().print(_tasks_table(changed, f"reaped {len(changed)} task(s)"))
+            new_console().print(tasks_table(changed, f"reaped {len(changed)} task(s)"))
         return EXIT_OK
 
     return _with_store(options, body)
@@ -447,7 +290,7 @@ def quarantine(options: _Options, task_id: str, reason: str, by: str, as_json: b
     def body(store: SagaStore) -> int:
         task = store.quarantine(task_id, reason=reason, by=by)
         if as_json:
-            _print_json(task_json(task))
+            print_json(task_json(task))
         else:
             click.echo(f"{task.task_id}: quarantined ({reason})")
         return EXIT_OK
@@ -467,7 +310,7 @@ def annotate(options: _Options, task_id: str, text: str, by: str, as_json: bool)
     def body(store: SagaStore) -> int:
         task = store.annotate(task_id, text=text, by=by)
         if as_json:
-            _print_json(task_json(task))
+            print_json(task_json(task))
         else:
             click.echo(f"{task.task_id}: note {len(task.notes)} added")
         return EXIT_OK
@@ -486,7 +329,7 @@ def stats(options: _Options, as_json: bool) -> int:
         stale_count = len(store.list_stale())
         total = sum(counts.values())
         if as_json:
-            _print_json(
+            print_json(
                 {
                     "counts": {s.value: counts[s] for s in TaskState},
                     "total": total,
@@ -501,7 +344,7 @@ def stats(options: _Options, as_json: bool) -> int:
         table.add_column("tasks", justify="right")
         for s in TaskState:
             table.add_row(s.value + (" (terminal)" if s.is_terminal else ""), str(counts[s]))
-        _console().print(table)
+        new_console().print(table)
         return EXIT_OK
 
     return _with_store(options, body)
@@ -513,12 +356,12 @@ def stats(options: _Options, as_json: bool) -> int:
 @click.pass_obj
 def verify(options: _Options, all_ended: bool, as_json: bool) -> int:
     """Check every task's recorded history against the invariants (exit 1 on FAIL)."""
-    from sagalease.verify import verify_store
+    from sagalease.verification.history import verify_store
 
     def body(store: SagaStore) -> int:
         result = verify_store(store, require_terminal=all_ended)
         if as_json:
-            _print_json(
+            print_json(
                 {
                     "result": "PASS" if result.ok else "FAIL",
                     "tasks": result.tasks,
@@ -573,7 +416,7 @@ def simulate(
     """Run a fleet of worker processes through crashes, pauses and failures on
     SQLite, then verify the whole history (exit 1 on FAIL).
     """
-    from sagalease.simulate import SimulationSettings, run_simulation
+    from sagalease.verification.simulate import SimulationSettings, run_simulation
 
     if seed is None:
         seed = random.randrange(1_000_000)
@@ -607,65 +450,17 @@ def simulate(
                 settings, db=db, progress=lambda done, total: bar.update(job, completed=done)
             )
     if as_json:
-        _print_json(report.to_json())
+        print_json(report.to_json())
     else:
-        _print_report(report.to_json())
+        print_report(report.to_json())
     return EXIT_OK if report.ok else EXIT_FAIL
-
-
-def _print_report(data: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    console = _console()
-    states = Table(title="how the tasks ended", title_justify="left")
-    states.add_column("state")
-    states.add_column("tasks", justify="right")
-    for state, n in data["states"].items():
-        states.add_row(state, str(n))
-    console.print(states)
-    facts = Table(title="what the fleet went through", title_justify="left")
-    facts.add_column("")
-    facts.add_column("count", justify="right")
-    for label, key in (
-        ("worker processes started", "workers_started"),
-        ("workers SIGKILLed by the simulator", "workers_killed"),
-        ("workers killed by poison tasks", "workers_killed_by_poison_tasks"),
-        ("workers paused past their lease", "workers_paused_past_lease"),
-        ("leases expired", "leases_expired"),
-        ("tasks reclaimed after an expired lease", "reclaims"),
-        ("tasks changed by the reaper", "reaped"),
-        ("zombie writes rejected by fencing", "zombie_writes_fenced"),
-        ("compensations applied", "compensations_applied"),
-        ("compensations failed for good", "compensations_failed"),
-        ("tasks quarantined", "quarantined"),
-    ):
-        facts.add_row(label, str(data[key]))
-    facts.add_row("seconds", f"{data['seconds']:.1f}")
-    facts.add_row("throughput (tasks/s)", f"{data['throughput_tasks_per_second']:.1f}")
-    console.print(facts)
-    v = data["verification"]
-    for problem in v["problems"]:
-        console.print(f"VIOLATION: {problem}", markup=False)
-    console.print(
-        f"verification: {data['result']} ({v['tasks']} tasks, {v['history_entries']} history"
-        f" entries, {v['acquisitions']} acquisitions, {v['problem_count']} problem(s))",
-        markup=False,
-    )
-    console.print(
-        "  checked: every history replays to its record; tokens +1 per acquisition; no"
-        " acquisition while another lease was live; every holder write under the live"
-        " (owner, token); no dropped compensation; attempts bounded; every task ended;"
-        " the workers' own reports agree with the history",
-        markup=False,
-    )
-    console.print(f"store: {data['db']}  seed: {data['seed']}", markup=False)
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="print specs/lifecycle.json instead")
 def spec(as_json: bool) -> int:
     """Print the lifecycle spec generated from the code."""
-    from sagalease.spec import render_json, render_markdown
+    from sagalease.verification.spec import render_json, render_markdown
 
     sys.stdout.write(render_json() if as_json else render_markdown())
     return EXIT_OK
@@ -689,8 +484,8 @@ def check(
     heartbeats: int | None,
 ) -> int:
     """Model-check the lifecycle (MODEL: a name in models/ or a .toml path)."""
-    from sagalease.checker import check as run_check
-    from sagalease.checker import load_model
+    from sagalease.verification.checker import check as run_check
+    from sagalease.verification.checker import load_model
 
     overrides = {
         "workers": workers,
@@ -794,7 +589,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error(message: str) -> None:
     click.echo(f"sagalease: error: {_one_line(message)}", err=True)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,7 +4,7 @@ Nothing here is written by hand about transitions: states, events, targets and
 guards are read from :data:`sagalease.lifecycle.CHART` (compiled from
 :class:`~sagalease.lifecycle.Lifecycle`), the diagram is python-statemachine's
 own Mermaid export of the same class, and the invariants come from
-:data:`sagalease.invariants.INVARIANTS`.
+:data:`sagalease.verification.invariants.INVARIANTS`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sagalease.invariants import INVARIANTS
 from sagalease.lifecycle import CHART, EVENTS, GUARDS, STATE_DOCS, Lifecycle
 from sagalease.records import TaskState
+from sagalease.verification.invariants import INVARIANTS
 
 __all__ = ["render_json", "render_markdown", "statechart_document"]
 
@@ -65,7 +65,7 @@ def _guard_cell(names: tuple[str, ...], *, validators: bool) -> str:
 
 
 def _model_checking() -> list[str]:
-    from sagalease.checker import PROPERTIES, load_model, model_names
+    from sagalease.verification.checker import PROPERTIES, load_model, model_names
 
     out = [
         "## Model checking",

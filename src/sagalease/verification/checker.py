@@ -124,7 +124,7 @@ class Result:
 
 def _models_dir() -> Path:
     here = Path(__file__).resolve().parent
-    for candidate in (here / "_models", here.parent.parent / "models"):
+    for candidate in (here.parent / "_models", here.parents[2] / "models"):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("no models directory")

@@ -83,16 +83,6 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sagalease import core
-from sagalease._base import Mutation, StoreBase, read_migrations
-from sagalease._rows import (
-    Row,
-    changes,
-    choose_claims,
-    decode_entry,
-    decode_task,
-    entry_values,
-    task_values,
-)
 from sagalease.clock import Clock
 from sagalease.errors import (
     DuplicateTaskError,
@@ -108,14 +98,24 @@ from sagalease.records import (
     TaskState,
     from_us,
 )
-from sagalease.store import SagaStore
+from sagalease.stores._base import Mutation
+from sagalease.stores._rows import (
+    Row,
+    changes,
+    choose_claims,
+    decode_entry,
+    decode_task,
+    entry_values,
+    task_values,
+)
+from sagalease.stores._sql import SQLStoreBase, read_migrations
 
 __all__ = [
     "DEFAULT_SCHEMA",
     "PostgresStore",
-    "conformance_factory",
     "latest_schema_version",
     "migrations",
+    "scratch_store",
 ]
 
 DEFAULT_SCHEMA: Final = "sagalease"
@@ -128,7 +128,7 @@ _LOCK_NAMESPACE: Final = 0x5A6A  # pg_advisory_xact_lock(int, int): (namespace, 
 
 def migrations() -> list[tuple[int, str, str]]:
     """``(version, file name, sql)`` of every migration, in order (1, 2, ...)."""
-    return read_migrations("postgres")
+    return read_migrations("sagalease.stores.postgres")
 
 
 def latest_schema_version() -> int:
@@ -384,7 +384,7 @@ class _DatabaseClock:
 # ---------------------------------------------------------------- the store
 
 
-class PostgresStore(StoreBase):
+class PostgresStore(SQLStoreBase):
     """A store in a PostgreSQL database, shared by workers on many machines.
 
     ``dsn`` is a libpq connection string or URL (``postgresql://user@host/db``);
@@ -893,6 +893,12 @@ class PostgresStore(StoreBase):
             ).fetchall()
         return "\n".join(str(r[0]) for r in rows)
 
+    def reopener(self) -> Callable[[], PostgresStore]:
+        """A picklable zero-argument callable that opens another store on this
+        store's database and schema (for worker processes).
+        """
+        return partial(PostgresStore, self._dsn.dsn, schema=self.schema, max_size=2)
+
 
 # ---------------------------------------------------------------- scratch stores
 
@@ -926,30 +932,3 @@ def scratch_store(
     return _ScratchStore(
         url, schema=f"sagalease_test_{secrets.token_hex(6)}", clock=clock, min_size=1, max_size=4
     )
-
-
-def conformance_factory() -> PostgresStore:
-    """The factory for ``sagalease conformance sagalease.postgres:conformance_factory``:
-    a fresh, empty store per call, on ``$SAGALEASE_TEST_POSTGRES_URL``. It declares
-    ``skip_locked_claims`` (claims use ``FOR UPDATE SKIP LOCKED``) and ``reopen``
-    (worker processes open their own store on the same schema).
-    """
-    return scratch_store()
-
-
-def _reopen(store: SagaStore) -> Callable[[], SagaStore]:
-    """Another handle on ``store``'s schema, openable in another process (picklable)."""
-    if not isinstance(store, PostgresStore):  # pragma: no cover - wrong factory
-        raise TypeError(f"expected a PostgresStore, got {type(store).__name__}")
-    return partial(PostgresStore, store._dsn.dsn, schema=store.schema, max_size=2)
-
-
-def _declare_capabilities() -> None:
-    from sagalease.conformance._common import Capabilities
-
-    conformance_factory.conformance_capabilities = Capabilities(  # type: ignore[attr-defined]
-        reopen=_reopen, skip_locked_claims=True
-    )
-
-
-_declare_capabilities()

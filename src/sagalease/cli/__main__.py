@@ -1,0 +1,5 @@
+"""``python -m sagalease.cli``: the command line."""
+
+from sagalease.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Store URLs: the one parser (:func:`parse_url`) and ``open_store(url)``, the one
+entry point that picks a backend.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sagalease.clock import Clock
+from sagalease.errors import InvalidInputError
+from sagalease.store import SagaStore
+
+DEFAULT_URL = "sqlite:///sagalease.db"
+
+_OURS = ("schema", "clock")  # the PostgreSQL URL's parameters that libpq never sees
+
+
+class Backend(enum.StrEnum):
+    """The bundled backends, by URL scheme."""
+
+    MEMORY = "memory"
+    SQLITE = "sqlite"
+    POSTGRES = "postgresql"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreURL:
+    """A parsed store URL. ``path``: the SQLite file (as given, relative paths
+    stay relative); ``dsn``: the PostgreSQL URL without the store's own
+    parameters; ``schema`` and ``database_clock``: those parameters.
+    """
+
+    backend: Backend
+    path: Path | None = None
+    dsn: str | None = None
+    schema: str | None = None
+    database_clock: bool = False
+
+
+def parse_url(url: object) -> StoreURL:
+    """Parse ``memory://``, ``sqlite:///relative.db`` / ``sqlite:////abs/path.db``
+    or ``postgresql://...`` (also ``postgres://``; ``?schema=name``,
+    ``?clock=database|local``). Anything else: :class:`InvalidInputError`, whose
+    message never repeats a PostgreSQL URL (it may hold a password).
+    """
+    if not isinstance(url, str):
+        raise InvalidInputError(f"store URL must be a string, not {type(url).__name__}")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise InvalidInputError(f"not a store URL (expected scheme://...): {url!r}")
+    if scheme == "memory":
+        return StoreURL(Backend.MEMORY)
+    if scheme == "sqlite":
+        if not rest.startswith("/") or not rest[1:]:
+            raise InvalidInputError(f"expected sqlite:///path/to/file.db, got {url!r}")
+        return StoreURL(Backend.SQLITE, path=Path(rest[1:]))
+    if scheme in ("postgresql", "postgres"):
+        try:
+            parts = urlsplit(url)
+            query = parse_qsl(parts.query, keep_blank_values=True)
+        except ValueError:
+            raise InvalidInputError("not a valid postgresql:// URL (not shown)") from None
+        ours = {k: v for k, v in query if k in _OURS}
+        rest_query = [(k, v) for k, v in query if k not in _OURS]
+        source = ours.get("clock")
+        if source not in (None, "database", "local"):
+            raise InvalidInputError(f"clock must be 'database' or 'local', not {source!r}")
+        return StoreURL(
+            Backend.POSTGRES,
+            dsn=urlunsplit(parts._replace(query=urlencode(rest_query))),
+            schema=ours.get("schema"),
+            database_clock=source == "database",
+        )
+    raise InvalidInputError(
+        f"unsupported store scheme {scheme!r} (supported: memory, sqlite, postgresql)"
+    )
+
+
+def open_store(url: str, *, clock: Clock | None = None) -> SagaStore:
+    """A store for ``url`` (see :func:`parse_url`): ``memory://``,
+    ``sqlite:///path/to/file.db``, ``postgresql://user@host:5432/dbname`` (needs
+    the ``postgres`` extra; ``?schema=name`` picks the PostgreSQL schema, default
+    ``sagalease``, and ``?clock=database`` makes calls without ``now`` use the
+    server's clock).
+
+    A bad URL: :class:`InvalidInputError`. ``clock`` (default: the system's UTC
+    clock) is read when a call passes no ``now``.
+    """
+    parsed = parse_url(url)
+    if parsed.backend is Backend.MEMORY:
+        from sagalease.stores.memory import MemoryStore
+
+        return MemoryStore(clock=clock)
+    if parsed.backend is Backend.SQLITE:
+        from sagalease.stores.sqlite import SQLiteStore
+
+        assert parsed.path is not None
+        return SQLiteStore(parsed.path, clock=clock)
+    try:
+        from sagalease.stores.postgres import DEFAULT_SCHEMA, PostgresStore
+    except ImportError as exc:
+        raise InvalidInputError(
+            "postgresql:// stores need psycopg: pip install 'sagalease[postgres]'"
+        ) from exc
+    if parsed.database_clock and clock is not None:
+        raise InvalidInputError("pass either clock= or ?clock=database, not both")
+    assert parsed.dsn is not None
+    return PostgresStore(
+        parsed.dsn,
+        schema=parsed.schema or DEFAULT_SCHEMA,
+        clock="database" if parsed.database_clock else clock,
+    )

@@ -1,0 +1,87 @@
+"""What the SQL stores share beyond :class:`StoreBase`: numbered migrations
+read from package data, and the remembered records.
+
+A SQL store keeps the last version of each unfinished task it wrote or read
+(:meth:`SQLStoreBase._remember`): a holder call computes its step from that
+record and writes it with the compare-and-set on ``version``, so the common
+case needs no read first. A stale record cannot do harm: its version no longer
+matches, the write changes nothing, and the call is evaluated again against
+the stored row. The memory store has no such cache: it holds the records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from importlib import resources
+from typing import Final
+
+from sagalease import core
+from sagalease.clock import Clock
+from sagalease.errors import SagaLeaseError, TaskNotFoundError
+from sagalease.records import TaskSaga
+from sagalease.stores._base import Mutation, StoreBase
+
+KNOWN_TASKS: Final = 4096
+"""How many unfinished tasks a store remembers (the oldest are forgotten first)."""
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def read_migrations(package: str) -> list[tuple[int, str, str]]:
+    """``(version, file name, sql)`` of every migration of the store in ``package``
+    (package data ``migrations/NNNN_*.sql`` beside it), in order; they must be
+    numbered 1..N.
+    """
+    found = []
+    for entry in (resources.files(package) / "migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"{package} migrations are not numbered 1..N: {found}")
+    return found
+
+
+class SQLStoreBase(StoreBase):
+    """:class:`StoreBase` with the remembered records of the SQL stores."""
+
+    def __init__(self, *, clock: Clock | None = None, contracts: bool | None = None) -> None:
+        super().__init__(clock=clock, contracts=contracts)
+        self._known: OrderedDict[str, TaskSaga] = OrderedDict()
+
+    def _remember(self, task: TaskSaga) -> TaskSaga:
+        """Keep ``task`` as the last known version of its row (a finished task is
+        forgotten: no holder call can change it any more). Returns ``task``.
+        """
+        known = self._known
+        if task.state.is_terminal:
+            known.pop(task.task_id, None)
+        else:
+            known[task.task_id] = task
+            if len(known) > KNOWN_TASKS:
+                with contextlib.suppress(KeyError):  # another thread emptied it first
+                    known.popitem(last=False)
+        return task
+
+    def _start(
+        self, task_id: str, mutation: Mutation, read: Callable[[], TaskSaga | None]
+    ) -> tuple[TaskSaga, core.Step]:
+        """The record a call starts from and its step: the remembered record if the
+        event applies to it, else the stored row from ``read`` (a refusal there is
+        the answer at the read). Unknown task: :class:`TaskNotFoundError`.
+        """
+        task = self._known.get(task_id)
+        if task is not None:
+            try:
+                return task, mutation(task)
+            except SagaLeaseError:
+                pass  # the record may be stale: the stored row decides
+        task = read()
+        if task is None:
+            raise TaskNotFoundError("no such task", task_id=task_id)
+        self._remember(task)
+        return task, mutation(task)

@@ -1,0 +1,12 @@
+"""The SQLite store, the embedded default (``sqlite:///path/to/file.db``).
+
+Its schema (``schema.sql``) and migrations (``migrations/NNNN_*.sql``) are
+package data beside it.
+"""
+
+from sagalease.stores.sqlite._store import SQLiteStore as SQLiteStore
+from sagalease.stores.sqlite._store import latest_schema_version as latest_schema_version
+from sagalease.stores.sqlite._store import migrations as migrations
+from sagalease.stores.sqlite._store import schema_sql as schema_sql
+
+__all__ = ["SQLiteStore", "latest_schema_version", "migrations", "schema_sql"]
