@@ -3,7 +3,7 @@
 Each mutant is the real function's body with one deliberate bug. Its driver is
 the same as in :mod:`.harness`: its postcondition is the conjunction of the
 *real* function's icontract contracts, so the mutant is held to exactly what
-``.ci/crosshair`` proves of the core. ``tests/test_crosshair.py`` runs
+``.ci/crosshair`` proves of the core. ``tests/system/test_crosshair.py`` runs
 ``crosshair check`` on the drivers in :data:`DRIVERS` and expects a
 counterexample naming each.
 """

@@ -29,10 +29,10 @@ INVARIANTS: tuple[Invariant, ...] = (
         "At most one live lease per task; no two workers can both succeed at holder"
         " calls with overlapping live leases.",
         (
-            "tests/test_core_properties.py::test_single_holder",
-            "tests/test_store_contract.py::test_two_workers_race_one_wins",
-            "tests/test_checker.py::test_catches_holder_check_ignoring_the_token",
-            "tests/test_conformance.py::test_concurrency_stage_alone_catches_select_then_update",
+            "tests/unit/test_core_properties.py::test_single_holder",
+            "tests/stores/test_store_contract.py::test_two_workers_race_one_wins",
+            "tests/system/test_checker.py::test_catches_holder_check_ignoring_the_token",
+            "tests/system/test_conformance.py::test_concurrency_stage_alone_catches_select_then_update",
         ),
     ),
     Invariant(
@@ -41,9 +41,9 @@ INVARIANTS: tuple[Invariant, ...] = (
         "Tokens strictly increase with each acquisition; a call with a token other than"
         " the current one never changes anything.",
         (
-            "tests/test_core_properties.py::test_tokens_increase_and_stale_tokens_change_nothing",
-            "tests/test_store_contract.py::test_zombie_cannot_write_after_reacquire",
-            "tests/test_checker.py::test_catches_acquire_without_token_bump",
+            "tests/unit/test_core_properties.py::test_tokens_increase_and_stale_tokens_change_nothing",
+            "tests/stores/test_store_contract.py::test_zombie_cannot_write_after_reacquire",
+            "tests/system/test_checker.py::test_catches_acquire_without_token_bump",
         ),
     ),
     Invariant(
@@ -51,9 +51,9 @@ INVARIANTS: tuple[Invariant, ...] = (
         "Terminal immutability",
         "Once terminal, nothing changes but the notes, which only grow.",
         (
-            "tests/test_core_properties.py::test_terminal_is_absorbing",
-            "tests/test_store_contract.py::test_terminal_markers_reject_every_later_mutation",
-            "tests/test_checker.py::test_catches_a_writable_terminal_state",
+            "tests/unit/test_core_properties.py::test_terminal_is_absorbing",
+            "tests/stores/test_store_contract.py::test_terminal_markers_reject_every_later_mutation",
+            "tests/system/test_checker.py::test_catches_a_writable_terminal_state",
         ),
     ),
     Invariant(
@@ -63,16 +63,16 @@ INVARIANTS: tuple[Invariant, ...] = (
         " QUARANTINED, which lists them. COMPENSATED means every compensation applied;"
         " FAILED means none was registered.",
         (
-            "tests/test_core_properties.py::test_no_dropped_compensation",
-            "tests/test_store_contract.py::test_failure_with_compensations_ends_compensated_or_quarantined",
-            "tests/test_checker.py::test_catches_a_failure_that_drops_compensations",
+            "tests/unit/test_core_properties.py::test_no_dropped_compensation",
+            "tests/stores/test_store_contract.py::test_failure_with_compensations_ends_compensated_or_quarantined",
+            "tests/system/test_checker.py::test_catches_a_failure_that_drops_compensations",
         ),
     ),
     Invariant(
         "INV-5",
         "Bounded attempts",
         "attempts <= max_attempts in every phase.",
-        ("tests/test_core_properties.py::test_attempts_bounded",),
+        ("tests/unit/test_core_properties.py::test_attempts_bounded",),
     ),
     Invariant(
         "INV-6",
@@ -81,9 +81,9 @@ INVARIANTS: tuple[Invariant, ...] = (
         " state: the deadline and the attempt cap bound the forward phase, the attempt"
         " cap bounds the compensation phase.",
         (
-            "tests/test_core_properties.py::test_fair_reaper_ends_every_task",
-            "tests/test_checker.py::test_default_model_exercises_every_declared_transition",
-            "tests/test_checker.py::test_endless_heartbeats_are_a_liveness_violation",
+            "tests/unit/test_core_properties.py::test_fair_reaper_ends_every_task",
+            "tests/system/test_checker.py::test_default_model_exercises_every_declared_transition",
+            "tests/system/test_checker.py::test_endless_heartbeats_are_a_liveness_violation",
         ),
     ),
     Invariant(
@@ -92,8 +92,8 @@ INVARIANTS: tuple[Invariant, ...] = (
         "Every change appends exactly one history entry; replaying a task's history"
         " reproduces its current record.",
         (
-            "tests/test_core_properties.py::test_history_replays_to_record",
-            "tests/test_sqlite_crash.py::test_sigkill_mid_loop_leaves_every_task_whole_and_finishable",
+            "tests/unit/test_core_properties.py::test_history_replays_to_record",
+            "tests/system/test_sqlite_crash.py::test_sigkill_mid_loop_leaves_every_task_whole_and_finishable",
         ),
     ),
     Invariant(
@@ -101,9 +101,9 @@ INVARIANTS: tuple[Invariant, ...] = (
         "Failed calls change nothing",
         "Any call that raises leaves the stored record and its history exactly as they were.",
         (
-            "tests/test_core_properties.py::test_failed_calls_change_nothing",
-            "tests/test_store_contract.py::test_guard_failures_change_nothing",
-            "tests/test_conformance.py::test_broken_backend_rejected_naming_the_invariant",
+            "tests/unit/test_core_properties.py::test_failed_calls_change_nothing",
+            "tests/stores/test_store_contract.py::test_guard_failures_change_nothing",
+            "tests/system/test_conformance.py::test_broken_backend_rejected_naming_the_invariant",
         ),
     ),
 )

@@ -14,7 +14,7 @@ from sagalease.lifecycle import Lifecycle
 from sagalease.verification.invariants import INVARIANTS
 from sagalease.verification.spec import render_json, render_markdown
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_spec_matches_generated() -> None:

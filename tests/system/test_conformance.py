@@ -24,7 +24,7 @@ from sagalease.conformance.factories import memory
 from sagalease.records import TaskState
 from sagalease.stores.memory import MemoryStore
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 MUTANT_SEEDS = (1, 2, 3, 4, 5)
 MUTANT_EXAMPLES = "10"
 

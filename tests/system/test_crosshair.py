@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 CROSSHAIR = shutil.which("crosshair", path=str(Path(sys.executable).parent))
 
 pytestmark = pytest.mark.skipif(CROSSHAIR is None, reason="crosshair-tool is not installed")
