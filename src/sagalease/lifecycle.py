@@ -50,9 +50,12 @@ def _when(instant_us: int) -> str:
 __all__ = [
     "CHART",
     "COMMON_VALIDATORS",
+    "ENDED_STATES",
     "EVENTS",
     "GUARDS",
     "HOLDER_EVENTS",
+    "LEASE_STATES",
+    "OPEN_STATES",
     "STATE_DOCS",
     "CompiledTransition",
     "Guard",
@@ -356,6 +359,21 @@ def _compile() -> tuple[
 
 CHART, EVENTS = _compile()
 """``CHART[(state, event)]``: the declared transitions, in declaration order."""
+
+OPEN_STATES: tuple[TaskState, ...] = tuple(TaskState(s.id) for s in Lifecycle.states if not s.final)
+"""The states a task has not ended in, in declaration order."""
+
+ENDED_STATES: tuple[TaskState, ...] = tuple(TaskState(s.id) for s in Lifecycle.states if s.final)
+"""The terminal (final) states, in declaration order."""
+
+LEASE_STATES: tuple[TaskState, ...] = tuple(
+    state for state in OPEN_STATES if (state, "heartbeat") in CHART
+)
+"""The states in which a task may hold a lease (those a heartbeat is declared from)."""
+
+assert set(ENDED_STATES) == {s for s in TaskState if s.is_terminal}, (
+    "TaskState.is_terminal agrees with the declaration's final states"
+)
 
 COMMON_VALIDATORS: Mapping[str, tuple[str, ...]] = {
     event: tuple(

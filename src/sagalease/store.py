@@ -15,9 +15,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
+from sagalease.lifecycle import EVENTS
 from sagalease.records import Compensation, HistoryEntry, TaskSaga, TaskState
 
-__all__ = ["SagaStore"]
+__all__ = ["EVENT_OF_METHOD", "READERS", "SagaStore"]
 
 
 @runtime_checkable
@@ -213,3 +214,20 @@ class SagaStore(Protocol):
     def close(self) -> None:
         """Release connections; closing twice is harmless."""
         ...
+
+
+EVENT_OF_METHOD: Mapping[str, str] = {
+    "create": "create",
+    **{event: event for event in EVENTS},
+    "annotate": "annotate",
+    "claim_next": "acquire",
+    "claim_batch": "acquire",
+    "complete_many": "complete",
+}
+"""Each mutating method of :class:`SagaStore` and the lifecycle event it applies
+(``create`` enters the initial state; ``annotate`` only appends a note)."""
+
+READERS: frozenset[str] = frozenset(
+    {"get", "list_stale", "list_tasks", "history", "counts", "close"}
+)
+"""The methods of :class:`SagaStore` that change nothing."""
