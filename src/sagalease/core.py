@@ -28,7 +28,7 @@ from sagalease.errors import (
     InvalidInputError,
     SagaLeaseError,
 )
-from sagalease.lifecycle import EVENTS, CompiledTransition, GuardContext, resolve
+from sagalease.lifecycle import EVENTS, LEASE_STATES, CompiledTransition, GuardContext, resolve
 from sagalease.records import (
     Compensation,
     CompensationStatus,
@@ -73,8 +73,6 @@ MAX_COMPENSATIONS = 256
 MAX_ATTEMPTS = 1_000
 MAX_INSTANT_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 
-_LEASING = (TaskState.RUNNING, TaskState.COMPENSATING)
-
 
 class Step(NamedTuple):
     """The result of one event: the new record and its history entry."""
@@ -99,7 +97,7 @@ def well_formed(task: TaskSaga) -> bool:
     statuses = [c.status for c in task.compensations]
     state = task.state
     return (
-        (lease is None or (state in _LEASING and lease.token == task.token))
+        (lease is None or (state in LEASE_STATES and lease.token == task.token))
         and (state is not TaskState.RUNNING or lease is not None)
         and (lease is None or lease.acquired_us <= lease.heartbeat_us < lease.expires_us)
         and 0 <= task.attempts <= task.max_attempts

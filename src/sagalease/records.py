@@ -56,6 +56,8 @@ class TaskState(StrEnum):
         return self in _TERMINAL
 
 
+# Written out because this module cannot import the declaration (sagalease.lifecycle
+# imports it); lifecycle asserts at import that these are exactly its final states.
 _TERMINAL = frozenset(
     {TaskState.COMPLETED, TaskState.FAILED, TaskState.COMPENSATED, TaskState.QUARANTINED}
 )

@@ -14,14 +14,15 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Final
 
 from sagalease import core
 from sagalease.clock import Clock
 from sagalease.errors import SagaLeaseError, TaskNotFoundError
-from sagalease.records import TaskSaga
+from sagalease.lifecycle import CHART, ENDED_STATES, OPEN_STATES
+from sagalease.records import TaskSaga, TaskState
 from sagalease.stores._base import Mutation, StoreBase
 
 KNOWN_TASKS: Final = 4096
@@ -44,6 +45,38 @@ def read_migrations(package: str) -> list[tuple[int, str, str]]:
     if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
         raise RuntimeError(f"{package} migrations are not numbered 1..N: {found}")
     return found
+
+
+def states_in(states: Iterable[TaskState]) -> str:
+    """The SQL predicate ``state IN ('a', 'b', ...)`` over ``states``, in their order.
+
+    The values are :class:`TaskState` strings fixed by the declaration, never
+    input, so writing them into the SQL text is safe (and lets SQLite match a
+    partial index's predicate, which a bound parameter would not).
+    """
+    return "state IN (" + ", ".join(f"'{TaskState(s).value}'" for s in states) + ")"
+
+
+def _open_states_with(event: str, guard: str) -> tuple[TaskState, ...]:
+    """The open states from which some transition of ``event`` names ``guard``."""
+    return tuple(
+        state
+        for state in OPEN_STATES
+        if any(guard in (*t.validators, *t.conds) for t in CHART.get((state, event), ()))
+    )
+
+
+OPEN: Final = states_in(OPEN_STATES)
+"""The tasks that have not ended (the SQLite ``tasks_open`` index predicate)."""
+
+ENDED: Final = states_in(ENDED_STATES)
+"""The tasks that have ended (the SQLite ``tasks_ended`` index predicate)."""
+
+DEADLINE_BARS_ACQUIRE: Final = states_in(_open_states_with("acquire", "before_deadline"))
+"""The open tasks that cannot be acquired past their deadline (the forward phase)."""
+
+DEADLINE_REAPS: Final = states_in(_open_states_with("reap", "past_deadline"))
+"""The open tasks that the reaper ends past their deadline (the forward phase)."""
 
 
 class SQLStoreBase(StoreBase):

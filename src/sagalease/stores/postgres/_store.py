@@ -108,7 +108,12 @@ from sagalease.stores._rows import (
     entry_values,
     task_values,
 )
-from sagalease.stores._sql import SQLStoreBase, read_migrations
+from sagalease.stores._sql import (
+    DEADLINE_BARS_ACQUIRE,
+    DEADLINE_REAPS,
+    SQLStoreBase,
+    read_migrations,
+)
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -170,13 +175,13 @@ _TEMPLATES: Final = {
         " AND available_us <= %s"
         " AND (lease_expires_us IS NULL OR lease_expires_us <= %s)"
         " AND attempts < max_attempts"
-        " AND (deadline_us IS NULL OR deadline_us > %s OR state = 'compensating')"
+        f" AND (deadline_us IS NULL OR deadline_us > %s OR NOT ({DEADLINE_BARS_ACQUIRE}))"
         " ORDER BY open_seq LIMIT %s FOR UPDATE SKIP LOCKED"
     ),
     "reap": (
         f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE open_seq > %s"
         " AND (lease_expires_us <= %s OR attempts >= max_attempts"
-        " OR (deadline_us <= %s AND state <> 'compensating'))"
+        f" OR (deadline_us <= %s AND {DEADLINE_REAPS}))"
         # Not SKIP LOCKED: a row being written right now (a heartbeat, a note) is
         # waited for, so that a reap never misses an expired lease it should drop
         # (linearizable against the reference store).

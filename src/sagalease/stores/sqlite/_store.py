@@ -67,7 +67,14 @@ from sagalease.stores._rows import (
     entry_values,
     task_values,
 )
-from sagalease.stores._sql import SQLStoreBase, read_migrations
+from sagalease.stores._sql import (
+    DEADLINE_BARS_ACQUIRE,
+    DEADLINE_REAPS,
+    ENDED,
+    OPEN,
+    SQLStoreBase,
+    read_migrations,
+)
 
 __all__ = ["SQLiteStore", "latest_schema_version", "migrations", "schema_sql"]
 
@@ -104,9 +111,6 @@ def _statements(script: str) -> Iterator[str]:
         raise RuntimeError(f"incomplete SQL statement at the end of a script: {rest!r}")
 
 
-_OPEN = "state IN ('pending', 'running', 'compensating')"  # the tasks_open index predicate
-_ENDED = "state IN ('completed', 'failed', 'compensated', 'quarantined')"  # tasks_ended's
-
 _COLUMNS = (
     "seq, task_id, saga_id, state, metadata_json, compensations_json, lease_owner,"
     " lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us, token, attempts,"
@@ -114,7 +118,9 @@ _COLUMNS = (
     " terminal_reason, notes_json, version"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM tasks"
-_SELECT_OPEN = f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_open WHERE {_OPEN}"
+# OPEN is, to the letter, the predicate of the tasks_open index, which INDEXED BY
+# requires (tests/stores/test_schema_declaration.py pins the schema's copy).
+_SELECT_OPEN = f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_open WHERE {OPEN}"
 _SET = (
     "saga_id = ?, state = ?, metadata_json = ?, compensations_json = ?, lease_owner = ?,"
     " lease_token = ?, lease_acquired_us = ?, lease_expires_us = ?, lease_heartbeat_us = ?,"
@@ -137,13 +143,13 @@ _CLAIM = (
     f"{_SELECT_OPEN} AND seq > ? AND available_us <= ?"
     " AND (lease_expires_us IS NULL OR lease_expires_us <= ?)"
     " AND attempts < max_attempts"
-    " AND (deadline_us IS NULL OR deadline_us > ? OR state = 'compensating')"
+    f" AND (deadline_us IS NULL OR deadline_us > ? OR NOT ({DEADLINE_BARS_ACQUIRE}))"
     " ORDER BY seq LIMIT ?"
 )
 _REAP = (
     f"{_SELECT_OPEN} AND seq > ?"
     " AND (lease_expires_us <= ? OR attempts >= max_attempts"
-    " OR (deadline_us <= ? AND state <> 'compensating'))"
+    f" OR (deadline_us <= ? AND {DEADLINE_REAPS}))"
     " ORDER BY seq LIMIT ?"
 )
 _STALE = f"{_SELECT_OPEN} AND lease_expires_us <= ? ORDER BY seq"
@@ -655,7 +661,7 @@ class SQLiteStore(SQLStoreBase):
             params: list[Any] = [after_seq]
             if state is not None:
                 # the partial index's own predicate, so the planner can take it
-                clauses.append(f"{_ENDED if state.is_terminal else _OPEN} AND state = ?")
+                clauses.append(f"{ENDED if state.is_terminal else OPEN} AND state = ?")
                 params.append(state.value)
             if saga_id is not None:
                 clauses.append("saga_id = ?")
@@ -688,8 +694,8 @@ class SQLiteStore(SQLStoreBase):
         result = dict.fromkeys(TaskState, 0)
         with self._boundary("counts"):
             rows = self._conn().execute(
-                f"SELECT state, count(*) FROM tasks WHERE {_OPEN} GROUP BY state UNION ALL"
-                f" SELECT state, count(*) FROM tasks WHERE {_ENDED} GROUP BY state"
+                f"SELECT state, count(*) FROM tasks WHERE {OPEN} GROUP BY state UNION ALL"
+                f" SELECT state, count(*) FROM tasks WHERE {ENDED} GROUP BY state"
             )
             for state, number in rows.fetchall():
                 result[TaskState(state)] = number
