@@ -1,7 +1,7 @@
 """The SQLite store, the embedded default (``sqlite:///path/to/file.db``).
 
-Its schema (``schema.sql``) and migrations (``migrations/NNNN_*.sql``) are
-package data beside it.
+Its schema migrations (``migrations/NNNN_*.sql``) are package data beside it;
+a new database runs them all (:func:`schema_sql` shows the result).
 """
 
 from sagalease.stores.sqlite._store import SQLiteStore as SQLiteStore

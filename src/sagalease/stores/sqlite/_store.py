@@ -20,9 +20,9 @@ Writers first take a writer lock beside the database file (``<db>.lock``,
 heartbeat for seconds under contention; a wait past ``timeout`` is a
 :class:`StoreUnavailableError`. Each thread uses its own connection.
 
-The schema is package data (``sql/sqlite/schema.sql`` and numbered
-``migrations/NNNN_*.sql``), versioned with ``PRAGMA user_version``: an older
-file is migrated in place, a newer one is refused with
+The schema is package data, the numbered ``migrations/NNNN_*.sql``, versioned
+with ``PRAGMA user_version``: a new file runs them all, an older file the ones
+it lacks, in place; a newer one is refused with
 :class:`SchemaVersionError` and left untouched. Every :mod:`sqlite3` error is
 wrapped into a :class:`SagaLeaseError` at this boundary.
 """
@@ -39,7 +39,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import cache, partial
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -78,12 +77,24 @@ from sagalease.stores._sql import (
 
 __all__ = ["SQLiteStore", "latest_schema_version", "migrations", "schema_sql"]
 
-_SQL = resources.files("sagalease.stores.sqlite")
 
-
+@cache
 def schema_sql() -> str:
-    """The current schema (what a new database is created from)."""
-    return (_SQL / "schema.sql").read_text(encoding="utf-8")
+    """The current schema: the definitions every migration run on an empty database
+    leaves, as SQLite keeps them, one statement each (a new database is created by
+    running the migrations themselves).
+    """
+    conn = sqlite3.connect(":memory:")
+    try:
+        for _number, _name, sql in migrations():
+            for statement in _statements(sql):
+                conn.execute(statement)
+        rows = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY rowid"
+        ).fetchall()
+    finally:
+        conn.close()
+    return "".join(f"{sql};\n\n" for (sql,) in rows)
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -463,14 +474,11 @@ class SQLiteStore(SQLStoreBase):
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection, version: int, latest: int) -> None:
-        if version == 0:
-            for statement in _statements(schema_sql()):
-                conn.execute(statement)
-        else:
-            for number, _name, sql in migrations():
-                if number > version:
-                    for statement in _statements(sql):
-                        conn.execute(statement)
+        """Run the migrations after ``version`` (all of them for a new file)."""
+        for number, _name, sql in migrations():
+            if number > version:
+                for statement in _statements(sql):
+                    conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {latest}")
 
     # ------------------------------------------------------------ plumbing
