@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 import icontract
 
@@ -28,7 +28,14 @@ from sagalease.errors import (
     InvalidInputError,
     SagaLeaseError,
 )
-from sagalease.lifecycle import EVENTS, LEASE_STATES, CompiledTransition, GuardContext, resolve
+from sagalease.lifecycle import (
+    EVENTS,
+    HOLDER_EVENTS,
+    LEASE_STATES,
+    CompiledTransition,
+    GuardContext,
+    resolve,
+)
 from sagalease.records import (
     Compensation,
     CompensationStatus,
@@ -352,10 +359,50 @@ def _expired_lease_note(task: TaskSaga, now_us: int) -> tuple[int, str | None]:
     return 0, None
 
 
+# ---------------------------------------------------------------- contracts
+
+
+_Event = TypeVar("_Event", bound=Callable[..., Step])
+
+
+def _ends_well_formed(result: Step) -> bool:
+    """The new record keeps the per-record invariants."""
+    return well_formed(result.task)
+
+
+def _event(name: str) -> Callable[[_Event], _Event]:
+    """The contracts every event function after :func:`create` shares: from a
+    well-formed record with instants in range to a well-formed record and the one
+    history entry recording ``name``; a holder call (:data:`HOLDER_EVENTS`) was
+    made by the live holder with the current token. The function's own contracts
+    are written below this decorator.
+
+    The conditions are named functions, not lambdas: icontract reads a lambda's
+    text back from an ``@`` decorator line to word a violation.
+    """
+
+    def recorded(task: TaskSaga, result: Step) -> bool:
+        return _recorded(task, result, name)
+
+    recorded.__name__ = recorded.__qualname__ = f"_recorded_as_{name}"
+
+    def decorate(fn: _Event) -> _Event:
+        checked: Any = fn
+        if name in HOLDER_EVENTS:
+            checked = icontract.ensure(_held)(checked)
+        checked = icontract.ensure(recorded)(checked)
+        checked = icontract.ensure(_ends_well_formed)(checked)
+        checked = icontract.require(_in_range)(checked)
+        checked = icontract.require(well_formed)(checked)
+        return cast(_Event, checked)
+
+    return decorate
+
+
 # ---------------------------------------------------------------- events
 
 
-@icontract.ensure(lambda result: well_formed(result.task))
+@icontract.ensure(_ends_well_formed)
 @icontract.ensure(lambda result: result.task.state is TaskState.PENDING)
 @icontract.ensure(lambda result: result.entry.seq == 1 and result.task.version == 1)
 def create(
@@ -424,10 +471,7 @@ def create(
     return Step(task, entry)
 
 
-@icontract.require(lambda task: well_formed(task))
-@icontract.require(lambda task, now_us: _in_range(task, now_us))
-@icontract.ensure(lambda result: well_formed(result.task))
-@icontract.ensure(lambda task, result: _recorded(task, result, "acquire"))
+@_event("acquire")
 @icontract.ensure(lambda task, result: _unchanged_identity(task, result.task))
 @icontract.ensure(lambda task, result: result.task.token == task.token + 1)
 @icontract.ensure(lambda task, result: result.task.attempts == task.attempts + 1)
@@ -483,11 +527,7 @@ def acquire(task: TaskSaga, *, owner: str, ttl_us: int, now_us: int) -> Step:
     )
 
 
-@icontract.require(lambda task: well_formed(task))
-@icontract.require(lambda task, now_us: _in_range(task, now_us))
-@icontract.ensure(lambda result: well_formed(result.task))
-@icontract.ensure(lambda task, result: _recorded(task, result, "heartbeat"))
-@icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
+@_event("heartbeat")
 @icontract.ensure(
     lambda task, result: (
         task.lease is not None
@@ -532,11 +572,7 @@ def heartbeat(task: TaskSaga, *, owner: str, token: int, ttl_us: int, now_us: in
     )
 
 
-@icontract.require(lambda task: well_formed(task))
-@icontract.require(lambda task, now_us: _in_range(task, now_us))
-@icontract.ensure(lambda result: well_formed(result.task))
-@icontract.ensure(lambda task, result: _recorded(task, result, "release"))
-@icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
+@_event("release")
 @icontract.ensure(lambda result: result.task.lease is None)
 @icontract.ensure(lambda task, result: result.task.attempts == task.attempts)
 def release(task: TaskSaga, *, owner: str, token: int, delay_us: int = 0, now_us: int) -> Step:
@@ -560,11 +596,7 @@ def release(task: TaskSaga, *, owner: str, token: int, delay_us: int = 0, now_us
     )
 
 
-@icontract.require(lambda task: well_formed(task))
-@icontract.require(lambda task, now_us: _in_range(task, now_us))
-@icontract.ensure(lambda result: well_formed(result.task))
-@icontract.ensure(lambda task, result: _recorded(task, result, "register_compensation"))
-@icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
+@_event("register_compensation")
 @icontract.ensure(
     lambda task, compensation, result: (
         result.task.compensations == (*task.compensations, compensation)
@@ -594,11 +626,7 @@ def register_compensation(
     )
 
 
-@icontract.require(lambda task: well_formed(task))
-@icontract.require(lambda task, now_us: _in_range(task, now_us))
-@icontract.ensure(lambda result: well_formed(result.task))
-@icontract.ensure(lambda task, result: _recorded(task, result, "complete"))
-@icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
+@_event("complete")
 @icontract.ensure(lambda result: result.task.state is TaskState.COMPLETED)
 def complete(
     task: TaskSaga, *, owner: str, token: int, reason: str | None = None, now_us: int
@@ -621,11 +649,7 @@ def complete(
     )
 
 
-@icontract.require(lambda task: well_formed(task))
-@icontract.require(lambda task, now_us: _in_range(task, now_us))
-@icontract.ensure(lambda result: well_formed(result.task))
-@icontract.ensure(lambda task, result: _recorded(task, result, "fail"))
-@icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
+@_event("fail")
 @icontract.ensure(
     lambda task, result: (
         result.task.state
@@ -663,11 +687,7 @@ def _check_index(task: TaskSaga, index: object) -> int:
     return index
 
 
-@icontract.require(lambda task: well_formed(task))
-@icontract.require(lambda task, now_us: _in_range(task, now_us))
-@icontract.ensure(lambda result: well_formed(result.task))
-@icontract.ensure(lambda task, result: _recorded(task, result, "compensation_applied"))
-@icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
+@_event("compensation_applied")
 @icontract.ensure(
     lambda result, index: result.task.compensations[index].status is CompensationStatus.APPLIED
 )
@@ -698,11 +718,7 @@ def compensation_applied(
     )
 
 
-@icontract.require(lambda task: well_formed(task))
-@icontract.require(lambda task, now_us: _in_range(task, now_us))
-@icontract.ensure(lambda result: well_formed(result.task))
-@icontract.ensure(lambda task, result: _recorded(task, result, "compensation_failed"))
-@icontract.ensure(lambda task, owner, token, now_us: _held(task, owner, token, now_us))
+@_event("compensation_failed")
 @icontract.ensure(lambda result: result.task.state is TaskState.QUARANTINED)
 def compensation_failed(
     task: TaskSaga, *, owner: str, token: int, index: int, reason: str, now_us: int
@@ -726,10 +742,7 @@ def compensation_failed(
     )
 
 
-@icontract.require(lambda task: well_formed(task))
-@icontract.require(lambda task, now_us: _in_range(task, now_us))
-@icontract.ensure(lambda result: well_formed(result.task))
-@icontract.ensure(lambda task, result: _recorded(task, result, "quarantine"))
+@_event("quarantine")
 @icontract.ensure(lambda task: not task.state.is_terminal)
 @icontract.ensure(lambda result: result.task.state is TaskState.QUARANTINED)
 def quarantine(task: TaskSaga, *, reason: str, by: str, now_us: int) -> Step:
@@ -751,10 +764,7 @@ def quarantine(task: TaskSaga, *, reason: str, by: str, now_us: int) -> Step:
     )
 
 
-@icontract.require(lambda task: well_formed(task))
-@icontract.require(lambda task, now_us: _in_range(task, now_us))
-@icontract.ensure(lambda result: well_formed(result.task))
-@icontract.ensure(lambda task, result: _recorded(task, result, "reap"))
+@_event("reap")
 @icontract.ensure(lambda task, now_us: task.lease is None or now_us >= task.lease.expires_us)
 @icontract.ensure(lambda result: result.task.lease is None)
 def reap(task: TaskSaga, *, now_us: int) -> Step:
@@ -802,13 +812,11 @@ def needs_reap(task: TaskSaga, now_us: int) -> bool:
     return True
 
 
-@icontract.require(lambda task: well_formed(task))
-@icontract.require(lambda task, now_us: _in_range(task, now_us))
+@_event("annotate")
 @icontract.ensure(lambda task, result: result.task.notes[:-1] == task.notes)
 @icontract.ensure(
     lambda task, result: replace(result.task, notes=task.notes, version=task.version) == task
 )
-@icontract.ensure(lambda task, result: result.entry.seq == result.task.version == task.version + 1)
 def annotate(task: TaskSaga, *, text: str, by: str, now_us: int) -> Step:
     """Append a note; allowed in every state, terminal included. Changes
     nothing else (not even ``updated_at``); a repeat appends another note.

@@ -105,7 +105,17 @@ class StoreBase(abc.ABC):
             now = self.clock.now()
         return to_us(now, "now")
 
+    def _event(self, task_id: str, event: str, now_us: int, **args: Any) -> TaskSaga:
+        """Apply the core's ``event`` to ``task_id`` at ``now_us`` (see :meth:`_mutate`)."""
+        step = self._core[event]
+        return self._mutate(task_id, lambda t: step(t, now_us=now_us, **args))
+
     # ------------------------------------------------------------ public API
+    #
+    # The signatures are the SagaStore protocol's (sagalease.store), written again:
+    # the protocol is the typed contract third-party stores are checked against,
+    # these are the implementation (defaults spelt out where the protocol has "...").
+    # Each method converts its own arguments, then hands the event to _event.
 
     def create(
         self,
@@ -141,8 +151,7 @@ class StoreBase(abc.ABC):
         """See :meth:`SagaStore.acquire`."""
         now_us, ttl_us = self._now(now), duration_us(ttl, "ttl")
         core.check_id("owner", owner)
-        event = self._core["acquire"]
-        return self._mutate(task_id, lambda t: event(t, owner=owner, ttl_us=ttl_us, now_us=now_us))
+        return self._event(task_id, "acquire", now_us, owner=owner, ttl_us=ttl_us)
 
     def claim_next(
         self, *, owner: str, ttl: timedelta, now: datetime | None = None
@@ -174,11 +183,7 @@ class StoreBase(abc.ABC):
     ) -> TaskSaga:
         """See :meth:`SagaStore.heartbeat`."""
         now_us, ttl_us = self._now(now), duration_us(ttl, "ttl")
-        event = self._core["heartbeat"]
-        return self._mutate(
-            task_id,
-            lambda t: event(t, owner=owner, token=token, ttl_us=ttl_us, now_us=now_us),
-        )
+        return self._event(task_id, "heartbeat", now_us, owner=owner, token=token, ttl_us=ttl_us)
 
     def release(
         self,
@@ -192,11 +197,7 @@ class StoreBase(abc.ABC):
         """See :meth:`SagaStore.release`."""
         now_us = self._now(now)
         delay_us = duration_us(delay, "delay", allow_zero=True)
-        event = self._core["release"]
-        return self._mutate(
-            task_id,
-            lambda t: event(t, owner=owner, token=token, delay_us=delay_us, now_us=now_us),
-        )
+        return self._event(task_id, "release", now_us, owner=owner, token=token, delay_us=delay_us)
 
     def register_compensation(
         self,
@@ -208,11 +209,13 @@ class StoreBase(abc.ABC):
         now: datetime | None = None,
     ) -> TaskSaga:
         """See :meth:`SagaStore.register_compensation`."""
-        now_us = self._now(now)
-        event = self._core["register_compensation"]
-        return self._mutate(
+        return self._event(
             task_id,
-            lambda t: event(t, owner=owner, token=token, compensation=compensation, now_us=now_us),
+            "register_compensation",
+            self._now(now),
+            owner=owner,
+            token=token,
+            compensation=compensation,
         )
 
     def complete(
@@ -225,11 +228,8 @@ class StoreBase(abc.ABC):
         now: datetime | None = None,
     ) -> TaskSaga:
         """See :meth:`SagaStore.complete`."""
-        now_us = self._now(now)
-        event = self._core["complete"]
-        return self._mutate(
-            task_id,
-            lambda t: event(t, owner=owner, token=token, reason=reason, now_us=now_us),
+        return self._event(
+            task_id, "complete", self._now(now), owner=owner, token=token, reason=reason
         )
 
     def complete_many(
@@ -267,22 +267,14 @@ class StoreBase(abc.ABC):
         self, task_id: str, *, owner: str, token: int, reason: str, now: datetime | None = None
     ) -> TaskSaga:
         """See :meth:`SagaStore.fail`."""
-        now_us = self._now(now)
-        event = self._core["fail"]
-        return self._mutate(
-            task_id,
-            lambda t: event(t, owner=owner, token=token, reason=reason, now_us=now_us),
-        )
+        return self._event(task_id, "fail", self._now(now), owner=owner, token=token, reason=reason)
 
     def compensation_applied(
         self, task_id: str, *, owner: str, token: int, index: int, now: datetime | None = None
     ) -> TaskSaga:
         """See :meth:`SagaStore.compensation_applied`."""
-        now_us = self._now(now)
-        event = self._core["compensation_applied"]
-        return self._mutate(
-            task_id,
-            lambda t: event(t, owner=owner, token=token, index=index, now_us=now_us),
+        return self._event(
+            task_id, "compensation_applied", self._now(now), owner=owner, token=token, index=index
         )
 
     def compensation_failed(
@@ -296,28 +288,27 @@ class StoreBase(abc.ABC):
         now: datetime | None = None,
     ) -> TaskSaga:
         """See :meth:`SagaStore.compensation_failed`."""
-        now_us = self._now(now)
-        event = self._core["compensation_failed"]
-        return self._mutate(
+        return self._event(
             task_id,
-            lambda t: event(t, owner=owner, token=token, index=index, reason=reason, now_us=now_us),
+            "compensation_failed",
+            self._now(now),
+            owner=owner,
+            token=token,
+            index=index,
+            reason=reason,
         )
 
     def quarantine(
         self, task_id: str, *, reason: str, by: str, now: datetime | None = None
     ) -> TaskSaga:
         """See :meth:`SagaStore.quarantine`."""
-        now_us = self._now(now)
-        event = self._core["quarantine"]
-        return self._mutate(task_id, lambda t: event(t, reason=reason, by=by, now_us=now_us))
+        return self._event(task_id, "quarantine", self._now(now), reason=reason, by=by)
 
     def annotate(
         self, task_id: str, *, text: str, by: str, now: datetime | None = None
     ) -> TaskSaga:
         """See :meth:`SagaStore.annotate`."""
-        now_us = self._now(now)
-        event = self._core["annotate"]
-        return self._mutate(task_id, lambda t: event(t, text=text, by=by, now_us=now_us))
+        return self._event(task_id, "annotate", self._now(now), text=text, by=by)
 
     def reap(self, *, now: datetime | None = None, limit: int | None = None) -> list[TaskSaga]:
         """See :meth:`SagaStore.reap`."""
