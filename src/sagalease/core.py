@@ -352,6 +352,29 @@ def _holder_ctx(task: TaskSaga, owner: object, token: object, now_us: int) -> Gu
     return GuardContext(task, now_us, owner=check_id("owner", owner), token=token)
 
 
+def _advance_held(
+    ctx: GuardContext,
+    transition: CompiledTransition,
+    *,
+    reason: str | None,
+    args: Mapping[str, Any],
+    **changes: Any,
+) -> Step:
+    """:func:`_advance` for a holder call (``ctx`` from :func:`_holder_ctx`): the
+    caller is the actor, and its owner and token are recorded with ``args``.
+    """
+    return _advance(
+        ctx.task,
+        transition,
+        ctx.now_us,
+        actor=ctx.owner,
+        actor_token=ctx.token,
+        reason=reason,
+        args={"owner": ctx.owner, "token": ctx.token, **args},
+        **changes,
+    )
+
+
 def _expired_lease_note(task: TaskSaga, now_us: int) -> tuple[int, str | None]:
     lease = task.lease
     if lease is not None and now_us >= lease.expires_us:
@@ -556,16 +579,14 @@ def heartbeat(task: TaskSaga, *, owner: str, token: int, ttl_us: int, now_us: in
     expiry = _add(now_us, ttl, task)
     if task.state is TaskState.RUNNING and task.deadline_us is not None:
         expiry = min(expiry, task.deadline_us)
-    transition = resolve("heartbeat", replace(ctx, new_expiry_us=expiry))
+    ctx = replace(ctx, new_expiry_us=expiry)
+    transition = resolve("heartbeat", ctx)
     assert task.lease is not None
-    return _advance(
-        task,
+    return _advance_held(
+        ctx,
         transition,
-        now_us,
-        actor=owner,
-        actor_token=token,
         reason=None,
-        args={"owner": owner, "token": token, "ttl_us": ttl},
+        args={"ttl_us": ttl},
         lease=replace(
             task.lease, expires_us=expiry, heartbeat_us=max(now_us, task.lease.heartbeat_us)
         ),  # a caller whose clock lags never moves the last heartbeat back
@@ -582,15 +603,12 @@ def release(task: TaskSaga, *, owner: str, token: int, delay_us: int = 0, now_us
     :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     delay = _check_duration("delay", delay_us, allow_zero=True)
-    transition = resolve("release", _holder_ctx(task, owner, token, now_us))
-    return _advance(
-        task,
-        transition,
-        now_us,
-        actor=owner,
-        actor_token=token,
+    ctx = _holder_ctx(task, owner, token, now_us)
+    return _advance_held(
+        ctx,
+        resolve("release", ctx),
         reason=None,
-        args={"owner": owner, "token": token, "delay_us": delay},
+        args={"delay_us": delay},
         lease=None,
         available_us=_add(now_us, delay, task),
     )
@@ -611,17 +629,15 @@ def register_compensation(
     :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     check_compensation(compensation)
-    transition = resolve("register_compensation", _holder_ctx(task, owner, token, now_us))
+    ctx = _holder_ctx(task, owner, token, now_us)
+    transition = resolve("register_compensation", ctx)
     if len(task.compensations) >= MAX_COMPENSATIONS:
         raise _bad(f"at most {MAX_COMPENSATIONS} compensations", task=task)
-    return _advance(
-        task,
+    return _advance_held(
+        ctx,
         transition,
-        now_us,
-        actor=owner,
-        actor_token=token,
         reason=None,
-        args={"owner": owner, "token": token, "compensation": compensation.to_json()},
+        args={"compensation": compensation.to_json()},
         compensations=(*task.compensations, compensation),
     )
 
@@ -637,15 +653,9 @@ def complete(
     """
     if reason is not None:
         check_text("reason", reason)
-    transition = resolve("complete", _holder_ctx(task, owner, token, now_us))
-    return _advance(
-        task,
-        transition,
-        now_us,
-        actor=owner,
-        actor_token=token,
-        reason=reason or "completed",
-        args={"owner": owner, "token": token, "reason": reason},
+    ctx = _holder_ctx(task, owner, token, now_us)
+    return _advance_held(
+        ctx, resolve("complete", ctx), reason=reason or "completed", args={"reason": reason}
     )
 
 
@@ -663,16 +673,8 @@ def fail(task: TaskSaga, *, owner: str, token: int, reason: str, now_us: int) ->
     :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     check_text("reason", reason)
-    transition = resolve("fail", _holder_ctx(task, owner, token, now_us))
-    return _advance(
-        task,
-        transition,
-        now_us,
-        actor=owner,
-        actor_token=token,
-        reason=reason,
-        args={"owner": owner, "token": token, "reason": reason},
-    )
+    ctx = _holder_ctx(task, owner, token, now_us)
+    return _advance_held(ctx, resolve("fail", ctx), reason=reason, args={"reason": reason})
 
 
 def _set_status(
@@ -706,14 +708,11 @@ def compensation_applied(
     """
     ctx = replace(_holder_ctx(task, owner, token, now_us), index=_check_index(task, index))
     transition = resolve("compensation_applied", ctx)
-    return _advance(
-        task,
+    return _advance_held(
+        ctx,
         transition,
-        now_us,
-        actor=owner,
-        actor_token=token,
         reason="all compensations applied" if transition.target.is_terminal else None,
-        args={"owner": owner, "token": token, "index": index},
+        args={"index": index},
         compensations=_set_status(task.compensations, index, CompensationStatus.APPLIED),
     )
 
@@ -729,15 +728,11 @@ def compensation_failed(
     """
     check_text("reason", reason)
     ctx = replace(_holder_ctx(task, owner, token, now_us), index=_check_index(task, index))
-    transition = resolve("compensation_failed", ctx)
-    return _advance(
-        task,
-        transition,
-        now_us,
-        actor=owner,
-        actor_token=token,
+    return _advance_held(
+        ctx,
+        resolve("compensation_failed", ctx),
         reason=f"compensation {index} failed: {reason}",
-        args={"owner": owner, "token": token, "index": index, "reason": reason},
+        args={"index": index, "reason": reason},
         compensations=_set_status(task.compensations, index, CompensationStatus.FAILED),
     )
 
