@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, cast
 
 from sagalease.errors import SagaLeaseError
 from sagalease.records import HistoryEntry, TaskSaga, TaskState
-from sagalease.store import SagaStore
+from sagalease.store import EVENT_OF_METHOD, SagaStore
 from sagalease.verification.invariants import INVARIANTS
 
 __all__ = [
@@ -180,25 +180,8 @@ def outcome_text(result: object) -> str:
     return f"ok: {result!r}"
 
 
-_MUTATING = frozenset(
-    {
-        "create",
-        "acquire",
-        "claim_next",
-        "claim_batch",
-        "heartbeat",
-        "release",
-        "register_compensation",
-        "complete",
-        "complete_many",
-        "fail",
-        "compensation_applied",
-        "compensation_failed",
-        "quarantine",
-        "annotate",
-        "reap",
-    }
-)
+_MUTATING = frozenset(EVENT_OF_METHOD)
+"""The store methods a :class:`Trace` records (every one that changes something)."""
 
 
 class Trace:
@@ -264,28 +247,13 @@ def first_difference(before: Snapshot, after: Snapshot) -> str:
     return "no difference"
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(TaskSaga))
+
+
 def record_difference(a: TaskSaga, b: TaskSaga) -> str:
     """The fields in which two records differ, as ``field: a != b``."""
     diffs = []
-    for name in (
-        "task_id",
-        "state",
-        "token",
-        "lease",
-        "attempts",
-        "expirations",
-        "max_attempts",
-        "compensations",
-        "available_us",
-        "deadline_us",
-        "created_us",
-        "updated_us",
-        "terminal_reason",
-        "notes",
-        "saga_id",
-        "metadata_json",
-        "version",
-    ):
+    for name in _RECORD_FIELDS:
         left, right = getattr(a, name), getattr(b, name)
         if left != right:
             diffs.append(f"{name}: {left!r} != {right!r}")

@@ -41,15 +41,16 @@ from sagalease.conformance._common import (
     violated,
 )
 from sagalease.errors import SagaLeaseError
+from sagalease.lifecycle import HOLDER_EVENTS
 from sagalease.records import Compensation, TaskSaga, from_us
-from sagalease.store import SagaStore
+from sagalease.store import EVENT_OF_METHOD, SagaStore
 from sagalease.stores.memory import MemoryStore
 
 __all__ = ["linearizable", "run_processes", "run_threads"]
 
 TASK_IDS = ("c0", "c1", "c2")
-HOLDER = ("heartbeat", "release", "complete", "fail", "register_compensation")
-HOLDER_ALL = (*HOLDER, "compensation_applied", "compensation_failed")
+_GRANTS = frozenset(method for method, event in EVENT_OF_METHOD.items() if event == "acquire")
+"""The store methods that hand out leases (the workers here use acquire and claim_next)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def _work(
         kw: dict[str, Any]
         if creds and rng.random() < 0.65:
             task_id, token = creds[-1] if rng.random() < 0.8 else rng.choice(creds)
-            method = rng.choice(HOLDER_ALL)
+            method = rng.choice(HOLDER_EVENTS)
             kw = {"owner": owner, "token": token}
             if method == "heartbeat":
                 kw["ttl_us"] = rng.choice((2, 3)) * SEC
@@ -130,6 +131,7 @@ def _work(
             if method.startswith("compensation_"):
                 kw["index"] = rng.choice((0, 1))
         else:
+            # Without a lease to use: take one (by id or by claim), or run the reaper.
             method = rng.choice(("acquire", "acquire", "claim_next", "claim_next", "reap"))
             task_id = rng.choice(TASK_IDS) if method == "acquire" else None
             kw = {} if method == "reap" else {"owner": owner, "ttl_us": rng.choice((2, 3)) * SEC}
@@ -143,7 +145,7 @@ def _work(
             value, ok = f"!{type(exc).__name__}: {exc}", False
         end = time.monotonic_ns()
         ops.append(Op(worker, start, end, method, task_id, now_us, tuple(kw.items()), ok, value))
-        if ok and method in ("acquire", "claim_next") and isinstance(value, TaskSaga):
+        if ok and method in _GRANTS and isinstance(value, TaskSaga):
             creds.append((value.task_id, value.token))
     return ops
 
@@ -218,7 +220,7 @@ def check_history(
     leases: dict[tuple[str, str, int], list[_Lease]] = {}
     grants: dict[str, list[_Lease]] = {t.task_id: [] for t in initial}
     for op in sorted(ops, key=lambda o: o.start):
-        if op.ok and op.method in ("acquire", "claim_next") and isinstance(op.value, TaskSaga):
+        if op.ok and op.method in _GRANTS and isinstance(op.value, TaskSaga):
             rec = op.value
             lease = rec.lease
             if lease is None:
@@ -227,7 +229,7 @@ def check_history(
             grants.setdefault(rec.task_id, []).append(entry)
             leases.setdefault((rec.task_id, lease.owner, rec.token), []).append(entry)
     for op in ops:
-        if op.ok and op.method in HOLDER_ALL and isinstance(op.value, TaskSaga):
+        if op.ok and op.method in HOLDER_EVENTS and isinstance(op.value, TaskSaga):
             kw = dict(op.kwargs)
             assert op.task_id is not None
             for entry in leases.get((op.task_id, kw["owner"], kw["token"]), []):
@@ -266,7 +268,7 @@ def check_history(
                         ops,
                     )
     for op in ops:
-        if not (op.ok and op.method in HOLDER_ALL):
+        if not (op.ok and op.method in HOLDER_EVENTS):
             continue
         kw = dict(op.kwargs)
         assert op.task_id is not None

@@ -230,7 +230,7 @@ def _after_call(m: Model, w: _Worker, event: str, new: TaskSaga) -> _Worker:
         return _Worker(new.token, 0)
     if event == "heartbeat":
         return replace(w, heartbeats=w.heartbeats + 1) if m.heartbeats >= 0 else w
-    if event in {"release", "complete", "fail", "crash"} or new.lease is None:
+    if new.lease is None:  # given back, ended, or taken away
         return _Worker()
     return w
 

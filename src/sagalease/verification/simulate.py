@@ -38,6 +38,7 @@ from sagalease.errors import (
     SagaLeaseError,
     StoreUnavailableError,
 )
+from sagalease.lifecycle import LEASE_STATES
 from sagalease.records import Compensation, CompensationStatus, TaskState
 from sagalease.stores import SQLiteStore, parse_url
 from sagalease.verification.history import Verification, verify_store
@@ -402,7 +403,7 @@ def run_simulation(
                 # Hit workers that hold a lease (most likely inside a handler).
                 holders = {
                     t.lease.owner
-                    for state in (TaskState.RUNNING, TaskState.COMPENSATING)
+                    for state in LEASE_STATES
                     for t in store.list_tasks(state=state, limit=10_000)
                     if t.lease is not None
                 }
