@@ -249,8 +249,9 @@ class NoCompareAndSet(SQLiteStore):
         from sagalease.stores.sqlite import _store as sq
 
         assert isinstance(conn, sqlite3.Connection)
+        every = ", ".join(f"{column} = ?" for column in _rows.TASK_COLUMNS[1:])
         conn.execute(
-            f"UPDATE tasks SET {sq._SET} WHERE task_id = ?",
+            f"UPDATE tasks SET {every} WHERE task_id = ?",
             (*_rows.task_values(step.task), step.task.task_id),
         )
         conn.execute(sq._INSERT_HISTORY, (step.task.task_id, *_rows.entry_values(step.entry)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from sagalease.core import Step
 from sagalease.errors import SagaLeaseError
@@ -17,13 +17,48 @@ from sagalease.records import Compensation, HistoryEntry, Lease, Note, TaskSaga,
 
 Row = tuple[Any, ...]
 
+TASK_COLUMNS: Final = (
+    "task_id",
+    "saga_id",
+    "state",
+    "metadata_json",
+    "compensations_json",
+    "lease_owner",
+    "lease_token",
+    "lease_acquired_us",
+    "lease_expires_us",
+    "lease_heartbeat_us",
+    "token",
+    "attempts",
+    "expirations",
+    "max_attempts",
+    "available_us",
+    "deadline_us",
+    "created_us",
+    "updated_us",
+    "terminal_reason",
+    "notes_json",
+    "version",
+)
+"""The columns a task is written as: ``task_id``, then :func:`task_values`."""
+
+COLUMNS: Final = ", ".join(("seq", *TASK_COLUMNS))
+"""The columns a task is read from, in the order :func:`decode_task` expects."""
+
+HISTORY_COLUMNS: Final = (
+    "task_id, seq, event, from_state, to_state, at_us, owner, token, reason, args_json"
+)
+"""The history columns: ``task_id``, then :func:`entry_values`; :func:`decode_entry`
+reads them in this order.
+"""
+
 
 def dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def task_values(task: TaskSaga) -> tuple[Any, ...]:
-    """The columns of ``task`` after ``task_id``, in the stores' ``_SET`` order."""
+    """The values of :data:`TASK_COLUMNS` after ``task_id``."""
     lease = task.lease
     return (
         task.saga_id,

@@ -14,16 +14,18 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 
 from sagalease import core
 from sagalease.clock import Clock
-from sagalease.errors import SagaLeaseError, TaskNotFoundError
+from sagalease.errors import SagaLeaseError, StoreUnavailableError, TaskNotFoundError
 from sagalease.lifecycle import CHART, ENDED_STATES, OPEN_STATES
 from sagalease.records import TaskSaga, TaskState
 from sagalease.stores._base import Mutation, StoreBase
+from sagalease.stores._rows import Row, decode_task
 
 KNOWN_TASKS: Final = 4096
 """How many unfinished tasks a store remembers (the oldest are forgotten first)."""
@@ -118,3 +120,41 @@ class SQLStoreBase(StoreBase):
             raise TaskNotFoundError("no such task", task_id=task_id)
         self._remember(task)
         return task, mutation(task)
+
+    def _reap_batches(
+        self,
+        now_us: int,
+        limit: int | None,
+        *,
+        batch: int,
+        transaction: Callable[[], AbstractContextManager[Any]],
+        read: Callable[[int, int], Sequence[Row]],
+        write: Callable[[TaskSaga, core.Step], bool],
+    ) -> list[TaskSaga]:
+        """Reap in creation order, one ``transaction()`` per batch: ``read(after, n)``
+        returns up to ``n`` candidate rows (``seq`` first, locked for the transaction)
+        created after ``after``; ``write`` is the backend's compare-and-set. Returns
+        the records changed, at most ``limit``.
+        """
+        changed: list[TaskSaga] = []
+        reap = self._core["reap"]
+        after = 0
+        while limit is None or len(changed) < limit:
+            with transaction():
+                rows = read(after, batch)
+                for row in rows:
+                    after = row[0]
+                    task = decode_task(row)
+                    if not core.needs_reap(task, now_us):
+                        continue
+                    step = reap(task, now_us=now_us)
+                    if not write(task, step):  # pragma: no cover - the row is locked
+                        raise StoreUnavailableError(
+                            "the row changed while locked", task_id=task.task_id, state=task.state
+                        )
+                    changed.append(self._remember(step.task))
+                    if limit is not None and len(changed) >= limit:
+                        break
+            if len(rows) < batch:
+                break
+        return changed

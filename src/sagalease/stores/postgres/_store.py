@@ -100,6 +100,9 @@ from sagalease.records import (
 )
 from sagalease.stores._base import Mutation
 from sagalease.stores._rows import (
+    COLUMNS,
+    HISTORY_COLUMNS,
+    TASK_COLUMNS,
     Row,
     changes,
     choose_claims,
@@ -143,35 +146,23 @@ def latest_schema_version() -> int:
 
 # ---------------------------------------------------------------- statements
 
-_COLUMNS = (
-    "seq, task_id, saga_id, state, metadata_json, compensations_json, lease_owner,"
-    " lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us, token, attempts,"
-    " expirations, max_attempts, available_us, deadline_us, created_us, updated_us,"
-    " terminal_reason, notes_json, version"
-)
 _ENTRY_SELECT = (
     "%s::bigint, %s::text, %s::text, %s::text, %s::bigint, %s::text, %s::bigint, %s::text, %s::text"
 )
-_HISTORY_COLUMNS = (
-    "task_id, seq, event, from_state, to_state, at_us, owner, token, reason, args_json"
-)
 
 _TEMPLATES: Final = {
-    "select_one": f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s",
-    "lock_one": f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s FOR UPDATE",
+    "select_one": f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s",
+    "lock_one": f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s FOR UPDATE",
     "insert": (
-        "WITH ins AS (INSERT INTO {schema}.tasks (task_id, saga_id, state, metadata_json,"
-        " compensations_json, lease_owner, lease_token, lease_acquired_us, lease_expires_us,"
-        " lease_heartbeat_us, token, attempts, expirations, max_attempts, available_us,"
-        " deadline_us, created_us, updated_us, terminal_reason, notes_json, version)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-        " %s, %s) ON CONFLICT (task_id) DO NOTHING RETURNING task_id)"
-        f" INSERT INTO {{schema}}.history ({_HISTORY_COLUMNS})"
+        f"WITH ins AS (INSERT INTO {{schema}}.tasks ({', '.join(TASK_COLUMNS)})"
+        f" VALUES ({', '.join(['%s'] * len(TASK_COLUMNS))})"
+        " ON CONFLICT (task_id) DO NOTHING RETURNING task_id)"
+        f" INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
         f" SELECT ins.task_id, {_ENTRY_SELECT} FROM ins RETURNING seq"
     ),
     "state_of": "SELECT state FROM {schema}.tasks WHERE task_id = %s",
     "claim": (
-        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE open_seq > %s"
+        f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE open_seq > %s"
         " AND available_us <= %s"
         " AND (lease_expires_us IS NULL OR lease_expires_us <= %s)"
         " AND attempts < max_attempts"
@@ -179,7 +170,7 @@ _TEMPLATES: Final = {
         " ORDER BY open_seq LIMIT %s FOR UPDATE SKIP LOCKED"
     ),
     "reap": (
-        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE open_seq > %s"
+        f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE open_seq > %s"
         " AND (lease_expires_us <= %s OR attempts >= max_attempts"
         f" OR (deadline_us <= %s AND {DEADLINE_REAPS}))"
         # Not SKIP LOCKED: a row being written right now (a heartbeat, a note) is
@@ -188,12 +179,12 @@ _TEMPLATES: Final = {
         " ORDER BY open_seq LIMIT %s FOR UPDATE"
     ),
     "stale": (
-        f"SELECT {_COLUMNS} FROM {{schema}}.tasks WHERE open_seq IS NOT NULL"
+        f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE open_seq IS NOT NULL"
         " AND lease_expires_us <= %s ORDER BY open_seq"
     ),
     "seq_of": "SELECT seq FROM {schema}.tasks WHERE task_id = %s",
     "history": (
-        f"SELECT {_HISTORY_COLUMNS} FROM {{schema}}.history WHERE task_id = %s ORDER BY seq"
+        f"SELECT {HISTORY_COLUMNS} FROM {{schema}}.history WHERE task_id = %s ORDER BY seq"
     ),
     "counts": "SELECT state, count(*) FROM {schema}.tasks GROUP BY state",
     # Exact: extract(epoch ...) is numeric (microsecond precision) since PostgreSQL 14.
@@ -224,7 +215,7 @@ _HISTORY_TYPES: Final = (
     "text",
     "text",
 )
-"""The types of ``_HISTORY_COLUMNS``, in order."""
+"""The types of ``HISTORY_COLUMNS``, in order."""
 
 _BATCH: Final = 32
 """Candidates read per statement by reap (one transaction per batch)."""
@@ -265,7 +256,7 @@ class _Statements:
                 sql.SQL(
                     f"WITH upd AS (UPDATE {{schema}}.tasks SET {sets}"
                     " WHERE task_id = %s AND version = %s RETURNING task_id)"
-                    f" INSERT INTO {{schema}}.history ({_HISTORY_COLUMNS})"
+                    f" INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
                     f" SELECT upd.task_id, {_ENTRY_SELECT} FROM upd RETURNING seq"
                 )
                 .format(schema=self.schema)
@@ -296,8 +287,8 @@ class _Statements:
                     f" upd AS (UPDATE {{schema}}.tasks AS t SET {sets} FROM u"
                     " WHERE t.task_id = u.k_task_id AND t.version = u.k_version"
                     " RETURNING t.task_id),"
-                    f" e AS (SELECT * FROM unnest({entries}) AS e({_HISTORY_COLUMNS}))"
-                    f" INSERT INTO {{schema}}.history ({_HISTORY_COLUMNS})"
+                    f" e AS (SELECT * FROM unnest({entries}) AS e({HISTORY_COLUMNS}))"
+                    f" INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
                     " SELECT e.* FROM e JOIN upd ON upd.task_id = e.task_id RETURNING task_id"
                 )
                 .format(schema=self.schema)
@@ -312,7 +303,7 @@ class _Statements:
         return sql.SQL(
             "SELECT {cols} FROM {schema}.tasks WHERE {where} ORDER BY seq LIMIT %s"
         ).format(
-            cols=sql.SQL(_COLUMNS),
+            cols=sql.SQL(COLUMNS),
             schema=self.schema,
             where=where,
         )
@@ -799,33 +790,17 @@ class PostgresStore(SQLStoreBase):
         return [self._remember(step.task) for _task, step in steps]
 
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
-        changed: list[TaskSaga] = []
-        reap = self._core["reap"]
         with self._connection("reap") as conn:
-            after = 0
-            while limit is None or len(changed) < limit:
-                with conn.transaction():
-                    rows = conn.execute(
-                        self._q.reap, (after, now_us, now_us, _BATCH), prepare=True
-                    ).fetchall()
-                    for row in rows:
-                        after = row[0]
-                        task = decode_task(row)
-                        if not core.needs_reap(task, now_us):
-                            continue
-                        step = reap(task, now_us=now_us)
-                        if not self._write(conn, task, step):  # pragma: no cover
-                            raise StoreUnavailableError(
-                                "the row changed while locked",
-                                task_id=task.task_id,
-                                state=task.state,
-                            )
-                        changed.append(self._remember(step.task))
-                        if limit is not None and len(changed) >= limit:
-                            break
-                if len(rows) < _BATCH:
-                    break
-        return changed
+            return self._reap_batches(
+                now_us,
+                limit,
+                batch=_BATCH,
+                transaction=conn.transaction,
+                read=lambda after, n: conn.execute(
+                    self._q.reap, (after, now_us, now_us, n), prepare=True
+                ).fetchall(),
+                write=partial(self._write, conn),
+            )
 
     def _stale(self, now_us: int) -> list[TaskSaga]:
         with self._connection("list_stale") as conn:

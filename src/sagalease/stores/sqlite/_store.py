@@ -59,6 +59,9 @@ from sagalease.records import (
 )
 from sagalease.stores._base import Mutation
 from sagalease.stores._rows import (
+    COLUMNS,
+    HISTORY_COLUMNS,
+    TASK_COLUMNS,
     changes,
     choose_claims,
     decode_entry,
@@ -122,33 +125,16 @@ def _statements(script: str) -> Iterator[str]:
         raise RuntimeError(f"incomplete SQL statement at the end of a script: {rest!r}")
 
 
-_COLUMNS = (
-    "seq, task_id, saga_id, state, metadata_json, compensations_json, lease_owner,"
-    " lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us, token, attempts,"
-    " expirations, max_attempts, available_us, deadline_us, created_us, updated_us,"
-    " terminal_reason, notes_json, version"
-)
-_SELECT = f"SELECT {_COLUMNS} FROM tasks"
+_SELECT = f"SELECT {COLUMNS} FROM tasks"
 # OPEN is, to the letter, the predicate of the tasks_open index, which INDEXED BY
 # requires (tests/stores/test_schema_declaration.py pins the schema's copy).
-_SELECT_OPEN = f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_open WHERE {OPEN}"
-_SET = (
-    "saga_id = ?, state = ?, metadata_json = ?, compensations_json = ?, lease_owner = ?,"
-    " lease_token = ?, lease_acquired_us = ?, lease_expires_us = ?, lease_heartbeat_us = ?,"
-    " token = ?, attempts = ?, expirations = ?, max_attempts = ?, available_us = ?,"
-    " deadline_us = ?, created_us = ?, updated_us = ?, terminal_reason = ?, notes_json = ?,"
-    " version = ?"
-)
+_SELECT_OPEN = f"SELECT {COLUMNS} FROM tasks INDEXED BY tasks_open WHERE {OPEN}"
 _INSERT = (
-    "INSERT INTO tasks (task_id, saga_id, state, metadata_json, compensations_json,"
-    " lease_owner, lease_token, lease_acquired_us, lease_expires_us, lease_heartbeat_us,"
-    " token, attempts, expirations, max_attempts, available_us, deadline_us, created_us,"
-    " updated_us, terminal_reason, notes_json, version)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) VALUES ({', '.join('?' * len(TASK_COLUMNS))})"
 )
 _INSERT_HISTORY = (
-    "INSERT INTO history (task_id, seq, event, from_state, to_state, at_us, owner, token,"
-    " reason, args_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO history ({HISTORY_COLUMNS})"
+    f" VALUES ({', '.join('?' * len(HISTORY_COLUMNS.split(',')))})"
 )
 _CLAIM = (
     f"{_SELECT_OPEN} AND seq > ? AND available_us <= ?"
@@ -617,31 +603,16 @@ class SQLiteStore(SQLStoreBase):
         return [self._remember(step.task) for _task, step in chosen]
 
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
-        changed: list[TaskSaga] = []
-        reap = self._core["reap"]
         with self._boundary("reap"):
             conn = self._conn()
-            after = 0
-            while limit is None or len(changed) < limit:
-                with self._writing(conn):
-                    rows = conn.execute(_REAP, (after, now_us, now_us, _BATCH)).fetchall()
-                    for row in rows:
-                        after = row[0]
-                        task = decode_task(row)
-                        if not core.needs_reap(task, now_us):
-                            continue
-                        step = reap(task, now_us=now_us)
-                        if not self._write(conn, task, step):  # pragma: no cover
-                            raise StoreUnavailableError(
-                                "the row changed inside a write transaction",
-                                task_id=task.task_id,
-                            )
-                        changed.append(self._remember(step.task))
-                        if limit is not None and len(changed) >= limit:
-                            break
-                if len(rows) < _BATCH:
-                    break
-        return changed
+            return self._reap_batches(
+                now_us,
+                limit,
+                batch=_BATCH,
+                transaction=partial(self._writing, conn),
+                read=lambda after, n: conn.execute(_REAP, (after, now_us, now_us, n)).fetchall(),
+                write=partial(self._write, conn),
+            )
 
     def _stale(self, now_us: int) -> list[TaskSaga]:
         with self._boundary("list_stale"):
@@ -687,8 +658,7 @@ class SQLiteStore(SQLStoreBase):
             rows = (
                 self._conn()
                 .execute(
-                    "SELECT task_id, seq, event, from_state, to_state, at_us, owner, token,"
-                    " reason, args_json FROM history WHERE task_id = ? ORDER BY seq",
+                    f"SELECT {HISTORY_COLUMNS} FROM history WHERE task_id = ? ORDER BY seq",
                     (task_id,),
                 )
                 .fetchall()
