@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -11,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from sagalease import MemoryStore, SagaStore, SQLiteStore
+from sagalease.conformance import Capabilities, StoreFactory
+from sagalease.conformance import factories as shipped_factories
 
 # Stores in the test suite (and the worker processes it starts) check the core's
 # contracts on every event; production stores skip them unless asked.
@@ -97,3 +100,51 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SagaStore]
         yield s
     finally:
         s.close()
+
+
+class _SQLiteConformanceFactory:
+    """A fresh SQLite store in a new file under one pytest temporary directory per call;
+    declares cross-process sharing exactly as the shipped ``factories:sqlite`` does.
+    """
+
+    conformance_capabilities: Capabilities = shipped_factories.sqlite.conformance_capabilities
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._counter = itertools.count()
+
+    def __call__(self) -> SQLiteStore:
+        return SQLiteStore(self._directory / f"conformance-{next(self._counter)}.db")
+
+    def __repr__(self) -> str:
+        return f"SQLite stores in {self._directory}"
+
+
+class _PostgresConformanceFactory:
+    """A fresh PostgreSQL store in a new schema on :data:`POSTGRES_URL` per call (dropped
+    on ``close()``); declares what the shipped ``factories:postgres`` declares.
+    """
+
+    conformance_capabilities: Capabilities = shipped_factories.postgres.conformance_capabilities
+
+    def __call__(self) -> SagaStore:
+        from sagalease.stores.postgres import scratch_store
+
+        return scratch_store(POSTGRES_URL)
+
+    def __repr__(self) -> str:
+        return f"PostgreSQL scratch schemas on {POSTGRES_URL}"
+
+
+def conformance_factory(backend: str, tmp_path: Path) -> StoreFactory:
+    """The conformance-suite factory (fresh, empty store per call) of a bundled backend;
+    for ``postgres``, skips or fails through :func:`require_postgres` first.
+    """
+    if backend == "memory":
+        return shipped_factories.memory
+    if backend == "sqlite":
+        return _SQLiteConformanceFactory(tmp_path)
+    if backend == "postgres":
+        require_postgres()
+        return _PostgresConformanceFactory()
+    raise ValueError(f"unknown backend {backend!r}")
