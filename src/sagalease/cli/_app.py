@@ -120,6 +120,27 @@ def _with_store(options: _Options, body: Callable[[SagaStore], int]) -> int:
         store.close()
 
 
+def _operator_call(
+    options: _Options,
+    as_json: bool,
+    call: Callable[[SagaStore], TaskSaga],
+    summary: Callable[[TaskSaga], str],
+) -> int:
+    """Make an operator's call on one task; print the new record (``--json``) or
+    its one-line ``summary``.
+    """
+
+    def body(store: SagaStore) -> int:
+        task = call(store)
+        if as_json:
+            print_json(task_json(task))
+        else:
+            click.echo(summary(task))
+        return EXIT_OK
+
+    return _with_store(options, body)
+
+
 def _get(store: SagaStore, task_id: str) -> TaskSaga:
     task = store.get(task_id)
     if task is None:
@@ -128,6 +149,9 @@ def _get(store: SagaStore, task_id: str) -> TaskSaga:
 
 
 # ---------------------------------------------------------------- commands
+
+_JSON = click.option("--json", "as_json", is_flag=True, help="print JSON")
+_BY = click.option("--by", default="operator", show_default=True, help="who")
 
 
 @click.group(
@@ -156,7 +180,7 @@ def cli(ctx: click.Context, db: str, timeout: float) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_JSON
 @click.pass_obj
 def init(options: _Options, as_json: bool) -> int:
     """Create the store (an existing one is checked and migrated in place)."""
@@ -214,7 +238,7 @@ def _list(
 @click.option("--stale", is_flag=True, help="only non-terminal tasks whose lease expired")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option("--after", help="the last task id of the previous page")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_JSON
 @click.pass_obj
 def ls_command(
     options: _Options,
@@ -232,7 +256,7 @@ def ls_command(
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_JSON
 @click.pass_obj
 def stale(options: _Options, as_json: bool) -> int:
     """List non-terminal tasks whose lease expired (the reaper's work)."""
@@ -243,7 +267,7 @@ def stale(options: _Options, as_json: bool) -> int:
 
 @cli.command()
 @click.argument("task_id", metavar="TASK")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_JSON
 @click.pass_obj
 def show(options: _Options, task_id: str, as_json: bool) -> int:
     """Show one task: record, compensations, notes and history."""
@@ -262,7 +286,7 @@ def show(options: _Options, task_id: str, as_json: bool) -> int:
 
 @cli.command()
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="at most this many tasks")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_JSON
 @click.pass_obj
 def reap(options: _Options, limit: int | None, as_json: bool) -> int:
     """Drop expired leases, quarantine tasks out of attempts, fail tasks past their deadline."""
@@ -281,45 +305,37 @@ def reap(options: _Options, limit: int | None, as_json: bool) -> int:
 @cli.command()
 @click.argument("task_id", metavar="TASK")
 @click.option("--reason", required=True, help="why (recorded as the terminal reason)")
-@click.option("--by", default="operator", show_default=True, help="who")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_BY
+@_JSON
 @click.pass_obj
 def quarantine(options: _Options, task_id: str, reason: str, by: str, as_json: bool) -> int:
     """Operator: move a non-terminal task to QUARANTINED."""
-
-    def body(store: SagaStore) -> int:
-        task = store.quarantine(task_id, reason=reason, by=by)
-        if as_json:
-            print_json(task_json(task))
-        else:
-            click.echo(f"{task.task_id}: quarantined ({reason})")
-        return EXIT_OK
-
-    return _with_store(options, body)
+    return _operator_call(
+        options,
+        as_json,
+        lambda store: store.quarantine(task_id, reason=reason, by=by),
+        lambda task: f"{task.task_id}: quarantined ({reason})",
+    )
 
 
 @cli.command()
 @click.argument("task_id", metavar="TASK")
 @click.option("--text", required=True, help="the note")
-@click.option("--by", default="operator", show_default=True, help="who")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_BY
+@_JSON
 @click.pass_obj
 def annotate(options: _Options, task_id: str, text: str, by: str, as_json: bool) -> int:
     """Append an audit note to a task (terminal tasks included)."""
-
-    def body(store: SagaStore) -> int:
-        task = store.annotate(task_id, text=text, by=by)
-        if as_json:
-            print_json(task_json(task))
-        else:
-            click.echo(f"{task.task_id}: note {len(task.notes)} added")
-        return EXIT_OK
-
-    return _with_store(options, body)
+    return _operator_call(
+        options,
+        as_json,
+        lambda store: store.annotate(task_id, text=text, by=by),
+        lambda task: f"{task.task_id}: note {len(task.notes)} added",
+    )
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_JSON
 @click.pass_obj
 def stats(options: _Options, as_json: bool) -> int:
     """Tasks per state, and how many leases are stale."""
@@ -352,7 +368,7 @@ def stats(options: _Options, as_json: bool) -> int:
 
 @cli.command()
 @click.option("--all-ended", is_flag=True, help="also require every task to be terminal")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@_JSON
 @click.pass_obj
 def verify(options: _Options, all_ended: bool, as_json: bool) -> int:
     """Check every task's recorded history against the invariants (exit 1 on FAIL)."""
