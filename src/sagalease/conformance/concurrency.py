@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from sagalease import core
@@ -45,6 +44,7 @@ from sagalease.lifecycle import HOLDER_EVENTS
 from sagalease.records import Compensation, TaskSaga, from_us
 from sagalease.store import EVENT_OF_METHOD, SagaStore
 from sagalease.stores.memory import MemoryStore
+from sagalease.verification.calls import Chosen, core_args, store_form
 
 __all__ = ["linearizable", "run_processes", "run_threads"]
 
@@ -71,11 +71,7 @@ class Op:
     def describe(self) -> str:
         """The call as text, with what it returned."""
         args = () if self.task_id is None else (self.task_id,)
-        kw: dict[str, object] = dict(self.kwargs)
-        for name in ("ttl_us", "delay_us"):
-            if name in kw:
-                kw[name[:-3]] = timedelta(microseconds=int(kw.pop(name)))  # type: ignore[call-overload]
-        kw["now"] = from_us(self.now_us)
+        kw = store_form({**dict(self.kwargs), "now_us": self.now_us})
         if self.ok:
             if isinstance(self.value, TaskSaga):
                 result = f"ok token {self.value.token}"
@@ -92,15 +88,8 @@ class Op:
 def _call(
     store: SagaStore, method: str, task_id: str | None, now_us: int, kw: dict[str, Any]
 ) -> Any:
-    kwargs = dict(kw)
-    if "ttl_us" in kwargs:
-        kwargs["ttl"] = timedelta(microseconds=kwargs.pop("ttl_us"))
-    if "delay_us" in kwargs:
-        kwargs["delay"] = timedelta(microseconds=kwargs.pop("delay_us"))
-    if "compensation" in kwargs:
-        kwargs["compensation"] = Compensation.from_json(kwargs["compensation"])
     args = () if task_id is None else (task_id,)
-    return getattr(store, method)(*args, now=from_us(now_us), **kwargs)
+    return getattr(store, method)(*args, now=from_us(now_us), **store_form(kw))
 
 
 def _work(
@@ -119,22 +108,21 @@ def _work(
         if creds and rng.random() < 0.65:
             task_id, token = creds[-1] if rng.random() < 0.8 else rng.choice(creds)
             method = rng.choice(HOLDER_EVENTS)
-            kw = {"owner": owner, "token": token}
-            if method == "heartbeat":
-                kw["ttl_us"] = rng.choice((2, 3)) * SEC
-            elif method == "release":
-                kw["delay_us"] = rng.choice((0, 0, SEC))
-            elif method == "register_compensation":
-                kw["compensation"] = {"kind": "undo", "target": f"{owner}-{k}"}
-            elif method in ("fail", "compensation_failed"):
-                kw["reason"] = "boom"
-            if method.startswith("compensation_"):
-                kw["index"] = rng.choice((0, 1))
+            chosen = Chosen(
+                owner,
+                token,
+                ttl_us=rng.choice((2, 3)) * SEC,
+                delay_us=rng.choice((0, 0, SEC)),
+                compensation=Compensation("undo", f"{owner}-{k}"),
+                index=rng.choice((0, 1)),
+                reason="boom",
+            )
         else:
             # Without a lease to use: take one (by id or by claim), or run the reaper.
             method = rng.choice(("acquire", "acquire", "claim_next", "claim_next", "reap"))
             task_id = rng.choice(TASK_IDS) if method == "acquire" else None
-            kw = {} if method == "reap" else {"owner": owner, "ttl_us": rng.choice((2, 3)) * SEC}
+            chosen = Chosen(owner, ttl_us=rng.choice((2, 3)) * SEC)
+        kw = core_args(EVENT_OF_METHOD[method], chosen)
         start = time.monotonic_ns()
         try:
             value: Any = _call(store, method, task_id, now_us, kw)
@@ -345,8 +333,6 @@ def _model(state: State, op: Op, skip_locked_claims: bool = False) -> tuple[bool
     model lets it acquire, not only the oldest.
     """
     kw = dict(op.kwargs)
-    if "compensation" in kw:
-        kw["compensation"] = Compensation.from_json(kw["compensation"])
     if op.method == "claim_next" and skip_locked_claims:
         if not isinstance(op.value, TaskSaga):
             return True, None, state

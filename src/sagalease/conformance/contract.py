@@ -38,6 +38,7 @@ from sagalease.errors import (
 from sagalease.lifecycle import CHART, HOLDER_EVENTS, LEASE_STATES
 from sagalease.records import Compensation, CompensationStatus, TaskSaga, TaskState
 from sagalease.store import SagaStore
+from sagalease.verification.calls import Chosen, store_args
 
 __all__ = ["CONTRACT_CHECKS", "ContractCheck"]
 
@@ -148,22 +149,11 @@ def holder_calls(
     events: Iterable[str] = HOLDER_EVENTS,
 ) -> list[Callable[[], object]]:
     """Every holder call (owner, token) could make at ``now`` (or those of ``events``)."""
-    calls: dict[str, Callable[[], object]] = {
-        "heartbeat": lambda: s.heartbeat(task_id, owner=owner, token=token, ttl=TTL, now=now),
-        "release": lambda: s.release(task_id, owner=owner, token=token, now=now),
-        "register_compensation": lambda: s.register_compensation(
-            task_id, owner=owner, token=token, compensation=COMP_C, now=now
-        ),
-        "complete": lambda: s.complete(task_id, owner=owner, token=token, now=now),
-        "fail": lambda: s.fail(task_id, owner=owner, token=token, reason="late", now=now),
-        "compensation_applied": lambda: s.compensation_applied(
-            task_id, owner=owner, token=token, index=0, now=now
-        ),
-        "compensation_failed": lambda: s.compensation_failed(
-            task_id, owner=owner, token=token, index=0, reason="x", now=now
-        ),
-    }
-    return [calls[event] for event in events]
+    chosen = Chosen(owner, token, TTL // US, compensation=COMP_C, reason="late")
+    return [
+        partial(getattr(s, event), task_id, **store_args(event, chosen), now=now)
+        for event in events
+    ]
 
 
 _ON_EVERY_LEASE_STATE = tuple(

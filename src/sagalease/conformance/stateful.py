@@ -14,7 +14,6 @@ under test; each check names the invariant it pins.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, Verbosity, settings
@@ -53,6 +52,7 @@ from sagalease.lifecycle import HOLDER_EVENTS, LEASE_STATES
 from sagalease.records import Compensation, CompensationStatus, TaskSaga, TaskState, from_us
 from sagalease.store import EVENT_OF_METHOD, SagaStore
 from sagalease.stores.memory import MemoryStore
+from sagalease.verification.calls import Chosen, store_args
 
 __all__ = ["run_stateful"]
 
@@ -105,6 +105,11 @@ def _classify_record(sut: TaskSaga, ref: TaskSaga) -> str:
     if (sut.attempts, sut.max_attempts) != (ref.attempts, ref.max_attempts):
         return "INV-5"
     return "INV-7"
+
+
+def _impostor(other: str, holder: str) -> str:
+    """An owner id that is not ``holder``'s: ``other``, or ``holder`` disguised."""
+    return other if other != holder else f"{holder}-impostor"
 
 
 def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
@@ -455,39 +460,40 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
 
         # ------------------------------------------------------------ rules
 
-        def _holder_kwargs(
+        def _do(
+            self,
+            method: str,
+            args: tuple[Any, ...],
+            chosen: Chosen,
+            *,
+            naive: bool = False,
+            **extra: Any,
+        ) -> Any:
+            """:meth:`_call` with the store arguments of the event ``method`` applies."""
+            kwargs = {**store_args(EVENT_OF_METHOD[method], chosen), **extra}
+            return self._call(method, args, kwargs, naive=naive)
+
+        def _holder(
             self, event: str, task_id: str, owner: str, token: int, ttl: int, index: int, delay: int
-        ) -> dict[str, Any]:
-            kwargs: dict[str, Any] = {"owner": owner, "token": token}
-            if event == "heartbeat":
-                kwargs["ttl"] = timedelta(microseconds=ttl)
-            elif event == "release":
-                kwargs["delay"] = timedelta(microseconds=delay)
-            elif event == "register_compensation":
-                kwargs["compensation"] = Compensation("undo", f"{task_id}-late")
-            elif event in ("fail", "compensation_failed"):
-                kwargs["reason"] = "boom"
-            if event in ("compensation_applied", "compensation_failed"):
-                kwargs["index"] = index
-            return kwargs
+        ) -> None:
+            late = Compensation("undo", f"{task_id}-late")
+            chosen = Chosen(owner, token, ttl, delay, late, index, reason="boom")
+            self._do(event, (task_id,), chosen)
 
         def _create(self, spec: tuple[int, int, int | None, int | None, bool]) -> str:
             compensations, max_attempts, deadline, delay, saga = spec
             task_id = f"t{len(self.ids)}"
             self.ids.append(task_id)
-            kwargs: dict[str, Any] = {
-                "compensations": [
+            chosen = Chosen(
+                compensations=tuple(
                     Compensation("undo", f"{task_id}-{i}") for i in range(compensations)
-                ],
-                "max_attempts": max_attempts,
-            }
-            if saga:
-                kwargs["saga_id"] = "saga"
-            if deadline is not None:
-                kwargs["deadline"] = from_us(self.now + deadline)
-            if delay is not None:
-                kwargs["available_at"] = from_us(self.now + delay)
-            self._call("create", (task_id,), kwargs)
+                ),
+                max_attempts=max_attempts,
+                deadline_us=None if deadline is None else self.now + deadline,
+                available_us=None if delay is None else self.now + delay,
+                saga_id="saga" if saga else None,
+            )
+            self._do("create", (task_id,), chosen)
             return task_id
 
         @initialize(target=tasks, spec=CREATE_SPECS)
@@ -509,26 +515,18 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             ttl=st.sampled_from(TTLS),
         )
         def acquire(self, task_id: str, worker: str, ttl: int) -> Any:
-            rec = self._call(
-                "acquire", (task_id,), {"owner": worker, "ttl": timedelta(microseconds=ttl)}
-            )
+            rec = self._do("acquire", (task_id,), Chosen(worker, ttl_us=ttl))
             return multiple() if rec is None else Cred(task_id, worker, rec.token)
 
         @rule(target=leases, worker=st.sampled_from(WORKERS), ttl=st.sampled_from(TTLS))
         def claim_next(self, worker: str, ttl: int) -> Any:
-            rec = self._call(
-                "claim_next", (), {"owner": worker, "ttl": timedelta(microseconds=ttl)}
-            )
+            rec = self._do("claim_next", (), Chosen(worker, ttl_us=ttl))
             return multiple() if rec is None else Cred(rec.task_id, worker, rec.token)
 
         @rule(worker=st.sampled_from(WORKERS), ttl=st.sampled_from(TTLS), limit=st.integers(1, 3))
         def claim_batch(self, worker: str, ttl: int, limit: int) -> None:
             """Several tasks at once: what as many claim_next calls would take."""
-            self._call(
-                "claim_batch",
-                (),
-                {"owner": worker, "ttl": timedelta(microseconds=ttl), "limit": limit},
-            )
+            self._do("claim_batch", (), Chosen(worker, ttl_us=ttl), limit=limit)
 
         @precondition(lambda self: bool(self._leased()))
         @rule(data=st.data(), stale=st.integers(0, 3))
@@ -567,10 +565,7 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             live = [t for t in leased if t.lease is not None and self.now < t.lease.expires_us]
             task = data.draw(st.sampled_from(live or leased), label="task")
             assert task.lease is not None
-            kwargs = self._holder_kwargs(
-                event, task.task_id, task.lease.owner, task.token, ttl, index, delay
-            )
-            self._call(event, (task.task_id,), kwargs)
+            self._holder(event, task.task_id, task.lease.owner, task.token, ttl, index, delay)
 
         @rule(
             cred=leases,
@@ -592,11 +587,10 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             if who == "impostor" and current is not None:
                 token = current.token
                 holder = current.lease.owner if current.lease is not None else cred.owner
-                owner = other if other != holder else f"{holder}-impostor"
+                owner = _impostor(other, holder)
             elif who == "next-token":
                 token += 1
-            kwargs = self._holder_kwargs(event, cred.task_id, owner, token, ttl, index, delay)
-            self._call(event, (cred.task_id,), kwargs)
+            self._holder(event, cred.task_id, owner, token, ttl, index, delay)
 
         @precondition(lambda self: bool(self._leased()))
         @rule(
@@ -621,23 +615,21 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             task = data.draw(st.sampled_from(leased), label="task")
             assert task.lease is not None
             self.now = task.lease.expires_us + offset
-            self.steps.append(f"clock -> {describe('at', (), {'now': from_us(self.now)})}")
-            ttl = timedelta(microseconds=TTLS[1])
+            self._clock_moved()
             if action == "reap":
                 self._call("reap", (), {})
             elif action == "acquire":
-                self._call("acquire", (task.task_id,), {"owner": worker, "ttl": ttl})
+                self._do("acquire", (task.task_id,), Chosen(worker, ttl_us=TTLS[1]))
             elif action == "claim_next":
-                self._call("claim_next", (), {"owner": worker, "ttl": ttl})
+                self._do("claim_next", (), Chosen(worker, ttl_us=TTLS[1]))
             else:
                 owner = task.lease.owner
                 if action == "impostor":
-                    owner = worker if worker != owner else f"{owner}-impostor"
+                    owner = _impostor(worker, owner)
                 event = "complete" if action == "complete" else "heartbeat"
                 if event == "complete" and task.state is TaskState.COMPENSATING:
                     event = "release"
-                kwargs = self._holder_kwargs(event, task.task_id, owner, task.token, TTLS[1], 0, 0)
-                self._call(event, (task.task_id,), kwargs)
+                self._holder(event, task.task_id, owner, task.token, TTLS[1], 0, 0)
 
         @precondition(lambda self: bool(self._leased()))
         @rule(
@@ -651,29 +643,19 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             leased = self._leased()
             task = data.draw(st.sampled_from(leased), label="task")
             assert task.lease is not None
-            holder = task.lease.owner
-            owner = other if other != holder else f"{holder}-impostor"
-            kwargs = self._holder_kwargs(event, task.task_id, owner, task.token, TTLS[1], index, 0)
-            self._call(event, (task.task_id,), kwargs)
+            owner = _impostor(other, task.lease.owner)
+            self._holder(event, task.task_id, owner, task.token, TTLS[1], index, 0)
 
         # One call of each kind that needs no lease: a worker's, an operator's note and decision.
         @rule(task_id=tasks, event=st.sampled_from(["acquire", "annotate", "quarantine"]))
         def naive_now(self, task_id: str, event: str) -> None:
             """A naive datetime as ``now`` must be refused (InvalidInputError)."""
-            table: dict[str, dict[str, Any]] = {
-                "acquire": {"owner": "w0", "ttl": timedelta(seconds=5)},
-                "annotate": {"text": "naive", "by": "ops"},
-                "quarantine": {"reason": "naive", "by": "ops"},
-            }
-            kwargs = table[event]
-            self._call(event, (task_id,), kwargs, naive=True)
+            chosen = Chosen("w0", ttl_us=5 * SEC, reason="naive", by="ops", text="naive")
+            self._do(event, (task_id,), chosen, naive=True)
 
         @rule(task_id=tasks, action=st.sampled_from(["annotate"] * 4 + ["quarantine"]))
         def operator(self, task_id: str, action: str) -> None:
-            if action == "quarantine":
-                self._call("quarantine", (task_id,), {"reason": "poison", "by": "ops"})
-            else:
-                self._call("annotate", (task_id,), {"text": "seen", "by": "ops"})
+            self._do(action, (task_id,), Chosen(reason="poison", by="ops", text="seen"))
 
         @rule(
             data=st.data(),
@@ -689,11 +671,14 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                 self.now = data.draw(st.sampled_from(points), label="boundary")
             else:
                 self.now += max(delta, 1)
-            self.steps.append(f"clock -> {describe('at', (), {'now': from_us(self.now)})}")
+            self._clock_moved()
             if reap is None:
                 self._check_stores()
             else:
                 self._call("reap", (), {} if reap == "all" else {"limit": 1})
+
+        def _clock_moved(self) -> None:
+            self.steps.append(f"clock -> {describe('at', (), {'now': from_us(self.now)})}")
 
         def _leased(self) -> list[TaskSaga]:
             return [t for t in self.ref.list_tasks(limit=100) if t.lease is not None]

@@ -21,6 +21,7 @@ import tomllib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from sagalease import core
 from sagalease.errors import SagaLeaseError
 from sagalease.lifecycle import CHART, HOLDER_EVENTS
 from sagalease.records import Compensation, CompensationStatus, TaskSaga, TaskState
+from sagalease.verification.calls import Chosen, core_args
 
 __all__ = ["PROPERTIES", "Model", "Result", "check", "load_model", "model_names"]
 
@@ -186,43 +188,51 @@ def _key(m: Model, s: _State) -> tuple[Any, ...]:
 # ------------------------------------------------------------------ actions
 
 
-def _calls(m: Model, s: _State) -> Iterator[tuple[str, str, int | None, dict[str, Any]]]:
-    """(label, event, worker index or None, core kwargs) of every attempt."""
+class _Move(StrEnum):
+    """What the model does besides calling an event."""
+
+    TICK = "tick"  # one second passes
+    CRASH = "crash"  # a worker forgets its lease (it dies, or its process restarts)
+
+
+_Attempt = tuple[str, str, int | None, dict[str, Any]]
+"""(label, event or move, worker index or None, core kwargs)."""
+
+
+def _calls(m: Model, s: _State) -> Iterator[_Attempt]:
+    """Every attempt from ``s``, in a fixed order."""
     t = s.task
     ttl = m.ttl * TICK
+    comp = Compensation("undo", f"step-{len(t.compensations)}")
     for i, w in enumerate(s.workers):
         owner = _owner(m, i)
         if w.token is None:
-            yield f"{owner} acquire", "acquire", i, {"owner": owner, "ttl_us": ttl}
+            yield f"{owner} acquire", "acquire", i, core_args("acquire", Chosen(owner, ttl_us=ttl))
             continue
-        held = {"owner": owner, "token": w.token}
+        held = Chosen(owner, w.token, ttl, m.release_delay * TICK, comp, reason="boom")
+        tries = [("release", "release", held)]
         if m.heartbeats < 0 or w.heartbeats < m.heartbeats:
-            yield f"{owner} heartbeat", "heartbeat", i, {**held, "ttl_us": ttl}
-        yield f"{owner} release", "release", i, {**held, "delay_us": m.release_delay * TICK}
+            tries.insert(0, ("heartbeat", "heartbeat", held))
         if len(t.compensations) < m.compensations:
-            comp = Compensation("undo", f"step-{len(t.compensations)}")
-            yield f"{owner} register", "register_compensation", i, {**held, "compensation": comp}
-        yield f"{owner} complete", "complete", i, {**held}
-        yield f"{owner} fail", "fail", i, {**held, "reason": "boom"}
+            tries.append(("register", "register_compensation", held))
+        tries += [("complete", "complete", held), ("fail", "fail", held)]
         for index in range(len(t.compensations)):
-            yield f"{owner} applied[{index}]", "compensation_applied", i, {**held, "index": index}
-            yield (
-                f"{owner} comp-failed[{index}]",
-                "compensation_failed",
-                i,
-                {**held, "index": index, "reason": "gone"},
-            )
-        yield f"{owner} crash", "crash", i, {}
+            at = replace(held, index=index)
+            tries.append((f"applied[{index}]", "compensation_applied", at))
+            gone = replace(at, reason="gone")
+            tries.append((f"comp-failed[{index}]", "compensation_failed", gone))
+        for name, event, chosen in tries:
+            yield f"{owner} {name}", event, i, core_args(event, chosen)
+        yield f"{owner} crash", _Move.CRASH, i, {}
     if m.impostor and t.lease is not None:
-        forged = {"owner": "impostor", "token": t.token}
-        yield "impostor heartbeat", "heartbeat", None, {**forged, "ttl_us": ttl}
-        yield "impostor complete", "complete", None, {**forged}
-        yield "impostor fail", "fail", None, {**forged, "reason": "forged"}
-        yield "impostor release", "release", None, {**forged, "delay_us": 0}
+        forged = Chosen("impostor", t.token, ttl, 0, reason="forged")
+        for event in ("heartbeat", "complete", "fail", "release"):
+            yield f"impostor {event}", event, None, core_args(event, forged)
     yield "reaper", "reap", None, {}
     if m.operator:
-        yield "operator quarantine", "quarantine", None, {"reason": "operator", "by": "op"}
-    yield "tick", "tick", None, {}
+        operator = Chosen(reason="operator", by="op")
+        yield "operator quarantine", "quarantine", None, core_args("quarantine", operator)
+    yield "tick", _Move.TICK, None, {}
 
 
 def _after_call(m: Model, w: _Worker, event: str, new: TaskSaga) -> _Worker:
@@ -304,12 +314,12 @@ def _handlers(contracts: bool) -> dict[str, Any]:
 
 def _successors(m: Model, s: _State, handlers: dict[str, Any]) -> Iterator[tuple[str, str, _State]]:
     for label, event, index, args in _calls(m, s):
-        if event == "tick":
+        if event is _Move.TICK:
             if s.task.state.is_terminal:
                 continue
             yield label, event, replace(s, now=s.now + TICK)
             continue
-        if event == "crash":
+        if event is _Move.CRASH:
             assert index is not None
             workers = list(s.workers)
             workers[index] = _Worker()
@@ -386,7 +396,7 @@ def check(m: Model, *, contracts: bool = False) -> Result:
             out = edges.setdefault(key, {})
             for label, event, nxt in _successors(m, s, handlers):
                 result.transitions += 1
-                if event not in {"tick", "crash"}:
+                if not isinstance(event, _Move):
                     covered.add((s.task.state, event, nxt.task.state))
                 nk = _key(m, nxt)
                 if nk != key:
