@@ -19,7 +19,7 @@ import pytest
 
 from sagalease import Compensation, SQLiteStore, TaskSaga, TaskState
 from sagalease import cli as cli_module
-from sagalease.verification.spec import render_json
+from sagalease.verification.spec import render_json, render_markdown
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TTL = timedelta(seconds=30)
@@ -316,6 +316,13 @@ def test_verify_all_ended_requires_terminal_tasks(populated: tuple[str, SQLiteSt
     out = sagalease("verify", "--all-ended", db=url)
     assert out.returncode == 1
     assert "not terminal" in out.stdout
+
+
+def test_spec_command_prints_the_spec() -> None:
+    """`sagalease spec` prints the generated spec and exits 0."""
+    out = sagalease("spec")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == render_markdown()
 
 
 def test_spec_json_still_works() -> None:

@@ -1,4 +1,6 @@
-"""The SQLite store itself: schema and migrations, reopening, bad files, locking, indexes."""
+"""The SQLite store itself: schema and migrations, reopening, bad files, locking, indexes,
+and the worker runtime's threads sharing one SQLite store.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import fcntl
 import multiprocessing
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +19,7 @@ from conftest import T0
 from sagalease import (
     Compensation,
     InvalidInputError,
+    LeaseContext,
     MemoryStore,
     SagaLeaseError,
     SagaStore,
@@ -23,6 +27,7 @@ from sagalease import (
     SQLiteStore,
     StoreUnavailableError,
     TaskState,
+    Worker,
     core,
     open_store,
 )
@@ -423,3 +428,33 @@ def test_queries_use_the_open_task_index(store: SQLiteStore) -> None:
         plan = " ".join(str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {query}", params))
         assert "USING INDEX tasks_open" in plan, plan
         assert "TEMP B-TREE" not in plan, plan
+
+
+# ---------------------------------------------------------------- the worker runtime
+
+
+def test_run_with_concurrency_works_every_task_once(tmp_path: Path) -> None:
+    """run() with 3 threads on SQLite: every task completed exactly once, then it stops."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        for i in range(12):
+            store.create(f"t{i:02d}")
+        seen: list[str] = []
+        lock = threading.Lock()
+
+        def handler(ctx: LeaseContext) -> None:
+            with lock:
+                seen.append(ctx.task_id)
+
+        def ended() -> bool:
+            counts = store.counts()
+            return counts[TaskState.COMPLETED] == 12
+
+        worker = Worker(store, handler, concurrency=3, poll_interval=timedelta(milliseconds=10))
+        outcomes = worker.run(until=ended)
+        assert sorted(seen) == [f"t{i:02d}" for i in range(12)]
+        assert sorted(o.task_id for o in outcomes) == sorted(seen)
+        assert {o.result for o in outcomes} == {"completed"}
+        assert store.counts()[TaskState.COMPLETED] == 12
+    finally:
+        store.close()
