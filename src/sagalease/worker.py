@@ -47,7 +47,6 @@ released by the runtime itself.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import socket
@@ -58,6 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import Any
 
 from sagalease.errors import (
     InvalidInputError,
@@ -434,13 +434,16 @@ class Worker:
     def _outcome(self, ctx: LeaseContext, result: str, detail: str | None = None) -> Outcome:
         return Outcome(ctx.task_id, ctx.token, ctx.task.state, result, detail)
 
-    def _write(self, ctx: LeaseContext, call: Callable[[], TaskSaga]) -> TaskSaga | None:
-        """A holder write; ``None`` when the store fenced it: the lease was lost
+    def _write(
+        self, ctx: LeaseContext, call: Callable[..., TaskSaga], **args: Any
+    ) -> TaskSaga | None:
+        """The holder write ``call(task_id, owner=..., token=..., **args)`` under
+        ``ctx``'s lease; ``None`` when the store fenced it: the lease was lost
         (:class:`LeaseConflictError`) or the task ended meanwhile under another
         holder or the reaper (:class:`TerminalTaskError`).
         """
         try:
-            task = call()
+            task = call(ctx.task_id, owner=ctx.owner, token=ctx.token, **args)
         except (LeaseConflictError, TerminalTaskError) as exc:
             ctx._mark_lost(f"the store refused the write: {exc}")
             return None
@@ -448,35 +451,29 @@ class Worker:
         return task
 
     def _release(self, ctx: LeaseContext, delay: timedelta, why: str) -> Outcome:
-        done = self._write(
-            ctx,
-            lambda: self.store.release(ctx.task_id, owner=ctx.owner, token=ctx.token, delay=delay),
-        )
+        done = self._write(ctx, self.store.release, delay=delay)
         return self._outcome(ctx, "released" if done else "fenced", why)
+
+    def _stopped(self, ctx: LeaseContext, exc: LeaseLostError | ShutdownRequestedError) -> Outcome:
+        """The work stopped early: the lease was lost, or shutdown hands it back."""
+        if isinstance(exc, LeaseLostError):
+            ctx._mark_lost(exc.reason)
+            return self._outcome(ctx, "lost", ctx.lost_reason)
+        return self._release(ctx, timedelta(0), "shutdown")
 
     def _forward(self, ctx: LeaseContext) -> Outcome:
         try:
             self.handler(ctx)
-        except LeaseLostError as exc:
-            ctx._mark_lost(exc.reason)
-            return self._outcome(ctx, "lost", ctx.lost_reason)
-        except ShutdownRequestedError:
-            return self._release(ctx, timedelta(0), "shutdown")
+        except (LeaseLostError, ShutdownRequestedError) as exc:
+            return self._stopped(ctx, exc)
         except Exception as exc:
             reason = _reason(exc)
-            task = self._write(
-                ctx,
-                lambda: self.store.fail(
-                    ctx.task_id, owner=ctx.owner, token=ctx.token, reason=reason
-                ),
-            )
+            task = self._write(ctx, self.store.fail, reason=reason)
             if task is None:
                 return self._outcome(ctx, "fenced", f"fail: {reason}")
             result = "compensating" if task.state is TaskState.COMPENSATING else "failed"
             return self._outcome(ctx, result, reason)
-        task = self._write(
-            ctx, lambda: self.store.complete(ctx.task_id, owner=ctx.owner, token=ctx.token)
-        )
+        task = self._write(ctx, self.store.complete)
         return self._outcome(ctx, "fenced" if task is None else "completed", "complete")
 
     def _compensate(self, ctx: LeaseContext) -> Outcome:
@@ -491,39 +488,17 @@ class Worker:
             try:
                 ctx.check()
                 compensator(ctx, ctx.task.compensations[index])
-            except LeaseLostError as exc:
-                ctx._mark_lost(exc.reason)
-                return self._outcome(ctx, "lost", ctx.lost_reason)
-            except ShutdownRequestedError:
-                return self._release(ctx, timedelta(0), "shutdown")
+            except (LeaseLostError, ShutdownRequestedError) as exc:
+                return self._stopped(ctx, exc)
             except PermanentCompensationError as exc:
                 reason = exc.reason[:_MAX_REASON] or "permanent compensation failure"
-                task = self._write(
-                    ctx,
-                    functools.partial(
-                        self.store.compensation_failed,
-                        ctx.task_id,
-                        owner=ctx.owner,
-                        token=ctx.token,
-                        index=index,
-                        reason=reason,
-                    ),
-                )
+                task = self._write(ctx, self.store.compensation_failed, index=index, reason=reason)
                 if task is None:
                     return self._outcome(ctx, "fenced", f"compensation_failed: {reason}")
                 return self._outcome(ctx, "quarantined", reason)
             except Exception as exc:
                 return self._release(ctx, self.poll_interval, f"retry: {_reason(exc)}")
-            task = self._write(
-                ctx,
-                functools.partial(
-                    self.store.compensation_applied,
-                    ctx.task_id,
-                    owner=ctx.owner,
-                    token=ctx.token,
-                    index=index,
-                ),
-            )
+            task = self._write(ctx, self.store.compensation_applied, index=index)
             if task is None:
                 return self._outcome(ctx, "fenced", f"compensation_applied {index}")
         return self._outcome(ctx, ctx.task.state.value, ctx.task.terminal_reason)

@@ -302,6 +302,8 @@ def reap(options: _Options, limit: int | None, as_json: bool) -> int:
     return _with_store(options, body)
 
 
+# quarantine and annotate are one pattern (_operator_call); each stays a function of
+# its own because click reads a command's options, names and --help from it.
 @cli.command()
 @click.argument("task_id", metavar="TASK")
 @click.option("--reason", required=True, help="why (recorded as the terminal reason)")

@@ -84,27 +84,13 @@ def task_values(task: TaskSaga) -> tuple[Any, ...]:
     )
 
 
-_LEASE_COLUMNS = (
-    "lease_owner",
-    "lease_token",
-    "lease_acquired_us",
-    "lease_expires_us",
-    "lease_heartbeat_us",
+_LEASE_COLUMNS = tuple(c for c in TASK_COLUMNS if c.startswith("lease_"))
+_SCALARS = tuple(
+    c
+    for c in TASK_COLUMNS
+    if c not in _LEASE_COLUMNS and c not in ("task_id", "state", "compensations_json", "notes_json")
 )
-_SCALARS = (
-    "saga_id",
-    "metadata_json",
-    "token",
-    "attempts",
-    "expirations",
-    "max_attempts",
-    "available_us",
-    "deadline_us",
-    "created_us",
-    "updated_us",
-    "terminal_reason",
-    "version",
-)
+"""The columns that hold a :class:`TaskSaga` attribute of the same name as it is."""
 
 
 def changes(old: TaskSaga, new: TaskSaga) -> tuple[tuple[str, ...], tuple[Any, ...]]:

@@ -191,6 +191,8 @@ _TEMPLATES: Final = {
     "server_now": "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
 }
 
+# The text columns of TASK_COLUMNS (the others are bigint): the array types of
+# write_many's unnest. Only the schema knows the types, so they are named here.
 _TEXT_COLUMNS: Final = frozenset(
     {
         "task_id",
