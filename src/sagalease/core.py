@@ -4,7 +4,7 @@ Each function takes a :class:`TaskSaga` (or nothing, for :func:`create`), the
 event's arguments with times as integer UTC microseconds, and returns a
 :class:`Step`: the new record and the one :class:`HistoryEntry` that records
 the change. It never mutates anything, never reads a clock, and raises the
-brief's typed error when the lifecycle (:data:`sagalease.lifecycle.CHART`)
+typed error (:mod:`sagalease.errors`) when the lifecycle (:data:`sagalease.lifecycle.CHART`)
 refuses the event. Stores only load a record, call one of these, and write
 the result atomically.
 
@@ -857,8 +857,8 @@ def handlers(*, contracts: bool) -> Mapping[str, Callable[..., Step]]:
 
     Both compute the same steps and raise the same typed errors; the checks only
     re-verify the core (a failing one is a bug in sagalease). Stores run without
-    them unless asked (``contracts=True`` or ``SAGALEASE_CONTRACTS=1``): they
-    cost about a quarter of a lease cycle.
+    them unless asked (``contracts=True`` or ``SAGALEASE_CONTRACTS=1``), because
+    the checks are paid on every call.
     """
     if contracts:
         return MappingProxyType(_HANDLERS)

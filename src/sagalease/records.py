@@ -2,7 +2,7 @@
 
 Times are held as integer UTC microseconds since the epoch (``*_us`` fields),
 which is what the pure core computes with and what the databases store; the
-brief's datetime attributes (``created_at``, ``lease.expires_at``, ...) are
+public datetime attributes (``created_at``, ``lease.expires_at``, ...) are
 properties that return aware UTC datetimes. ``metadata`` and history ``args``
 are held as canonical JSON text so that a record can never be mutated through
 a shared dict; the properties return a fresh copy on every access.

@@ -36,8 +36,8 @@ class StoreBase(abc.ABC):
 
     ``contracts``: run the core's event functions with their icontract checks
     (``None``: as ``$SAGALEASE_CONTRACTS`` says; off by default, on in the test
-    suite). The checks never change a result; they cost about a quarter of a
-    lease cycle.
+    suite). The checks never change a result; they only re-verify the core,
+    at a price on every call.
     """
 
     def __init__(self, *, clock: Clock | None = None, contracts: bool | None = None) -> None:

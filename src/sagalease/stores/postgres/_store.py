@@ -31,7 +31,7 @@ Statements are prepared on each connection (``prepare=True``).
 
 **Schema.** Everything lives in the store's own PostgreSQL schema (``schema``,
 default ``sagalease``), created and migrated on open by the numbered
-``sql/postgres/migrations/NNNN_*.sql`` files under a transaction-scoped
+``migrations/NNNN_*.sql`` files beside this module, under a transaction-scoped
 advisory lock, so that many workers starting at once migrate exactly once. A
 schema written by a newer sagalease is refused with :class:`SchemaVersionError`
 and left untouched. A role without ``CREATE`` on the database can use a schema
@@ -309,9 +309,6 @@ class _Statements:
             schema=self.schema,
             where=where,
         )
-
-
-# ---------------------------------------------------------------- encoding
 
 
 # ---------------------------------------------------------------- DSN handling

@@ -164,15 +164,12 @@ def _update(columns: tuple[str, ...]) -> str:
     return f"UPDATE tasks SET {sets} WHERE task_id = ? AND version = ?"
 
 
-# ---------------------------------------------------------------- encoding
-
-
 # ---------------------------------------------------------------- writer lock
 
 _MAX_POLL: Final = 0.0005
 """The longest sleep between two tries for the writer lock (seconds). Shorter polls
-cost some throughput under contention but bound the wait: at 8 processes the slowest
-lease cycle measured 49-120 ms with 0.5 ms, 123-195 ms with 2 ms (bench/README.md).
+cost some throughput under contention but bound how long the slowest writer waits
+(bench/README.md compares cap values).
 """
 
 
