@@ -1,9 +1,14 @@
-"""The `sagalease` console script, driven as a real subprocess."""
+"""The `sagalease` console script: its entry point ``sagalease.cli.main`` driven in this
+process with stdout, stderr, ``$SAGALEASE_DB`` and the working directory as the script
+would have them, and as a real subprocess where the process itself matters (the
+entry point, imports, a lock held by another process).
+"""
 
 from __future__ import annotations
 
 import fcntl
 import importlib
+import io
 import json
 import os
 import sqlite3
@@ -11,6 +16,7 @@ import subprocess
 import sys
 import types
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,31 @@ TTL = timedelta(seconds=30)
 def sagalease(
     *args: str, db: str | None = None, cwd: Path | None = None, env_db: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m sagalease.cli ARGS` (the console script's entry point)."""
+    """Run the console script's entry point ``sagalease.cli.main(ARGS)`` in this process:
+    ``$SAGALEASE_DB`` only when ``env_db`` is given, in ``cwd``, stdout and stderr captured.
+    """
+    argv = ([] if db is None else ["--db", db]) + list(args)
+    out, err = io.StringIO(), io.StringIO()
+    saved_db, saved_cwd = os.environ.pop("SAGALEASE_DB", None), os.getcwd()
+    try:
+        if env_db is not None:
+            os.environ["SAGALEASE_DB"] = env_db
+        if cwd is not None:
+            os.chdir(cwd)
+        with redirect_stdout(out), redirect_stderr(err):
+            code = cli_module.main(argv)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.pop("SAGALEASE_DB", None)
+        if saved_db is not None:
+            os.environ["SAGALEASE_DB"] = saved_db
+    return subprocess.CompletedProcess(["sagalease", *argv], code, out.getvalue(), err.getvalue())
+
+
+def sagalease_process(
+    *args: str, db: str | None = None, cwd: Path | None = None, env_db: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m sagalease.cli ARGS` (the console script's entry point) as a process."""
     env = {k: v for k, v in os.environ.items() if k != "SAGALEASE_DB"}
     if env_db is not None:
         env["SAGALEASE_DB"] = env_db
@@ -122,12 +152,14 @@ def test_import_sagalease_does_not_import_click_or_rich() -> None:
 
 
 def test_init_creates_the_default_store_in_the_current_directory(tmp_path: Path) -> None:
-    """`sagalease init` with no --db creates ./sagalease.db; a second init finds it."""
-    first = sagalease("init", cwd=tmp_path)
+    """`sagalease init` with no --db creates ./sagalease.db; a second init finds it (a real
+    process: `python -m sagalease.cli` in that directory).
+    """
+    first = sagalease_process("init", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert (tmp_path / "sagalease.db").is_file()
     assert "created" in first.stdout
-    second = sagalease("init", "--json", cwd=tmp_path)
+    second = sagalease_process("init", "--json", cwd=tmp_path)
     assert second.returncode == 0
     assert json.loads(second.stdout) == {
         "db": "sqlite:///sagalease.db",
@@ -374,7 +406,7 @@ def test_conformance_unavailable_is_one_clear_line(
 
 def test_conformance_subprocess_bad_factory_fails_cleanly() -> None:
     """`sagalease conformance` runs the real suite: a factory that does not exist is exit 2."""
-    out = sagalease("conformance", "no_such_module_xyz:factory")
+    out = sagalease_process("conformance", "no_such_module_xyz:factory")
     assert out.returncode == 2, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
 
@@ -459,13 +491,15 @@ def test_newer_schema_is_exit_3(tmp_path: Path) -> None:
 
 
 def test_locked_database_is_exit_3(populated: tuple[str, SQLiteStore], tmp_path: Path) -> None:
-    """A database whose writer lock is held past --timeout: exit 3, one line."""
+    """A database whose writer lock another process holds past --timeout: exit 3, one line."""
     url, store = populated
     before = store.history("pending-1")
     fd = os.open(tmp_path / "ops.db.lock", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        out = sagalease("--timeout", "0.2", "quarantine", "pending-1", "--reason", "r", db=url)
+        out = sagalease_process(
+            "--timeout", "0.2", "quarantine", "pending-1", "--reason", "r", db=url
+        )
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
