@@ -31,7 +31,7 @@ INVARIANTS: tuple[Invariant, ...] = (
         (
             "tests/unit/test_core_properties.py::test_single_holder",
             "tests/stores/test_store_contract.py::test_two_workers_race_one_wins",
-            "tests/system/test_checker.py::test_catches_holder_check_ignoring_the_token",
+            "tests/unit/test_checker_catches.py::test_catches_holder_check_ignoring_the_token",
             "tests/system/test_conformance.py::test_concurrency_stage_alone_catches_select_then_update",
         ),
     ),
@@ -42,8 +42,9 @@ INVARIANTS: tuple[Invariant, ...] = (
         " the current one never changes anything.",
         (
             "tests/unit/test_core_properties.py::test_tokens_increase_and_stale_tokens_change_nothing",
-            "tests/stores/test_store_contract.py::test_zombie_cannot_write_after_reacquire",
-            "tests/system/test_checker.py::test_catches_acquire_without_token_bump",
+            "tests/stores/test_store_contract.py::TestShippedContractChecks::test_conformance"
+            "[memory-contract/zombie_cannot_write]",
+            "tests/unit/test_checker_catches.py::test_catches_acquire_without_token_bump",
         ),
     ),
     Invariant(
@@ -53,7 +54,7 @@ INVARIANTS: tuple[Invariant, ...] = (
         (
             "tests/unit/test_core_properties.py::test_terminal_is_absorbing",
             "tests/stores/test_store_contract.py::test_terminal_markers_reject_every_later_mutation",
-            "tests/system/test_checker.py::test_catches_a_writable_terminal_state",
+            "tests/unit/test_checker_catches.py::test_catches_a_writable_terminal_state",
         ),
     ),
     Invariant(
@@ -65,7 +66,7 @@ INVARIANTS: tuple[Invariant, ...] = (
         (
             "tests/unit/test_core_properties.py::test_no_dropped_compensation",
             "tests/stores/test_store_contract.py::test_failure_with_compensations_ends_compensated_or_quarantined",
-            "tests/system/test_checker.py::test_catches_a_failure_that_drops_compensations",
+            "tests/unit/test_checker_catches.py::test_catches_a_failure_that_drops_compensations",
         ),
     ),
     Invariant(
@@ -83,7 +84,7 @@ INVARIANTS: tuple[Invariant, ...] = (
         (
             "tests/unit/test_core_properties.py::test_fair_reaper_ends_every_task",
             "tests/system/test_checker.py::test_default_model_exercises_every_declared_transition",
-            "tests/system/test_checker.py::test_endless_heartbeats_are_a_liveness_violation",
+            "tests/unit/test_checker_catches.py::test_endless_heartbeats_are_a_liveness_violation",
         ),
     ),
     Invariant(
