@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from sagalease.conformance._common import (
@@ -35,13 +36,21 @@ class Check:
     """Runs the check; returns ``None`` or the reason it was skipped; raises on failure."""
 
 
+class Status(StrEnum):
+    """How a check ended."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """What one check found."""
 
     name: str
     invariant: str
-    status: str  # "passed", "failed" or "skipped"
+    status: Status
     seconds: float
     failure: ConformanceFailure | None = None
     skipped: str | None = None
@@ -49,7 +58,7 @@ class CheckResult:
     @property
     def passed(self) -> bool:
         """Whether the check passed (a skipped check did not fail)."""
-        return self.status != "failed"
+        return self.status is not Status.FAILED
 
     def line(self) -> str:
         """One line for the terminal."""
@@ -102,18 +111,13 @@ class Report:
     @property
     def failures(self) -> list[CheckResult]:
         """The failed checks."""
-        return [r for r in self.results if r.status == "failed"]
+        return [r for r in self.results if r.status is Status.FAILED]
 
     def summary(self) -> str:
         """``N passed, M failed, K skipped in S s``."""
-        counts = {
-            s: sum(r.status == s for r in self.results) for s in ("passed", "failed", "skipped")
-        }
+        counts = ", ".join(f"{sum(r.status is s for r in self.results)} {s}" for s in Status)
         total = sum(r.seconds for r in self.results)
-        return (
-            f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
-            f" in {total:.1f}s (examples={self.examples}, seed={self.seed})"
-        )
+        return f"{counts} in {total:.1f}s (examples={self.examples}, seed={self.seed})"
 
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON object."""
@@ -242,38 +246,28 @@ def _iter_results(
         if only is not None and not any(check.name.startswith(o) for o in only):
             continue
         start = time.perf_counter()
+        failure: ConformanceFailure | None = None
+        skipped: str | None = None
         try:
             skipped = check.run(factory, capabilities, budget, seed)
         except MissingHypothesis:
             raise
         except ConformanceFailure as exc:
-            yield CheckResult(
-                check.name,
-                check.invariant,
-                "failed",
-                time.perf_counter() - start,
-                exc.with_context(check=check.name, steps=exc.steps),
-            )
-            continue
+            failure = exc
         except Exception as exc:
             failure = violated(
                 "INV-8",
                 check.name,
                 f"the store raised {type(exc).__name__} (not a SagaLeaseError): {exc}",
             )
-            yield CheckResult(
-                check.name,
-                check.invariant,
-                "failed",
-                time.perf_counter() - start,
-                failure.with_context(check=check.name, steps=()),
-            )
-            continue
         seconds = time.perf_counter() - start
-        if skipped is not None:
-            yield CheckResult(check.name, check.invariant, "skipped", seconds, skipped=skipped)
+        if failure is not None:
+            failure = failure.with_context(check=check.name, steps=failure.steps)
+            yield CheckResult(check.name, check.invariant, Status.FAILED, seconds, failure)
+        elif skipped is not None:
+            yield CheckResult(check.name, check.invariant, Status.SKIPPED, seconds, skipped=skipped)
         else:
-            yield CheckResult(check.name, check.invariant, "passed", seconds)
+            yield CheckResult(check.name, check.invariant, Status.PASSED, seconds)
 
 
 def run(

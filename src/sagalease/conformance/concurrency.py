@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from sagalease import core
@@ -53,6 +54,24 @@ _GRANTS = frozenset(method for method, event in EVENT_OF_METHOD.items() if event
 """The store methods that hand out leases (the workers here use acquire and claim_next)."""
 
 
+class Outcome(Enum):
+    """How a recorded call ended."""
+
+    OK = "ok"
+    REFUSED = "refused"  # a SagaLeaseError
+    ERROR = "error"  # any other exception: a broken store
+
+
+@dataclass(frozen=True)
+class Unexpected:
+    """What a call raised that is not a SagaLeaseError."""
+
+    error: str
+
+    def __str__(self) -> str:
+        return self.error
+
+
 @dataclass(frozen=True)
 class Op:
     """One recorded call."""
@@ -66,13 +85,20 @@ class Op:
     kwargs: tuple[tuple[str, Any], ...]
     ok: bool
     value: Any
-    """The returned record/list/None, or the error's type name."""
+    """The returned record/list/None, or the error's type name, or an :class:`Unexpected`."""
+
+    @property
+    def outcome(self) -> Outcome:
+        """How the call ended."""
+        if self.ok:
+            return Outcome.OK
+        return Outcome.ERROR if isinstance(self.value, Unexpected) else Outcome.REFUSED
 
     def describe(self) -> str:
         """The call as text, with what it returned."""
         args = () if self.task_id is None else (self.task_id,)
         kw = store_form({**dict(self.kwargs), "now_us": self.now_us})
-        if self.ok:
+        if self.outcome is Outcome.OK:
             if isinstance(self.value, TaskSaga):
                 result = f"ok token {self.value.token}"
             else:
@@ -130,10 +156,11 @@ def _work(
         except SagaLeaseError as exc:
             value, ok = type(exc).__name__, False
         except Exception as exc:
-            value, ok = f"!{type(exc).__name__}: {exc}", False
+            value, ok = Unexpected(f"{type(exc).__name__}: {exc}"), False
         end = time.monotonic_ns()
-        ops.append(Op(worker, start, end, method, task_id, now_us, tuple(kw.items()), ok, value))
-        if ok and method in _GRANTS and isinstance(value, TaskSaga):
+        op = Op(worker, start, end, method, task_id, now_us, tuple(kw.items()), ok, value)
+        ops.append(op)
+        if op.ok and method in _GRANTS and isinstance(value, TaskSaga):
             creds.append((value.task_id, value.token))
     return ops
 
@@ -203,8 +230,8 @@ def check_history(
 ) -> None:
     """Check a recorded history; raise :class:`ConformanceFailure` on the first problem."""
     for op in ops:
-        if not op.ok and str(op.value).startswith("!"):
-            raise _fail("INV-8", op, f"raised {op.value[1:]} (not a SagaLeaseError)", ops)
+        if op.outcome is Outcome.ERROR:
+            raise _fail("INV-8", op, f"raised {op.value} (not a SagaLeaseError)", ops)
     leases: dict[tuple[str, str, int], list[_Lease]] = {}
     grants: dict[str, list[_Lease]] = {t.task_id: [] for t in initial}
     for op in sorted(ops, key=lambda o: o.start):
@@ -326,8 +353,8 @@ def check_history(
 State = tuple[TaskSaga, ...]
 
 
-def _model(state: State, op: Op, skip_locked_claims: bool = False) -> tuple[bool, Any, State]:
-    """Apply ``op`` to the reference model; (ok, value, new state).
+def _model(state: State, op: Op, skip_locked_claims: bool = False) -> tuple[Outcome, Any, State]:
+    """Apply ``op`` to the reference model; (outcome, value, new state).
 
     With ``skip_locked_claims`` a claim may return ``None`` or any task the
     model lets it acquire, not only the oldest.
@@ -335,13 +362,13 @@ def _model(state: State, op: Op, skip_locked_claims: bool = False) -> tuple[bool
     kw = dict(op.kwargs)
     if op.method == "claim_next" and skip_locked_claims:
         if not isinstance(op.value, TaskSaga):
-            return True, None, state
+            return Outcome.OK, None, state
         index = next(i for i, t in enumerate(state) if t.task_id == op.value.task_id)
         try:
             step = core.acquire(state[index], now_us=op.now_us, **kw)
         except SagaLeaseError:
-            return True, None, state
-        return True, step.task, (*state[:index], step.task, *state[index + 1 :])
+            return Outcome.OK, None, state
+        return Outcome.OK, step.task, (*state[:index], step.task, *state[index + 1 :])
     if op.method == "claim_next":
         for i, task in enumerate(state):
             if task.state.is_terminal:
@@ -350,8 +377,8 @@ def _model(state: State, op: Op, skip_locked_claims: bool = False) -> tuple[bool
                 step = core.acquire(task, now_us=op.now_us, **kw)
             except SagaLeaseError:
                 continue
-            return True, step.task, (*state[:i], step.task, *state[i + 1 :])
-        return True, None, state
+            return Outcome.OK, step.task, (*state[:i], step.task, *state[i + 1 :])
+        return Outcome.OK, None, state
     if op.method == "reap":
         changed = []
         tasks = list(state)
@@ -359,13 +386,13 @@ def _model(state: State, op: Op, skip_locked_claims: bool = False) -> tuple[bool
             if not task.state.is_terminal and core.needs_reap(task, op.now_us):
                 tasks[i] = core.reap(task, now_us=op.now_us).task
                 changed.append(tasks[i])
-        return True, changed, tuple(tasks)
+        return Outcome.OK, changed, tuple(tasks)
     index = next(i for i, t in enumerate(state) if t.task_id == op.task_id)
     try:
         step = core.apply(state[index], op.method, op.now_us, **kw)
     except SagaLeaseError as exc:
-        return False, type(exc).__name__, state
-    return True, step.task, (*state[:index], step.task, *state[index + 1 :])
+        return Outcome.REFUSED, type(exc).__name__, state
+    return Outcome.OK, step.task, (*state[:index], step.task, *state[index + 1 :])
 
 
 def linearizable(
@@ -392,8 +419,12 @@ def linearizable(
             op = calls[i]
             if op.start > horizon:
                 continue
-            ok, value, new_state = _model(state, op, skip_locked_claims)
-            if ok == op.ok and value == op.value and search(remaining - {i}, new_state, depth + 1):
+            outcome, value, new_state = _model(state, op, skip_locked_claims)
+            if (
+                outcome is op.outcome
+                and value == op.value
+                and search(remaining - {i}, new_state, depth + 1)
+            ):
                 return True
         return False
 

@@ -31,7 +31,7 @@ from sagalease.lifecycle import CHART, HOLDER_EVENTS
 from sagalease.records import Compensation, CompensationStatus, TaskSaga, TaskState
 from sagalease.verification.calls import Chosen, core_args
 
-__all__ = ["PROPERTIES", "Model", "Result", "check", "load_model", "model_names"]
+__all__ = ["PROPERTIES", "Model", "Result", "Verdict", "check", "load_model", "model_names"]
 
 PROPERTIES = (
     "every state: the record is well formed (`core.well_formed`: a lease only in"
@@ -57,6 +57,13 @@ PROPERTIES = (
 TICK = 1_000_000
 
 
+class Verdict(StrEnum):
+    """What a run concludes, and what a model expects it to."""
+
+    PASS = "pass"
+    FAIL = "fail"
+
+
 @dataclass(frozen=True)
 class Model:
     """What the actors may do. Times are in ticks."""
@@ -72,7 +79,7 @@ class Model:
     operator: bool = True
     incarnations: int = 1  # processes sharing one worker id (a restarted worker's paused old self)
     impostor: bool = True  # someone presenting the current token under another owner id
-    expect: str = "pass"
+    expect: Verdict = Verdict.PASS
     description: str = ""
     figures: dict[str, int] | None = None  # recorded results; a difference is a failure
 
@@ -109,6 +116,11 @@ class Result:
     def ok(self) -> bool:
         """Whether every check passed (and the recorded figures, if any, match)."""
         return self.violation is None and not self.uncovered and not self.drift
+
+    @property
+    def verdict(self) -> Verdict:
+        """PASS when every check passed."""
+        return Verdict.PASS if self.ok else Verdict.FAIL
 
     @property
     def figures(self) -> dict[str, int]:
@@ -148,6 +160,7 @@ def load_model(name_or_path: str, **overrides: Any) -> Model:
     if changes:
         data.pop("figures", None)  # recorded for the model as written, not a variant
     data.update(changes)
+    data["expect"] = Verdict(data.get("expect", Verdict.PASS))
     return Model(**data)
 
 

@@ -27,10 +27,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sagalease.errors import (
     InvalidInputError,
@@ -38,8 +39,9 @@ from sagalease.errors import (
     SagaLeaseError,
     StoreUnavailableError,
 )
-from sagalease.lifecycle import LEASE_STATES
+from sagalease.lifecycle import HOLDER_EVENTS, LEASE_STATES
 from sagalease.records import Compensation, CompensationStatus, TaskState
+from sagalease.store import SagaStore
 from sagalease.stores import SQLiteStore, parse_url
 from sagalease.verification.history import Verification, verify_store
 from sagalease.worker import LeaseContext, Outcome, Worker
@@ -57,6 +59,37 @@ _KINDS = (
     ("fail-stuck", 0.03),  # a compensation can never apply: QUARANTINED
     ("poison", 0.015),  # kills its worker each time: attempts exhausted, QUARANTINED
 )
+
+
+class WorkerResult(StrEnum):
+    """The results a worker reports (:attr:`sagalease.worker.Outcome.result`)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    QUARANTINED = "quarantined"
+    RELEASED = "released"
+    LOST = "lost"
+    FENCED = "fenced"
+
+
+@dataclass(frozen=True, slots=True)
+class _Reported:
+    """One outcome as a worker process reports it to the parent."""
+
+    owner: str
+    task_id: str
+    token: int
+    result: WorkerResult
+    refused: str | None
+    """The holder write the store refused (a fenced outcome)."""
+
+    @classmethod
+    def read(cls, line: str) -> _Reported:
+        """The outcome a line of a worker's report file holds."""
+        data = json.loads(line)
+        return cls(**{**data, "result": WorkerResult(data["result"])})
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,24 +243,46 @@ def _worker_main(db: str, owner: str, report: str, ttl: float) -> None:
         sys.exit(3)
 
 
+class _Refusals:
+    """A worker's store that notes, per thread, the holder write it refused last: the
+    write a "fenced" outcome of that thread reports (the heartbeat thread's refusals
+    stay its own).
+    """
+
+    def __init__(self, store: SagaStore) -> None:
+        self.inner = store
+        self._last = threading.local()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name not in HOLDER_EVENTS:
+            return attr
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except SagaLeaseError:
+                self._last.event = name
+                raise
+
+        return write
+
+    def take(self) -> str | None:
+        """The holder write this thread saw refused since the last call, if any."""
+        event: str | None = getattr(self._last, "event", None)
+        self._last.event = None
+        return event
+
+
 def _work(db: str, owner: str, report: str, ttl: float) -> None:
     store = SQLiteStore(db, timeout=30.0)
+    refusals = _Refusals(store)
     out = open(report, "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
 
     def record(outcome: Outcome) -> None:
-        out.write(
-            json.dumps(
-                {
-                    "owner": owner,
-                    "task": outcome.task_id,
-                    "token": outcome.token,
-                    "phase": outcome.phase.value,
-                    "result": outcome.result,
-                    "detail": outcome.detail,
-                }
-            )
-            + "\n"
-        )
+        result = WorkerResult(outcome.result)
+        seen = _Reported(owner, outcome.task_id, outcome.token, result, refusals.take())
+        out.write(json.dumps(asdict(seen)) + "\n")
         out.flush()
 
     def all_ended() -> bool:
@@ -235,7 +290,7 @@ def _work(db: str, owner: str, report: str, ttl: float) -> None:
         return not any(counts[s] for s in TaskState if not s.is_terminal)
 
     worker = Worker(
-        store,
+        cast(SagaStore, refusals),
         _handler,
         compensator=_compensator,
         owner=owner,
@@ -451,19 +506,20 @@ def run_simulation(
         counts = store.counts()
         progress(sum(n for s, n in counts.items() if s.is_terminal), settings.tasks)
 
-    outcomes: list[dict[str, Any]] = []
+    outcomes: list[_Reported] = []
     for file in sorted(reports_dir.glob(f"{run_tag}-*.jsonl")):
         for line in file.read_text(encoding="utf-8").splitlines():
             try:
-                outcomes.append(json.loads(line))
+                outcomes.append(_Reported.read(line))
             except json.JSONDecodeError:  # a worker killed mid-line
                 continue
         file.unlink()
     with contextlib.suppress(OSError):
         reports_dir.rmdir()
-    report.outcomes = dict(sorted(Counter(o["result"] for o in outcomes).items()))
-    report.zombie_writes_fenced = sum(1 for o in outcomes if o["result"] == "fenced")
-    report.lost_detected = sum(1 for o in outcomes if o["result"] == "lost")
+    results = Counter(o.result for o in outcomes)
+    report.outcomes = dict(sorted(results.items()))
+    report.zombie_writes_fenced = results[WorkerResult.FENCED]
+    report.lost_detected = results[WorkerResult.LOST]
 
     report.verification = verify_store(store, task_ids=task_ids)
     _cross_check(store, outcomes, report.verification)
@@ -488,15 +544,20 @@ def run_simulation(
 
 
 _WRITE_OF = {
-    "completed": "complete",
-    "failed": "fail",
-    "compensating": "fail",
-    "compensated": "compensation_applied",
-    "quarantined": "compensation_failed",
+    WorkerResult.COMPLETED: "complete",
+    WorkerResult.FAILED: "fail",
+    WorkerResult.COMPENSATING: "fail",
+    WorkerResult.COMPENSATED: "compensation_applied",
+    WorkerResult.QUARANTINED: "compensation_failed",
 }
+"""The write a reported result says was done."""
+
+_ONCE_PER_TOKEN = ("complete", "fail")
+"""Forward-phase writes that end the caller's lease: under one token at most one of
+them is made, so one the store refused cannot be in the history."""
 
 
-def _cross_check(store: SQLiteStore, outcomes: list[dict[str, Any]], into: Verification) -> None:
+def _cross_check(store: SQLiteStore, outcomes: list[_Reported], into: Verification) -> None:
     """What the workers saw agrees with the history: every write they report as
     done is there under their (owner, token); no write they saw fenced is.
     """
@@ -508,18 +569,15 @@ def _cross_check(store: SQLiteStore, outcomes: list[dict[str, Any]], into: Verif
         return histories[task_id]
 
     for o in outcomes:
-        task_id, owner, token, result = o["task"], o["owner"], o["token"], o["result"]
-        recorded = {(ev, tok) for ev, own, tok in entries(task_id) if own == owner}
-        if result in _WRITE_OF and (_WRITE_OF[result], token) not in recorded:
+        recorded = {(ev, tok) for ev, own, tok in entries(o.task_id) if own == o.owner}
+        done = _WRITE_OF.get(o.result)
+        if done is not None and (done, o.token) not in recorded:
             into.problems.append(
-                f"{task_id}: worker {owner} reported {result} under token {token},"
+                f"{o.task_id}: worker {o.owner} reported {o.result} under token {o.token},"
                 " but the history has no such write"
             )
-        if result == "fenced":
-            detail = str(o.get("detail") or "")
-            event = detail.split(":")[0].split(" ")[0]
-            if (event, token) in recorded and event in ("complete", "fail"):
-                into.problems.append(
-                    f"{task_id}: worker {owner}'s {event} under token {token} was refused,"
-                    " yet the history records it"
-                )
+        if o.refused in _ONCE_PER_TOKEN and (o.refused, o.token) in recorded:
+            into.problems.append(
+                f"{o.task_id}: worker {o.owner}'s {o.refused} under token {o.token} was"
+                " refused, yet the history records it"
+            )
