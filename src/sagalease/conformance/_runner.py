@@ -306,6 +306,8 @@ def check_store(
     only: set[str] | None = None,
 ) -> None:
     """Run the suite; raise the first :class:`ConformanceFailure` (an ``AssertionError``)."""
+    # run's keywords, spelled out: both signatures are public; this one stops at the
+    # first failure instead of running every check.
     caps = Capabilities.of(factory) if capabilities is None else capabilities
     for result in _iter_results(factory, caps, Budget.from_examples(examples), seed, only):
         if result.failure is not None:

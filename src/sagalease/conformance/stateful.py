@@ -14,7 +14,7 @@ under test; each check names the invariant it pins.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from hypothesis import HealthCheck, Phase, Verbosity, settings
 from hypothesis import seed as hypothesis_seed
@@ -107,6 +107,17 @@ def _classify_record(sut: TaskSaga, ref: TaskSaga) -> str:
     return "INV-7"
 
 
+class _Seen(NamedTuple):
+    """One call as the checks see it: the method, its keyword arguments, the task it
+    names, and the store under test's records before it.
+    """
+
+    method: str
+    kwargs: dict[str, Any]
+    task_id: str | None
+    prev: dict[str, TaskSaga]
+
+
 def _impostor(other: str, holder: str) -> str:
     """An owner id that is not ``holder``'s: ``other``, or ``holder`` disguised."""
     return other if other != holder else f"{holder}-impostor"
@@ -170,7 +181,7 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             task_id = args[0] if args and isinstance(args[0], str) else None
             self.touched = task_id
             sut_before = self.sut_state
-            prev = {t.task_id: t for t in sut_before[0]}
+            call = _Seen(method, kwargs, task_id, {t.task_id: t for t in sut_before[0]})
             ref_out: Any
             sut_out: Any
             try:
@@ -182,20 +193,11 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             except Exception as exc:
                 sut_out = exc
             self.steps.append(f"{text} -> {outcome_text(sut_out)}")
-            self._check_outcome(method, kwargs, task_id, prev, sut_before, ref_out, sut_out)
+            self._check_outcome(call, sut_before, ref_out, sut_out)
             self._check_stores()
             return None if isinstance(sut_out, BaseException) else sut_out
 
-        def _check_outcome(
-            self,
-            method: str,
-            kwargs: dict[str, Any],
-            task_id: str | None,
-            prev: dict[str, TaskSaga],
-            sut_before: Any,
-            ref_out: Any,
-            sut_out: Any,
-        ) -> None:
+        def _check_outcome(self, call: _Seen, sut_before: Any, ref_out: Any, sut_out: Any) -> None:
             ref_err = isinstance(ref_out, BaseException)
             if isinstance(sut_out, BaseException):
                 if not isinstance(sut_out, SagaLeaseError):
@@ -222,7 +224,7 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                     )
                 if type(sut_out) is not type(ref_out):
                     lease_err = sut_out if isinstance(sut_out, LeaseConflictError) else ref_out
-                    inv = self._refused_invariant(method, kwargs, task_id, prev, lease_err)
+                    inv = self._refused_invariant(call, lease_err)
                     raise self._fail(
                         inv,
                         f"raised {type(sut_out).__name__}, the reference raised"
@@ -230,9 +232,9 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                     )
                 return
             # The store under test accepted the call.
-            self._check_accepted(method, kwargs, task_id, prev, sut_out)
+            self._check_accepted(call, sut_out)
             if ref_err:
-                inv = self._refused_invariant(method, kwargs, task_id, prev, ref_out)
+                inv = self._refused_invariant(call, ref_out)
                 raise self._fail(
                     inv,
                     f"accepted a call the reference refuses with {type(ref_out).__name__}:"
@@ -249,44 +251,34 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                         f"returned a record that differs from the reference's:"
                         f" {record_difference(sut_out, ref_out)}",
                     )
-                inv = "INV-1" if method in _CLAIMS else "INV-7"
+                inv = "INV-1" if call.method in _CLAIMS else "INV-7"
                 raise self._fail(
                     inv,
                     f"returned {outcome_text(sut_out)}, the reference {outcome_text(ref_out)}",
                 )
 
-        def _refused_invariant(
-            self,
-            method: str,
-            kwargs: dict[str, Any],
-            task_id: str | None,
-            prev: dict[str, TaskSaga],
-            ref_err: BaseException,
-        ) -> str:
+        def _refused_invariant(self, call: _Seen, ref_err: BaseException) -> str:
             if isinstance(ref_err, LeaseConflictError):
-                old = prev.get(task_id or "")
-                if method in HOLDER_EVENTS and old is not None and kwargs["token"] != old.token:
+                old = call.prev.get(call.task_id or "")
+                if (
+                    call.method in HOLDER_EVENTS
+                    and old is not None
+                    and call.kwargs["token"] != old.token
+                ):
                     return "INV-2"
                 return "INV-1"
             return _ERROR_INVARIANT.get(type(ref_err), "INV-6")
 
-        def _check_accepted(
-            self,
-            method: str,
-            kwargs: dict[str, Any],
-            task_id: str | None,
-            prev: dict[str, TaskSaga],
-            result: Any,
-        ) -> None:
+        def _check_accepted(self, call: _Seen, result: Any) -> None:
             """What a successful call implies about the record it found (the store's own)."""
+            method, kwargs, task_id, prev = call
             if method == "claim_batch" and isinstance(result, list):
                 for rec in result:
-                    self._check_accepted("claim_next", kwargs, None, prev, rec)
+                    self._check_accepted(_Seen("claim_next", kwargs, None, prev), rec)
             elif method == "complete_many":
                 for item_id, token in self.batch:
-                    self._check_accepted(
-                        "complete", {**kwargs, "token": token}, item_id, prev, None
-                    )
+                    each = _Seen("complete", {**kwargs, "token": token}, item_id, prev)
+                    self._check_accepted(each, None)
             elif EVENT_OF_METHOD.get(method) == "acquire" and isinstance(result, TaskSaga):
                 old = prev.get(result.task_id)
                 if old is None:
@@ -693,6 +685,8 @@ def run_stateful(
     sequence of steps Hypothesis found) on the first broken rule.
     """
     machine = make_machine(factory)
+    # Hypothesis's settings, one keyword each (cli/_app.py's SimulationSettings call only
+    # has the same shape).
     test = get_state_machine_test(
         machine,
         settings=settings(

@@ -64,6 +64,9 @@ _KINDS = (
 class WorkerResult(StrEnum):
     """The results a worker reports (:attr:`sagalease.worker.Outcome.result`)."""
 
+    # The values worker.Outcome documents; an enum of the same shape as
+    # records.CompensationStatus, naming other things.
+
     COMPLETED = "completed"
     FAILED = "failed"
     COMPENSATING = "compensating"
@@ -139,6 +142,7 @@ class SimulationReport:
     seconds: float = 0.0
     states: dict[str, int] = field(default_factory=dict)
     kinds: dict[str, int] = field(default_factory=dict)
+    # One counter per figure of to_json: a list of distinct fields, not a copied block.
     workers_started: int = 0
     kills: int = 0
     self_kills: int = 0
