@@ -953,8 +953,8 @@ def test_naive_datetimes_rejected(store: SagaStore, call: Callable[[SagaStore], 
 # ------------------------------------------------------------------ bad input
 
 BAD_CREATES: dict[str, tuple[str, dict[str, Any]]] = {
-    # An empty id, 201 characters, a control character, a NaN or a non-string metadata
-    # key, max_attempts=0 and deadline == now: contract/bad_input_is_refused.
+    # An empty id, 201 characters, a NaN or a non-string metadata key, max_attempts=0
+    # and deadline == now: contract/bad_input_is_refused.
     "blank-id": ("   ", {}),
     "id-10000-chars": ("x" * 10_000, {}),
     "id-with-nul": ("a\x00b", {}),
