@@ -14,7 +14,7 @@ Every failure names the invariant it broke (``INV-n`` of
 :mod:`sagalease.verification.invariants`), the step that broke it and a (minimal, for the
 stateful stage) sequence of calls that reproduces it. The stages:
 
-1. ``contract/*``: every event, guard and error of the brief, each refusal checked
+1. ``contract/*``: every event, guard and error of the contract, each refusal checked
    for its exact error type and for changing nothing;
 2. ``stateful/*``: a Hypothesis state machine driving the store and the memory
    reference side by side (workers, zombies, impostors, reaper, clock jumps onto

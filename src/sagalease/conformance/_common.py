@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, cast
 
-from sagalease.errors import SagaLeaseError
 from sagalease.records import HistoryEntry, TaskSaga, TaskState
 from sagalease.store import EVENT_OF_METHOD, SagaStore
 from sagalease.verification.invariants import INVARIANTS
@@ -260,11 +259,6 @@ def record_difference(a: TaskSaga, b: TaskSaga) -> str:
     return "; ".join(diffs) or "no difference"
 
 
-def is_saga_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is one of the library's typed errors."""
-    return isinstance(exc, SagaLeaseError)
-
-
 @dataclass
 class Budget:
     """How much work each stage does (scaled from ``examples``)."""
@@ -274,7 +268,6 @@ class Budget:
     thread_trials: int = 20
     process_trials: int = 2
     shrink: bool = True
-    extra: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_examples(cls, examples: int, *, shrink: bool = True) -> Budget:

@@ -1,4 +1,4 @@
-"""Contract checks: every event, guard and error of the brief, as plain functions.
+"""Contract checks: every event, guard and error of the store contract, as plain functions.
 
 Each check gets a fresh store wrapped in a :class:`~sagalease.conformance._common.Trace`
 and raises :class:`~sagalease.conformance._common.ConformanceFailure` naming the

@@ -319,13 +319,6 @@ def _state_checks(s: _State) -> None:
         raise _Violation("two workers hold the current token")
 
 
-def _handlers(contracts: bool) -> dict[str, Any]:
-    """The core's event functions, with their icontract checks or without them
-    (the checker's own state and edge checks cover the same ground, 2-3x faster).
-    """
-    return dict(core.handlers(contracts=contracts))
-
-
 def _successors(m: Model, s: _State, handlers: dict[str, Any]) -> Iterator[tuple[str, str, _State]]:
     for label, event, index, args in _calls(m, s):
         if event is _Move.TICK:
@@ -382,7 +375,9 @@ def check(m: Model, *, contracts: bool = False) -> Result:
     ``contracts`` runs the core with its icontract pre/postconditions on.
     """
     started = time.perf_counter()
-    handlers = _handlers(contracts)
+    # Without icontract's checks unless asked: the state and edge checks here cover
+    # the same ground.
+    handlers = dict(core.handlers(contracts=contracts))
     result = Result(m)
     init = _initial(m)
     k0 = _key(m, init)

@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from sagalease import core
 from sagalease.errors import SagaLeaseError
 from sagalease.lifecycle import HOLDER_EVENTS
-from sagalease.records import CompensationStatus, HistoryEntry, TaskSaga, TaskState
+from sagalease.records import Compensation, CompensationStatus, HistoryEntry, TaskSaga, TaskState
 from sagalease.store import SagaStore
 
 __all__ = ["TaskFacts", "Verification", "check_task", "verify_store"]
-
-"""Events only the live lease holder may cause."""
 
 
 @dataclass(slots=True)
@@ -149,8 +147,6 @@ def check_task(
 def _args(entry: HistoryEntry) -> dict[str, object]:
     args = entry.args
     if "compensation" in args:
-        from sagalease.records import Compensation
-
         args["compensation"] = Compensation.from_json(args["compensation"])
     return args
 
