@@ -38,6 +38,7 @@ from sagalease.records import (
     TaskState,
     from_us,
 )
+from sagalease.verification.calls import Chosen, core_args, store_args, store_form
 
 T0_US = int(
     (datetime(2026, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC))
@@ -187,12 +188,7 @@ class Run:
 
 
 def _store_call(store: MemoryStore, event: str, now_us: int, args: dict[str, Any]) -> None:
-    now = from_us(now_us)
-    a = dict(args)
-    for key in ("ttl_us", "delay_us"):
-        if key in a:
-            a[key.removesuffix("_us")] = timedelta(microseconds=a.pop(key))
-    getattr(store, event)(TASK, now=now, **a)
+    getattr(store, event)(TASK, **store_form({**args, "now_us": now_us}))
 
 
 def _credential(data: st.DataObject, run: Run) -> Cred:
@@ -231,24 +227,17 @@ def explore(data: st.DataObject, *, store: bool = False, max_steps: int = 40) ->
         ),
         label="compensations",
     )
-    kwargs: dict[str, Any] = {
-        "max_attempts": max_attempts,
-        "compensations": comps,
-        "deadline_us": None if deadline is None else T0_US + deadline,
-        "available_us": None if available is None else T0_US + available,
-    }
-    step = core.create(TASK, now_us=T0_US, **kwargs)
+    chosen = Chosen(
+        max_attempts=max_attempts,
+        compensations=tuple(comps),
+        deadline_us=None if deadline is None else T0_US + deadline,
+        available_us=None if available is None else T0_US + available,
+    )
+    step = core.create(TASK, now_us=T0_US, **core_args("create", chosen))
     run = Run(start=step.task, task=step.task, now_us=T0_US, entries=[step.entry])
     if store:
         run.store = MemoryStore()
-        run.store.create(
-            TASK,
-            compensations=comps,
-            max_attempts=max_attempts,
-            deadline=None if deadline is None else from_us(T0_US + deadline),
-            available_at=None if available is None else from_us(T0_US + available),
-            now=from_us(T0_US),
-        )
+        run.store.create(TASK, now=from_us(T0_US), **store_args("create", chosen))
         assert run.store.get(TASK) == run.task
         assert run.store.history(TASK) == run.entries
     tail: int | None = None  # steps still to take once the task has ended
@@ -290,23 +279,20 @@ def explore(data: st.DataObject, *, store: bool = False, max_steps: int = 40) ->
             run.call("quarantine", reason="operator decision", by=OPERATOR)
         else:
             owner, token = _credential(data, run)
-            extra: dict[str, Any] = {}
+            chosen = Chosen(owner, token, reason="boom")
             if action == "heartbeat":
-                extra["ttl_us"] = data.draw(st.sampled_from([10_000, 1_000, 1]))
+                chosen = replace(chosen, ttl_us=data.draw(st.sampled_from([10_000, 1_000, 1])))
             elif action == "release":
-                extra["delay_us"] = data.draw(st.sampled_from([0, 1, 700]))
+                chosen = replace(chosen, delay_us=data.draw(st.sampled_from([0, 1, 700])))
             elif action == "register_compensation":
-                extra["compensation"] = data.draw(compensations)
-            elif action == "fail":
-                extra["reason"] = "boom"
+                chosen = replace(chosen, compensation=data.draw(compensations))
             elif action in ("compensation_applied", "compensation_failed"):
                 pending = list(run.task.pending_compensations)
-                extra["index"] = data.draw(
+                index = data.draw(
                     st.sampled_from([*pending * 4, -1, 0, len(run.task.compensations)])
                 )
-                if action == "compensation_failed":
-                    extra["reason"] = "gone"
-            run.call(action, owner=owner, token=token, **extra)
+                chosen = replace(chosen, index=index, reason="gone")
+            run.call(action, **core_args(action, chosen))
     return run
 
 
@@ -496,8 +482,11 @@ FAIR_TTL = 1_000
 MAX_HEARTBEATS = 3
 
 
-def _must(task: TaskSaga, event: str, now_us: int, **args: Any) -> TaskSaga:
-    return core.apply(task, event, now_us, **args).task
+NO_VALUES = Chosen()
+
+
+def _must(task: TaskSaga, event: str, now_us: int, chosen: Chosen = NO_VALUES) -> TaskSaga:
+    return core.apply(task, event, now_us, **core_args(event, chosen)).task
 
 
 def fair_finish(data: st.DataObject, task: TaskSaga, now_us: int) -> tuple[TaskSaga, int]:
@@ -522,45 +511,31 @@ def fair_finish(data: st.DataObject, task: TaskSaga, now_us: int) -> tuple[TaskS
             elif heartbeats_left > 0:
                 heartbeats_left -= 1
                 try:
-                    task = _must(
-                        task, "heartbeat", now_us, owner=FAIR, token=lease.token, ttl_us=FAIR_TTL
-                    )
+                    task = _must(task, "heartbeat", now_us, Chosen(FAIR, lease.token, FAIR_TTL))
                 except LeaseConflictError:
                     heartbeats_left = 0  # capped at the deadline: cannot extend any more
                 now_us += FAIR_TTL // 2
             elif plan == "crash":
                 now_us = lease.expires_us
             elif plan == "release":
-                task = _must(task, "release", now_us, owner=FAIR, token=lease.token)
+                task = _must(task, "release", now_us, Chosen(FAIR, lease.token))
             elif task.state is TaskState.RUNNING:
                 event = "complete" if plan == "complete" else "fail"
-                args: dict[str, Any] = {} if event == "complete" else {"reason": "boom"}
-                task = _must(task, event, now_us, owner=FAIR, token=lease.token, **args)
+                task = _must(task, event, now_us, Chosen(FAIR, lease.token, reason="boom"))
             else:
                 index = task.pending_compensations[0]
-                if plan == "compensation_failed":
-                    task = _must(
-                        task,
-                        "compensation_failed",
-                        now_us,
-                        owner=FAIR,
-                        token=lease.token,
-                        index=index,
-                        reason="gone",
-                    )
-                else:
-                    task = _must(
-                        task,
-                        "compensation_applied",
-                        now_us,
-                        owner=FAIR,
-                        token=lease.token,
-                        index=index,
-                    )
+                event = (
+                    "compensation_failed"
+                    if plan == "compensation_failed"
+                    else "compensation_applied"
+                )
+                task = _must(
+                    task, event, now_us, Chosen(FAIR, lease.token, index=index, reason="gone")
+                )
         elif now_us < task.available_us:
             now_us = task.available_us
         else:
-            task = _must(task, "acquire", now_us, owner=FAIR, ttl_us=FAIR_TTL)
+            task = _must(task, "acquire", now_us, Chosen(FAIR, ttl_us=FAIR_TTL))
             heartbeats_left = data.draw(st.integers(0, MAX_HEARTBEATS))
             plan = data.draw(
                 st.sampled_from(
@@ -599,13 +574,11 @@ def test_fair_reaper_ends_every_task(data: st.DataObject) -> None:
             task = _must(task, "reap", now_us)
         elif lease is not None and now_us < lease.expires_us:
             with contextlib.suppress(LeaseConflictError):  # capped at the deadline
-                task = _must(
-                    task, "heartbeat", now_us, owner="hb", token=lease.token, ttl_us=FAIR_TTL
-                )
+                task = _must(task, "heartbeat", now_us, Chosen("hb", lease.token, FAIR_TTL))
             assert task.lease is not None
             assert task.lease.expires_us <= deadline
         elif lease is None:
-            task = _must(task, "acquire", now_us, owner="hb", ttl_us=FAIR_TTL)
+            task = _must(task, "acquire", now_us, Chosen("hb", ttl_us=FAIR_TTL))
             assert task.lease is not None
             assert task.lease.expires_us <= deadline
         now_us += data.draw(st.sampled_from([FAIR_TTL // 2, FAIR_TTL - 1, FAIR_TTL, FAIR_TTL + 1]))
@@ -658,7 +631,7 @@ D = T0_US + 10_000  # a deadline for the examples
 
 def _leased(ttl: int = 1_000, *, deadline: int | None = None) -> TaskSaga:
     task = core.create(TASK, now_us=T0_US, deadline_us=deadline, max_attempts=3).task
-    return _must(task, "acquire", T0_US, owner="w1", ttl_us=ttl)
+    return _must(task, "acquire", T0_US, Chosen("w1", ttl_us=ttl))
 
 
 def test_lease_live_until_the_instant_before_expiry() -> None:
