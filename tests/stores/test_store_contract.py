@@ -228,24 +228,6 @@ def race_acquire(
     return wins, errors
 
 
-def zombie_calls(
-    store: SagaStore, task_id: str, owner: str, token: int, now: datetime
-) -> list[Callable[[], object]]:
-    """Every forward-phase holder call a worker holding (owner, token) could make."""
-    return [
-        lambda: store.heartbeat(task_id, owner=owner, token=token, ttl=TTL, now=now),
-        lambda: store.complete(task_id, owner=owner, token=token, now=now),
-        lambda: store.fail(task_id, owner=owner, token=token, reason="late", now=now),
-        lambda: store.release(task_id, owner=owner, token=token, now=now),
-        lambda: store.register_compensation(
-            task_id, owner=owner, token=token, compensation=COMP_A, now=now
-        ),
-        lambda: store.release(
-            task_id, owner=owner, token=token, delay=timedelta(seconds=5), now=now
-        ),
-    ]
-
-
 # ------------------------------------------------------------------ races
 
 
@@ -1065,7 +1047,7 @@ def test_records_are_frozen(store: SagaStore) -> None:
 BAD_CALLS: dict[str, Callable[[SagaStore], object]] = {
     # A zero or negative ttl on acquire, a zero heartbeat ttl, a negative delay, an empty
     # owner, complete/fail/quarantine reason or annotate text, and limit=0 on
-    # list_tasks or reap: contract/bad_input_is_refused.
+    # list_tasks (on reap with nothing to reap): contract/bad_input_is_refused.
     "acquire-ttl-int": lambda s: s.acquire("t", owner="w2", ttl=30, now=at(40)),  # type: ignore[arg-type]
     "acquire-ttl-float": lambda s: s.acquire("t", owner="w2", ttl=30.0, now=at(40)),  # type: ignore[arg-type]
     "acquire-ttl-past-year-9999": lambda s: s.acquire(
@@ -1117,6 +1099,7 @@ BAD_CALLS: dict[str, Callable[[SagaStore], object]] = {
         "c", owner="c1", token=2, index=0, reason="", now=at(5)
     ),
     "quarantine-by-empty": lambda s: s.quarantine("t", reason="r", by="", now=at(5)),
+    "reap-limit-zero": lambda s: s.reap(now=at(40), limit=0),  # with expired work to do
     "reap-limit-negative": lambda s: s.reap(now=at(40), limit=-1),
     "list_tasks-bad-state": lambda s: s.list_tasks(state="running!"),  # type: ignore[arg-type]
     "acquire-empty-id": lambda s: s.acquire("", owner="w2", ttl=TTL, now=at(40)),
