@@ -461,6 +461,8 @@ def create(
         if deadline_us <= now_us:
             raise _bad("deadline must be later than now", task_id)
     available = now_us if available_us is None else check_instant("available_at", available_us)
+    # Keyword constructors of the record and its first entry: the same shape as
+    # _advance's entry, other fields.
     task = TaskSaga(
         task_id=task_id,
         state=TaskState.PENDING,

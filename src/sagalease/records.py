@@ -110,6 +110,8 @@ class Lease:
     expires_us: int
     heartbeat_us: int
 
+    # One property per instant (here and on TaskSaga), not a descriptor factory:
+    # each keeps its own docstring and type for readers, mypy and the docs.
     @property
     def acquired_at(self) -> datetime:
         """When this lease was granted."""

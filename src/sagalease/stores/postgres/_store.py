@@ -92,12 +92,7 @@ from sagalease.errors import (
     StoreUnavailableError,
     TaskNotFoundError,
 )
-from sagalease.records import (
-    HistoryEntry,
-    TaskSaga,
-    TaskState,
-    from_us,
-)
+from sagalease.records import HistoryEntry, TaskSaga, TaskState, from_us
 from sagalease.stores._base import Mutation
 from sagalease.stores._rows import (
     COLUMNS,
@@ -117,14 +112,6 @@ from sagalease.stores._sql import (
     SQLStoreBase,
     read_migrations,
 )
-
-__all__ = [
-    "DEFAULT_SCHEMA",
-    "PostgresStore",
-    "latest_schema_version",
-    "migrations",
-    "scratch_store",
-]
 
 DEFAULT_SCHEMA: Final = "sagalease"
 TEST_URL_ENV: Final = "SAGALEASE_TEST_POSTGRES_URL"

@@ -52,11 +52,7 @@ from sagalease.errors import (
     StoreUnavailableError,
     TaskNotFoundError,
 )
-from sagalease.records import (
-    HistoryEntry,
-    TaskSaga,
-    TaskState,
-)
+from sagalease.records import HistoryEntry, TaskSaga, TaskState
 from sagalease.stores._base import Mutation
 from sagalease.stores._rows import (
     COLUMNS,
