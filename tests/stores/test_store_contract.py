@@ -1,7 +1,7 @@
 """Store-level contract tests (issue 2), run against every backend through the public
 ``SagaStore`` API only.
 
-The shipped conformance suite's contract checks (``sagalease.conformance.contract``:
+The shipped conformance suite's contract checks (``sagalease.conformance._contract``:
 every event, guard and error, each refusal checked for its exact error type and for
 changing nothing) run here on the bundled stores, one test per check and backend
 (:class:`TestShippedContractChecks`); its stateful and concurrency stages run on the

@@ -13,8 +13,8 @@ import pytest
 
 import conformance_mutants
 from sagalease.conformance import ConformanceFailure, check_store, main
-from sagalease.conformance.cli import run_from_args
-from sagalease.conformance.concurrency import Op, linearizable
+from sagalease.conformance._cli import run_from_args
+from sagalease.conformance._concurrency import Op, linearizable
 from sagalease.conformance.factories import memory
 from sagalease.records import TaskState
 from sagalease.stores.memory import MemoryStore

@@ -32,6 +32,7 @@ under pytest: ``--sagalease-store=package.module:factory`` or subclass
 
 from __future__ import annotations
 
+from sagalease.conformance._cli import main as main
 from sagalease.conformance._common import Capabilities as Capabilities
 from sagalease.conformance._common import ConformanceFailure as ConformanceFailure
 from sagalease.conformance._common import StoreFactory as StoreFactory
@@ -41,7 +42,6 @@ from sagalease.conformance._runner import Report as Report
 from sagalease.conformance._runner import check_store as check_store
 from sagalease.conformance._runner import checks as checks
 from sagalease.conformance._runner import run as run
-from sagalease.conformance.cli import main as main
 
 __all__ = [
     "Capabilities",

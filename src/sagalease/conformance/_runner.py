@@ -17,7 +17,7 @@ from sagalease.conformance._common import (
     Trace,
     violated,
 )
-from sagalease.conformance.contract import CONTRACT_CHECKS
+from sagalease.conformance._contract import CONTRACT_CHECKS
 
 __all__ = ["Check", "CheckResult", "Report", "check_store", "checks", "run"]
 
@@ -155,7 +155,7 @@ def _contract(
 
 def _stateful(factory: StoreFactory, _caps: Capabilities, budget: Budget, seed: int) -> None:
     try:
-        from sagalease.conformance.stateful import run_stateful
+        from sagalease.conformance._stateful import run_stateful
     except ImportError as exc:  # pragma: no cover - checked by the CLI first
         raise MissingHypothesis(str(exc)) from None
     try:
@@ -177,7 +177,7 @@ def _stateful(factory: StoreFactory, _caps: Capabilities, budget: Budget, seed: 
 
 
 def _threads(factory: StoreFactory, caps: Capabilities, budget: Budget, seed: int) -> None:
-    from sagalease.conformance.concurrency import run_threads
+    from sagalease.conformance._concurrency import run_threads
 
     run_threads(
         factory,
@@ -190,7 +190,7 @@ def _threads(factory: StoreFactory, caps: Capabilities, budget: Budget, seed: in
 def _processes(factory: StoreFactory, caps: Capabilities, budget: Budget, seed: int) -> str | None:
     if caps.reopen is None:
         return "the backend did not declare Capabilities(reopen=...)"
-    from sagalease.conformance.concurrency import run_processes
+    from sagalease.conformance._concurrency import run_processes
 
     run_processes(factory, caps, trials=budget.process_trials, seed=seed)
     return None

@@ -47,7 +47,7 @@ def sagalease_store_factory(request: pytest.FixtureRequest) -> Callable[[], Any]
     spec = request.config.getoption("--sagalease-store")
     if spec is None:
         pytest.skip("no --sagalease-store=package.module:factory given")
-    from sagalease.conformance.cli import UsageError, load_factory
+    from sagalease.conformance._cli import UsageError, load_factory
 
     try:
         return load_factory(spec)
