@@ -19,6 +19,8 @@ from sagalease.errors import InvalidTransitionError as InvalidTransitionError
 from sagalease.errors import LeaseConflictError as LeaseConflictError
 from sagalease.errors import LeaseLostError as LeaseLostError
 from sagalease.errors import PermanentCompensationError as PermanentCompensationError
+from sagalease.errors import PermanentTaskError as PermanentTaskError
+from sagalease.errors import Retry as Retry
 from sagalease.errors import SagaLeaseError as SagaLeaseError
 from sagalease.errors import SchemaVersionError as SchemaVersionError
 from sagalease.errors import ShutdownRequestedError as ShutdownRequestedError
@@ -29,6 +31,7 @@ from sagalease.records import Compensation as Compensation
 from sagalease.records import CompensationStatus as CompensationStatus
 from sagalease.records import HistoryEntry as HistoryEntry
 from sagalease.records import Lease as Lease
+from sagalease.records import NewTask as NewTask
 from sagalease.records import Note as Note
 from sagalease.records import TaskSaga as TaskSaga
 from sagalease.records import TaskState as TaskState
@@ -57,9 +60,12 @@ __all__ = [
     "LeaseLostError",
     "ManualClock",
     "MemoryStore",
+    "NewTask",
     "Note",
     "Outcome",
     "PermanentCompensationError",
+    "PermanentTaskError",
+    "Retry",
     "SQLiteStore",
     "SagaLeaseError",
     "SagaStore",

@@ -51,11 +51,13 @@ __all__ = [
     "MAX_COMPENSATIONS",
     "MAX_ID_LENGTH",
     "MAX_METADATA_BYTES",
+    "MAX_PRIORITY",
     "MAX_TEXT_LENGTH",
     "Step",
     "acquire",
     "annotate",
     "apply",
+    "check_queues",
     "compensation_applied",
     "compensation_failed",
     "complete",
@@ -78,6 +80,8 @@ MAX_TEXT_LENGTH = 10_000
 MAX_METADATA_BYTES = 64 * 1024
 MAX_COMPENSATIONS = 256
 MAX_ATTEMPTS = 1_000
+MAX_PRIORITY = 1_000  # priorities lie in -MAX_PRIORITY..MAX_PRIORITY; higher runs first
+DEFAULT_QUEUE = "default"
 MAX_INSTANT_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 
 
@@ -143,6 +147,9 @@ def _unchanged_identity(task: TaskSaga, new: TaskSaga) -> bool:
     return (
         new.task_id == task.task_id
         and new.saga_id == task.saga_id
+        and new.queue == task.queue
+        and new.priority == task.priority
+        and new.requeued_from == task.requeued_from
         and new.metadata_json == task.metadata_json
         and new.max_attempts == task.max_attempts
         and new.deadline_us == task.deadline_us
@@ -234,6 +241,32 @@ def check_text(
 def check_id(name: str, value: object) -> str:
     """A task, saga, owner or author id."""
     return check_text(name, value, max_length=MAX_ID_LENGTH, identifier=True)
+
+
+def check_priority(value: object, task_id: str | None = None) -> int:
+    """A priority: an integer in ``-MAX_PRIORITY..MAX_PRIORITY`` (higher runs first)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _bad(f"priority must be an integer, not {type(value).__name__}", task_id)
+    if not -MAX_PRIORITY <= value <= MAX_PRIORITY:
+        raise _bad(f"priority must be between {-MAX_PRIORITY} and {MAX_PRIORITY}", task_id)
+    return value
+
+
+def check_queues(queues: object) -> tuple[str, ...] | None:
+    """The queues a claim may take from, as a sorted tuple of distinct names
+    (``None``: every queue; a single string: that one queue). An empty
+    collection or a bad name: :class:`InvalidInputError`.
+    """
+    if queues is None:
+        return None
+    if isinstance(queues, str):
+        return (check_id("queue", queues),)
+    if isinstance(queues, bytes) or not isinstance(queues, (list, tuple, set, frozenset)):
+        raise _bad("queues must be None, a queue name or a collection of queue names")
+    names = tuple(sorted({check_id("queue", q) for q in queues}))
+    if not names:
+        raise _bad("queues must name at least one queue (None: every queue)")
+    return names
 
 
 def check_instant(name: str, value: object) -> int:
@@ -438,8 +471,15 @@ def create(
     max_attempts: int = 5,
     deadline_us: int | None = None,
     available_us: int | None = None,
+    queue: str = DEFAULT_QUEUE,
+    priority: int = 0,
+    requeued_from: str | None = None,
 ) -> Step:
     """A new PENDING task. Bad input: :class:`InvalidInputError`.
+
+    The entry's arguments name ``queue``, ``priority`` and ``requeued_from``
+    only when they differ from the defaults, so that histories written before
+    they existed replay unchanged.
 
     :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
@@ -447,6 +487,10 @@ def create(
     check_instant("now", now_us)
     if saga_id is not None:
         check_id("saga_id", saga_id)
+    check_id("queue", queue)
+    check_priority(priority, task_id)
+    if requeued_from is not None:
+        check_id("requeued_from", requeued_from)
     if not isinstance(max_attempts, int) or isinstance(max_attempts, bool):
         raise _bad("max_attempts must be an integer", task_id)
     if not 1 <= max_attempts <= MAX_ATTEMPTS:
@@ -469,12 +513,29 @@ def create(
         created_us=now_us,
         updated_us=now_us,
         saga_id=saga_id,
+        queue=queue,
+        priority=priority,
+        requeued_from=requeued_from,
         metadata_json=metadata_json,
         compensations=comps,
         max_attempts=max_attempts,
         available_us=available,
         deadline_us=deadline_us,
     )
+    args: dict[str, Any] = {
+        "saga_id": saga_id,
+        "metadata_json": metadata_json,
+        "compensations": [c.to_json() for c in comps],
+        "max_attempts": max_attempts,
+        "deadline_us": deadline_us,
+        "available_us": available,
+    }
+    if queue != DEFAULT_QUEUE:
+        args["queue"] = queue
+    if priority:
+        args["priority"] = priority
+    if requeued_from is not None:
+        args["requeued_from"] = requeued_from
     entry = HistoryEntry(
         seq=1,
         task_id=task_id,
@@ -482,16 +543,7 @@ def create(
         from_state=None,
         to_state=TaskState.PENDING,
         at_us=now_us,
-        args_json=_dump(
-            {
-                "saga_id": saga_id,
-                "metadata_json": metadata_json,
-                "compensations": [c.to_json() for c in comps],
-                "max_attempts": max_attempts,
-                "deadline_us": deadline_us,
-                "available_us": available,
-            }
-        ),
+        args_json=_dump(args),
     )
     return Step(task, entry)
 
@@ -598,19 +650,32 @@ def heartbeat(task: TaskSaga, *, owner: str, token: int, ttl_us: int, now_us: in
 @_event("release")
 @icontract.ensure(lambda result: result.task.lease is None)
 @icontract.ensure(lambda task, result: result.task.attempts == task.attempts)
-def release(task: TaskSaga, *, owner: str, token: int, delay_us: int = 0, now_us: int) -> Step:
+def release(
+    task: TaskSaga,
+    *,
+    owner: str,
+    token: int,
+    delay_us: int = 0,
+    reason: str | None = None,
+    now_us: int,
+) -> Step:
     """Give the lease back: RUNNING → PENDING, COMPENSATING stays, unleased;
-    the task is available again ``delay_us`` after now. Not the live holder:
-    :class:`LeaseConflictError`.
+    the task is available again ``delay_us`` after now; ``reason`` (say, the
+    error a retry follows) is recorded in the entry. Not the live holder (a
+    repeat included): :class:`LeaseConflictError`.
     :raises SagaLeaseError: on refusal (CrossHair reads this line).
     """
     delay = _check_duration("delay", delay_us, allow_zero=True)
+    if reason is not None:
+        check_text("reason", reason)
     ctx = _holder_ctx(task, owner, token, now_us)
+    # The reason is among the arguments only when given (older entries replay).
+    args: dict[str, Any] = {"delay_us": delay} if reason is None else {"delay_us": delay, "reason": reason}
     return _advance_held(
         ctx,
         resolve("release", ctx),
-        reason=None,
-        args={"delay_us": delay},
+        reason=reason,
+        args=args,
         lease=None,
         available_us=_add(now_us, delay, task),
     )

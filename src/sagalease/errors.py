@@ -25,6 +25,7 @@ that raises changed nothing.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ __all__ = [
     "LeaseConflictError",
     "LeaseLostError",
     "PermanentCompensationError",
+    "PermanentTaskError",
+    "Retry",
     "SagaLeaseError",
     "SchemaVersionError",
     "ShutdownRequestedError",
@@ -164,3 +167,25 @@ class PermanentCompensationError(SagaLeaseError):
     Any other exception from a compensator is treated as transient (the lease
     is released and the compensation is retried later).
     """
+
+
+class PermanentTaskError(SagaLeaseError):
+    """Raised by a handler to fail its task at once, whatever attempts remain:
+    the runtime records ``fail`` (the task goes to COMPENSATING if it owes
+    compensations, else FAILED). Any other exception is retried with backoff
+    while attempts remain (see :class:`~sagalease.worker.RetryPolicy`).
+    """
+
+
+class Retry(SagaLeaseError):
+    """Raised by a handler to be run again after ``after`` (a non-negative
+    ``timedelta``): the runtime releases the lease with that delay and the
+    reason, whatever the retry policy would have chosen. On the last attempt
+    the task fails instead, as for any other exception.
+    """
+
+    def __init__(self, reason: str = "retry requested", *, after: timedelta) -> None:
+        if not isinstance(after, timedelta) or after < timedelta(0):
+            raise InvalidInputError(f"Retry(after=) must be a non-negative timedelta, not {after!r}")
+        super().__init__(reason)
+        self.after = after

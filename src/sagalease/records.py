@@ -21,6 +21,7 @@ __all__ = [
     "CompensationStatus",
     "HistoryEntry",
     "Lease",
+    "NewTask",
     "Note",
     "TaskSaga",
     "TaskState",
@@ -184,6 +185,9 @@ class TaskSaga:
     created_us: int
     updated_us: int
     saga_id: str | None = None
+    queue: str = "default"
+    priority: int = 0
+    requeued_from: str | None = None
     metadata_json: str = "{}"
     compensations: tuple[Compensation, ...] = ()
     lease: Lease | None = None
@@ -196,6 +200,10 @@ class TaskSaga:
     terminal_reason: str | None = None
     notes: tuple[Note, ...] = ()
     version: int = 1
+
+    # ``queue``: the claims that name queues take only tasks of those queues.
+    # ``priority`` (-1000..1000): higher runs first; equal priorities in creation
+    # order. ``requeued_from``: the FAILED or QUARANTINED task this one re-runs.
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -234,3 +242,19 @@ class TaskSaga:
         return tuple(
             i for i, c in enumerate(self.compensations) if c.status is CompensationStatus.PENDING
         )
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """One task for ``create_many``: what ``create`` takes, as a value."""
+
+    task_id: str
+    saga_id: str | None = None
+    metadata: Any = None
+    compensations: tuple[Compensation, ...] = ()
+    max_attempts: int = 5
+    deadline: datetime | None = None
+    available_at: datetime | None = None
+    queue: str = "default"
+    priority: int = 0
+    requeued_from: str | None = None

@@ -11,14 +11,20 @@ write, and the list of new records). A call that raises changed nothing. Every e
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from sagalease.lifecycle import EVENTS
-from sagalease.records import Compensation, HistoryEntry, TaskSaga, TaskState
+from sagalease.records import Compensation, HistoryEntry, NewTask, TaskSaga, TaskState
 
-__all__ = ["EVENT_OF_METHOD", "READERS", "SagaStore"]
+__all__ = ["EVENT_OF_METHOD", "READERS", "SagaStore", "WakeUps"]
+
+Queues = str | Collection[str] | None
+"""The queues a claim takes from: ``None`` (every queue), one name, or several."""
+
+States = TaskState | Collection[TaskState] | None
+"""The states a listing shows: ``None`` (every state), one state, or several."""
 
 
 @runtime_checkable
@@ -35,10 +41,24 @@ class SagaStore(Protocol):
         max_attempts: int = 5,
         deadline: datetime | None = None,
         available_at: datetime | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        requeued_from: str | None = None,
         now: datetime | None = None,
     ) -> TaskSaga:
-        """A new PENDING task. An id in use: :class:`DuplicateTaskError`, and the
-        existing task is kept as it was (a repeat is never merged).
+        """A new PENDING task in ``queue`` (an id: 1..200 characters) with
+        ``priority`` (-1000..1000, higher runs first). An id in use:
+        :class:`DuplicateTaskError`, and the existing task is kept as it was (a
+        repeat is never merged).
+        """
+        ...
+
+    def create_many(
+        self, tasks: Iterable[NewTask], *, now: datetime | None = None
+    ) -> list[TaskSaga]:
+        """:meth:`create` every task (at most 1000), atomically: all of them or
+        none. An id in use, or given twice in ``tasks``: :class:`DuplicateTaskError`
+        and nothing is stored. Returns the new records in the order given.
         """
         ...
 
@@ -56,18 +76,30 @@ class SagaStore(Protocol):
         ...
 
     def claim_next(
-        self, *, owner: str, ttl: timedelta, now: datetime | None = None
+        self,
+        *,
+        owner: str,
+        ttl: timedelta,
+        queues: Queues = None,
+        now: datetime | None = None,
     ) -> TaskSaga | None:
-        """Acquire the oldest leaseable task (pending and available, or with an
-        expired lease), or return ``None``. Concurrent callers never get the same
-        (task, token).
+        """Acquire the first leaseable task (pending and available, or with an
+        expired lease) of ``queues`` (``None``: every queue): the highest
+        priority first, then the oldest by creation; ``None`` when there is none.
+        Concurrent callers never get the same (task, token).
         """
         ...
 
     def claim_batch(
-        self, *, owner: str, ttl: timedelta, limit: int, now: datetime | None = None
+        self,
+        *,
+        owner: str,
+        ttl: timedelta,
+        limit: int,
+        queues: Queues = None,
+        now: datetime | None = None,
     ) -> list[TaskSaga]:
-        """Acquire up to ``limit`` (1..1000) of the oldest leaseable tasks, each under
+        """Acquire up to ``limit`` (1..1000) leaseable tasks of ``queues``, each under
         its own next token, in one atomic write: what ``limit`` calls of
         :meth:`claim_next` at the same ``now`` would return, stopping at the first
         ``None``. An empty list when nothing is leaseable.
@@ -90,10 +122,12 @@ class SagaStore(Protocol):
         owner: str,
         token: int,
         delay: timedelta = ...,
+        reason: str | None = None,
         now: datetime | None = None,
     ) -> TaskSaga:
         """Give the lease back (RUNNING → PENDING; COMPENSATING stays, unleased);
-        available again after ``delay``. A repeat: :class:`LeaseConflictError`.
+        available again after ``delay``; ``reason`` goes into the history entry.
+        A repeat: :class:`LeaseConflictError`.
         """
         ...
 
@@ -193,13 +227,15 @@ class SagaStore(Protocol):
     def list_tasks(
         self,
         *,
-        state: TaskState | None = None,
+        state: States = None,
         saga_id: str | None = None,
+        queue: str | None = None,
         limit: int = 100,
         after: str | None = None,
     ) -> list[TaskSaga]:
-        """A page of tasks in creation order; ``after`` is the last task_id of the
-        previous page (exclusive; unknown: :class:`TaskNotFoundError`).
+        """A page of tasks in creation order, in ``state`` (one state or several;
+        ``None``: all), of ``saga_id`` and of ``queue`` when given; ``after`` is the
+        last task_id of the previous page (exclusive; unknown: :class:`TaskNotFoundError`).
         """
         ...
 
@@ -207,8 +243,8 @@ class SagaStore(Protocol):
         """The task's history, oldest first. Unknown task: :class:`TaskNotFoundError`."""
         ...
 
-    def counts(self) -> dict[TaskState, int]:
-        """Number of tasks in each state (every state present)."""
+    def counts(self, *, queue: str | None = None) -> dict[TaskState, int]:
+        """Number of tasks in each state (every state present), of ``queue`` if given."""
         ...
 
     def close(self) -> None:
@@ -216,8 +252,25 @@ class SagaStore(Protocol):
         ...
 
 
+@runtime_checkable
+class WakeUps(Protocol):
+    """What a store offers idle workers besides polling (memory and PostgreSQL do).
+
+    A store whose writes can make a task claimable (``create``, ``create_many``,
+    ``release``, ``reap``, ...) wakes the waiters of that task's queue.
+    """
+
+    def wait_for_work(self, *, queues: Queues = None, timeout: timedelta) -> bool:
+        """Block until a task of ``queues`` may have become claimable, or ``timeout``
+        (wall-clock) passes. ``True`` when woken; a wake-up is a hint, never a
+        promise: the claim that follows may find nothing.
+        """
+        ...
+
+
 EVENT_OF_METHOD: Mapping[str, str] = {
     "create": "create",
+    "create_many": "create",
     **{event: event for event in EVENTS},
     "annotate": "annotate",
     "claim_next": "acquire",

@@ -11,19 +11,38 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sagalease import core
 from sagalease.clock import Clock, SystemClock, duration_us, to_us
-from sagalease.errors import InvalidInputError
-from sagalease.records import Compensation, HistoryEntry, TaskSaga, TaskState
+from sagalease.errors import DuplicateTaskError, InvalidInputError
+from sagalease.records import Compensation, HistoryEntry, NewTask, TaskSaga, TaskState
 
 Mutation = Callable[[TaskSaga], core.Step]
 
 MAX_BATCH: Final = 1000
-"""The most tasks one ``claim_batch`` or ``complete_many`` call may touch."""
+"""The most tasks one ``claim_batch``, ``complete_many`` or ``create_many`` call may touch."""
+
+_NEW_TASK_FIELDS: Final = frozenset(f.name for f in fields(NewTask))
+
+
+def check_states(state: object) -> frozenset[TaskState] | None:
+    """The states a listing shows (``None``: all), from one state or several."""
+    if state is None:
+        return None
+    values = [state] if isinstance(state, str) else state
+    if not isinstance(values, Collection) or isinstance(values, bytes):
+        raise InvalidInputError("state must be a TaskState, a collection of them, or None")
+    try:
+        states = frozenset(TaskState(v) for v in values)
+    except ValueError as exc:
+        raise InvalidInputError(f"unknown state: {exc}") from None
+    if not states:
+        raise InvalidInputError("state must name at least one state (None: every state)")
+    return states
 
 
 def contracts_from_environment() -> bool:
@@ -52,6 +71,12 @@ class StoreBase(abc.ABC):
         """Store a new task and its first entry; an id in use: DuplicateTaskError."""
 
     @abc.abstractmethod
+    def _insert_many(self, steps: list[core.Step]) -> list[TaskSaga]:
+        """Store new tasks (distinct ids, at least one) and their first entries in
+        one atomic write; an id in use: DuplicateTaskError and none is stored.
+        """
+
+    @abc.abstractmethod
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         """Atomically load ``task_id``, apply ``mutation`` and write the step."""
 
@@ -62,8 +87,12 @@ class StoreBase(abc.ABC):
         """
 
     @abc.abstractmethod
-    def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
-        """Acquire the ``limit`` oldest leaseable tasks (fewer if there are fewer)."""
+    def _claim(
+        self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
+    ) -> list[TaskSaga]:
+        """Acquire the first ``limit`` leaseable tasks of ``queues`` (``None``: all) by
+        priority (highest first), then creation order (fewer if there are fewer).
+        """
 
     @abc.abstractmethod
     def _reap(self, now_us: int, limit: int | None) -> list[TaskSaga]:
@@ -79,7 +108,12 @@ class StoreBase(abc.ABC):
 
     @abc.abstractmethod
     def _list(
-        self, state: TaskState | None, saga_id: str | None, limit: int, after: str | None
+        self,
+        states: frozenset[TaskState] | None,
+        saga_id: str | None,
+        queue: str | None,
+        limit: int,
+        after: str | None,
     ) -> list[TaskSaga]:
         """A page of tasks in creation order."""
 
@@ -88,8 +122,8 @@ class StoreBase(abc.ABC):
         """The task's history, oldest first."""
 
     @abc.abstractmethod
-    def counts(self) -> dict[TaskState, int]:
-        """Tasks per state."""
+    def _counts(self, queue: str | None) -> dict[TaskState, int]:
+        """Tasks per state (every state present), of ``queue`` if given."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -127,23 +161,84 @@ class StoreBase(abc.ABC):
         max_attempts: int = 5,
         deadline: datetime | None = None,
         available_at: datetime | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        requeued_from: str | None = None,
         now: datetime | None = None,
     ) -> TaskSaga:
         """See :meth:`SagaStore.create`."""
-        now_us = self._now(now)
         if isinstance(compensations, (str, bytes)) or not isinstance(compensations, Iterable):
             raise InvalidInputError("compensations must be an iterable of Compensation")
-        step = core.create(
+        new = NewTask(
             task_id,
-            now_us=now_us,
             saga_id=saga_id,
-            metadata_json=core.encode_metadata(metadata),
+            metadata=metadata,
             compensations=tuple(compensations),
             max_attempts=max_attempts,
-            deadline_us=None if deadline is None else to_us(deadline, "deadline"),
-            available_us=None if available_at is None else to_us(available_at, "available_at"),
+            deadline=deadline,
+            available_at=available_at,
+            queue=queue,
+            priority=priority,
+            requeued_from=requeued_from,
         )
-        return self._insert(step)
+        return self._insert(self._created(new, self._now(now)))
+
+    def create_many(
+        self, tasks: Iterable[NewTask | Mapping[str, Any]], *, now: datetime | None = None
+    ) -> list[TaskSaga]:
+        """See :meth:`SagaStore.create_many` (an item may also be a mapping of
+        :class:`NewTask`'s fields).
+        """
+        now_us = self._now(now)
+        if isinstance(tasks, (str, bytes, Mapping)) or not isinstance(tasks, Iterable):
+            raise InvalidInputError("tasks must be an iterable of NewTask")
+        items = list(tasks)
+        if len(items) > MAX_BATCH:
+            raise InvalidInputError(f"at most {MAX_BATCH} tasks per call, not {len(items)}")
+        steps = [self._created(self._new_task(item), now_us) for item in items]
+        seen: set[str] = set()
+        for step in steps:
+            if step.task.task_id in seen:
+                raise DuplicateTaskError(
+                    "the task id is given twice in one create_many", task_id=step.task.task_id
+                )
+            seen.add(step.task.task_id)
+        return self._insert_many(steps) if steps else []
+
+    @staticmethod
+    def _new_task(item: object) -> NewTask:
+        if isinstance(item, NewTask):
+            return item
+        if isinstance(item, Mapping):
+            unknown = set(item) - _NEW_TASK_FIELDS
+            if unknown or "task_id" not in item:
+                raise InvalidInputError(
+                    f"a task needs a task_id and only NewTask's fields; unknown: {sorted(unknown)}"
+                )
+            return NewTask(**item)
+        raise InvalidInputError(f"a task must be a NewTask or a mapping, not {type(item).__name__}")
+
+    @staticmethod
+    def _created(new: NewTask, now_us: int) -> core.Step:
+        """The core's create step for ``new`` at ``now_us`` (bad input: InvalidInputError)."""
+        comps = new.compensations
+        if isinstance(comps, (str, bytes)) or not isinstance(comps, Iterable):
+            raise InvalidInputError("compensations must be an iterable of Compensation")
+        return core.create(
+            new.task_id,
+            now_us=now_us,
+            saga_id=new.saga_id,
+            metadata_json=core.encode_metadata(new.metadata),
+            compensations=tuple(comps),
+            max_attempts=new.max_attempts,
+            deadline_us=None if new.deadline is None else to_us(new.deadline, "deadline"),
+            available_us=(
+                None if new.available_at is None else to_us(new.available_at, "available_at")
+            ),
+            queue=new.queue,
+            priority=new.priority,
+            requeued_from=new.requeued_from,
+        )
 
     def acquire(
         self, task_id: str, *, owner: str, ttl: timedelta, now: datetime | None = None
@@ -154,23 +249,34 @@ class StoreBase(abc.ABC):
         return self._event(task_id, "acquire", now_us, owner=owner, ttl_us=ttl_us)
 
     def claim_next(
-        self, *, owner: str, ttl: timedelta, now: datetime | None = None
+        self,
+        *,
+        owner: str,
+        ttl: timedelta,
+        queues: str | Collection[str] | None = None,
+        now: datetime | None = None,
     ) -> TaskSaga | None:
         """See :meth:`SagaStore.claim_next`."""
         now_us, ttl_us = self._now(now), duration_us(ttl, "ttl")
         core.check_id("owner", owner)
-        claimed = self._claim(owner, ttl_us, now_us, 1)
+        claimed = self._claim(owner, ttl_us, now_us, 1, core.check_queues(queues))
         return claimed[0] if claimed else None
 
     def claim_batch(
-        self, *, owner: str, ttl: timedelta, limit: int, now: datetime | None = None
+        self,
+        *,
+        owner: str,
+        ttl: timedelta,
+        limit: int,
+        queues: str | Collection[str] | None = None,
+        now: datetime | None = None,
     ) -> list[TaskSaga]:
         """See :meth:`SagaStore.claim_batch`."""
         now_us, ttl_us = self._now(now), duration_us(ttl, "ttl")
         core.check_id("owner", owner)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_BATCH:
             raise InvalidInputError(f"limit must be an integer between 1 and {MAX_BATCH}")
-        return self._claim(owner, ttl_us, now_us, limit)
+        return self._claim(owner, ttl_us, now_us, limit, core.check_queues(queues))
 
     def heartbeat(
         self,
@@ -192,12 +298,15 @@ class StoreBase(abc.ABC):
         owner: str,
         token: int,
         delay: timedelta = timedelta(0),
+        reason: str | None = None,
         now: datetime | None = None,
     ) -> TaskSaga:
         """See :meth:`SagaStore.release`."""
         now_us = self._now(now)
         delay_us = duration_us(delay, "delay", allow_zero=True)
-        return self._event(task_id, "release", now_us, owner=owner, token=token, delay_us=delay_us)
+        return self._event(
+            task_id, "release", now_us, owner=owner, token=token, delay_us=delay_us, reason=reason
+        )
 
     def register_compensation(
         self,
@@ -323,24 +432,29 @@ class StoreBase(abc.ABC):
     def list_tasks(
         self,
         *,
-        state: TaskState | None = None,
+        state: TaskState | Collection[TaskState] | None = None,
         saga_id: str | None = None,
+        queue: str | None = None,
         limit: int = 100,
         after: str | None = None,
     ) -> list[TaskSaga]:
         """See :meth:`SagaStore.list_tasks`."""
-        if state is not None:
-            try:
-                state = TaskState(state)
-            except ValueError:
-                raise InvalidInputError(f"unknown state {state!r}") from None
+        states = check_states(state)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
             raise InvalidInputError("limit must be an integer between 1 and 10000")
         if saga_id is not None:
             core.check_id("saga_id", saga_id)
+        if queue is not None:
+            core.check_id("queue", queue)
         if after is not None:
             core.check_id("after", after)
-        return self._list(state, saga_id, limit, after)
+        return self._list(states, saga_id, queue, limit, after)
+
+    def counts(self, *, queue: str | None = None) -> dict[TaskState, int]:
+        """See :meth:`SagaStore.counts`."""
+        if queue is not None:
+            core.check_id("queue", queue)
+        return self._counts(queue)
 
     def __enter__(self) -> StoreBase:
         return self

@@ -20,6 +20,9 @@ Row = tuple[Any, ...]
 TASK_COLUMNS: Final = (
     "task_id",
     "saga_id",
+    "queue",
+    "priority",
+    "requeued_from",
     "state",
     "metadata_json",
     "compensations_json",
@@ -62,6 +65,9 @@ def task_values(task: TaskSaga) -> tuple[Any, ...]:
     lease = task.lease
     return (
         task.saga_id,
+        task.queue,
+        task.priority,
+        task.requeued_from,
         task.state.value,
         task.metadata_json,
         dumps([c.to_json() for c in task.compensations]),
@@ -147,6 +153,9 @@ def decode_task(row: Row) -> TaskSaga:
         _seq,
         task_id,
         saga_id,
+        queue,
+        priority,
+        requeued_from,
         state,
         metadata_json,
         compensations_json,
@@ -180,6 +189,9 @@ def decode_task(row: Row) -> TaskSaga:
         created_us=created_us,
         updated_us=updated_us,
         saga_id=saga_id,
+        queue=queue,
+        priority=priority,
+        requeued_from=requeued_from,
         metadata_json=metadata_json,
         compensations=tuple(Compensation.from_json(c) for c in json.loads(compensations_json)),
         lease=lease,
@@ -211,25 +223,33 @@ def decode_entry(row: Row) -> HistoryEntry:
     )
 
 
+ClaimCursor = tuple[int, int] | None
+"""Where a claim's walk stands: ``(priority, seq)`` of the last row seen (``None``:
+the start). The next rows have a lower priority, or the same and a larger seq.
+"""
+
+
 def choose_claims(
-    fetch: Callable[[int, int], Sequence[Row]],
+    fetch: Callable[[ClaimCursor, int], Sequence[Row]],
     acquire: Callable[[TaskSaga], Step],
     limit: int,
     more: int,
 ) -> list[tuple[TaskSaga, Step]]:
-    """Walk the claim candidates in creation order and acquire up to ``limit``.
+    """Walk the claim candidates in claim order (priority, highest first, then
+    creation) and acquire up to ``limit``.
 
-    ``fetch(after, n)`` returns up to ``n`` candidate rows (``seq`` first) created
-    after ``after``; a row the core refuses is skipped, and then at least ``more``
+    ``fetch(cursor, n)`` returns up to ``n`` candidate rows (``seq`` first) after
+    ``cursor``; a row the core refuses is skipped, and then at least ``more``
     rows are fetched next. Returns each chosen record with its step.
     """
     chosen: list[tuple[TaskSaga, Step]] = []
-    after, wanted = 0, limit
+    cursor: ClaimCursor = None
+    wanted = limit
     while len(chosen) < limit:
-        rows = fetch(after, wanted)
+        rows = fetch(cursor, wanted)
         for row in rows:
-            after = row[0]
             task = decode_task(row)
+            cursor = (task.priority, row[0])
             try:
                 chosen.append((task, acquire(task)))
             except SagaLeaseError:

@@ -2,12 +2,17 @@
 
 It applies the same pure core as the database stores under one lock, so it
 is linearizable and never weaker than them: the conformance suite and the
-model checker compare every backend against it.
+model checker compare every backend against it. Claims take the highest
+priority first, then creation order; idle workers in this process wait for
+a write to wake them (:class:`~sagalease.store.WakeUps`).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from collections.abc import Collection
+from datetime import timedelta
 
 from sagalease import core
 from sagalease.clock import Clock
@@ -24,6 +29,8 @@ class MemoryStore(StoreBase):
     def __init__(self, *, clock: Clock | None = None, contracts: bool | None = None) -> None:
         super().__init__(clock=clock, contracts=contracts)
         self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._wakes: Counter[str] = Counter()  # per queue: writes that may free a task
         self._tasks: dict[str, TaskSaga] = {}  # insertion order is creation order
         self._history: dict[str, list[HistoryEntry]] = {}
 
@@ -31,22 +38,51 @@ class MemoryStore(StoreBase):
         return f"MemoryStore(tasks={len(self._tasks)})"
 
     def _insert(self, step: core.Step) -> TaskSaga:
+        return self._insert_many([step])[0]
+
+    def _insert_many(self, steps: list[core.Step]) -> list[TaskSaga]:
         with self._lock:
-            existing = self._tasks.get(step.task.task_id)
-            if existing is not None:
-                raise DuplicateTaskError(
-                    "a task with this id already exists",
-                    task_id=existing.task_id,
-                    state=existing.state,
-                )
-            self._tasks[step.task.task_id] = step.task
-            self._history[step.task.task_id] = [step.entry]
-            return step.task
+            for step in steps:  # every id first: a duplicate stores none
+                existing = self._tasks.get(step.task.task_id)
+                if existing is not None:
+                    raise DuplicateTaskError(
+                        "a task with this id already exists",
+                        task_id=existing.task_id,
+                        state=existing.state,
+                    )
+            for step in steps:
+                self._tasks[step.task.task_id] = step.task
+                self._history[step.task.task_id] = [step.entry]
+                self._woke(step.task)
+            return [step.task for step in steps]
+
+    def _woke(self, task: TaskSaga) -> None:
+        """Wake the waiters of ``task``'s queue if it may be claimable (lock held)."""
+        if task.lease is None and not task.state.is_terminal:
+            self._wakes[task.queue] += 1
+            self._wake.notify_all()
+
+    def wait_for_work(
+        self, *, queues: str | Collection[str] | None = None, timeout: timedelta
+    ) -> bool:
+        """See :meth:`WakeUps.wait_for_work`: woken by this store's own writes."""
+        names = core.check_queues(queues)
+        seconds = max(0.0, timeout.total_seconds())
+
+        def ticks() -> int:
+            if names is None:
+                return self._wakes.total()
+            return sum(self._wakes[q] for q in names)
+
+        with self._wake:
+            start = ticks()
+            return self._wake.wait_for(lambda: ticks() != start, seconds)
 
     def _apply(self, task: TaskSaga, mutation: Mutation) -> TaskSaga:
         step = mutation(task)
         self._tasks[task.task_id] = step.task
         self._history[task.task_id].append(step.entry)
+        self._woke(step.task)
         return step.task
 
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
@@ -68,17 +104,24 @@ class MemoryStore(StoreBase):
             for step in steps:
                 self._tasks[step.task.task_id] = step.task
                 self._history[step.task.task_id].append(step.entry)
+                self._woke(step.task)
             return [step.task for step in steps]
 
-    def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
+    def _claim(
+        self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
+    ) -> list[TaskSaga]:
         acquire = self._core["acquire"]
         claimed: list[TaskSaga] = []
         with self._lock:
-            for task in self._tasks.values():  # values change, keys do not
+            candidates = [
+                t
+                for t in self._tasks.values()
+                if not t.state.is_terminal and (queues is None or t.queue in queues)
+            ]
+            candidates.sort(key=lambda t: -t.priority)  # stable: creation order within
+            for task in candidates:
                 if len(claimed) == limit:
                     break
-                if task.state.is_terminal:
-                    continue
                 try:
                     claimed.append(
                         self._apply(
@@ -115,7 +158,12 @@ class MemoryStore(StoreBase):
             return self._tasks.get(task_id)
 
     def _list(
-        self, state: TaskState | None, saga_id: str | None, limit: int, after: str | None
+        self,
+        states: frozenset[TaskState] | None,
+        saga_id: str | None,
+        queue: str | None,
+        limit: int,
+        after: str | None,
     ) -> list[TaskSaga]:
         with self._lock:
             tasks = list(self._tasks.values())
@@ -128,7 +176,9 @@ class MemoryStore(StoreBase):
         return [
             t
             for t in tasks
-            if (state is None or t.state is state) and (saga_id is None or t.saga_id == saga_id)
+            if (states is None or t.state in states)
+            and (saga_id is None or t.saga_id == saga_id)
+            and (queue is None or t.queue == queue)
         ][:limit]
 
     def history(self, task_id: str) -> list[HistoryEntry]:
@@ -140,12 +190,12 @@ class MemoryStore(StoreBase):
                 raise TaskNotFoundError("no such task", task_id=task_id)
             return list(entries)
 
-    def counts(self) -> dict[TaskState, int]:
-        """Tasks per state."""
+    def _counts(self, queue: str | None) -> dict[TaskState, int]:
         result = dict.fromkeys(TaskState, 0)
         with self._lock:
             for task in self._tasks.values():
-                result[task.state] += 1
+                if queue is None or task.queue == queue:
+                    result[task.state] += 1
         return result
 
     def close(self) -> None:
