@@ -27,6 +27,7 @@ from sagalease.errors import ShutdownRequestedError as ShutdownRequestedError
 from sagalease.errors import StoreUnavailableError as StoreUnavailableError
 from sagalease.errors import TaskNotFoundError as TaskNotFoundError
 from sagalease.errors import TerminalTaskError as TerminalTaskError
+from sagalease.operations import requeue as requeue
 from sagalease.records import Compensation as Compensation
 from sagalease.records import CompensationStatus as CompensationStatus
 from sagalease.records import HistoryEntry as HistoryEntry
@@ -80,4 +81,5 @@ __all__ = [
     "Worker",
     "__version__",
     "open_store",
+    "requeue",
 ]

@@ -39,6 +39,7 @@ EXPECTED = {
     "Worker",
     "__version__",
     "open_store",
+    "requeue",
 }
 
 
