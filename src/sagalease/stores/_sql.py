@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sagalease import core
 from sagalease.clock import Clock
@@ -25,7 +25,9 @@ from sagalease.errors import SagaLeaseError, StoreUnavailableError, TaskNotFound
 from sagalease.lifecycle import CHART, ENDED_STATES, OPEN_STATES
 from sagalease.records import TaskSaga, TaskState
 from sagalease.stores._base import Mutation, StoreBase
-from sagalease.stores._rows import Row, decode_task
+from sagalease.stores._rows import ClaimCursor, Row, decode_task
+
+_T = TypeVar("_T")
 
 KNOWN_TASKS: Final = 4096
 """How many unfinished tasks a store remembers (the oldest are forgotten first)."""
@@ -79,6 +81,49 @@ DEADLINE_BARS_ACQUIRE: Final = states_in(_open_states_with("acquire", "before_de
 
 DEADLINE_REAPS: Final = states_in(_open_states_with("reap", "past_deadline"))
 """The open tasks that the reaper ends past their deadline (the forward phase)."""
+
+
+CLAIM_ORDER: Final = "priority DESC, seq"
+"""The claim order as an ``ORDER BY``: the highest priority first, then creation."""
+
+
+def claim_after(cursor: ClaimCursor, mark: str = "?") -> tuple[str, tuple[int, ...]]:
+    """The rows after ``cursor`` in :data:`CLAIM_ORDER`: a predicate (``" AND ..."``;
+    ``""`` at the start) and its parameters, with ``mark`` as the placeholder.
+
+    Written as ``priority <= p AND (priority < p OR seq > s)`` so that an index
+    on ``(priority DESC, seq)`` (after any equality columns) can seek to it; a
+    row-value comparison cannot mix the two directions.
+    """
+    if cursor is None:
+        return "", ()
+    priority, seq = cursor
+    return (
+        f" AND priority <= {mark} AND (priority < {mark} OR seq > {mark})",
+        (priority, priority, seq),
+    )
+
+
+def marks(count: int, mark: str = "?") -> str:
+    """``count`` placeholders separated by commas (``?, ?, ?``), for ``IN (...)``."""
+    return ", ".join([mark] * count)
+
+
+def value_rows(rows: int, columns: int, mark: str = "?") -> str:
+    """The ``VALUES`` list of a multi-row ``INSERT``: ``rows`` tuples of ``columns``
+    placeholders each (``(?, ?), (?, ?)``).
+    """
+    one = f"({marks(columns, mark)})"
+    return ", ".join([one] * rows)
+
+
+def chunks(items: Sequence[_T], variables: int, per_item: int) -> list[Sequence[_T]]:
+    """``items`` cut into as few consecutive runs as a statement limited to
+    ``variables`` bound parameters allows, at ``per_item`` parameters each (one run
+    when they all fit; never an empty run).
+    """
+    size = max(1, variables // max(1, per_item))
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class SQLStoreBase(StoreBase):
