@@ -160,42 +160,76 @@ def test_check_constraints_refuse_a_malformed_record(schema: str) -> None:
         assert store.get("t") == core.replay(store.history("t"))
 
 
-def test_claim_uses_the_open_tasks_index_on_a_fresh_table(schema: str) -> None:
-    """With 20,000 finished tasks and no ANALYZE since, the claim plan walks tasks_open."""
-    with PostgresStore(POSTGRES_URL, schema=schema) as store:
-        _admin(
-            f'INSERT INTO "{schema}".tasks (task_id, state, metadata_json, compensations_json,'
-            " token, attempts, expirations, max_attempts, available_us, created_us, updated_us,"
-            " terminal_reason, notes_json, version) SELECT 'done-' || i, 'completed', '{}',"
-            " '[]', 1, 1, 0, 5, 0, 0, 0, 'completed', '[]', 3 FROM generate_series(1, 20000) i"
-        )
-        for i in range(20):
-            store.create(f"p{i}", now=T0)
-        plan = store.explain_claim(now=T0 + S)
-        assert "tasks_open" in plan, plan
-        assert "Seq Scan" not in plan, plan
-        task = store.claim_next(owner="w", ttl=TTL, now=T0 + S)
-        assert task is not None
-        assert task.task_id == "p0"
+CLAIM_INDEX = {
+    "all": ("tasks_claim",),
+    "one": ("tasks_queue_claim",),
+    # the open rows of those queues, or every open row in claim order (the planner's pick)
+    "several": ("tasks_queue_claim", "tasks_claim"),
+}
+"""The indexes each kind of claim may walk (every queue, one named queue, several):
+partial indexes of the open tasks.
+"""
+
+QUEUES_OF: dict[str, list[str] | None] = {
+    "all": None,
+    "one": ["q07"],
+    "several": [f"q{i:02d}" for i in range(0, 20, 2)],
+}
 
 
-def test_claim_walks_open_tasks_with_statistics_from_when_all_were_pending(schema: str) -> None:
-    """VACUUM ANALYZE while 2,000 tasks were pending, then the first 1,000 run and
-    finish: the claim plan still walks tasks_open (it used to answer from the primary
-    key and filter out every finished task on each claim).
+def _finished_rows(schema: str, number: int, queues: int = 20) -> None:
+    """``number`` COMPLETED tasks spread over ``queues`` queues, written directly."""
+    _admin(
+        f'INSERT INTO "{schema}".tasks (task_id, queue, priority, state, metadata_json,'
+        " compensations_json, token, attempts, expirations, max_attempts, available_us,"
+        " created_us, updated_us, terminal_reason, notes_json, version)"
+        f" SELECT 'done-' || i, 'q' || lpad((i % {queues})::text, 2, '0'), i % 7, 'completed',"
+        " '{}', '[]', 1, 1, 0, 5, 0, 0, 0, 'completed', '[]', 3"
+        f" FROM generate_series(1, {number}) i"
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(CLAIM_INDEX))
+def test_claim_uses_a_claim_index_on_a_fresh_table(schema: str, kind: str) -> None:
+    """With 20,000 finished tasks over 20 queues and no ANALYZE since, the claim plan
+    (every queue, one queue, ten queues) walks a partial index of the open tasks.
     """
     with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        _finished_rows(schema, 20_000)
+        for i in range(20):
+            store.create(f"p{i}", queue=f"q{i:02d}", priority=i % 3, now=T0)
+        queues = QUEUES_OF[kind]
+        plan = store.explain_claim(queues=queues, now=T0 + S)
+        assert any(index in plan for index in CLAIM_INDEX[kind]), plan
+        assert "Seq Scan" not in plan, plan
+        task = store.claim_next(owner="w", ttl=TTL, queues=queues, now=T0 + S)
+        assert task is not None
+        expected = {"all": "p2", "one": "p7", "several": "p2"}[kind]  # priority 2 first
+        assert task.task_id == expected
+
+
+@pytest.mark.parametrize("kind", sorted(CLAIM_INDEX))
+def test_claim_walks_open_tasks_with_statistics_from_when_all_were_pending(
+    schema: str, kind: str
+) -> None:
+    """VACUUM ANALYZE while 2,000 tasks were pending, then the first 1,000 run and
+    finish: the claim plan still walks a partial index of the open tasks (it used to
+    answer from the primary key and filter out every finished task on each claim).
+    """
+    queues = QUEUES_OF[kind]
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        names = queues or ["q07"]
         for i in range(2000):
-            store.create(f"t{i:04d}", now=T0)
+            store.create(f"t{i:04d}", queue=names[i % len(names)], now=T0)
         _admin(f'VACUUM ANALYZE "{schema}".tasks')
         for _ in range(1000):
-            task = store.claim_next(owner="w", ttl=TTL, now=T0 + S)
+            task = store.claim_next(owner="w", ttl=TTL, queues=queues, now=T0 + S)
             assert task is not None
             store.complete(task.task_id, owner="w", token=task.token, now=T0 + S)
-        plan = store.explain_claim(now=T0 + S)
-        assert "tasks_open" in plan, plan
+        plan = store.explain_claim(queues=queues, now=T0 + S)
+        assert any(index in plan for index in CLAIM_INDEX[kind]), plan
         assert "tasks_pkey" not in plan, plan
-        task = store.claim_next(owner="w", ttl=TTL, now=T0 + S)
+        task = store.claim_next(owner="w", ttl=TTL, queues=queues, now=T0 + S)
         assert task is not None
         assert task.task_id == "t1000"
 

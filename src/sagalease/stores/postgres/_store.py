@@ -65,12 +65,15 @@ never shown: not in error messages, log lines or ``repr()``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterator
-from datetime import datetime
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Final, Literal, Self
 from urllib.parse import quote, urlsplit
@@ -83,7 +86,8 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sagalease import core
-from sagalease.clock import Clock
+from sagalease.clock import Clock, duration_us
+from sagalease.core import MAX_PRIORITY
 from sagalease.errors import (
     DuplicateTaskError,
     InvalidInputError,
@@ -92,12 +96,14 @@ from sagalease.errors import (
     StoreUnavailableError,
     TaskNotFoundError,
 )
+from sagalease.lifecycle import OPEN_STATES
 from sagalease.records import HistoryEntry, TaskSaga, TaskState, from_us
 from sagalease.stores._base import Mutation
 from sagalease.stores._rows import (
     COLUMNS,
     HISTORY_COLUMNS,
     TASK_COLUMNS,
+    ClaimCursor,
     Row,
     changes,
     choose_claims,
@@ -137,53 +143,14 @@ _ENTRY_SELECT = (
     "%s::bigint, %s::text, %s::text, %s::text, %s::bigint, %s::text, %s::bigint, %s::text, %s::text"
 )
 
-_TEMPLATES: Final = {
-    "select_one": f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s",
-    "lock_one": f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s FOR UPDATE",
-    "insert": (
-        f"WITH ins AS (INSERT INTO {{schema}}.tasks ({', '.join(TASK_COLUMNS)})"
-        f" VALUES ({', '.join(['%s'] * len(TASK_COLUMNS))})"
-        " ON CONFLICT (task_id) DO NOTHING RETURNING task_id)"
-        f" INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
-        f" SELECT ins.task_id, {_ENTRY_SELECT} FROM ins RETURNING seq"
-    ),
-    "state_of": "SELECT state FROM {schema}.tasks WHERE task_id = %s",
-    "claim": (
-        f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE open_seq > %s"
-        " AND available_us <= %s"
-        " AND (lease_expires_us IS NULL OR lease_expires_us <= %s)"
-        " AND attempts < max_attempts"
-        f" AND (deadline_us IS NULL OR deadline_us > %s OR NOT ({DEADLINE_BARS_ACQUIRE}))"
-        " ORDER BY open_seq LIMIT %s FOR UPDATE SKIP LOCKED"
-    ),
-    "reap": (
-        f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE open_seq > %s"
-        " AND (lease_expires_us <= %s OR attempts >= max_attempts"
-        f" OR (deadline_us <= %s AND {DEADLINE_REAPS}))"
-        # Not SKIP LOCKED: a row being written right now (a heartbeat, a note) is
-        # waited for, so that a reap never misses an expired lease it should drop
-        # (linearizable against the reference store).
-        " ORDER BY open_seq LIMIT %s FOR UPDATE"
-    ),
-    "stale": (
-        f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE open_seq IS NOT NULL"
-        " AND lease_expires_us <= %s ORDER BY open_seq"
-    ),
-    "seq_of": "SELECT seq FROM {schema}.tasks WHERE task_id = %s",
-    "history": (
-        f"SELECT {HISTORY_COLUMNS} FROM {{schema}}.history WHERE task_id = %s ORDER BY seq"
-    ),
-    "counts": "SELECT state, count(*) FROM {schema}.tasks GROUP BY state",
-    # Exact: extract(epoch ...) is numeric (microsecond precision) since PostgreSQL 14.
-    "server_now": "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
-}
-
 # The text columns of TASK_COLUMNS (the others are bigint): the array types of
-# write_many's unnest. Only the schema knows the types, so they are named here.
+# write_many's and insert_many's unnest. Only the schema knows the types, so they are named here.
 _TEXT_COLUMNS: Final = frozenset(
     {
         "task_id",
         "saga_id",
+        "queue",
+        "requeued_from",
         "state",
         "metadata_json",
         "compensations_json",
@@ -206,8 +173,110 @@ _HISTORY_TYPES: Final = (
 )
 """The types of ``HISTORY_COLUMNS``, in order."""
 
+
+def _column_type(column: str) -> str:
+    """The SQL type of a task column's array in ``unnest`` (the integer columns take
+    bigint arrays by assignment).
+    """
+    return "text" if column in _TEXT_COLUMNS else "bigint"
+
+
+_CLAIMABLE = (
+    # The walk's cursor (choose_claims): a lower priority, or the same and a later seq.
+    " AND priority <= %s AND (priority < %s OR open_seq > %s)"
+    " AND available_us <= %s"
+    " AND (lease_expires_us IS NULL OR lease_expires_us <= %s)"
+    " AND attempts < max_attempts"
+    f" AND (deadline_us IS NULL OR deadline_us > %s OR NOT ({DEADLINE_BARS_ACQUIRE}))"
+    " ORDER BY priority DESC, open_seq LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+"""The claim candidates' conditions and order after the queue scope (the open rows
+through tasks_claim, or tasks_queue_claim for named queues).
+"""
+
+_TEMPLATES: Final = {
+    "select_one": f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s",
+    "lock_one": f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE task_id = %s FOR UPDATE",
+    # The notification goes out with the commit of the statement's implicit
+    # transaction, and only if the task was inserted.
+    "insert": (
+        f"WITH ins AS (INSERT INTO {{schema}}.tasks ({', '.join(TASK_COLUMNS)})"
+        f" VALUES ({', '.join(['%s'] * len(TASK_COLUMNS))})"
+        " ON CONFLICT (task_id) DO NOTHING RETURNING task_id, queue),"
+        f" ent AS (INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
+        f" SELECT ins.task_id, {_ENTRY_SELECT} FROM ins RETURNING seq)"
+        " SELECT ent.seq, pg_notify(%s, ins.queue) FROM ent, ins"
+    ),
+    # One statement, so one implicit transaction: a duplicate id anywhere is a
+    # unique violation that stores nothing and sends no notification.
+    "insert_many": (
+        f"WITH ins AS (INSERT INTO {{schema}}.tasks ({', '.join(TASK_COLUMNS)})"
+        " SELECT * FROM unnest("
+        + ", ".join(f"%s::{_column_type(c)}[]" for c in TASK_COLUMNS)
+        + ") RETURNING queue),"
+        f" ent AS (INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
+        " SELECT * FROM unnest(" + ", ".join(f"%s::{t}[]" for t in _HISTORY_TYPES) + "))"
+        " SELECT pg_notify(%s, q.queue) FROM (SELECT DISTINCT queue FROM ins) AS q"
+    ),
+    "notify": "SELECT pg_notify(%s, q) FROM unnest(%s::text[]) AS q",
+    "state_of": "SELECT state FROM {schema}.tasks WHERE task_id = %s",
+    "states_of": "SELECT task_id, state FROM {schema}.tasks WHERE task_id = ANY(%s)",
+    "claim": f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE open_seq IS NOT NULL{_CLAIMABLE}",
+    "claim_queue": (
+        f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE queue = %s AND open_seq IS NOT NULL"
+        f"{_CLAIMABLE}"
+    ),
+    "claim_queues": (
+        f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE queue = ANY(%s)"
+        f" AND open_seq IS NOT NULL{_CLAIMABLE}"
+    ),
+    "reap": (
+        f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE open_seq > %s"
+        " AND (lease_expires_us <= %s OR attempts >= max_attempts"
+        f" OR (deadline_us <= %s AND {DEADLINE_REAPS}))"
+        # Not SKIP LOCKED: a row being written right now (a heartbeat, a note) is
+        # waited for, so that a reap never misses an expired lease it should drop
+        # (linearizable against the reference store).
+        " ORDER BY open_seq LIMIT %s FOR UPDATE"
+    ),
+    "stale": (
+        f"SELECT {COLUMNS} FROM {{schema}}.tasks WHERE open_seq IS NOT NULL"
+        " AND lease_expires_us <= %s ORDER BY open_seq"
+    ),
+    "seq_of": "SELECT seq FROM {schema}.tasks WHERE task_id = %s",
+    "history": (
+        f"SELECT {HISTORY_COLUMNS} FROM {{schema}}.history WHERE task_id = %s ORDER BY seq"
+    ),
+    "counts": "SELECT state, count(*) FROM {schema}.tasks GROUP BY state",
+    "counts_queue": "SELECT state, count(*) FROM {schema}.tasks WHERE queue = %s GROUP BY state",
+    # Exact: extract(epoch ...) is numeric (microsecond precision) since PostgreSQL 14.
+    "server_now": "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+}
+
 _BATCH: Final = 32
 """Candidates read per statement by reap (one transaction per batch)."""
+
+_OPEN: Final = frozenset(OPEN_STATES)
+
+
+def _cursor(cursor: ClaimCursor) -> tuple[int, int, int]:
+    """The claim statement's cursor parameters for ``cursor`` (``None``: from the
+    top, a priority above any task's).
+    """
+    priority, seq = (MAX_PRIORITY + 1, 0) if cursor is None else cursor
+    return priority, priority, seq
+
+
+def frees(old: TaskSaga, new: TaskSaga) -> bool:
+    """Whether the step from ``old`` to ``new`` leaves the task open and unleased
+    where it was not (leased before, or in another state): a claim may now take it,
+    so its queue is notified. A created task is always notified.
+    """
+    return (
+        new.lease is None
+        and not new.state.is_terminal
+        and (old.lease is not None or old.state is not new.state)
+    )
 
 
 class _Statements:
@@ -225,33 +294,57 @@ class _Statements:
         self.select_one = rendered["select_one"]
         self.lock_one = rendered["lock_one"]
         self.insert = rendered["insert"]
+        self.insert_many = rendered["insert_many"]
+        self.notify = rendered["notify"]
         self.state_of = rendered["state_of"]
+        self.states_of = rendered["states_of"]
         self.claim = rendered["claim"]
+        self.claim_queue = rendered["claim_queue"]
+        self.claim_queues = rendered["claim_queues"]
         self.reap = rendered["reap"]
         self.stale = rendered["stale"]
         self.seq_of = rendered["seq_of"]
         self.history = rendered["history"]
         self.counts = rendered["counts"]
+        self.counts_queue = rendered["counts_queue"]
         self.server_now = rendered["server_now"]
 
-    def write(self, columns: tuple[str, ...]) -> bytes:
-        """The compare-and-set of ``columns`` (names from the row codec, never input):
-        the history entry is inserted only if the update matched.
+    def claim_for(self, queues: tuple[str, ...] | None) -> tuple[bytes, tuple[Any, ...]]:
+        """The claim statement for ``queues`` (``None``: every queue) and its leading
+        parameters (the queue names, always bound).
         """
-        query = self._writes.get(columns)
+        if queues is None:
+            return self.claim, ()
+        if len(queues) == 1:  # equality: an ordered walk of that queue's index range
+            return self.claim_queue, (queues[0],)
+        return self.claim_queues, (list(queues),)
+
+    def write(self, columns: tuple[str, ...], *, notify: bool = False) -> bytes:
+        """The compare-and-set of ``columns`` (names from the row codec, never input):
+        the history entry is inserted only if the update matched, and with ``notify``
+        the task's queue is sent to the channel (the last parameter) as well.
+        """
+        key = ("notify", *columns) if notify else columns
+        query = self._writes.get(key)
         if query is None:
             sets = ", ".join(f"{column} = %s" for column in columns)
-            query = (
-                sql.SQL(
-                    f"WITH upd AS (UPDATE {{schema}}.tasks SET {sets}"
-                    " WHERE task_id = %s AND version = %s RETURNING task_id)"
-                    f" INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
-                    f" SELECT upd.task_id, {_ENTRY_SELECT} FROM upd RETURNING seq"
-                )
-                .format(schema=self.schema)
-                .as_bytes(None)
+            head = (
+                f"WITH upd AS (UPDATE {{schema}}.tasks SET {sets}"
+                " WHERE task_id = %s AND version = %s RETURNING task_id, queue)"
             )
-            self._writes[columns] = query
+            entry = (
+                f"INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
+                f" SELECT upd.task_id, {_ENTRY_SELECT} FROM upd RETURNING seq"
+            )
+            if notify:  # the queue is sent only if the entry was written
+                text = (
+                    f"{head}, ent AS ({entry})"
+                    " SELECT ent.seq, pg_notify(%s, upd.queue) FROM ent, upd"
+                )
+            else:
+                text = f"{head} {entry}"
+            query = sql.SQL(text).format(schema=self.schema).as_bytes(None)
+            self._writes[key] = query
         return query
 
     def write_many(self, columns: tuple[str, ...]) -> bytes:
@@ -286,15 +379,19 @@ class _Statements:
             self._writes[key] = query
         return query
 
-    def listing(self, clauses: list[str]) -> sql.Composed:
-        """``list_tasks``: fixed clause texts only, every value a bound parameter."""
+    def listing(self, clauses: list[str], order: Literal["seq", "open_seq"]) -> sql.Composed:
+        """``list_tasks``: fixed clause texts only, every value a bound parameter;
+        ``order`` is ``seq``, or ``open_seq`` (the same values) when only open states
+        are listed, so that the walk can take tasks_open.
+        """
         where = sql.SQL(" AND ").join(sql.SQL(c) for c in clauses)
         return sql.SQL(
-            "SELECT {cols} FROM {schema}.tasks WHERE {where} ORDER BY seq LIMIT %s"
+            "SELECT {cols} FROM {schema}.tasks WHERE {where} ORDER BY {order} LIMIT %s"
         ).format(
             cols=sql.SQL(COLUMNS),
             schema=self.schema,
             where=where,
+            order=sql.Identifier(order),
         )
 
 
@@ -361,6 +458,142 @@ class _DatabaseClock:
 
     def __repr__(self) -> str:
         return "DatabaseClock()"
+
+
+# ---------------------------------------------------------------- wake-ups
+
+_LISTEN_POLL: Final = 0.5
+"""Seconds the listener thread waits for notifications before it looks whether the
+store is closing (``close()`` also wakes it at once, with an empty payload).
+"""
+
+
+def channel_name(schema: str) -> str:
+    """The notification channel of the store in ``schema``: ``sagalease_`` and the
+    first 16 hex digits of the SHA-256 of the schema name. 26 characters whatever
+    the schema (PostgreSQL cuts identifiers at 63 bytes, and ``pg_notify`` refuses a
+    longer channel), lower case (the same text names it in ``LISTEN``, quoted, and
+    in ``pg_notify``). Two schemas whose hashes collide would only wake each other's
+    workers for nothing.
+    """
+    return "sagalease_" + hashlib.sha256(schema.encode()).hexdigest()[:16]
+
+
+class _Listener:
+    """The store's ``LISTEN`` connection and the thread that reads it, shared by
+    every thread that waits: each notification's payload (a queue name) is counted
+    under a condition variable that wakes the waiters.
+
+    The first wait opens the connection (and the first wait after it was lost opens
+    it again). A lost connection ends the thread and wakes its waiters with
+    ``False``; a connection that cannot be opened makes each waiter wait out its
+    timeout and return ``False``, as polling would. Nothing is logged or printed.
+    """
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], channel: str) -> None:
+        self._connect = connect
+        self._listen = sql.SQL("LISTEN {}").format(sql.Identifier(channel)).as_bytes(None)
+        self._cond = threading.Condition()
+        self._heard: Counter[str] = Counter()
+        self._total = 0
+        self._thread: threading.Thread | None = None
+        self._ready = False
+        self._generation = 0
+        """How many listening threads have ended."""
+        self._closed = False
+        self.waiting = 0
+        """Threads waiting for a notification now (tests wait for their waiter)."""
+        self.backend_pid: int | None = None
+        """The listening connection's server process, while it is listening."""
+
+    def heard(self, queue: str | None = None) -> int:
+        """Notifications received for ``queue`` (``None``: for any queue) so far."""
+        with self._cond:
+            return self._total if queue is None else self._heard[queue]
+
+    def _count(self, queues: tuple[str, ...] | None) -> int:
+        return self._total if queues is None else sum(self._heard[q] for q in queues)
+
+    def wait(self, queues: tuple[str, ...] | None, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a notification of ``queues`` (``None``: any)
+        received after the wait began; ``True`` if one came.
+        """
+        deadline = time.monotonic() + seconds
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        with self._cond:
+            if self._closed:
+                return False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sagalease-listener", daemon=True
+                )
+                self._thread.start()
+            generation = self._generation
+            self._cond.wait_for(
+                lambda: self._ready or self._generation != generation or self._closed, left()
+            )
+            if not self._ready:  # not connected (yet): no better than polling
+                self._cond.wait_for(lambda: self._closed, left())
+                return False
+            start = self._count(queues)
+            self.waiting += 1
+            try:
+                self._cond.wait_for(
+                    lambda: (
+                        self._count(queues) != start
+                        or self._generation != generation
+                        or self._closed
+                    ),
+                    left(),
+                )
+            finally:
+                self.waiting -= 1
+            return self._count(queues) != start
+
+    def _run(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            conn = self._connect()
+            conn.execute(self._listen)
+            with self._cond:
+                self.backend_pid = conn.info.backend_pid
+                self._ready = True
+                self._cond.notify_all()
+            while not self._closed:
+                for note in conn.notifies(timeout=_LISTEN_POLL):
+                    if note.payload:  # empty: close() waking this thread
+                        with self._cond:
+                            self._heard[note.payload] += 1
+                            self._total += 1
+                            self._cond.notify_all()
+        except Exception:  # the waiters learn of it (False); nothing is printed
+            pass
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            with self._cond:
+                self._ready = False
+                self.backend_pid = None
+                self._generation += 1
+                self._thread = None
+                self._cond.notify_all()
+
+    def close(self, wake: Callable[[], None]) -> None:
+        """Stop listening: wake the waiters (``False``), then the thread (``wake``
+        sends it an empty notification) and wait for it to close its connection.
+        """
+        with self._cond:
+            self._closed = True
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None:
+            with contextlib.suppress(Exception):
+                wake()
+            thread.join(timeout=4 * _LISTEN_POLL)
 
 
 # ---------------------------------------------------------------- the store
@@ -436,6 +669,14 @@ class PostgresStore(SQLStoreBase):
             self._kwargs["application_name"] = "sagalease"
         lock_timeout = f"-c lock_timeout={int(self.timeout * 1000)}"
         self._kwargs["options"] = f"{given.get('options') or ''} {lock_timeout}".strip()
+        self.channel = channel_name(schema)
+        """The channel that this schema's writes notify (payload: the task's queue)."""
+        listener_kwargs = dict(self._kwargs)
+        if "application_name" not in given:
+            listener_kwargs["application_name"] = "sagalease-listener"
+        self._listener = _Listener(
+            partial(psycopg.connect, self._dsn.dsn, **listener_kwargs), self.channel
+        )
         self._open_schema()
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             self._dsn.dsn,
@@ -560,15 +801,19 @@ class PostgresStore(SQLStoreBase):
 
     # ------------------------------------------------------------ plumbing
 
-    @contextlib.contextmanager
-    def _connection(self, action: str) -> Iterator[psycopg.Connection[Row]]:
-        """A pooled connection; driver errors become :class:`SagaLeaseError` subclasses."""
+    def _check_usable(self) -> None:
+        """A closed store, or one opened before a fork: StoreUnavailableError."""
         if self._closed:
             raise StoreUnavailableError(f"the store {self._dsn.display} is closed")
         if os.getpid() != self._pid:
             raise StoreUnavailableError(
                 "the store was opened in another process (fork); open a new store in this one"
             )
+
+    @contextlib.contextmanager
+    def _connection(self, action: str) -> Iterator[psycopg.Connection[Row]]:
+        """A pooled connection; driver errors become :class:`SagaLeaseError` subclasses."""
+        self._check_usable()
         try:
             with self._pool.connection(timeout=self.timeout) as conn:
                 yield conn
@@ -622,7 +867,7 @@ class PostgresStore(SQLStoreBase):
         with self._connection("create") as conn:
             row = conn.execute(
                 self._q.insert,
-                (task.task_id, *task_values(task), *entry_values(step.entry)),
+                (task.task_id, *task_values(task), *entry_values(step.entry), self.channel),
                 prepare=True,
             ).fetchone()
             if row is None:
@@ -633,6 +878,36 @@ class PostgresStore(SQLStoreBase):
                     state=None if existing is None else TaskState(existing[0]),
                 )
         return task
+
+    def _insert_many(self, steps: list[core.Step]) -> list[TaskSaga]:
+        """One statement (so one implicit transaction): a multi-row ``INSERT`` into
+        tasks and one into history, each from arrays (``unnest``), and the
+        notification of each queue. A stored duplicate id fails the whole statement
+        (nothing stored, nothing sent) and is then looked up to be named.
+        """
+        tasks = [step.task for step in steps]
+        rows = [(task.task_id, *task_values(task)) for task in tasks]
+        entries = [(step.entry.task_id, *entry_values(step.entry)) for step in steps]
+        params = (
+            *(list(column) for column in zip(*rows, strict=True)),
+            *(list(column) for column in zip(*entries, strict=True)),
+            self.channel,
+        )
+        with self._connection("create_many") as conn:
+            try:
+                conn.execute(self._q.insert_many, params, prepare=True)
+            except psycopg.errors.UniqueViolation:
+                ids = [task.task_id for task in tasks]
+                found = dict(conn.execute(self._q.states_of, (ids,)).fetchall())
+                for task_id in ids:  # the first one given that is stored
+                    if task_id in found:
+                        raise DuplicateTaskError(
+                            "a task with this id already exists; create_many stored nothing",
+                            task_id=task_id,
+                            state=TaskState(found[task_id]),
+                        ) from None
+                raise
+        return tasks
 
     def _again(self, conn: psycopg.Connection[Row], task_id: str, mutation: Mutation) -> core.Step:
         """Inside a transaction, after a compare-and-set matched nothing (another
@@ -682,10 +957,15 @@ class PostgresStore(SQLStoreBase):
                     cursors = self._send_writes(conn, [(task, step) for task, step, _ in started])
                     pipeline.sync()
                     matched = {row[0] for cursor in cursors for row in cursor.fetchall()}
+                    woken: set[str] = set()
                     for task, step, mutation in started:
                         if task.task_id not in matched:
-                            step = self._again(conn, task.task_id, mutation)
+                            step = self._again(conn, task.task_id, mutation)  # notifies
+                        elif frees(task, step.task):
+                            woken.add(step.task.queue)
                         steps.append(step)
+                    if woken:
+                        conn.execute(self._q.notify, (self.channel, sorted(woken)), prepare=True)
                     conn.execute(b"COMMIT")
             except BaseException:
                 self._roll_back(conn)
@@ -703,12 +983,18 @@ class PostgresStore(SQLStoreBase):
         self, conn: psycopg.Connection[Row], old: TaskSaga, step: core.Step
     ) -> psycopg.Cursor[Row]:
         """Send the compare-and-set of ``step`` over ``old`` (a row comes back if it
-        matched).
+        matched); a step that :func:`frees` the task also notifies its queue, in the
+        same statement, so only if it matched and only once it is committed.
         """
         names, values = changes(old, step.task)
+        if frees(old, step.task):
+            query = self._q.write(names, notify=True)
+            notify: tuple[str, ...] = (self.channel,)
+        else:
+            query, notify = self._q.write(names), ()
         return conn.execute(
-            self._q.write(names),
-            (*values, old.task_id, old.version, *entry_values(step.entry)),
+            query,
+            (*values, old.task_id, old.version, *entry_values(step.entry), *notify),
             prepare=True,
         )
 
@@ -740,8 +1026,11 @@ class PostgresStore(SQLStoreBase):
             )
         return cursors
 
-    def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
+    def _claim(
+        self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
+    ) -> list[TaskSaga]:
         acquire = self._core["acquire"]
+        query, scope = self._q.claim_for(queues)
         with self._connection("claim_next") as conn:
             try:
                 # Pipeline mode, two round trips: BEGIN travels with the SELECT that
@@ -749,9 +1038,11 @@ class PostgresStore(SQLStoreBase):
                 with conn.pipeline() as pipeline:
                     conn.execute(b"BEGIN")
 
-                    def fetch(after: int, n: int) -> list[Row]:
+                    def fetch(after: ClaimCursor, n: int) -> list[Row]:
                         cursor = conn.execute(
-                            self._q.claim, (after, now_us, now_us, now_us, n), prepare=True
+                            query,
+                            (*scope, *_cursor(after), now_us, now_us, now_us, n),
+                            prepare=True,
                         )
                         pipeline.sync()
                         return cursor.fetchall()
@@ -800,7 +1091,12 @@ class PostgresStore(SQLStoreBase):
             return self._read(conn, task_id, lock=False)
 
     def _list(
-        self, state: TaskState | None, saga_id: str | None, limit: int, after: str | None
+        self,
+        states: frozenset[TaskState] | None,
+        saga_id: str | None,
+        queue: str | None,
+        limit: int,
+        after: str | None,
     ) -> list[TaskSaga]:
         with self._connection("list_tasks") as conn:
             after_seq = 0
@@ -809,16 +1105,26 @@ class PostgresStore(SQLStoreBase):
                 if row is None:
                     raise TaskNotFoundError("unknown 'after' task", task_id=after)
                 after_seq = row[0]
-            clauses = ["seq > %s"]
+            # Only open states: open_seq is seq on exactly those rows (tasks_open).
+            order: Literal["seq", "open_seq"] = (
+                "open_seq" if states is not None and states <= _OPEN else "seq"
+            )
+            clauses = [f"{order} > %s"]
             params: list[Any] = [after_seq]
-            if state is not None:
+            if states is not None and len(states) == 1:
                 clauses.append("state = %s")
-                params.append(state.value)
+                params.append(next(iter(states)).value)
+            elif states is not None:
+                clauses.append("state = ANY(%s)")
+                params.append(sorted(s.value for s in states))
             if saga_id is not None:
                 clauses.append("saga_id = %s")
                 params.append(saga_id)
+            if queue is not None:
+                clauses.append("queue = %s")
+                params.append(queue)
             params.append(limit)
-            rows = conn.execute(self._q.listing(clauses), params).fetchall()
+            rows = conn.execute(self._q.listing(clauses, order), params).fetchall()
         return [decode_task(row) for row in rows]
 
     def history(self, task_id: str) -> list[HistoryEntry]:
@@ -830,13 +1136,37 @@ class PostgresStore(SQLStoreBase):
             raise TaskNotFoundError("no such task", task_id=task_id)
         return [decode_entry(row) for row in rows]
 
-    def counts(self) -> dict[TaskState, int]:
-        """Tasks per state."""
+    def _counts(self, queue: str | None) -> dict[TaskState, int]:
         result = dict.fromkeys(TaskState, 0)
         with self._connection("counts") as conn:
-            for state, number in conn.execute(self._q.counts, prepare=True).fetchall():
-                result[TaskState(state)] = number
+            if queue is None:
+                rows = conn.execute(self._q.counts, prepare=True).fetchall()
+            else:
+                rows = conn.execute(self._q.counts_queue, (queue,), prepare=True).fetchall()
+        for state, number in rows:
+            result[TaskState(state)] = number
         return result
+
+    def wait_for_work(
+        self, *, queues: str | Collection[str] | None = None, timeout: timedelta
+    ) -> bool:
+        """See :meth:`~sagalease.store.WakeUps.wait_for_work`: ``True`` once a
+        notification for one of ``queues`` (``None``: any queue) arrives on this
+        schema's channel, from any process; ``False`` after ``timeout``.
+
+        Every write that leaves a task open and unleased where it was not before
+        (``create``, ``create_many``, ``release``, ``reap``, ``fail`` into
+        COMPENSATING, ...) notifies the task's queue in its own transaction, so a
+        waiter is woken only once the task is visible. One listening connection per
+        store (opened by the first wait) serves every waiting thread. A lost
+        listening connection is not an error: the waiters get ``False`` and the next
+        wait connects again (notifications in between are lost: the poll interval
+        covers them). A closed store: :class:`StoreUnavailableError`.
+        """
+        names = core.check_queues(queues)
+        seconds = duration_us(timeout, "timeout", allow_zero=True) / 1_000_000
+        self._check_usable()
+        return self._listener.wait(names, seconds)
 
     def close(self) -> None:
         """Close the pool; closing twice is harmless."""
@@ -845,17 +1175,33 @@ class PostgresStore(SQLStoreBase):
                 return
             self._closed = True
         if os.getpid() == self._pid:
+            self._listener.close(self._wake_listener)
             with contextlib.suppress(Exception):
                 self._pool.close(timeout=5.0)
 
+    def _wake_listener(self) -> None:
+        with self._pool.connection(timeout=1.0) as conn:
+            conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
+
     # ------------------------------------------------------------ diagnostics
 
-    def explain_claim(self, *, now: datetime | None = None) -> str:
-        """The plan PostgreSQL uses for ``claim_next``'s candidate query (``EXPLAIN``)."""
+    def explain_claim(
+        self,
+        *,
+        queues: str | Collection[str] | None = None,
+        now: datetime | None = None,
+        analyze: bool = False,
+    ) -> str:
+        """The plan PostgreSQL uses for ``claim_next``'s candidate query of ``queues``
+        (``EXPLAIN``, with ``analyze`` ``EXPLAIN (ANALYZE, BUFFERS)``: the query runs,
+        its locks are rolled back).
+        """
         now_us = self._now(now)
-        with self._connection("explain") as conn, conn.transaction():
+        query, scope = self._q.claim_for(core.check_queues(queues))
+        explain = b"EXPLAIN (ANALYZE, BUFFERS) " if analyze else b"EXPLAIN "
+        with self._connection("explain") as conn, conn.transaction(force_rollback=True):
             rows = conn.execute(
-                b"EXPLAIN " + self._q.claim, (0, now_us, now_us, now_us, 1)
+                explain + query, (*scope, *_cursor(None), now_us, now_us, now_us, 1)
             ).fetchall()
         return "\n".join(str(r[0]) for r in rows)
 
