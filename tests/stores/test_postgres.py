@@ -11,17 +11,22 @@ import threading
 import traceback
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from conftest import POSTGRES_URL, T0, require_postgres
 from sagalease import (
     Compensation,
+    DuplicateTaskError,
     InvalidInputError,
+    LeaseConflictError,
+    NewTask,
     SagaLeaseError,
     SagaStore,
     SchemaVersionError,
     StoreUnavailableError,
+    TaskSaga,
     TaskState,
     TerminalTaskError,
     core,
@@ -149,7 +154,9 @@ def test_bad_schema_names_are_refused(bad: str) -> None:
 
 
 def test_check_constraints_refuse_a_malformed_record(schema: str) -> None:
-    """The CHECK constraints mirror the core's invariants (a lease outside RUNNING/COMPENSATING)."""
+    """The CHECK constraints mirror the core's invariants (a lease outside RUNNING/COMPENSATING,
+    a priority or a queue name out of range).
+    """
     with PostgresStore(POSTGRES_URL, schema=schema) as store:
         store.create("t", now=T0)
         with pytest.raises(psycopg.errors.CheckViolation):
@@ -157,6 +164,14 @@ def test_check_constraints_refuse_a_malformed_record(schema: str) -> None:
                 f"UPDATE \"{schema}\".tasks SET lease_owner = 'x', lease_token = 0,"
                 " lease_acquired_us = 0, lease_expires_us = 1, lease_heartbeat_us = 0"
             )
+        for bad in (
+            "priority = 1001",
+            "priority = -1001",
+            "queue = ''",
+            "queue = repeat('q', 201)",
+        ):
+            with pytest.raises(psycopg.errors.CheckViolation):
+                _admin(f'UPDATE "{schema}".tasks SET {bad}')
         assert store.get("t") == core.replay(store.history("t"))
 
 
@@ -259,6 +274,146 @@ def test_heartbeats_are_hot_updates(schema: str) -> None:
         updates, hot = row
         assert updates == 50 + 200, row  # the claims, then the heartbeats
         assert hot >= 200 * 0.9, row  # nearly every heartbeat (a full page cannot be HOT)
+
+
+# ---------------------------------------------------------------- queues, priorities, create_many
+
+
+def _claimed(store: PostgresStore, queues: str | list[str] | None = None) -> TaskSaga:
+    """claim_next at T0 by worker ``w``, which must find a task."""
+    task = store.claim_next(owner="w", ttl=TTL, queues=queues, now=T0)
+    assert task is not None
+    return task
+
+
+def _got(store: PostgresStore, task_id: str) -> TaskSaga:
+    task = store.get(task_id)
+    assert task is not None
+    return task
+
+
+def test_claims_follow_queues_then_priority_then_creation(schema: str) -> None:
+    """Claims take the highest priority first, then the oldest, among the named queues
+    only (every queue when none are named); claim_batch walks the same order.
+    """
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        plan = [("a1", "a", 0), ("b1", "b", 5), ("a2", "a", 5), ("c1", "c", 9), ("a3", "a", -3)]
+        for task_id, queue, priority in plan:
+            store.create(task_id, queue=queue, priority=priority, now=T0)
+        assert _claimed(store, queues="a").task_id == "a2"
+        taken = store.claim_batch(owner="w", ttl=TTL, limit=10, queues=["a", "b"], now=T0)
+        assert [t.task_id for t in taken] == ["b1", "a1", "a3"]
+        assert store.claim_next(owner="w", ttl=TTL, queues=["a", "b"], now=T0) is None
+        assert store.claim_next(owner="w", ttl=TTL, queues="nowhere", now=T0) is None
+        assert _claimed(store).task_id == "c1"
+        for task in store.list_tasks():
+            assert core.replay(store.history(task.task_id)) == task
+
+
+def test_claim_walks_on_past_refused_candidates_in_claim_order(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Candidates the core refuses (forced here: the SQL prefilter leaves none) are
+    stepped over with the (priority, seq) cursor: the batch continues with the next
+    ones in order, and the refused tasks are left as they were.
+    """
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        for task_id, priority in [("a", 7), ("b", 7), ("c", 5), ("d", 5), ("e", 1)]:
+            store.create(task_id, priority=priority, now=T0)
+        refused = {"b", "c"}
+        acquire = store._core["acquire"]
+
+        def refusing(task: TaskSaga, **kwargs: Any) -> core.Step:
+            if task.task_id in refused:
+                raise LeaseConflictError("refused by the test", task_id=task.task_id)
+            return acquire(task, **kwargs)
+
+        monkeypatch.setattr(store, "_core", {**store._core, "acquire": refusing})
+        batch = store.claim_batch(owner="w", ttl=TTL, limit=3, now=T0)
+        assert [t.task_id for t in batch] == ["a", "d", "e"]
+        for task_id in sorted(refused):
+            assert _got(store, task_id).state is TaskState.PENDING
+            assert len(store.history(task_id)) == 1
+
+
+def test_create_many_with_a_stored_duplicate_stores_nothing(schema: str) -> None:
+    """A create_many whose third id is already stored: DuplicateTaskError naming it and
+    its state, and neither the new tasks nor any history entry is stored.
+    """
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        store.create("old", now=T0)
+        store.acquire("old", owner="w", ttl=TTL, now=T0)
+        before = (store.get("old"), store.history("old"), store.counts())
+        batch = [NewTask(f"n{i}", queue="bulk") for i in range(2)]
+        batch += [NewTask("old"), NewTask("n9")]
+        with pytest.raises(DuplicateTaskError) as info:
+            store.create_many(batch, now=T0 + S)
+        assert (info.value.task_id, info.value.state) == ("old", TaskState.RUNNING)
+        assert (store.get("old"), store.history("old"), store.counts()) == before
+        assert [t.task_id for t in store.list_tasks()] == ["old"]
+        with psycopg.connect(POSTGRES_URL) as conn:
+            rows = conn.execute(f'SELECT count(*) FROM "{schema}".history').fetchone()
+        assert rows == (2,)
+
+
+def test_create_many_is_one_statement_with_one_insert_per_table(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create_many(1000) sends one statement: one multi-row INSERT into tasks and one
+    into history (counted on the driver's execute); the records read back as created.
+    """
+    with PostgresStore(POSTGRES_URL, schema=schema, max_size=1) as store:
+        sent: list[str] = []
+        execute = psycopg.Connection.execute
+
+        def counting(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            text = query if isinstance(query, str) else bytes(query).decode()
+            sent.append(text)
+            return execute(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Connection, "execute", counting)
+        batch = [
+            NewTask(f"t{i:04d}", queue=f"q{i % 3}", priority=i % 5, metadata={"i": i})
+            for i in range(1000)
+        ]
+        created = store.create_many(batch, now=T0)
+        monkeypatch.undo()
+        assert len(sent) == 1, sent
+        assert sent[0].count(f'INSERT INTO "{schema}".tasks') == 1
+        assert sent[0].count(f'INSERT INTO "{schema}".history') == 1
+        assert [t.task_id for t in created] == [n.task_id for n in batch]
+        assert store.list_tasks(limit=1000) == created
+        assert [core.replay(store.history(t.task_id)) for t in created[::250]] == created[::250]
+
+
+def test_listings_and_counts_filter_by_queue_and_states(schema: str) -> None:
+    """list_tasks(queue=, state=several) and counts(queue=) on the stored rows, paged."""
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        store.create_many([NewTask(f"t{i}", queue=f"q{i % 2}") for i in range(6)], now=T0)
+        held = _claimed(store, queues="q0")
+        store.complete(held.task_id, owner="w", token=held.token, now=T0)
+        store.claim_next(owner="w", ttl=TTL, queues="q1", now=T0)
+        in_flight = [TaskState.PENDING, TaskState.RUNNING]
+        assert [t.task_id for t in store.list_tasks(state=in_flight)] == [
+            "t1",
+            "t2",
+            "t3",
+            "t4",
+            "t5",
+        ]
+        assert [t.task_id for t in store.list_tasks(queue="q0", state=in_flight)] == ["t2", "t4"]
+        assert [t.task_id for t in store.list_tasks(queue="q1", limit=2, after="t1")] == [
+            "t3",
+            "t5",
+        ]
+        done = [TaskState.COMPLETED, TaskState.FAILED]
+        assert [t.task_id for t in store.list_tasks(state=done)] == ["t0"]
+        assert [t.task_id for t in store.list_tasks(state=in_flight, after="t3")] == ["t4", "t5"]
+        q0 = store.counts(queue="q0")
+        assert (q0[TaskState.PENDING], q0[TaskState.COMPLETED], sum(q0.values())) == (2, 1, 3)
+        q1 = store.counts(queue="q1")
+        assert (q1[TaskState.PENDING], q1[TaskState.RUNNING], sum(q1.values())) == (2, 1, 3)
+        assert sum(store.counts(queue="nowhere").values()) == 0
 
 
 # ---------------------------------------------------------------- open_store, time
