@@ -42,6 +42,7 @@ from sagalease.stores import SQLiteStore as SQLiteStore
 from sagalease.stores import open_store as open_store
 from sagalease.worker import LeaseContext as LeaseContext
 from sagalease.worker import Outcome as Outcome
+from sagalease.worker import RetryPolicy as RetryPolicy
 from sagalease.worker import Worker as Worker
 
 __version__ = "0.1.0"
@@ -67,6 +68,7 @@ __all__ = [
     "PermanentCompensationError",
     "PermanentTaskError",
     "Retry",
+    "RetryPolicy",
     "SQLiteStore",
     "SagaLeaseError",
     "SagaStore",

@@ -25,13 +25,30 @@ How a task ends:
 - the handler returns: ``complete``;
 - it raises :class:`LeaseLostError`: nothing is written (the lease is gone);
 - it raises :class:`ShutdownRequestedError`: the lease is released;
-- it raises anything else: ``fail`` with the exception as reason (the task
-  goes to COMPENSATING if it owes compensations, else FAILED).
+- it raises :class:`~sagalease.errors.PermanentTaskError`: ``fail`` at once,
+  whatever attempts remain (the task goes to COMPENSATING if it owes
+  compensations, else FAILED);
+- it raises :class:`~sagalease.errors.Retry`: the lease is released with
+  exactly its ``after`` as the delay (outcome ``"retried"``), unless this was
+  the task's last attempt: then ``fail``;
+- it raises anything else: while attempts remain, the lease is released with
+  the :class:`RetryPolicy`'s backoff as the delay and the error in the
+  history entry's reason (outcome ``"retried"``); on the last attempt (or
+  with ``retry=None``), ``fail`` with the exception as reason;
 - a compensator returns: ``compensation_applied``; it raises
   :class:`PermanentCompensationError`: ``compensation_failed`` (the task
-  ends QUARANTINED); anything else: the lease is released and the
-  compensation is retried later (each retry is an attempt; the reaper
-  quarantines the task once they are used up).
+  ends QUARANTINED); anything else: the lease is released with the retry
+  policy's backoff and the compensation is retried later (each retry is an
+  attempt; the reaper quarantines the task once they are used up).
+
+A finishing write (``complete``, ``fail``, ``release``,
+``compensation_applied``, ``compensation_failed``) that meets
+:class:`~sagalease.errors.StoreUnavailableError` may or may not have
+committed. The runtime repeats it with a short backoff while the lease is
+live by its own monotonic clock; a repeat the store refuses is looked up in
+the task's history (an entry of that event by this owner and token): found,
+the write counts as done; not found, it was fenced. The store's fencing
+means it never applies twice.
 
 The runtime always presents the lease's ``(owner, token)``; the store is the
 judge. A write refused because the lease was lost (a zombie that paused
@@ -41,38 +58,48 @@ past its lease) is reported as the outcome ``"fenced"`` and changes nothing.
 and SIGINT (see :meth:`Worker.install_signal_handlers`) stop it gracefully:
 no new claims, handlers see :class:`ShutdownRequestedError` at their next
 checkpoint, and every lease still held after ``shutdown_grace`` seconds is
-released by the runtime itself.
+released by the runtime itself. An idle thread (nothing claimable) waits
+for the store's wake-ups when it offers them
+(:class:`~sagalease.store.WakeUps`: a write that may have made a task of its
+queues claimable), else sleeps; either way for at most ``poll_interval``,
+which also bounds how long an idle thread takes to notice :meth:`Worker.stop`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import random
 import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
+from sagalease import core
 from sagalease.errors import (
     InvalidInputError,
+    InvalidTransitionError,
     LeaseConflictError,
     LeaseLostError,
     PermanentCompensationError,
+    PermanentTaskError,
+    Retry,
     SagaLeaseError,
     ShutdownRequestedError,
     StoreUnavailableError,
     TerminalTaskError,
 )
 from sagalease.records import Compensation, TaskSaga, TaskState
-from sagalease.store import SagaStore
+from sagalease.store import SagaStore, WakeUps
 
-__all__ = ["Compensator", "Handler", "LeaseContext", "Outcome", "Worker"]
+__all__ = ["Compensator", "Handler", "LeaseContext", "Outcome", "RetryPolicy", "Worker"]
 
 Handler = Callable[["LeaseContext"], object]
 """The forward work: called with the lease context; returning means success."""
@@ -82,10 +109,27 @@ Compensator = Callable[["LeaseContext", Compensation], object]
 
 _MAX_REASON = 500
 
+_FIRST_PAUSE = 0.02
+"""Seconds before the first repeat of a finishing write whose answer was lost
+(doubling after each, at most :data:`_LAST_PAUSE`)."""
+
+_LAST_PAUSE = 1.0
+
+
+def _text(text: str) -> str:
+    """``text`` cut to the reason limit, and storable: a NUL or a lone surrogate
+    (which the store refuses in any text) is written as its escape.
+    """
+    text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+    return text[:_MAX_REASON]
+
 
 def _reason(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text[:_MAX_REASON] or type(exc).__name__
+    return _text(f"{type(exc).__name__}: {exc}".strip()) or type(exc).__name__
+
+
+def _seconds(delay: timedelta) -> str:
+    return f"{delay.total_seconds():.3f}s"
 
 
 def default_owner() -> str:
@@ -94,15 +138,81 @@ def default_owner() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long a task waits before its next attempt after a handler's ordinary
+    exception: exponential backoff with jitter.
+
+    The attempt that just failed (1-based) waits ``initial * factor**(attempt - 1)``,
+    capped at ``maximum``, then scaled by a factor drawn uniformly from
+    ``[1 - jitter, 1 + jitter]``: the cap applies *before* the jitter, so that
+    retries at the cap still spread out (a delay is at most
+    ``maximum * (1 + jitter)``). Delays are whole microseconds and never negative.
+
+    Settings that cannot work (a negative or non-timedelta ``initial``, a
+    ``maximum`` below ``initial``, a ``factor`` below 1 or not finite, a
+    ``jitter`` outside ``[0, 1)``): :class:`InvalidInputError`.
+    """
+
+    initial: timedelta = timedelta(seconds=1)
+    factor: float = 2.0
+    maximum: timedelta = timedelta(minutes=5)
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.initial, timedelta) or self.initial < timedelta(0):
+            raise InvalidInputError(
+                f"RetryPolicy initial must be a non-negative timedelta, got {self.initial!r}"
+            )
+        if not isinstance(self.maximum, timedelta) or self.maximum < self.initial:
+            raise InvalidInputError(
+                f"RetryPolicy maximum must be a timedelta of at least initial ({self.initial}),"
+                f" got {self.maximum!r}"
+            )
+        if not _real(self.factor) or not 1.0 <= self.factor < math.inf:
+            raise InvalidInputError(
+                f"RetryPolicy factor must be a finite number of at least 1, got {self.factor!r}"
+            )
+        if not _real(self.jitter) or not 0.0 <= self.jitter < 1.0:
+            raise InvalidInputError(
+                f"RetryPolicy jitter must be a number in [0, 1), got {self.jitter!r}"
+            )
+
+    def delay(self, attempt: int, rng: random.Random) -> timedelta:
+        """The wait after failed attempt ``attempt`` (1-based), jittered with ``rng``.
+        An ``attempt`` that is not a positive integer: :class:`InvalidInputError`.
+        """
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise InvalidInputError(f"attempt must be a positive integer, got {attempt!r}")
+        cap = _us(self.maximum)
+        try:
+            base = min(_us(self.initial) * self.factor ** (attempt - 1), cap)
+        except OverflowError:  # factor ** attempt beyond a float: far past the cap
+            base = cap
+        scale = rng.uniform(1.0 - self.jitter, 1.0 + self.jitter)
+        return timedelta(microseconds=max(0, round(base * scale)))
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _us(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How one leased task ended for this worker.
 
     ``result`` is one of ``"completed"``, ``"failed"`` (FAILED),
     ``"compensating"`` (failed, compensations owed), ``"compensated"``,
-    ``"quarantined"``, ``"released"`` (handed back: shutdown, no compensator,
-    or a transient compensation error), ``"lost"`` (the handler learned it had
-    lost the lease and wrote nothing) or ``"fenced"`` (a write was refused
-    because the lease had been lost).
+    ``"quarantined"``, ``"retried"`` (handed back to run again after
+    ``retry_in``: a handler's or compensator's error with attempts left, or
+    :class:`~sagalease.errors.Retry`; ``detail`` is the reason the history
+    records), ``"released"`` (handed back: shutdown or no compensator),
+    ``"lost"`` (the handler learned it had lost the lease and wrote nothing) or
+    ``"fenced"`` (a write was refused because the lease had been lost, or its
+    outcome stayed unknown until the lease's known expiry; ``detail`` says which).
     """
 
     task_id: str
@@ -110,6 +220,7 @@ class Outcome:
     phase: TaskState
     result: str
     detail: str | None = None
+    retry_in: timedelta | None = None
 
 
 class LeaseContext:
@@ -302,6 +413,17 @@ class _Heartbeat:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A holder write that took effect: the task's record after it (or, when an
+    earlier attempt's write was found in the history, the stored record) and
+    the state the write moved the task to.
+    """
+
+    task: TaskSaga
+    state: TaskState
+
+
 def _store_now(store: SagaStore) -> datetime:
     """The store's clock when it exposes one (the bundled stores do), else UTC now."""
     clock = getattr(store, "clock", None)
@@ -316,8 +438,14 @@ class Worker:
     ``ttl`` is each lease's length; ``heartbeat_interval`` (default a third of
     the TTL) must be positive and at most a third of it, so that two heartbeats
     in a row can fail before the lease runs out. ``concurrency`` is the number
-    of tasks worked at once (threads) by :meth:`run`. Settings that cannot
-    work are refused here with :class:`InvalidInputError`.
+    of tasks worked at once (threads) by :meth:`run`. ``queues`` (``None``:
+    every queue; a name or a collection of names) are the queues it claims
+    from. ``retry`` is the backoff after a handler's ordinary exception
+    (``None``: such an exception fails the task at once; a raised
+    :class:`~sagalease.errors.Retry` is still honoured); ``rng`` draws its
+    jitter (default: seeded from ``os.urandom``; pass a seeded
+    :class:`random.Random` to pin the delays). Settings that cannot work are
+    refused here with :class:`InvalidInputError`.
 
     The store must be usable from several threads (the bundled stores are);
     a store never crosses a process boundary: open one per process.
@@ -336,6 +464,9 @@ class Worker:
         poll_interval: timedelta = timedelta(milliseconds=500),
         shutdown_grace: timedelta = timedelta(seconds=10),
         on_outcome: Callable[[Outcome], object] | None = None,
+        queues: str | Collection[str] | None = None,
+        retry: RetryPolicy | None = RetryPolicy(),  # frozen: one shared default is safe
+        rng: random.Random | None = None,
     ) -> None:
         if not callable(handler):
             raise InvalidInputError("handler must be callable")
@@ -362,6 +493,14 @@ class Worker:
             )
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidInputError(f"concurrency must be a positive integer, got {concurrency!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise InvalidInputError(f"retry must be a RetryPolicy or None, got {retry!r}")
+        if rng is not None and not isinstance(rng, random.Random):
+            raise InvalidInputError(f"rng must be a random.Random or None, got {rng!r}")
+        self.queues = core.check_queues(queues)
+        """The queues claimed from, as a sorted tuple of names (``None``: every queue)."""
+        self.retry = retry
+        self.rng = random.Random(os.urandom(16)) if rng is None else rng
         self.store = store
         self.handler = handler
         self.compensator = compensator
@@ -380,8 +519,11 @@ class Worker:
 
     def stop(self) -> None:
         """Ask the worker to stop: no new claims; handlers see
-        :class:`ShutdownRequestedError` at their next checkpoint. Safe from
-        signal handlers and other threads.
+        :class:`ShutdownRequestedError` at their next checkpoint; an idle
+        thread waiting for work notices within ``poll_interval`` (a store's
+        wake-up wait cannot be interrupted from here, so it is bounded by that
+        interval). Safe from signal handlers and other threads; a repeat does
+        nothing more.
         """
         self._stop.set()
 
@@ -402,12 +544,13 @@ class Worker:
     # ------------------------------------------------------------ one task
 
     def run_one(self, task_id: str | None = None) -> Outcome | None:
-        """Claim one task (the oldest leaseable, or ``task_id``), work it and
-        record how it ended. ``None`` when there was nothing to claim. A
-        ``task_id`` that cannot be acquired raises the store's error.
+        """Claim one task (from :attr:`queues`: the highest priority, then the
+        oldest leaseable; or ``task_id``, whatever its queue), work it and record
+        how it ended. ``None`` when there was nothing to claim. A ``task_id``
+        that cannot be acquired raises the store's error.
         """
         if task_id is None:
-            task = self.store.claim_next(owner=self.owner, ttl=self.ttl)
+            task = self.store.claim_next(owner=self.owner, ttl=self.ttl, queues=self.queues)
             if task is None:
                 return None
         else:
@@ -431,28 +574,150 @@ class Worker:
             self.on_outcome(outcome)
         return outcome
 
-    def _outcome(self, ctx: LeaseContext, result: str, detail: str | None = None) -> Outcome:
-        return Outcome(ctx.task_id, ctx.token, ctx.task.state, result, detail)
+    def _outcome(
+        self,
+        ctx: LeaseContext,
+        result: str,
+        detail: str | None = None,
+        retry_in: timedelta | None = None,
+    ) -> Outcome:
+        return Outcome(ctx.task_id, ctx.token, ctx.task.state, result, detail, retry_in)
 
-    def _write(
-        self, ctx: LeaseContext, call: Callable[..., TaskSaga], **args: Any
-    ) -> TaskSaga | None:
-        """The holder write ``call(task_id, owner=..., token=..., **args)`` under
-        ``ctx``'s lease; ``None`` when the store fenced it: the lease was lost
-        (:class:`LeaseConflictError`) or the task ended meanwhile under another
-        holder or the reaper (:class:`TerminalTaskError`).
+    def _write(self, ctx: LeaseContext, event: str, **args: Any) -> _Written | str:
+        """The holder write ``event`` (a store method named as its event) with
+        ``(task_id, owner, token, **args)`` under ``ctx``'s lease: what it wrote,
+        or why it was not applied (a string).
+
+        A refusal because the lease was lost (:class:`LeaseConflictError`) or
+        the task ended meanwhile (:class:`TerminalTaskError`) is "refused".
+        :class:`StoreUnavailableError` means the write may or may not have
+        committed: it is repeated with a short backoff while the lease is live
+        by this machine's clock (``ctx._known_expiry()``). Once an attempt went
+        unanswered, a refusal (:class:`InvalidTransitionError` too: a repeated
+        ``compensation_*``) is looked up in the history (:meth:`_find`): found,
+        the earlier attempt committed and its record is returned. Past the
+        known expiry, one last look in the history decides; if the store is
+        still away, the outcome is unknown.
         """
-        try:
-            task = call(ctx.task_id, owner=ctx.owner, token=ctx.token, **args)
-        except (LeaseConflictError, TerminalTaskError) as exc:
-            ctx._mark_lost(f"the store refused the write: {exc}")
-            return None
-        ctx.task = task
-        return task
+        call: Callable[..., TaskSaga] = getattr(self.store, event)
+        pause = _FIRST_PAUSE
+        unanswered = False  # an attempt met StoreUnavailableError: it may have committed
+        refused: SagaLeaseError | None = None  # a repeat was refused: look in the history
+        last_look = False  # the known expiry passed: one look in the history decides
+        while True:
+            try:
+                if refused is None and not last_look:
+                    task = call(ctx.task_id, owner=ctx.owner, token=ctx.token, **args)
+                    ctx.task = task
+                    return _Written(task, task.state)
+                found = self._find(ctx, event, args)
+            except StoreUnavailableError as exc:
+                if last_look:
+                    why = (
+                        "outcome unknown: the store was unreachable past the lease's"
+                        f" known expiry ({exc.reason})"
+                    )
+                    ctx._mark_lost(why)
+                    return why
+                unanswered = True
+                left = ctx._known_expiry() - time.monotonic()
+                if left <= 0:
+                    last_look = True
+                    continue
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, _LAST_PAUSE)
+                continue
+            except (LeaseConflictError, TerminalTaskError, InvalidTransitionError) as exc:
+                if not unanswered:
+                    if isinstance(exc, InvalidTransitionError):
+                        raise  # a first attempt the lifecycle has no move for: a bug, not a race
+                    ctx._mark_lost(f"the store refused the write: {exc}")
+                    return f"refused: {exc}"
+                refused = exc
+                continue
+            if found is not None:
+                ctx.task = found.task
+                return found
+            why = (
+                f"refused: {refused}"
+                if refused is not None
+                else "not applied: the store was unreachable until the lease's known expiry"
+            )
+            ctx._mark_lost(why)
+            return why
 
-    def _release(self, ctx: LeaseContext, delay: timedelta, why: str) -> Outcome:
-        done = self._write(ctx, self.store.release, delay=delay)
-        return self._outcome(ctx, "released" if done else "fenced", why)
+    def _find(self, ctx: LeaseContext, event: str, args: dict[str, Any]) -> _Written | None:
+        """The write ``event`` of this lease if the history holds it: an entry of
+        that event with ``ctx``'s owner and token after the lease's acquisition
+        (for ``compensation_*``, of that ``index``), with the task's stored record.
+        """
+        entries = self.store.history(ctx.task_id)
+        acquired = next(
+            (
+                i
+                for i, e in enumerate(entries)
+                if e.event == "acquire" and e.token == ctx.token and e.owner == ctx.owner
+            ),
+            None,
+        )
+        if acquired is None:
+            return None
+        for entry in entries[acquired + 1 :]:
+            if (
+                entry.event == event
+                and (entry.owner, entry.token) == (ctx.owner, ctx.token)
+                and ("index" not in args or entry.args.get("index") == args["index"])
+            ):
+                task = self.store.get(ctx.task_id)
+                assert task is not None  # its history was just read; tasks are never deleted
+                return _Written(task, entry.to_state)
+        return None
+
+    def _release(
+        self,
+        ctx: LeaseContext,
+        delay: timedelta,
+        why: str,
+        result: str = "released",
+        retry_in: timedelta | None = None,
+    ) -> Outcome:
+        """Hand the lease back, available again after ``delay``; ``why`` is the
+        history entry's reason and the outcome's detail.
+        """
+        done = self._write(ctx, "release", delay=delay, reason=why)
+        if isinstance(done, str):
+            return self._outcome(ctx, "fenced", f"release ({why}): {done}")
+        return self._outcome(ctx, result, why, retry_in)
+
+    def _retry(self, ctx: LeaseContext, delay: timedelta, exc: BaseException) -> Outcome:
+        """Hand the task back to run again after ``delay``, the error in the reason."""
+        task = ctx.task
+        reason = f"retry {task.attempts}/{task.max_attempts} in {_seconds(delay)}: {_reason(exc)}"
+        return self._release(ctx, delay, _text(reason), "retried", delay)
+
+    def _delay(self, ctx: LeaseContext, exc: BaseException) -> timedelta | None:
+        """How long before the next attempt after ``exc``; ``None``: no retry."""
+        if isinstance(exc, PermanentTaskError) or ctx.task.attempts >= ctx.task.max_attempts:
+            return None
+        if isinstance(exc, Retry):
+            return exc.after
+        if self.retry is None:
+            return None
+        return self.retry.delay(ctx.task.attempts, self.rng)
+
+    def _compensation_error(self, ctx: LeaseContext, exc: Exception) -> Outcome:
+        """A compensator's transient error: retried after the policy's backoff
+        (``retry=None``: after ``poll_interval``) while attempts remain; after
+        the last one the lease is released at once and the reaper quarantines
+        the task (the compensation stays pending, listed for an operator).
+        """
+        task = ctx.task
+        if task.attempts >= task.max_attempts:
+            why = f"attempt {task.attempts}/{task.max_attempts}, none left: {_reason(exc)}"
+            return self._release(ctx, timedelta(0), _text(why))
+        policy = self.retry
+        delay = self.poll_interval if policy is None else policy.delay(task.attempts, self.rng)
+        return self._retry(ctx, delay, exc)
 
     def _stopped(self, ctx: LeaseContext, exc: LeaseLostError | ShutdownRequestedError) -> Outcome:
         """The work stopped early: the lease was lost, or shutdown hands it back."""
@@ -467,14 +732,19 @@ class Worker:
         except (LeaseLostError, ShutdownRequestedError) as exc:
             return self._stopped(ctx, exc)
         except Exception as exc:
+            delay = self._delay(ctx, exc)
+            if delay is not None:
+                return self._retry(ctx, delay, exc)
             reason = _reason(exc)
-            task = self._write(ctx, self.store.fail, reason=reason)
-            if task is None:
-                return self._outcome(ctx, "fenced", f"fail: {reason}")
-            result = "compensating" if task.state is TaskState.COMPENSATING else "failed"
+            failed = self._write(ctx, "fail", reason=reason)
+            if isinstance(failed, str):
+                return self._outcome(ctx, "fenced", f"fail ({reason}): {failed}")
+            result = "compensating" if failed.state is TaskState.COMPENSATING else "failed"
             return self._outcome(ctx, result, reason)
-        task = self._write(ctx, self.store.complete)
-        return self._outcome(ctx, "fenced" if task is None else "completed", "complete")
+        done = self._write(ctx, "complete")
+        if isinstance(done, str):
+            return self._outcome(ctx, "fenced", f"complete: {done}")
+        return self._outcome(ctx, "completed", "complete")
 
     def _compensate(self, ctx: LeaseContext) -> Outcome:
         if self.compensator is None:
@@ -491,16 +761,16 @@ class Worker:
             except (LeaseLostError, ShutdownRequestedError) as exc:
                 return self._stopped(ctx, exc)
             except PermanentCompensationError as exc:
-                reason = exc.reason[:_MAX_REASON] or "permanent compensation failure"
-                task = self._write(ctx, self.store.compensation_failed, index=index, reason=reason)
-                if task is None:
-                    return self._outcome(ctx, "fenced", f"compensation_failed: {reason}")
+                reason = _text(exc.reason) or "permanent compensation failure"
+                failed = self._write(ctx, "compensation_failed", index=index, reason=reason)
+                if isinstance(failed, str):
+                    return self._outcome(ctx, "fenced", f"compensation_failed {index}: {failed}")
                 return self._outcome(ctx, "quarantined", reason)
             except Exception as exc:
-                return self._release(ctx, self.poll_interval, f"retry: {_reason(exc)}")
-            task = self._write(ctx, self.store.compensation_applied, index=index)
-            if task is None:
-                return self._outcome(ctx, "fenced", f"compensation_applied {index}")
+                return self._compensation_error(ctx, exc)
+            applied = self._write(ctx, "compensation_applied", index=index)
+            if isinstance(applied, str):
+                return self._outcome(ctx, "fenced", f"compensation_applied {index}: {applied}")
         return self._outcome(ctx, ctx.task.state.value, ctx.task.terminal_reason)
 
     # ------------------------------------------------------------ the loop
@@ -547,7 +817,7 @@ class Worker:
                         if until is not None and until():
                             self._stop.set()
                             return
-                        self._stop.wait(self.poll_interval.total_seconds())
+                        self._idle()
                         continue
                     with lock:
                         outcomes.append(outcome)
@@ -577,6 +847,19 @@ class Worker:
         if errors:
             raise errors[0]
         return outcomes
+
+    def _idle(self) -> None:
+        """Wait for work: the store's wake-ups when it offers them, else a sleep;
+        at most ``poll_interval`` either way (:meth:`stop` ends a sleep at once).
+        """
+        store = self.store
+        if not self._stop.is_set() and isinstance(store, WakeUps):
+            try:
+                store.wait_for_work(queues=self.queues, timeout=self.poll_interval)
+            except StoreUnavailableError:
+                self._stop.wait(self.poll_interval.total_seconds())
+            return
+        self._stop.wait(self.poll_interval.total_seconds())
 
     def _release_abandoned(self) -> None:
         """Release the leases of handlers that did not stop within the grace period."""

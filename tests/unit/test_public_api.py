@@ -25,6 +25,7 @@ EXPECTED = {
     "PermanentCompensationError",
     "PermanentTaskError",
     "Retry",
+    "RetryPolicy",
     "SQLiteStore",
     "SagaLeaseError",
     "SagaStore",

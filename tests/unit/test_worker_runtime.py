@@ -1,27 +1,38 @@
 """The worker runtime in one process on a memory store: timing settings, heartbeats,
-lost leases, fencing, compensation, the run loop and stop() (on SQLite with threads:
+lost leases, fencing, compensation, the retry policy and retries, finishing writes
+whose answer was lost, queues, wake-ups, the run loop and stop() (on SQLite with threads:
 tests/stores/test_sqlite.py; worker processes signalled and killed:
 tests/system/test_worker.py).
 """
 
 from __future__ import annotations
 
+import math
+import random
 import threading
 import time
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from _fleet_workers import LostAnswer
+from conftest import T0
 from sagalease import (
     Compensation,
     CompensationStatus,
     InvalidInputError,
     LeaseContext,
     LeaseLostError,
+    ManualClock,
     MemoryStore,
     PermanentCompensationError,
+    PermanentTaskError,
+    Retry,
+    RetryPolicy,
     SagaLeaseError,
+    SagaStore,
     ShutdownRequestedError,
     StoreUnavailableError,
     TaskNotFoundError,
@@ -29,6 +40,7 @@ from sagalease import (
     TaskState,
     Worker,
 )
+from sagalease.store import WakeUps
 
 GUARD = 60.0
 """Seconds after which a wait is a hang, not an answer (never a tested threshold)."""
@@ -261,9 +273,11 @@ def test_register_compensation_after_the_lease_is_lost_raises_and_changes_nothin
 
 
 def test_handler_exception_fails_the_task_and_registered_compensations_are_owed() -> None:
-    """A handler that registers a compensation and raises: fail → COMPENSATING, one pending."""
+    """A handler that registers a compensation and raises on its last attempt: fail →
+    COMPENSATING, one pending.
+    """
     store = MemoryStore()
-    store.create("t")
+    store.create("t", max_attempts=1)
 
     def handler(ctx: LeaseContext) -> None:
         ctx.register_compensation(Compensation("refund", "order-1"))
@@ -279,15 +293,17 @@ def test_handler_exception_fails_the_task_and_registered_compensations_are_owed(
     assert store.history("t")[-1].reason == "RuntimeError: card declined"
 
 
-def test_handler_exception_without_compensations_fails() -> None:
-    """A handler that raises with nothing owed: FAILED with the exception as reason."""
+def test_handler_exception_without_compensations_fails_without_a_retry_policy() -> None:
+    """retry=None: a handler that raises with nothing owed fails at once (attempts left):
+    FAILED with the exception as reason.
+    """
     store = MemoryStore()
     store.create("t")
 
     def handler(_ctx: LeaseContext) -> None:
         raise ValueError("bad input")
 
-    outcome = Worker(store, handler).run_one()
+    outcome = Worker(store, handler, retry=None).run_one()
     assert outcome is not None
     assert outcome.result == "failed"
     assert store.get("t").terminal_reason == "ValueError: bad input"  # type: ignore[union-attr]
@@ -345,7 +361,7 @@ def test_transient_compensation_error_releases_for_a_retry() -> None:
 
     outcome = Worker(store, _noop, compensator=compensator).run_one()
     assert outcome is not None
-    assert outcome.result == "released"
+    assert outcome.result == "retried"
     task = store.get("t")
     assert task is not None
     assert task.state is TaskState.COMPENSATING
@@ -411,3 +427,573 @@ def test_stop_makes_handlers_unwind_and_releases_the_lease() -> None:
     assert task.state is TaskState.PENDING
     assert task.lease is None
     assert store.history("t")[-1].event == "release"
+
+
+# ---------------------------------------------------------------- the retry policy
+
+SECOND = timedelta(seconds=1)
+
+
+def test_retry_policy_defaults() -> None:
+    """The default backoff: from 1 s, doubling, capped at 5 minutes, ±10 % jitter."""
+    policy = RetryPolicy()
+    assert (policy.initial, policy.factor, policy.maximum, policy.jitter) == (
+        SECOND,
+        2.0,
+        timedelta(minutes=5),
+        0.1,
+    )
+    assert Worker(MemoryStore(), _noop).retry == policy
+
+
+def test_retry_policy_without_jitter_doubles_up_to_the_cap() -> None:
+    """jitter=0: attempt n waits initial * factor**(n-1), capped at maximum (huge attempt
+    numbers included: no overflow).
+    """
+    policy = RetryPolicy(jitter=0.0)
+    rng = random.Random(0)
+    delays = [policy.delay(n, rng) for n in range(1, 12)]
+    assert delays == [SECOND * 2**k for k in range(9)] + [timedelta(minutes=5)] * 2
+    assert policy.delay(10_000, rng) == timedelta(minutes=5)
+    assert RetryPolicy(initial=timedelta(0), jitter=0.5).delay(3, rng) == timedelta(0)
+    assert RetryPolicy(factor=1.0, jitter=0.0).delay(50, rng) == SECOND
+
+
+def test_retry_policy_jitter_stays_within_its_range_around_the_capped_delay() -> None:
+    """Every delay lies within ±jitter of min(initial * factor**(n-1), maximum): the cap
+    applies before the jitter; the delays vary, and one seed gives one sequence.
+    """
+    policy = RetryPolicy(initial=timedelta(milliseconds=100), factor=3.0, jitter=0.25)
+    rng = random.Random(1)
+    seen: set[timedelta] = set()
+    for attempt in (1, 2, 3, 5, 8, 20):
+        base = min(timedelta(milliseconds=100) * 3 ** (attempt - 1), policy.maximum)
+        for _ in range(200):
+            delay = policy.delay(attempt, rng)
+            assert base * 0.75 <= delay <= base * 1.25, (attempt, delay)
+            seen.add(delay)
+    assert len(seen) > 100
+    assert [policy.delay(2, random.Random(5)) for _ in range(3)] == [
+        policy.delay(2, random.Random(5))
+    ] * 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"initial": timedelta(seconds=-1)}, "initial"),
+        ({"initial": 1}, "initial"),
+        ({"maximum": timedelta(milliseconds=500)}, "maximum"),
+        ({"maximum": 300}, "maximum"),
+        ({"factor": 0.5}, "factor"),
+        ({"factor": math.nan}, "factor"),
+        ({"factor": math.inf}, "factor"),
+        ({"factor": True}, "factor"),
+        ({"factor": "2"}, "factor"),
+        ({"jitter": -0.1}, "jitter"),
+        ({"jitter": 1.0}, "jitter"),
+        ({"jitter": math.nan}, "jitter"),
+        ({"jitter": False}, "jitter"),
+    ],
+)
+def test_retry_policy_settings_that_cannot_work_are_refused(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """Negative or non-timedelta times, a maximum below initial, a factor below 1 or not
+    finite, a jitter outside [0, 1): InvalidInputError naming the setting.
+    """
+    with pytest.raises(InvalidInputError, match=message):
+        RetryPolicy(**kwargs)
+
+
+@pytest.mark.parametrize("attempt", [0, -1, True, 1.5, "1"])
+def test_retry_policy_delay_of_a_bad_attempt_is_refused(attempt: Any) -> None:
+    """delay(attempt) needs a positive integer: else InvalidInputError."""
+    with pytest.raises(InvalidInputError, match="attempt"):
+        RetryPolicy().delay(attempt, random.Random(0))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"retry": "exponential"}, "retry"),
+        ({"rng": 42}, "rng"),
+        ({"queues": ""}, "queue"),
+        ({"queues": []}, "queue"),
+        ({"queues": ["fast", "bad\nname"]}, "queue"),
+        ({"queues": 7}, "queue"),
+    ],
+)
+def test_worker_retry_rng_and_queue_settings_that_cannot_work_are_refused(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    """A retry that is not a RetryPolicy, an rng that is not a random.Random, malformed
+    queues: InvalidInputError, store untouched.
+    """
+    store = MemoryStore()
+    store.create("t")
+    before = store.history("t")
+    with pytest.raises(InvalidInputError, match=message):
+        Worker(store, _noop, **kwargs)
+    assert store.history("t") == before
+
+
+# ---------------------------------------------------------------- retries
+
+
+def _flaky(failures: int, exc: Callable[[], BaseException]) -> Callable[[LeaseContext], None]:
+    """A handler that raises ``exc()`` on its first ``failures`` calls, then returns."""
+    calls = [0]
+
+    def handler(_ctx: LeaseContext) -> None:
+        calls[0] += 1
+        if calls[0] <= failures:
+            raise exc()
+
+    return handler
+
+
+def test_ordinary_exception_is_retried_with_the_backoff_then_the_last_attempt_fails() -> None:
+    """A handler that always raises: attempts 1 and 2 release the lease with the policy's
+    delays (the history's delay_us and reason, the outcome's retry_in), the task is not
+    claimable before the delay passed, and attempt 3 of 3 fails it.
+    """
+    clock = ManualClock(T0)
+    store = MemoryStore(clock=clock)
+    store.create("t", max_attempts=3)
+    policy = RetryPolicy(initial=timedelta(seconds=2), factor=3.0, jitter=0.1)
+    expected_rng = random.Random(11)
+    expected = [policy.delay(1, expected_rng), policy.delay(2, expected_rng)]
+    worker = Worker(
+        store, _flaky(99, lambda: RuntimeError("flaky")), retry=policy, rng=random.Random(11)
+    )
+    for attempt, delay in enumerate(expected, start=1):
+        outcome = worker.run_one()
+        assert outcome is not None
+        reason = f"retry {attempt}/3 in {delay.total_seconds():.3f}s: RuntimeError: flaky"
+        assert (outcome.result, outcome.retry_in, outcome.detail) == ("retried", delay, reason)
+        last = store.history("t")[-1]
+        assert (last.event, last.reason, last.args["delay_us"]) == (
+            "release",
+            reason,
+            delay // timedelta(microseconds=1),
+        )
+        task = store.get("t")
+        assert task is not None
+        assert (task.state, task.attempts, task.available_at) == (
+            TaskState.PENDING,
+            attempt,
+            clock.now() + delay,
+        )
+        clock.advance(delay - timedelta(microseconds=1))
+        assert worker.run_one() is None  # not yet
+        clock.advance(timedelta(microseconds=1))
+    outcome = worker.run_one()
+    assert outcome is not None
+    assert (outcome.result, outcome.detail, outcome.retry_in) == (
+        "failed",
+        "RuntimeError: flaky",
+        None,
+    )
+    task = store.get("t")
+    assert task is not None
+    assert (task.state, task.attempts) == (TaskState.FAILED, 3)
+    assert [e.event for e in store.history("t")] == [
+        "create",
+        "acquire",
+        "release",
+        "acquire",
+        "release",
+        "acquire",
+        "fail",
+    ]
+
+
+def test_a_retried_handler_that_then_succeeds_completes() -> None:
+    """Two transient errors, then success: retried, retried, completed."""
+    clock = ManualClock(T0)
+    store = MemoryStore(clock=clock)
+    store.create("t")
+    worker = Worker(store, _flaky(2, lambda: ConnectionError("reset")), rng=random.Random(0))
+    results = []
+    for _ in range(3):
+        outcome = worker.run_one()
+        assert outcome is not None
+        results.append(outcome.result)
+        clock.advance(timedelta(minutes=6))  # past any default delay
+    assert results == ["retried", "retried", "completed"]
+    assert store.get("t").state is TaskState.COMPLETED  # type: ignore[union-attr]
+
+
+def test_last_attempt_failure_with_compensations_owed_compensates() -> None:
+    """The last attempt's error fails the task into COMPENSATING; a compensating worker
+    then applies the compensation the first attempt registered: COMPENSATED.
+    """
+    clock = ManualClock(T0)
+    store = MemoryStore(clock=clock)
+    store.create("t", max_attempts=2)
+
+    def handler(ctx: LeaseContext) -> None:
+        if not ctx.task.compensations:
+            ctx.register_compensation(Compensation("refund", "order-1"))
+        raise RuntimeError("card declined")
+
+    applied: list[str] = []
+    worker = Worker(
+        store,
+        handler,
+        compensator=lambda _ctx, comp: applied.append(comp.target),
+        rng=random.Random(0),
+    )
+    first = worker.run_one()
+    clock.advance(timedelta(minutes=6))
+    second = worker.run_one()
+    third = worker.run_one()
+    assert [o.result for o in (first, second, third) if o is not None] == [
+        "retried",
+        "compensating",
+        "compensated",
+    ]
+    assert applied == ["order-1"]
+    task = store.get("t")
+    assert task is not None
+    assert task.state is TaskState.COMPENSATED
+    assert len(task.compensations) == 1
+
+
+def test_raise_retry_chooses_the_delay_exactly_even_without_a_policy() -> None:
+    """Retry(after=...) releases with exactly that delay and its reason (retry=None too);
+    on the last attempt it fails the task instead.
+    """
+    store = MemoryStore(clock=ManualClock(T0))
+    store.create("t", max_attempts=2)
+    after = timedelta(seconds=3, microseconds=123_457)
+    worker = Worker(store, _flaky(99, lambda: Retry("rate limited", after=after)), retry=None)
+    outcome = worker.run_one()
+    assert outcome is not None
+    assert (outcome.result, outcome.retry_in) == ("retried", after)
+    last = store.history("t")[-1]
+    assert last.args["delay_us"] == 3_123_457
+    assert last.reason == "retry 1/2 in 3.123s: Retry: rate limited"
+    store.clock.advance(after)  # type: ignore[attr-defined]
+    outcome = worker.run_one()
+    assert outcome is not None
+    assert (outcome.result, outcome.detail) == ("failed", "Retry: rate limited")
+    assert store.get("t").state is TaskState.FAILED  # type: ignore[union-attr]
+
+
+def test_permanent_task_error_fails_at_once_with_attempts_left() -> None:
+    """PermanentTaskError on attempt 1 of 5: fail at once, no release, no retry."""
+    store = MemoryStore()
+    store.create("t", max_attempts=5)
+    worker = Worker(store, _flaky(99, lambda: PermanentTaskError("no such account")))
+    outcome = worker.run_one()
+    assert outcome is not None
+    assert (outcome.result, outcome.retry_in) == ("failed", None)
+    task = store.get("t")
+    assert task is not None
+    assert (task.state, task.attempts) == (TaskState.FAILED, 1)
+    assert task.terminal_reason == "PermanentTaskError: no such account"
+    assert [e.event for e in store.history("t")] == ["create", "acquire", "fail"]
+
+
+def test_a_retry_reason_is_cut_to_500_characters_and_made_storable() -> None:
+    """An error with a 5,000-character message holding a NUL and a lone surrogate: the
+    release's reason is at most 500 characters, starts with the retry line, and is stored.
+    """
+    store = MemoryStore()
+    store.create("t")
+    message = "\x00\udc80" + "x" * 5000
+    outcome = Worker(store, _flaky(1, lambda: RuntimeError(message))).run_one()
+    assert outcome is not None
+    assert outcome.result == "retried"
+    reason = store.history("t")[-1].reason
+    assert reason is not None
+    assert reason == outcome.detail
+    assert len(reason) == 500
+    assert reason.startswith("retry 1/5 in ")
+    assert "RuntimeError: \\x00\\udc80xxx" in reason
+
+
+def test_transient_compensation_errors_use_the_backoff_and_the_last_one_hands_back() -> None:
+    """A compensator's transient error releases with the policy's delay for the attempt;
+    on the phase's last attempt the lease is released at once (no retry promised) and
+    the reaper quarantines the task with the compensation still pending.
+    """
+    clock = ManualClock(T0)
+    store = MemoryStore(clock=clock)
+    store.create("t", compensations=[Compensation("refund", "a")], max_attempts=2)
+    lease = store.acquire("t", owner="fwd", ttl=timedelta(seconds=30))
+    store.fail("t", owner="fwd", token=lease.token, reason="boom")
+    policy = RetryPolicy(initial=timedelta(seconds=5), jitter=0.2)
+
+    def compensator(_ctx: LeaseContext, _comp: Compensation) -> None:
+        raise ConnectionError("timeout")
+
+    worker = Worker(store, _noop, compensator=compensator, retry=policy, rng=random.Random(3))
+    first = worker.run_one()
+    expected = policy.delay(1, random.Random(3))
+    assert first is not None
+    assert (first.result, first.retry_in) == ("retried", expected)
+    assert store.history("t")[-1].args["delay_us"] == expected // timedelta(microseconds=1)
+    clock.advance(expected)
+    last = worker.run_one()
+    assert last is not None
+    assert (last.result, last.retry_in) == ("released", None)
+    assert last.detail == "attempt 2/2, none left: ConnectionError: timeout"
+    assert store.history("t")[-1].args["delay_us"] == 0
+    store.reap()
+    task = store.get("t")
+    assert task is not None
+    assert task.state is TaskState.QUARANTINED
+    assert task.pending_compensations == (0,)
+
+
+# ---------------------------------------------------------------- queues
+
+
+def test_worker_claims_only_from_its_queues() -> None:
+    """queues="fast": the worker takes the fast task, never the slow one (older and of a
+    higher priority); queues=None takes any.
+    """
+    store = MemoryStore()
+    store.create("slow-1", queue="slow", priority=10)
+    store.create("fast-1", queue="fast")
+    fast = Worker(store, _noop, queues="fast")
+    assert fast.queues == ("fast",)
+    outcome = fast.run_one()
+    assert outcome is not None
+    assert outcome.task_id == "fast-1"
+    assert fast.run_one() is None
+    assert store.get("slow-1").state is TaskState.PENDING  # type: ignore[union-attr]
+    both = Worker(store, _noop, queues=["slow", "fast"])
+    assert both.queues == ("fast", "slow")
+    anywhere = Worker(store, _noop).run_one()
+    assert anywhere is not None
+    assert anywhere.task_id == "slow-1"
+
+
+# ---------------------------------------------------------------- finishing writes
+
+
+def _permanent(_ctx: LeaseContext) -> None:
+    raise PermanentTaskError("no such account")
+
+
+def _transient(_ctx: LeaseContext) -> None:
+    raise ConnectionError("reset")
+
+
+def _refuse(_ctx: LeaseContext, _comp: Compensation) -> None:
+    raise PermanentCompensationError("account closed")
+
+
+def _apply(_ctx: LeaseContext, _comp: Compensation) -> None:
+    return None
+
+
+# event whose first answer is lost -> (handler, compensator, compensations owed, result)
+LOST_ANSWERS: dict[str, tuple[Any, Any, int, str]] = {
+    "complete": (_noop, None, 0, "completed"),
+    "fail": (_permanent, None, 0, "failed"),
+    "release": (_transient, None, 0, "retried"),
+    "compensation_applied": (_noop, _apply, 2, "compensated"),
+    "compensation_failed": (_noop, _refuse, 1, "quarantined"),
+}
+
+
+@pytest.mark.parametrize("commits", [True, False], ids=["answer-lost", "before-write"])
+@pytest.mark.parametrize("event", sorted(LOST_ANSWERS))
+def test_a_finishing_write_whose_answer_is_lost_is_repeated_and_applied_once(
+    event: str, commits: bool
+) -> None:
+    """The first call of a finishing write raises StoreUnavailableError, after committing
+    (the answer was lost) or before writing: the runtime repeats it, the outcome is the
+    write's own, and the history holds exactly one entry of it by this lease (for
+    compensation_applied: one per index, the first one's repeat refused as not pending).
+    """
+    store = MemoryStore()
+    handler, compensator, owed, result = LOST_ANSWERS[event]
+    if owed:
+        _compensating(store, "t", *(Compensation("refund", f"c{i}") for i in range(owed)))
+    else:
+        store.create("t")
+    wrapper = LostAnswer(store, event, commits=commits)
+    outcome = Worker(wrapper.store(), handler, compensator=compensator, owner="w").run_one()
+    assert outcome is not None
+    assert outcome.result == result, outcome
+    assert wrapper.calls == (1 + owed if event == "compensation_applied" else 2)
+    mine = [
+        e
+        for e in store.history("t")
+        if e.event == event and (e.owner, e.token) == ("w", outcome.token)
+    ]
+    if event == "compensation_applied":
+        assert [e.args["index"] for e in mine] == [0, 1]
+    else:
+        assert len(mine) == 1
+
+
+def test_a_repeat_refused_because_the_lease_was_lost_meanwhile_is_fenced() -> None:
+    """Complete's first call goes unanswered without writing and an operator quarantines the
+    task meanwhile: the repeat is refused, the history holds no complete, outcome "fenced".
+    """
+    store = MemoryStore()
+    store.create("t")
+    wrapper = LostAnswer(
+        store,
+        "complete",
+        commits=False,
+        meanwhile=lambda: store.quarantine("t", reason="operator stop", by="ops"),
+    )
+    outcome = Worker(wrapper.store(), _noop, owner="w").run_one()
+    assert outcome is not None
+    assert outcome.result == "fenced"
+    assert (outcome.detail or "").startswith("complete: refused")
+    assert [e.event for e in store.history("t")] == ["create", "acquire", "quarantine"]
+    assert store.get("t").state is TaskState.QUARANTINED  # type: ignore[union-attr]
+
+
+class Unreachable:
+    """Wraps a store: the named methods answer StoreUnavailableError, the rest pass."""
+
+    def __init__(self, inner: MemoryStore, names: set[str]) -> None:
+        self.inner = inner
+        self.names = names
+        self.refused: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.names:
+            return getattr(self.inner, name)
+
+        def refuse(*_args: Any, **_kwargs: Any) -> Any:
+            self.refused.append(name)
+            raise StoreUnavailableError(f"{name}: the database is away")
+
+        return refuse
+
+
+@pytest.mark.parametrize(
+    ("away", "detail"),
+    [
+        ({"complete", "heartbeat"}, "complete: not applied"),
+        ({"complete", "heartbeat", "history"}, "complete: outcome unknown"),
+    ],
+    ids=["history-read", "history-away"],
+)
+def test_a_finishing_write_unanswered_until_the_known_expiry_gives_up(
+    away: set[str], detail: str
+) -> None:
+    """Complete (and the heartbeats) stay unreachable: the runtime repeats complete until
+    the lease's known expiry, then one look at the history decides ("not applied": no
+    complete there), or, the history away too, reports the outcome as unknown. Either
+    way the outcome is "fenced" and nothing was written.
+    """
+    store = MemoryStore()
+    store.create("t")
+    wrapper = Unreachable(store, away)
+    outcome = Worker(cast(SagaStore, wrapper), _noop, owner="w", ttl=SHORT).run_one()
+    assert outcome is not None
+    assert outcome.result == "fenced"
+    assert (outcome.detail or "").startswith(detail), outcome.detail
+    assert wrapper.refused.count("complete") >= 2
+    assert [e.event for e in store.history("t")] == ["create", "acquire"]
+
+
+# ---------------------------------------------------------------- wake-ups
+
+
+class WatchedWakeUps(MemoryStore):
+    """A memory store that records its idle waiters: each wait_for_work call sets
+    ``waiting`` while holding the store's lock, which the wait releases only once it
+    has started, so that no write can slip in between (the interleaving tests need).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+        self.waits: list[tuple[Any, timedelta]] = []
+        self.claims_after_stop = 0
+        self.worker: Worker | None = None
+
+    def wait_for_work(
+        self, *, queues: str | Collection[str] | None = None, timeout: timedelta
+    ) -> bool:
+        with self._lock:
+            self.waits.append((queues, timeout))
+            self.waiting.set()
+            return super().wait_for_work(queues=queues, timeout=timeout)
+
+    def claim_next(self, **kwargs: Any) -> TaskSaga | None:
+        if self.worker is not None and self.worker.stopping:
+            self.claims_after_stop += 1
+        return super().claim_next(**kwargs)
+
+
+def test_an_idle_worker_wakes_on_a_new_task_well_before_its_poll_interval() -> None:
+    """An idle worker (poll_interval 10 minutes) waits on the store's wake-ups with its
+    queues and the poll interval as the timeout; a task created from another thread
+    wakes it: run(max_tasks=1) ends within a join timeout far below the poll interval.
+    """
+    store = WatchedWakeUps()
+    poll = timedelta(minutes=10)
+    worker = Worker(store, _noop, owner="w", poll_interval=poll, queues="fast")
+    outcomes: list[Any] = []
+    runner = threading.Thread(target=lambda: outcomes.extend(worker.run(max_tasks=1)))
+    runner.start()
+    assert store.waiting.wait(GUARD)
+    store.create("t", queue="fast")
+    runner.join(GUARD)
+    alive = runner.is_alive()
+    worker.stop()
+    assert not alive
+    assert poll.total_seconds() > GUARD
+    assert [(o.task_id, o.result) for o in outcomes] == [("t", "completed")]
+    assert store.waits[0] == (("fast",), poll)
+
+
+def test_stop_ends_an_idle_wait_without_another_claim() -> None:
+    """stop() while the only worker thread waits for work: run() returns and the thread
+    makes no claim after the stop (the wait ends within the poll interval).
+    """
+    store = WatchedWakeUps()
+    worker = Worker(store, _noop, poll_interval=timedelta(milliseconds=200))
+    store.worker = worker
+    outcomes: list[Any] = []
+    runner = threading.Thread(target=lambda: outcomes.extend(worker.run()))
+    runner.start()
+    assert store.waiting.wait(GUARD)
+    worker.stop()
+    runner.join(GUARD)
+    assert not runner.is_alive()
+    assert outcomes == []
+    assert store.claims_after_stop == 0
+
+
+class PollingStore(MemoryStore):
+    """A memory store without wake-ups (as SQLite): idle workers sleep instead."""
+
+    wait_for_work = None  # type: ignore[assignment]
+
+
+def test_without_wake_ups_an_idle_worker_sleeps_and_stop_ends_the_sleep() -> None:
+    """A store that is not WakeUps: the idle worker sleeps its poll interval (one hour);
+    stop() ends that sleep at once: run() returns within a join timeout far below it.
+    """
+    store = PollingStore()
+    assert not isinstance(store, WakeUps)
+    claimed = threading.Event()
+    original = store.claim_next
+
+    def claim_next(**kwargs: Any) -> TaskSaga | None:
+        claimed.set()
+        return original(**kwargs)
+
+    store.claim_next = claim_next  # type: ignore[method-assign]
+    worker = Worker(store, _noop, poll_interval=timedelta(hours=1))
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    assert claimed.wait(GUARD)
+    worker.stop()
+    runner.join(GUARD)
+    assert not runner.is_alive()
