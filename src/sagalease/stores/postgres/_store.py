@@ -564,11 +564,14 @@ class _Listener:
                 self._cond.notify_all()
             while not self._closed:
                 for note in conn.notifies(timeout=_LISTEN_POLL):
-                    if note.payload:  # empty: close() waking this thread
-                        with self._cond:
-                            self._heard[note.payload] += 1
-                            self._total += 1
-                            self._cond.notify_all()
+                    if not note.payload:  # close() waking this thread (or another store's)
+                        if self._closed:
+                            break
+                        continue
+                    with self._cond:
+                        self._heard[note.payload] += 1
+                        self._total += 1
+                        self._cond.notify_all()
         except Exception:  # the waiters learn of it (False); nothing is printed
             pass
         finally:
