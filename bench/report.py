@@ -246,6 +246,109 @@ def _targets(
     return out
 
 
+CREATE_GOALS = {"postgres": 10.0, "sqlite-FULL": 5.0}
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _fleet_section(data: dict[str, Any]) -> list[str]:
+    """Issue 13's fleet figures: claims over 20 queues, create_many, pickup latency."""
+    x = "\N{MULTIPLICATION SIGN}"
+    out = [
+        "### Fleet (issue 13): claims over 20 queues, bulk create, pickup latency",
+        "",
+        f"{_load_text(data)}. See `bench/fleet.py` for the set-up.",
+        "",
+    ]
+    claims = data.get("claims", [])
+    sizes = sorted({r["size"] for r in claims})
+    if claims:
+        out += [
+            "**Claim cost** (µs, median of the repetition medians; one process): 20 queues,"
+            " 4 priorities, 90 % of the tasks COMPLETED and kept, the rest PENDING,"
+            " interleaved; each claim is followed by `complete` (claim + complete in the"
+            " last columns). One queue: a different queue each claim, round robin.",
+            "",
+            "| backend | claim from | "
+            + " | ".join(f"{s:,} tasks" for s in sizes)
+            + " | largest / smallest (≤ 1.5) | claim + complete, "
+            + " / ".join(f"{s:,}" for s in sizes)
+            + " | populated in (s) |",
+            "|---|---|" + "---|" * len(sizes) + "---|---|---|",
+        ]
+        for backend in sorted({r["backend"] for r in claims}):
+            by = {r["size"]: r for r in claims if r["backend"] == backend}
+            for mode, label in (("all", "every queue"), ("one", "one queue")):
+                key = f"claim_{mode}_us"
+                cells = [f"{by[s][key]:.0f}" if s in by else "-" for s in sizes]
+                ratio = by[max(by)][key] / by[min(by)][key]
+                cycle = " / ".join(
+                    f"{by[s][f'cycle_{mode}_us']:.0f}" if s in by else "-" for s in sizes
+                )
+                populated = " / ".join(f"{by[s]['populate_s']:.1f}" for s in sizes if s in by)
+                out.append(
+                    f"| {backend} | {label} | {' | '.join(cells)} |"
+                    f" {ratio:.2f}{x} {_met(ratio <= 1.5)} | {cycle} | {populated} |"
+                )
+        out.append("")
+    creates = data.get("creates", [])
+    if creates:
+        methods = sorted({r["method"] for r in creates if r["batch"] > 1}, key=len)
+        out += [
+            "**Bulk create**: per-task time of `create` one call at a time and of"
+            " `create_many` batches on one fresh store; the speed-up is taken within each"
+            " repetition, then the median.",
+            "",
+            "| backend | `create` µs/task | "
+            + " | ".join(f"`{m}` µs/task | {x} `create`" for m in methods)
+            + " | goal |",
+            "|---|---|" + "---|---|" * len(methods) + "---|",
+        ]
+        for backend in sorted({r["backend"] for r in creates}):
+            rows = [r for r in creates if r["backend"] == backend]
+            single = median([r["per_task_us"] for r in rows if r["method"] == "create"])
+            cells = []
+            best = 0.0
+            for m in methods:
+                speedup = median([r["speedup"] for r in rows if r["method"] == m])
+                best = max(best, speedup)
+                per = median([r["per_task_us"] for r in rows if r["method"] == m])
+                cells.append(f"{per:.1f} | {speedup:.1f}{x}")
+            want = CREATE_GOALS.get(backend)
+            goal_text = f"≥ {want:.0f}{x}: {_met(best >= want)}" if want else "-"
+            out.append(f"| {backend} | {single:.0f} | {' | '.join(cells)} | {goal_text} |")
+        out.append("")
+    pickup = data.get("pickup", [])
+    if pickup:
+        out += [
+            "**Pickup latency** on an idle fleet of 8 workers: one task created at a time,"
+            " 20-80 ms apart; latency = the handler's `time.time()` at its start minus the"
+            " producer's just after `create` returned. Without wake-ups = the worker sleeps"
+            " its poll interval when idle (`PollingOnly` hides `wait_for_work`, or the store"
+            " has none). The memory store's row is one process (8 threads), a reference.",
+            "",
+            "| store | wake-ups | poll interval | fleet | picked | p50 ms | p99 ms | max ms"
+            " | goal (PostgreSQL with NOTIFY: p50 ≤ 5, p99 ≤ 25) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in pickup:
+            goal = "-"
+            if r["backend"] == "postgres" and r["wakeups"]:
+                goal = f"p50 {_met(r['p50_ms'] <= 5.0)}, p99 {_met(r['p99_ms'] <= 25.0)}" + (
+                    "" if r["worker_wakeups"] else " (the store offered no wake-ups)"
+                )
+            wake = "yes" if r["worker_wakeups"] else "no"
+            out.append(
+                f"| {r['backend']} | {wake} | {r['poll_ms']:.0f} ms | {r['fleet']} |"
+                f" {r['picked']}/{r['tasks']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+                f" {r['max_ms']:.1f} | {goal} |"
+            )
+        out.append("")
+    return out
+
+
 def write(results: Path, command: str, started: datetime) -> None:
     """Write ``README.md`` and ``plot.png`` in ``results``."""
     lines = [
@@ -369,6 +472,9 @@ def write(results: Path, command: str, started: datetime) -> None:
                 f"| {b}{idx} | {' | '.join(cells)} | {ratio:.2f}\N{MULTIPLICATION SIGN} (≤ 1.5) |"
             )
         lines.append("")
+    fleet = _load(results, "fleet")
+    if fleet:
+        lines += _fleet_section(fleet)
     prof = _load(results, "profile")
     if prof:
         lines += ["### Where the time goes (cProfile, one library worker)", ""]

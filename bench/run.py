@@ -24,11 +24,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import cycles, queues, tablesize
+from bench import cycles, fleet, queues, tablesize
 from bench.common import DEFAULT_DSN
 
 RESULTS = Path(__file__).parent / "results"
-PARTS = ("cycles", "postgres-extra", "tablesize", "contracts-on", "batches", "profile")
+PARTS = (
+    "cycles",
+    "postgres-extra",
+    "tablesize",
+    "contracts-on",
+    "batches",
+    "profile",
+    "fleet",
+)
 WORKERS = (1, 2, 4, 8)
 TASKS = {"sqlite-NORMAL": 3000, "sqlite-FULL": 600, "postgres": 1000}
 QUICK_TASKS = {"sqlite-NORMAL": 1000, "sqlite-FULL": 200, "postgres": 300}
@@ -171,6 +179,63 @@ def run_tablesize(args: argparse.Namespace) -> None:
     _save("tablesize", {"rows": rows, "load_before": load})
 
 
+FLEET_BACKENDS = ("sqlite-FULL", "postgres")
+PICKUPS = (  # backend, wake-ups, poll interval (ms)
+    ("postgres", True, 500),
+    ("postgres", False, 500),
+    ("postgres", False, 50),
+    ("sqlite-FULL", False, 500),
+    ("sqlite-FULL", False, 50),
+    ("memory", True, 500),
+)
+
+
+def run_fleet(args: argparse.Namespace) -> None:
+    """Issue 13: claim cost with 20 queues at 10k and 1M tasks, ``create_many`` against
+    ``create``, pickup latency of an idle 8-worker fleet with and without wake-ups.
+    """
+    load = os.getloadavg()
+    x = "\N{MULTIPLICATION SIGN}"
+    sizes = (10_000, 100_000) if args.quick else (10_000, 1_000_000)
+    claim_rows = []
+    for backend in FLEET_BACKENDS:
+        for size in sizes:
+            row = fleet.claims(backend, size, 50 if args.quick else 100, args.reps, args.dsn)
+            _log(
+                f"fleet claims {backend} {size:,}: every queue {row['claim_all_us']:.0f} µs,"
+                f" one queue {row['claim_one_us']:.0f} µs (populated in {row['populate_s']:.1f} s)"
+            )
+            claim_rows.append(row)
+        small, large = claim_rows[-len(sizes)], claim_rows[-1]
+        for mode in ("all", "one"):
+            key = f"claim_{mode}_us"
+            _log(f"fleet claims {backend} {mode}: {large[key] / small[key]:.2f}{x} (≤ 1.5)")
+    batches = {100: 5, 1000: 1} if args.quick else {100: 20, 1000: 5}
+    create_rows = []
+    for backend in FLEET_BACKENDS:
+        rows = fleet.creates(backend, 200 if args.quick else 1000, batches, args.reps, args.dsn)
+        for row in rows:
+            _log(
+                f"fleet creates {backend} rep {row['rep']} {row['method']}:"
+                f" {row['per_task_us']:.0f} µs/task, {row['speedup']:.1f}{x} create"
+            )
+        create_rows += rows
+    pickup_rows = []
+    for backend, wakeups, poll_ms in PICKUPS:
+        row = fleet.pickup(backend, wakeups, poll_ms, 40 if args.quick else 200, args.dsn)
+        _log(
+            f"fleet pickup {backend} {'wake-ups' if row['worker_wakeups'] else 'polling'}"
+            f" {poll_ms} ms ({row['fleet']}): p50 {row['p50_ms']:.1f} ms,"
+            f" p99 {row['p99_ms']:.1f} ms, max {row['max_ms']:.1f} ms"
+            f" ({row['picked']}/{row['tasks']} by {row['pickers']} workers)"
+        )
+        pickup_rows.append(row)
+    _save(
+        "fleet",
+        {"claims": claim_rows, "creates": create_rows, "pickup": pickup_rows, "load_before": load},
+    )
+
+
 def _profile_one(label: str, setup: Any, out: list[dict[str, Any]]) -> None:
     work = setup()
     profiler = cProfile.Profile()
@@ -253,6 +318,7 @@ def main() -> None:
         "contracts-on": run_contracts_on,
         "batches": run_batches,
         "profile": run_profile,
+        "fleet": run_fleet,
     }
     started = datetime.now(UTC)
     for part in args.part or PARTS:

@@ -1,0 +1,480 @@
+"""What a worker fleet needs (issue 13): claim cost with 20 queues, bulk create, pickup.
+
+Three measurements, each with its baseline in the same run:
+
+- ``claims``: ``claim_next(queues=None)`` and ``claim_next(queues=[one])`` (each
+  followed by ``complete``, so that running tasks do not pile up in front of the
+  claims) with ``size`` tasks over 20 queues and 4 priorities, 90 % of them
+  COMPLETED and kept, the rest PENDING, interleaved in creation order. The tasks
+  are copies, made with raw SQL in the store's own schema, of 160 templates the
+  store itself wrote (one per state, queue and priority, with their history), so
+  every row and history entry is one the store would have written; only the id
+  differs. The column lists come from the database's catalogue.
+- ``creates``: ``create`` one call at a time against ``create_many`` in batches of
+  100 and 1000, per task, on a fresh store.
+- ``pickup``: an idle fleet of 8 workers (8 spawned processes with one
+  :class:`~sagalease.worker.Worker` each, or 8 threads of one ``Worker`` for the
+  memory store); one task created at a time, 20-80 ms apart; latency = the
+  handler's ``time.time()`` at its start minus the producer's ``time.time()``
+  just after ``create`` returned (one clock: the same machine). With wake-ups
+  (the store implements :class:`~sagalease.store.WakeUps`) or without
+  (:class:`PollingOnly` hides ``wait_for_work``, so the worker sleeps its poll
+  interval).
+"""
+
+from __future__ import annotations
+
+import os
+import queue as queue_mod
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.common import CTX, median, percentile
+from bench.cycles import TTL, sqlite_paths
+
+QUEUES = tuple(f"q{i:02d}" for i in range(20))
+PRIORITIES = (-10, 0, 10, 100)
+PENDING_EVERY = 10
+"""One task in ten is pending (x % 10 == 0), the others completed."""
+
+WORKERS = 8
+PG_CLAIMS = "bench_fleet_claims"
+PG_CREATES = "bench_fleet_creates"
+PG_PICKUP = "bench_fleet_pickup"
+
+
+# ---------------------------------------------------------------- stores
+
+
+def _fresh_pg(dsn: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def open_store(backend: str, where: str, pool: int = 1) -> Any:
+    """The store of ``backend`` (``sqlite-FULL``, ``sqlite-NORMAL``, ``postgres``,
+    ``memory``) at ``where`` (a file, or ``dsn|schema``); PostgreSQL with a pool of
+    ``pool`` connections.
+    """
+    if backend.startswith("sqlite"):
+        from sagalease.stores.sqlite import SQLiteStore
+
+        return SQLiteStore(Path(where), synchronous=backend.split("-", 1)[1])
+    if backend == "postgres":
+        from sagalease.stores.postgres import PostgresStore
+
+        dsn, schema = where.split("|", 1)
+        return PostgresStore(dsn, schema=schema, min_size=1, max_size=pool)
+    from sagalease.stores.memory import MemoryStore
+
+    return MemoryStore()
+
+
+def fresh_place(backend: str, name: str, dsn: str, schema: str) -> str:
+    """A new empty database for ``backend``: a removed SQLite file, a dropped schema."""
+    if backend.startswith("sqlite"):
+        return str(sqlite_paths(name))
+    if backend == "postgres":
+        _fresh_pg(dsn, schema)
+        return f"{dsn}|{schema}"
+    return ""
+
+
+class PollingOnly:
+    """A store seen without ``wait_for_work``: a worker on it polls.
+
+    Every other attribute is the wrapped store's, so ``isinstance(.., WakeUps)``
+    is false and the worker sleeps its poll interval when idle.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "wait_for_work":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
+# ---------------------------------------------------------------- claims
+
+
+def _template_id(state: str, qi: int, pi: int) -> str:
+    return f"tpl-{state}-{qi}-{pi}"
+
+
+def _write_templates(store: Any) -> None:
+    """One pending and one completed task per queue and priority, by the store."""
+    from sagalease.records import NewTask
+
+    for state in ("c", "p"):
+        store.create_many(
+            [
+                NewTask(_template_id(state, qi, pi), queue=q, priority=p)
+                for qi, q in enumerate(QUEUES)
+                for pi, p in enumerate(PRIORITIES)
+            ]
+        )
+    for qi in range(len(QUEUES)):
+        for pi in range(len(PRIORITIES)):
+            task_id = _template_id("c", qi, pi)
+            held = store.acquire(task_id, owner="bench", ttl=TTL)
+            store.complete(task_id, owner="bench", token=held.token)
+
+
+def _template_expr(x: str, text: Callable[[str], str]) -> str:
+    """SQL: the template of copy number ``x`` (pending when x % 10 = 0; queue and
+    priority by the next digits); ``text`` casts an integer expression to text.
+    """
+    state = f"CASE WHEN {x} % {PENDING_EVERY} = 0 THEN 'p' ELSE 'c' END"
+    qi = text(f"({x} / {PENDING_EVERY}) % {len(QUEUES)}")
+    pi = text(f"({x} / {PENDING_EVERY * len(QUEUES)}) % {len(PRIORITIES)}")
+    return f"'tpl-' || {state} || '-' || {qi} || '-' || {pi}"
+
+
+def _copy_sql(
+    table: str, columns: list[str], series: str, template: str, new_id: str, ordered: bool
+) -> str:
+    select = ", ".join(new_id if c == "task_id" else f"t.{c}" for c in columns)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select}"
+        f" FROM {series} JOIN {table} t ON t.task_id = {template}"
+        + (" ORDER BY x" if ordered else "")
+    )
+
+
+def _populate_sqlite(path: str, copies: int) -> None:
+    import sqlite3
+
+    store = open_store("sqlite-NORMAL", path)
+    try:
+        _write_templates(store)
+    finally:
+        store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous = OFF")
+
+        def columns(table: str) -> list[str]:
+            rows = conn.execute(f"PRAGMA table_xinfo({table})").fetchall()
+            # hidden 0: an ordinary column; the tasks' seq is the rowid (creation order)
+            return [r[1] for r in rows if r[6] == 0 and not (table == "tasks" and r[1] == "seq")]
+
+        series = (
+            "(WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < ?)"
+            " SELECT x FROM g) AS g"
+        )
+        template = _template_expr("x", lambda e: f"CAST({e} AS TEXT)")
+        new_id = "'n' || printf('%09d', x)"
+        conn.execute("BEGIN")
+        for table in ("tasks", "history"):
+            sql = _copy_sql(table, columns(table), series, template, new_id, table == "tasks")
+            conn.execute(sql, (copies,))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def _populate_pg(dsn: str, schema: str, copies: int) -> None:
+    import psycopg
+
+    store = open_store("postgres", f"{dsn}|{schema}")
+    try:
+        _write_templates(store)
+    finally:
+        store.close()
+    series = "generate_series(1, %s) AS g(x)"
+    template = _template_expr("x", lambda e: f"({e})::text").replace("%", "%%")
+    new_id = "'n' || lpad(x::text, 9, '0')"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in ("tasks", "history"):
+            cols = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = %s AND table_name = %s AND is_generated = 'NEVER'"
+                    " AND is_identity = 'NO' ORDER BY ordinal_position",
+                    (schema, table),
+                ).fetchall()
+            ]
+            sql = _copy_sql(f"{schema}.{table}", cols, series, template, new_id, table == "tasks")
+            conn.execute(sql.encode(), (copies,))
+        conn.execute(f"VACUUM ANALYZE {schema}.tasks")
+        conn.execute(f"VACUUM ANALYZE {schema}.history")
+
+
+def _populate_memory(store: Any, copies: int) -> None:
+    """The same tasks through the API (small sizes only: self-tests)."""
+    from sagalease.records import NewTask
+
+    _write_templates(store)
+    news = []
+    for x in range(1, copies + 1):
+        qi = (x // PENDING_EVERY) % len(QUEUES)
+        pi = (x // (PENDING_EVERY * len(QUEUES))) % len(PRIORITIES)
+        news.append(NewTask(f"n{x:09d}", queue=QUEUES[qi], priority=PRIORITIES[pi]))
+    for i in range(0, len(news), 1000):
+        store.create_many(news[i : i + 1000])
+    for x in range(1, copies + 1):
+        if x % PENDING_EVERY:
+            held = store.acquire(f"n{x:09d}", owner="bench", ttl=TTL)
+            store.complete(held.task_id, owner="bench", token=held.token)
+
+
+def claims(backend: str, size: int, per_rep: int, reps: int, dsn: str) -> dict[str, Any]:
+    """Median ``claim_next`` latency (µs) from every queue and from one queue, with
+    ``size`` tasks; each claim is completed at once. One process.
+    """
+    copies = size - 2 * len(QUEUES) * len(PRIORITIES)
+    t0 = time.monotonic()
+    where = fresh_place(backend, "fleet-claims", dsn, PG_CLAIMS)
+    if backend.startswith("sqlite"):
+        _populate_sqlite(where, copies)
+        store = open_store(backend, where)
+    elif backend == "postgres":
+        _populate_pg(dsn, PG_CLAIMS, copies)
+        store = open_store(backend, where)
+    else:
+        store = open_store(backend, where)
+        _populate_memory(store, copies)
+    populate_s = time.monotonic() - t0
+    counts = {s.value: n for s, n in store.counts().items() if n}
+    modes: dict[str, list[float]] = {"all": [], "one": []}
+    pairs: dict[str, list[float]] = {"all": [], "one": []}
+    clock = time.perf_counter_ns
+    turn = 0
+    for _ in range(3):  # warm the connection and the statements of both forms
+        for names in (None, [QUEUES[0]]):
+            task = store.claim_next(owner="warm", ttl=TTL, queues=names)
+            store.complete(task.task_id, owner="warm", token=task.token)
+    try:
+        for _ in range(reps):
+            for mode in ("all", "one"):
+                times: list[float] = []
+                both: list[float] = []
+                for _ in range(per_rep):
+                    names = None if mode == "all" else [QUEUES[turn % len(QUEUES)]]
+                    turn += 1
+                    c0 = clock()
+                    task = store.claim_next(owner="bench", ttl=TTL, queues=names)
+                    c1 = clock()
+                    if task is None:
+                        raise RuntimeError(f"{backend} {size}: ran out of pending tasks")
+                    store.complete(task.task_id, owner="bench", token=task.token)
+                    times.append((c1 - c0) / 1000)
+                    both.append((clock() - c0) / 1000)
+                modes[mode].append(median(times))
+                pairs[mode].append(median(both))
+    finally:
+        store.close()
+    return {
+        "backend": backend,
+        "size": size,
+        "counts": counts,
+        "populate_s": populate_s,
+        "claim_all_us": median(modes["all"]),
+        "claim_one_us": median(modes["one"]),
+        "claim_all_us_reps": modes["all"],
+        "claim_one_us_reps": modes["one"],
+        "cycle_all_us": median(pairs["all"]),
+        "cycle_one_us": median(pairs["one"]),
+    }
+
+
+# ---------------------------------------------------------------- creates
+
+
+def creates(
+    backend: str, singles: int, batches: dict[int, int], reps: int, dsn: str
+) -> list[dict[str, Any]]:
+    """Per-task time of ``create`` one call at a time and of ``create_many`` in batches
+    (``batches``: size -> number of calls), interleaved in each repetition, on one
+    fresh store. Each row carries its ``speedup`` over ``create`` in the same rep.
+    """
+    from sagalease.records import NewTask
+
+    where = fresh_place(backend, "fleet-creates", dsn, PG_CREATES)
+    store = open_store(backend, where, pool=1)
+    rows: list[dict[str, Any]] = []
+    try:
+        store.create("warm", queue=QUEUES[0])
+        for rep in range(reps):
+            t0 = time.perf_counter()
+            for i in range(singles):
+                store.create(f"s{rep}-{i}", queue=QUEUES[i % len(QUEUES)], priority=i % 7)
+            single_s = time.perf_counter() - t0
+            base = single_s / singles
+            rows.append(_create_row(backend, rep, "create", 1, singles, single_s, base))
+            for size, calls in batches.items():
+                lists = [
+                    [
+                        NewTask(
+                            f"b{rep}-{size}-{c}-{i}",
+                            queue=QUEUES[i % len(QUEUES)],
+                            priority=i % 7,
+                        )
+                        for i in range(size)
+                    ]
+                    for c in range(calls)
+                ]
+                t0 = time.perf_counter()
+                for news in lists:
+                    store.create_many(news)
+                seconds = time.perf_counter() - t0
+                rows.append(
+                    _create_row(
+                        backend, rep, f"create_many {size}", size, size * calls, seconds, base
+                    )
+                )
+    finally:
+        store.close()
+    return rows
+
+
+def _create_row(
+    backend: str, rep: int, method: str, batch: int, tasks: int, seconds: float, base: float
+) -> dict[str, Any]:
+    per_task = seconds / tasks
+    return {
+        "backend": backend,
+        "rep": rep,
+        "method": method,
+        "batch": batch,
+        "tasks": tasks,
+        "seconds": seconds,
+        "per_task_us": per_task * 1e6,
+        "rate": tasks / seconds,
+        "speedup": base / per_task,
+    }
+
+
+# ---------------------------------------------------------------- pickup
+
+
+def _worker(store: Any, out: Callable[[str, float], object], poll_ms: float, n: int) -> Any:
+    from sagalease.worker import Worker
+
+    def handler(ctx: Any) -> None:
+        out(ctx.task.task_id, time.time())
+
+    return Worker(store, handler, poll_interval=timedelta(milliseconds=poll_ms), concurrency=n)
+
+
+def _pickup_child(
+    backend: str, where: str, poll_ms: float, wakeups: bool, ready: Any, stop: Any, out: Any
+) -> None:
+    """One worker process of the fleet: one Worker, one task at a time."""
+    from sagalease.store import WakeUps
+
+    store = open_store(backend, where, pool=2)
+    seen = store if wakeups else PollingOnly(store)
+    worker = _worker(seen, lambda task_id, at: out.put((task_id, at, os.getpid())), poll_ms, 1)
+    threading.Thread(target=lambda: (stop.wait(), worker.stop()), daemon=True).start()
+    ready.put(isinstance(seen, WakeUps))
+    try:
+        worker.run()
+    finally:
+        store.close()
+
+
+def pickup(
+    backend: str, wakeups: bool, poll_ms: float, tasks: int, dsn: str, seed: int = 13
+) -> dict[str, Any]:
+    """Create ``tasks`` tasks one at a time, 20-80 ms apart, on an idle fleet of 8
+    workers (processes; threads for the memory store); the create-to-handler-start
+    latencies in ms.
+    """
+    where = fresh_place(backend, "fleet-pickup", dsn, PG_PICKUP)
+    producer = open_store(backend, where, pool=1)
+    producer.create("warm-0")  # the schema exists before the workers open it
+    started: dict[str, float] = {}
+    procs: list[Any] = []
+    if backend == "memory":
+        from sagalease.store import WakeUps
+
+        got: queue_mod.Queue[tuple[str, float, int]] = queue_mod.Queue()
+
+        def record(task_id: str, at: float) -> None:
+            got.put((task_id, at, threading.get_ident()))
+
+        seen = producer if wakeups else PollingOnly(producer)
+        fleet = _worker(seen, record, poll_ms, WORKERS)
+        runner = threading.Thread(target=fleet.run, daemon=True)
+        runner.start()
+        has_wakeups = [isinstance(seen, WakeUps)]
+        stop_fleet: Callable[[], None] = fleet.stop
+        results: Any = got
+        kind = "threads"
+    else:
+        ready, stop, results = CTX.Queue(), CTX.Event(), CTX.Queue()
+        procs = [
+            CTX.Process(
+                target=_pickup_child,
+                args=(backend, where, poll_ms, wakeups, ready, stop, results),
+                daemon=True,
+            )
+            for _ in range(WORKERS)
+        ]
+        for p in procs:
+            p.start()
+        has_wakeups = [ready.get(timeout=120) for _ in procs]
+        stop_fleet = stop.set
+        kind = "processes"
+    rng = random.Random(seed)
+    picked: dict[str, tuple[float, int]] = {}
+
+    def collect(want: int) -> None:
+        while sum(1 for k in picked if k.startswith("t")) < want and not finished.is_set():
+            try:
+                task_id, at, who = results.get(timeout=0.05)
+            except queue_mod.Empty:
+                continue
+            picked[task_id] = (at, who)
+
+    finished = threading.Event()
+    collector = threading.Thread(target=collect, args=(tasks,), daemon=True)
+    try:
+        time.sleep(1.0 + 2 * poll_ms / 1000)  # every worker has polled once and is idle
+        for i in range(1, WORKERS + 1):  # warm each worker's claim path
+            producer.create(f"warm-{i}")
+        time.sleep(0.5 + 2 * poll_ms / 1000)
+        collector.start()
+        for i in range(tasks):
+            time.sleep(rng.uniform(0.020, 0.080))
+            task_id = f"t{i:05d}"
+            producer.create(task_id)
+            started[task_id] = time.time()
+        collector.join(timeout=10 + 4 * poll_ms / 1000)
+    finally:
+        finished.set()
+        stop_fleet()
+        for p in procs:
+            p.join(timeout=15)
+            if p.is_alive():
+                p.kill()
+        producer.close()
+    latencies = [(picked[t][0] - at) * 1000 for t, at in started.items() if t in picked]
+    pickers = {picked[t][1] for t in started if t in picked}
+    return {
+        "backend": backend,
+        "wakeups": wakeups,
+        "worker_wakeups": all(has_wakeups),
+        "poll_ms": poll_ms,
+        "fleet": f"{WORKERS} {kind}",
+        "tasks": tasks,
+        "picked": len(latencies),
+        "pickers": len(pickers),
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": max(latencies) if latencies else 0.0,
+        "min_ms": min(latencies) if latencies else 0.0,
+        "mean_ms": sum(latencies) / len(latencies) if latencies else 0.0,
+    }
