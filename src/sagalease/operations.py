@@ -130,7 +130,7 @@ def _free_default_id(store: SagaStore, original: TaskSaga) -> str:
             raise _already(task_id, candidate)
     raise DuplicateTaskError(
         f"the default ids of a requeue ({requeued_id(task_id, 1)!r} ...) are all in use:"
-        " pass new_id",
+        " pass new_id (--as on the command line)",
         task_id=task_id,
     )
 

@@ -85,7 +85,9 @@ def populated(tmp_path: Path) -> Iterator[tuple[str, SQLiteStore]]:
     """A store with tasks in several states (times in the past, so leases are stale now)."""
     path = tmp_path / "ops.db"
     store = SQLiteStore(path)
-    store.create("pending-1", saga_id="s1", metadata={"order": 1}, now=T0)
+    store.create(
+        "pending-1", saga_id="s1", metadata={"order": 1}, queue="urgent", priority=5, now=T0
+    )
     store.create("done-1", saga_id="s1", now=T0)
     t = store.acquire("done-1", owner="w1", ttl=TTL, now=T0)
     store.complete("done-1", owner="w1", token=t.token, now=T0 + timedelta(seconds=1))
@@ -107,6 +109,9 @@ def _lib_json(task: TaskSaga) -> dict[str, Any]:
     return {
         "task_id": task.task_id,
         "saga_id": task.saga_id,
+        "queue": task.queue,
+        "priority": task.priority,
+        "requeued_from": task.requeued_from,
         "state": task.state.value,
         "metadata": task.metadata,
         "compensations": [c.to_json() for c in task.compensations],
@@ -192,18 +197,42 @@ def test_ls_json_agrees_with_the_library(populated: tuple[str, SQLiteStore]) -> 
         (["--stale"], ["stale-1"]),
         (["--limit", "2"], ["pending-1", "done-1"]),
         (["--after", "done-1"], ["comp-1", "stale-1"]),
+        (["--queue", "urgent"], ["pending-1"]),
+        (["--queue", "default", "--saga", "s1"], ["done-1"]),
+        (["--queue", "nowhere"], []),
+        (["--state", "running", "--state", "compensating"], ["comp-1", "stale-1"]),
+        (["--state", "pending,running"], ["pending-1", "stale-1"]),
+        (["--state", "pending, completed", "--state", "pending"], ["pending-1", "done-1"]),
+        (["--state", "pending,running", "--queue", "default"], ["stale-1"]),
+        (["--stale", "--queue", "urgent"], []),
+        (["--stale", "--state", "running,pending"], ["stale-1"]),
     ],
 )
 def test_ls_filters(
     populated: tuple[str, SQLiteStore], args: list[str], expected: list[str]
 ) -> None:
-    """`ls` filters by state, saga, staleness and pages with --limit/--after like the library."""
+    """`ls` filters by states (repeated or comma-separated), queue, saga and staleness and
+    pages with --limit/--after like the library.
+    """
     url, store = populated
     out = sagalease("ls", *args, "--json", db=url)
     assert out.returncode == 0, out.stderr
     assert [t["task_id"] for t in json.loads(out.stdout)] == expected
-    if "--stale" in args:
+    if args == ["--stale"]:
         assert expected == [t.task_id for t in store.list_stale()]
+
+
+def test_ls_multi_state_is_one_listing_of_the_library(populated: tuple[str, SQLiteStore]) -> None:
+    """`ls --state running,compensating --queue default` is store.list_tasks(state={...},
+    queue=...) record for record.
+    """
+    url, store = populated
+    out = sagalease("ls", "--state", "running,compensating", "--queue", "default", "--json", db=url)
+    assert out.returncode == 0, out.stderr
+    wanted = {TaskState.RUNNING, TaskState.COMPENSATING}
+    assert json.loads(out.stdout) == [
+        _lib_json(t) for t in store.list_tasks(state=wanted, queue="default")
+    ]
 
 
 def test_ls_table_for_people(populated: tuple[str, SQLiteStore]) -> None:
@@ -214,6 +243,10 @@ def test_ls_table_for_people(populated: tuple[str, SQLiteStore]) -> None:
     for task in store.list_tasks():
         assert task.task_id in out.stdout
     assert "compensating" in out.stdout
+    header = out.stdout.splitlines()[2]
+    assert ("queue" in header, "priority" in header) == (True, True)
+    urgent = next(line for line in out.stdout.splitlines() if "pending-1" in line)
+    assert ("urgent" in urgent.split(), "5" in urgent.split()) == (True, True)
 
 
 def test_show_json_agrees_with_the_library(populated: tuple[str, SQLiteStore]) -> None:
@@ -253,6 +286,12 @@ def test_show_for_people_lists_compensations_notes_and_history(
     assert out.returncode == 0, out.stderr
     for text in ("done-1", "completed", "checked by hand", "acquire", "complete", "annotate"):
         assert text in out.stdout
+    urgent = sagalease("show", "pending-1", db=url)
+    assert [line.split() for line in urgent.stdout.splitlines()[:6]][2:5] == [
+        ["queue", "urgent"],
+        ["priority", "5"],
+        ["requeued", "from", "-"],
+    ]
     comp = sagalease("show", "comp-1", db=url)
     assert "refund" in comp.stdout
     assert "pending" in comp.stdout
@@ -320,9 +359,114 @@ def test_stats_json_matches_counts(populated: tuple[str, SQLiteStore]) -> None:
     assert data["counts"] == {s.value: n for s, n in store.counts().items()}
     assert data["total"] == 4
     assert data["stale"] == 1
+    assert data["queue"] is None
     table = sagalease("stats", db=url)
     assert table.returncode == 0
     assert "4 task(s), 1 stale" in table.stdout
+
+
+@pytest.mark.parametrize("queue", ["urgent", "default", "nowhere"])
+def test_stats_of_one_queue(populated: tuple[str, SQLiteStore], queue: str) -> None:
+    """`stats --queue Q` is store.counts(queue=Q), with the stale leases of that queue."""
+    url, store = populated
+    out = sagalease("stats", "--queue", queue, "--json", db=url)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    counts = store.counts(queue=queue)
+    assert data["counts"] == {s.value: n for s, n in counts.items()}
+    assert (data["queue"], data["total"]) == (queue, sum(counts.values()))
+    assert data["stale"] == sum(t.queue == queue for t in store.list_stale())
+    table = sagalease("stats", "--queue", queue, db=url)
+    assert f"{sum(counts.values())} task(s), {data['stale']} stale in queue {queue}" in table.stdout
+
+
+def _failed(store: SQLiteStore, task_id: str, **create: Any) -> None:
+    store.create(task_id, now=T0, **create)
+    lease = store.acquire(task_id, owner="w9", ttl=TTL, now=T0)
+    store.fail(task_id, owner="w9", token=lease.token, reason="declined", now=T0)
+
+
+def _snapshot(store: SQLiteStore) -> dict[str, tuple[TaskSaga, int]]:
+    return {t.task_id: (t, len(store.history(t.task_id))) for t in store.list_tasks(limit=10_000)}
+
+
+def test_requeue_makes_a_pending_copy_and_notes_the_original(
+    populated: tuple[str, SQLiteStore],
+) -> None:
+    """`requeue TASK --by alice --json` prints the new PENDING copy (queue, priority, saga
+    and metadata of the original, `requeued_from` it); the original stays FAILED with a
+    note by alice naming the copy.
+    """
+    url, store = populated
+    _failed(store, "f-1", saga_id="s3", metadata={"n": 1}, queue="bulk", priority=-3)
+    out = sagalease("requeue", "f-1", "--by", "alice", "--json", db=url)
+    assert out.returncode == 0, out.stderr
+    copy = store.get("f-1~r1")
+    original = store.get("f-1")
+    assert copy is not None
+    assert original is not None
+    assert json.loads(out.stdout) == _lib_json(copy)
+    assert (copy.state, copy.queue, copy.priority, copy.saga_id) == (
+        TaskState.PENDING,
+        "bulk",
+        -3,
+        "s3",
+    )
+    assert (copy.metadata, copy.requeued_from) == ({"n": 1}, "f-1")
+    assert original.state is TaskState.FAILED
+    assert [(n.author, n.text) for n in original.notes] == [("alice", "requeued as 'f-1~r1'")]
+
+
+def test_requeue_as_names_the_copy_and_prints_one_line(populated: tuple[str, SQLiteStore]) -> None:
+    """`requeue TASK --as NEW_ID` (a quarantined task): exit 0, one line naming the copy."""
+    url, store = populated
+    store.quarantine("pending-1", reason="bad data", by="ops", now=T0)
+    out = sagalease("requeue", "pending-1", "--as", "pending-1-again", db=url)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "pending-1: requeued as pending-1-again\n"
+    copy = store.get("pending-1-again")
+    assert copy is not None
+    assert (copy.queue, copy.priority, copy.requeued_from) == ("urgent", 5, "pending-1")
+    shown = sagalease("show", "pending-1-again", db=url)
+    assert ["requeued", "from", "pending-1"] in [line.split() for line in shown.stdout.splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["pending-1"], "in state pending: requeue takes a failed or quarantined task only"),
+        (["done-1"], "in state completed"),
+        (["comp-1"], "in state compensating"),
+        (["f-1", "--as", "done-1"], "done-1"),
+        (["f-1", "--as", ""], "new_id"),
+        (["f-1", "--by", ""], "by"),
+    ],
+)
+def test_requeue_refusals_are_one_line_and_change_nothing(
+    populated: tuple[str, SQLiteStore], args: list[str], expected: str
+) -> None:
+    """A task that did not fail, an id in use, a bad argument: exit 2, one line saying
+    why, no task and no note written.
+    """
+    url, store = populated
+    _failed(store, "f-1")
+    before = _snapshot(store)
+    line = one_line_error(sagalease("requeue", *args, db=url), 2)
+    assert expected in line
+    assert _snapshot(store) == before
+
+
+def test_requeue_twice_is_refused_naming_the_first_copy(
+    populated: tuple[str, SQLiteStore],
+) -> None:
+    """A second `requeue TASK`: exit 2, one line naming the first copy; nothing written."""
+    url, store = populated
+    _failed(store, "f-1")
+    assert sagalease("requeue", "f-1", db=url).returncode == 0
+    before = _snapshot(store)
+    line = one_line_error(sagalease("requeue", "f-1", db=url), 2)
+    assert "already requeued as 'f-1~r1'" in line
+    assert _snapshot(store) == before
 
 
 def test_verify_passes_then_fails_on_a_tampered_history(
@@ -420,6 +564,7 @@ def test_conformance_subprocess_bad_factory_fails_cleanly() -> None:
         ["show", "nope"],
         ["quarantine", "nope", "--reason", "r"],
         ["annotate", "nope", "--text", "t"],
+        ["requeue", "nope"],
     ],
 )
 def test_unknown_task_is_exit_2(populated: tuple[str, SQLiteStore], args: list[str]) -> None:
@@ -513,6 +658,9 @@ def test_locked_database_is_exit_3(populated: tuple[str, SQLiteStore], tmp_path:
     [
         ["no-such-command"],
         ["ls", "--state", "sleeping"],
+        ["ls", "--state", "running,sleeping"],
+        ["ls", "--state", ","],
+        ["requeue"],
         ["ls", "--limit", "0"],
         ["quarantine", "t"],
         ["annotate", "t"],
@@ -523,6 +671,17 @@ def test_locked_database_is_exit_3(populated: tuple[str, SQLiteStore], tmp_path:
 def test_bad_usage_is_one_line_exit_2(args: list[str], tmp_path: Path) -> None:
     """Unknown commands, bad option values and missing arguments: one line, exit 2."""
     one_line_error(sagalease(*args, db=f"sqlite:///{tmp_path}/s.db"), 2)
+
+
+@pytest.mark.parametrize(
+    "args", [["ls", "--queue", ""], ["ls", "--queue", "x" * 201], ["stats", "--queue", "a\tb"]]
+)
+def test_a_malformed_queue_is_one_line_exit_2(
+    populated: tuple[str, SQLiteStore], args: list[str]
+) -> None:
+    """A queue name that breaks the id rules: exit 2, one line naming `queue`."""
+    url, _store = populated
+    assert "queue" in one_line_error(sagalease(*args, db=url), 2)
 
 
 def test_simulate_refuses_a_non_sqlite_store(tmp_path: Path) -> None:

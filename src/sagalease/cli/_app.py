@@ -3,13 +3,14 @@
 Commands::
 
     init                       create the store (or check an existing one)
-    ls [--state S] [--saga ID] [--stale] [--limit N] [--after TASK]
+    ls [--state S[,S...]]... [--queue Q] [--saga ID] [--stale] [--limit N] [--after TASK]
     show TASK                  record, compensations, notes and history
     stale                      non-terminal tasks whose lease expired
     reap [--limit N]           drop expired leases, quarantine exhausted tasks, fail overdue ones
     quarantine TASK --reason R [--by WHO]
     annotate TASK --text T [--by WHO]
-    stats                      tasks per state
+    requeue TASK [--as NEW_ID] [--by WHO]   run a failed or quarantined task again
+    stats [--queue Q]          tasks per state
     verify [--all-ended]       check every recorded history against the invariants
     simulate [--workers N] [--tasks M] [--seed S] [--db URL] [--json]
     spec [--json]              the lifecycle spec generated from the code
@@ -26,7 +27,8 @@ Exit status:
 - 0: success (a check, verification or simulation passed);
 - 1: a check, verification or simulation found a violation (FAIL);
 - 2: bad usage or input: unknown command or option, bad store URL, unknown
-  task, a refused operation (e.g. quarantining a task that already ended),
+  task, a refused operation (e.g. quarantining a task that already ended,
+  requeueing one that did not fail),
   conformance suite not installed;
 - 3: the store is unavailable: missing database or directory, a file that is
   not a sagalease database, a database locked past ``--timeout``, a schema
@@ -60,6 +62,7 @@ from sagalease.errors import (
     StoreUnavailableError,
     TaskNotFoundError,
 )
+from sagalease.operations import requeue as requeue_task
 from sagalease.records import TaskSaga, TaskState
 from sagalease.store import SagaStore
 from sagalease.stores import DEFAULT_URL, open_store, parse_url
@@ -151,6 +154,7 @@ def _get(store: SagaStore, task_id: str) -> TaskSaga:
 # ---------------------------------------------------------------- commands
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="print JSON")
+_QUEUE = click.option("--queue", help="only tasks of this queue")
 _BY = click.option("--by", default="operator", show_default=True, help="who")
 
 
@@ -199,10 +203,22 @@ def init(options: _Options, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _parse_states(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> frozenset[TaskState] | None:
+    """``--state`` given any number of times, each a state or a comma-separated list."""
+    names = [name.strip() for value in values for name in value.split(",")]
+    for name in names:
+        if name not in _STATES:
+            raise click.BadParameter(f"{name!r} is not one of {', '.join(_STATES)}")
+    return frozenset(TaskState(name) for name in names) or None
+
+
 def _list(
     options: _Options,
     *,
-    state: str | None,
+    states: frozenset[TaskState] | None,
+    queue: str | None,
     saga: str | None,
     stale: bool,
     limit: int,
@@ -210,15 +226,18 @@ def _list(
     as_json: bool,
 ) -> int:
     def body(store: SagaStore) -> int:
-        wanted = None if state is None else TaskState(state)
         if stale:
             tasks = [
                 t
                 for t in store.list_stale()
-                if (wanted is None or t.state is wanted) and (saga is None or t.saga_id == saga)
+                if (states is None or t.state in states)
+                and (saga is None or t.saga_id == saga)
+                and (queue is None or t.queue == queue)
             ][:limit]
         else:
-            tasks = store.list_tasks(state=wanted, saga_id=saga, limit=limit, after=after)
+            tasks = store.list_tasks(
+                state=states, saga_id=saga, queue=queue, limit=limit, after=after
+            )
         if as_json:
             print_json([task_json(t) for t in tasks])
             return EXIT_OK
@@ -233,7 +252,15 @@ def _list(
 
 
 @cli.command("ls")
-@click.option("--state", type=click.Choice(_STATES), help="only tasks in this state")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    callback=_parse_states,
+    metavar="STATE[,STATE...]",
+    help=f"only tasks in these states (repeat, or separate with commas): {', '.join(_STATES)}",
+)
+@_QUEUE
 @click.option("--saga", help="only tasks of this saga")
 @click.option("--stale", is_flag=True, help="only non-terminal tasks whose lease expired")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
@@ -242,7 +269,8 @@ def _list(
 @click.pass_obj
 def ls_command(
     options: _Options,
-    state: str | None,
+    states: frozenset[TaskState] | None,
+    queue: str | None,
     saga: str | None,
     stale: bool,
     limit: int,
@@ -251,7 +279,14 @@ def ls_command(
 ) -> int:
     """List tasks in creation order."""
     return _list(
-        options, state=state, saga=saga, stale=stale, limit=limit, after=after, as_json=as_json
+        options,
+        states=states,
+        queue=queue,
+        saga=saga,
+        stale=stale,
+        limit=limit,
+        after=after,
+        as_json=as_json,
     )
 
 
@@ -261,7 +296,14 @@ def ls_command(
 def stale(options: _Options, as_json: bool) -> int:
     """List non-terminal tasks whose lease expired (the reaper's work)."""
     return _list(
-        options, state=None, saga=None, stale=True, limit=10_000, after=None, as_json=as_json
+        options,
+        states=None,
+        queue=None,
+        saga=None,
+        stale=True,
+        limit=10_000,
+        after=None,
+        as_json=as_json,
     )
 
 
@@ -302,7 +344,7 @@ def reap(options: _Options, limit: int | None, as_json: bool) -> int:
     return _with_store(options, body)
 
 
-# quarantine and annotate are one pattern (_operator_call); each stays a function of
+# quarantine, annotate and requeue are one pattern (_operator_call); each stays a function of
 # its own because click reads a command's options, names and --help from it.
 @cli.command()
 @click.argument("task_id", metavar="TASK")
@@ -336,19 +378,44 @@ def annotate(options: _Options, task_id: str, text: str, by: str, as_json: bool)
     )
 
 
-@cli.command()
+@cli.command("requeue")
+@click.argument("task_id", metavar="TASK")
+@click.option(
+    "--as", "new_id", metavar="NEW_ID", help="the new task's id (default: TASK~r1, ~r2, ...)"
+)
+@_BY
 @_JSON
 @click.pass_obj
-def stats(options: _Options, as_json: bool) -> int:
-    """Tasks per state, and how many leases are stale."""
+def requeue_command(
+    options: _Options, task_id: str, new_id: str | None, by: str, as_json: bool
+) -> int:
+    """Operator: run a FAILED or QUARANTINED task again as a new PENDING task of its
+    queue, priority and saga (sagalease.requeue); the original gets a note naming it.
+    A second requeue with the default id is refused, naming the first copy.
+    """
+    return _operator_call(
+        options,
+        as_json,
+        lambda store: requeue_task(store, task_id, new_id=new_id, by=by),
+        lambda copy: f"{task_id}: requeued as {copy.task_id}",
+    )
+
+
+@cli.command()
+@_QUEUE
+@_JSON
+@click.pass_obj
+def stats(options: _Options, queue: str | None, as_json: bool) -> int:
+    """Tasks per state, and how many leases are stale (of one queue with --queue)."""
 
     def body(store: SagaStore) -> int:
-        counts = store.counts()
-        stale_count = len(store.list_stale())
+        counts = store.counts(queue=queue)
+        stale_count = sum(queue is None or t.queue == queue for t in store.list_stale())
         total = sum(counts.values())
         if as_json:
             print_json(
                 {
+                    "queue": queue,
                     "counts": {s.value: counts[s] for s in TaskState},
                     "total": total,
                     "stale": stale_count,
@@ -357,12 +424,18 @@ def stats(options: _Options, as_json: bool) -> int:
             return EXIT_OK
         from rich.table import Table
 
-        table = Table(title=f"{total} task(s), {stale_count} stale", title_justify="left")
+        title = f"{total} task(s), {stale_count} stale"
+        if queue is not None:
+            title += f" in queue {queue}"
+        # The title on a line of its own: a table's title wraps at the table's width.
+        table = Table()
         table.add_column("state")
         table.add_column("tasks", justify="right")
         for s in TaskState:
             table.add_row(s.value + (" (terminal)" if s.is_terminal else ""), str(counts[s]))
-        new_console().print(table)
+        console = new_console()
+        console.print(title, markup=False)
+        console.print(table)
         return EXIT_OK
 
     return _with_store(options, body)

@@ -35,6 +35,9 @@ def task_json(task: TaskSaga) -> dict[str, Any]:
     return {
         "task_id": task.task_id,
         "saga_id": task.saga_id,
+        "queue": task.queue,
+        "priority": task.priority,
+        "requeued_from": task.requeued_from,
         "state": task.state.value,
         "metadata": task.metadata,
         "compensations": [c.to_json() for c in task.compensations],
@@ -96,13 +99,16 @@ def tasks_table(tasks: Sequence[TaskSaga], title: str) -> Any:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for name in ("task", "saga", "state", "attempts", "token", "holder", "expires", "updated"):
-        table.add_column(name, overflow="fold")
+    columns = ("task", "saga", "queue", "priority", "state", "attempts", "token", "holder")
+    for name in (*columns, "expires", "updated"):
+        table.add_column(name, overflow="fold", justify="right" if name == "priority" else "left")
     for t in tasks:
         lease = t.lease
         table.add_row(
             t.task_id,
             t.saga_id or "",
+            t.queue,
+            str(t.priority),
             t.state.value,
             f"{t.attempts}/{t.max_attempts}",
             str(t.token),
@@ -124,6 +130,9 @@ def show_task(task: TaskSaga, history: Sequence[HistoryEntry]) -> None:
     rows: list[tuple[str, str]] = [
         ("task", task.task_id),
         ("saga", task.saga_id or "-"),
+        ("queue", task.queue),
+        ("priority", str(task.priority)),
+        ("requeued from", task.requeued_from or "-"),
         ("state", task.state.value),
         ("terminal reason", task.terminal_reason or "-"),
         ("token", str(task.token)),
@@ -182,15 +191,25 @@ def print_report(data: dict[str, Any]) -> None:
     for state, n in data["states"].items():
         states.add_row(state, str(n))
     console.print(states)
+    queues = Table(title="tasks per queue (higher priority runs first)", title_justify="left")
+    for name in ("queue", "priority", "tasks", "ended as"):
+        queues.add_column(name, justify="left" if name in ("queue", "ended as") else "right")
+    for queue, q in data["queues"].items():
+        ended = ", ".join(f"{state} {n}" for state, n in q["states"].items())
+        queues.add_row(queue, str(q["priority"]), str(q["tasks"]), ended)
+    console.print(queues)
     facts = Table(title="what the fleet went through", title_justify="left")
     facts.add_column("")
     facts.add_column("count", justify="right")
     for label, key in (
+        ("create_many calls (the tasks, in batches)", "create_many_calls"),
         ("worker processes started", "workers_started"),
         ("workers SIGKILLed by the simulator", "workers_killed"),
         ("workers killed by poison tasks", "workers_killed_by_poison_tasks"),
         ("workers paused past their lease", "workers_paused_past_lease"),
         ("leases expired", "leases_expired"),
+        ("retries (releases for a retry, in the history)", "retries"),
+        ("retries reported by the workers", "retries_reported_by_workers"),
         ("tasks reclaimed after an expired lease", "reclaims"),
         ("tasks changed by the reaper", "reaped"),
         ("zombie writes rejected by fencing", "zombie_writes_fenced"),
