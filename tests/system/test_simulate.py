@@ -21,11 +21,19 @@ from sagalease import (
     MemoryStore,
     SagaStore,
     SQLiteStore,
+    TaskSaga,
     TaskState,
 )
 from sagalease import cli as cli_module
 from sagalease.verification.history import Verification, check_task, verify_store
-from sagalease.verification.simulate import SimulationSettings, run_simulation
+from sagalease.verification.simulate import (
+    QUEUES,
+    RETRY,
+    RETRY_AFTER,
+    SimulationSettings,
+    is_retry,
+    run_simulation,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TTL = timedelta(seconds=30)
@@ -78,6 +86,7 @@ def test_small_simulation_passes_and_its_report_matches_the_store(tmp_path: Path
             for c in t.compensations
         )
         assert report["compensations_applied"] == applied
+        _check_queues_and_retries(report, store)
     finally:
         store.close()
     verify = subprocess.run(
@@ -87,6 +96,55 @@ def test_small_simulation_passes_and_its_report_matches_the_store(tmp_path: Path
         check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _check_queues_and_retries(report: dict[str, Any], store: SQLiteStore) -> None:
+    """The report's queues and retries are the store's: tasks per queue (created with
+    create_many in one batch of 24), the retries counted from the history, each
+    transient error retried after the policy's backoff (within its jitter), each
+    Retry(after=) after exactly its delay, no retry of a PermanentTaskError.
+    """
+    tasks = store.list_tasks(limit=1000)
+    assert report["create_many_calls"] == 1
+    assert set(report["queues"]) == set(QUEUES) == {"urgent", "bulk"}
+    for queue, shown in report["queues"].items():
+        mine = [t for t in tasks if t.queue == queue]
+        assert shown["priority"] == QUEUES[queue] == mine[0].priority
+        assert shown["tasks"] == len(mine) == sum(shown["states"].values())
+        assert shown["states"] == {
+            s.value: n for s in TaskState if (n := sum(t.state is s for t in mine))
+        }
+    assert report["queues"]["urgent"]["tasks"] == 6  # every fourth task
+    histories = {t.task_id: store.history(t.task_id) for t in tasks}
+    retries = {i: [e for e in h if is_retry(e)] for i, h in histories.items()}
+    assert report["retries"] == sum(map(len, retries.values())) > 0
+    reported = report["worker_outcomes"].get("retried", 0)
+    assert report["retries_reported_by_workers"] == reported
+    assert 0 < reported <= report["retries"]  # a worker killed after its write reports nothing
+    by_kind: dict[str, list[TaskSaga]] = {}
+    for task in tasks:
+        by_kind.setdefault(task.metadata["kind"], []).append(task)
+    initial_us = RETRY.initial / timedelta(microseconds=1)
+    for task in by_kind["transient"]:
+        if task.state is TaskState.COMPLETED and task.expirations == 0:
+            # Every attempt ran to its end: one retry per transient error.
+            assert len(retries[task.task_id]) == task.metadata["flakes"], task.task_id
+        for entry in retries[task.task_id]:
+            history = histories[task.task_id]
+            attempt = sum(e.event == "acquire" for e in history[: entry.seq - 1])
+            expected = initial_us * RETRY.factor ** (attempt - 1)
+            low, high = expected * (1 - RETRY.jitter), expected * (1 + RETRY.jitter)
+            assert low - 1 <= entry.args["delay_us"] <= high + 1, (task.task_id, entry)
+    for task in by_kind["retry-after"]:
+        assert [e.args["delay_us"] for e in retries[task.task_id]] in (
+            [],  # its first attempt was cut short by a kill or a pause
+            [RETRY_AFTER / timedelta(microseconds=1)],
+        )
+    for task in by_kind["fail"] + by_kind["fail-compensate"]:
+        assert retries[task.task_id] == [], task.task_id
+    for task in by_kind["fail-exhausted"]:
+        assert task.state in (TaskState.FAILED, TaskState.QUARANTINED)
+        assert task.attempts == task.max_attempts
 
 
 def test_human_report_prints_pass_and_the_fleet_table(tmp_path: Path) -> None:
@@ -101,6 +159,9 @@ def test_human_report_prints_pass_and_the_fleet_table(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "verification: PASS" in out.stdout
     assert "zombie writes rejected by fencing" in out.stdout
+    assert "retries (releases for a retry, in the history)" in out.stdout
+    assert "tasks per queue" in out.stdout
+    assert "urgent" in out.stdout
     assert "Traceback" not in out.stderr
 
 

@@ -1,15 +1,21 @@
 """``sagalease simulate``: a fleet of real worker processes on the SQLite default,
 under crashes, pauses and failures, then the whole history checked.
 
-The parent creates the tasks, starts ``workers`` processes (each a
-:class:`~sagalease.worker.Worker` with its own store), runs the reaper, and
-meanwhile SIGKILLs some workers (replaced at once) and SIGSTOPs others for
-twice the TTL (zombies: when they wake, their handler returns and the runtime
-tries to complete under the old token, which the store must refuse). Some
-tasks fail (with or without compensations), some compensations fail for good
-(QUARANTINED), some compensations fail once and are retried, and some tasks
-kill their worker every time (poison: they run out of attempts and the reaper
-quarantines them).
+The parent creates the tasks with ``create_many`` in batches, in two queues
+(``urgent`` at priority 10, ``bulk`` at 0: workers take urgent tasks first),
+starts ``workers`` processes (each a :class:`~sagalease.worker.Worker` with
+its own store, a fast :class:`~sagalease.worker.RetryPolicy` and both
+queues), runs the reaper, and meanwhile SIGKILLs some workers (replaced at
+once) and SIGSTOPs others for twice the TTL (zombies: when they wake, their
+handler returns and the runtime tries to complete under the old token, which
+the store must refuse). Some handlers raise a transient error once or twice
+(retried with backoff, then they complete) or ask for a retry
+(:class:`~sagalease.errors.Retry`); some fail at once
+(:class:`~sagalease.errors.PermanentTaskError`, with or without
+compensations); some fail at every attempt (retried, then failed on the last
+one); some compensations fail for good (QUARANTINED), some fail once and are
+retried, and some tasks kill their worker every time (poison: they run out of
+attempts and the reaper quarantines them).
 
 ``seed`` fixes every choice (task kinds, compensations, which worker is hit);
 the interleaving is the operating system's.
@@ -36,29 +42,58 @@ from typing import Any, cast
 from sagalease.errors import (
     InvalidInputError,
     PermanentCompensationError,
+    PermanentTaskError,
+    Retry,
     SagaLeaseError,
     StoreUnavailableError,
 )
 from sagalease.lifecycle import HOLDER_EVENTS, LEASE_STATES
-from sagalease.records import Compensation, CompensationStatus, TaskState
+from sagalease.records import Compensation, CompensationStatus, HistoryEntry, NewTask, TaskState
 from sagalease.store import SagaStore
 from sagalease.stores import SQLiteStore, parse_url
 from sagalease.verification.history import Verification, verify_store
-from sagalease.worker import LeaseContext, Outcome, Worker
+from sagalease.worker import LeaseContext, Outcome, RetryPolicy, Worker
 
-__all__ = ["SimulationReport", "SimulationSettings", "run_simulation"]
+__all__ = [
+    "QUEUES",
+    "RETRY",
+    "SimulationReport",
+    "SimulationSettings",
+    "is_retry",
+    "run_simulation",
+]
 
 DEFAULT_DB = "sagalease-sim.db"
 
 _KINDS = (
-    ("ok", 0.595),
-    ("ok-compensable", 0.14),  # registers a compensation while running, then completes
-    ("fail", 0.06),  # fails with nothing owed: FAILED
-    ("fail-compensate", 0.12),  # fails owing compensations: COMPENSATED
+    ("ok", 0.455),
+    ("ok-compensable", 0.12),  # registers a compensation while running, then completes
+    ("transient", 0.12),  # a transient error at its first 1-2 attempts: retried, completes
+    ("retry-after", 0.03),  # raises Retry(after=...) at its first attempt, then completes
+    ("fail", 0.05),  # PermanentTaskError with nothing owed: FAILED at once
+    ("fail-exhausted", 0.03),  # an error at every attempt: retried, FAILED at the last
+    ("fail-compensate", 0.11),  # PermanentTaskError owing compensations: COMPENSATED
     ("fail-flaky", 0.04),  # a compensation fails once (transient), then applies
     ("fail-stuck", 0.03),  # a compensation can never apply: QUARANTINED
     ("poison", 0.015),  # kills its worker each time: attempts exhausted, QUARANTINED
 )
+
+QUEUES = {"urgent": 10, "bulk": 0}
+"""The simulation's queues and their priorities (every fourth task is urgent)."""
+
+CREATE_BATCH = 50
+"""Tasks per ``create_many`` call."""
+
+RETRY = RetryPolicy(
+    initial=timedelta(milliseconds=20),
+    factor=2.0,
+    maximum=timedelta(milliseconds=500),
+    jitter=0.1,
+)
+"""The workers' backoff: fast, so that retries do not lengthen the run."""
+
+RETRY_AFTER = timedelta(milliseconds=30)
+"""The delay a ``retry-after`` task asks for."""
 
 
 class WorkerResult(StrEnum):
@@ -72,6 +107,7 @@ class WorkerResult(StrEnum):
     COMPENSATING = "compensating"
     COMPENSATED = "compensated"
     QUARANTINED = "quarantined"
+    RETRIED = "retried"
     RELEASED = "released"
     LOST = "lost"
     FENCED = "fenced"
@@ -155,6 +191,9 @@ class SimulationReport:
     compensations_applied: int = 0
     compensations_failed: int = 0
     quarantined: int = 0
+    retries: int = 0
+    create_batches: int = 0
+    queues: dict[str, dict[str, Any]] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
     verification: Verification = field(default_factory=Verification)
 
@@ -194,6 +233,10 @@ class SimulationReport:
             "compensations_applied": self.compensations_applied,
             "compensations_failed": self.compensations_failed,
             "quarantined": self.quarantined,
+            "retries": self.retries,
+            "retries_reported_by_workers": self.outcomes.get(WorkerResult.RETRIED.value, 0),
+            "create_many_calls": self.create_batches,
+            "queues": self.queues,
             "worker_outcomes": self.outcomes,
             "verification": {
                 "ok": v.ok,
@@ -219,8 +262,15 @@ def _handler(ctx: LeaseContext) -> None:
     # The "work": a plain sleep, not ctx.sleep, so that a worker paused in the
     # middle comes back as a zombie that tries to complete under its old token.
     time.sleep(float(meta.get("work", 0.02)))
+    attempt = ctx.task.attempts
+    if kind == "transient" and attempt <= int(meta.get("flakes", 1)):
+        raise ConnectionError(f"downstream timed out (attempt {attempt})")
+    if kind == "retry-after" and attempt == 1:
+        raise Retry("rate limited", after=RETRY_AFTER)
+    if kind == "fail-exhausted":
+        raise RuntimeError(f"simulated failure at attempt {attempt}")
     if kind.startswith("fail"):
-        raise RuntimeError(f"simulated failure of {kind}")
+        raise PermanentTaskError(f"simulated failure of {kind}", task_id=ctx.task_id)
 
 
 def _compensator(ctx: LeaseContext, compensation: Compensation) -> None:
@@ -303,6 +353,8 @@ def _work(db: str, owner: str, report: str, ttl: float) -> None:
         poll_interval=timedelta(milliseconds=25),
         shutdown_grace=timedelta(seconds=2),
         on_outcome=record,
+        queues=tuple(QUEUES),
+        retry=RETRY,
     )
     worker.install_signal_handlers()
     try:
@@ -366,6 +418,7 @@ def run_simulation(
     planned = [k for k, _ in _KINDS][: settings.tasks]
     planned += [_choose(rng) for _ in range(settings.tasks - len(planned))]
     rng.shuffle(planned)
+    batch: list[NewTask] = []
     for i, kind in enumerate(planned):
         kinds[kind] += 1
         comps: list[Compensation] = []
@@ -381,14 +434,26 @@ def run_simulation(
                 Compensation("stuck", f"vendor-{i}", "booked"),
             ]
         task_id = f"sim-{run_tag}-{i:05d}"
-        store.create(
-            task_id,
-            saga_id=f"saga-{i // 10:04d}",
-            metadata={"kind": kind, "work": round(rng.uniform(*settings.work), 4)},
-            compensations=comps,
-            max_attempts=settings.max_attempts,
+        meta: dict[str, Any] = {"kind": kind, "work": round(rng.uniform(*settings.work), 4)}
+        if kind == "transient":
+            meta["flakes"] = rng.randint(1, settings.max_attempts - 1)
+        queue = "urgent" if i % 4 == 0 else "bulk"
+        batch.append(
+            NewTask(
+                task_id,
+                saga_id=f"saga-{i // 10:04d}",
+                metadata=meta,
+                compensations=tuple(comps),
+                max_attempts=settings.max_attempts,
+                queue=queue,
+                priority=QUEUES[queue],
+            )
         )
         task_ids.append(task_id)
+        if len(batch) == CREATE_BATCH or i == len(planned) - 1:
+            store.create_many(batch)
+            report.create_batches += 1
+            batch = []
     report.kinds = dict(sorted(kinds.items()))
 
     reports_dir = Path(f"{path}.workers")
@@ -528,11 +593,14 @@ def run_simulation(
     report.verification = verify_store(store, task_ids=task_ids)
     _cross_check(store, outcomes, report.verification)
     states: Counter[str] = Counter()
+    per_queue: dict[str, Counter[str]] = {q: Counter() for q in QUEUES}
     for task_id in task_ids:
         task = store.get(task_id)
         if task is None:
             continue
         states[task.state.value] += 1
+        per_queue.setdefault(task.queue, Counter())[task.state.value] += 1
+        report.retries += sum(is_retry(e) for e in store.history(task_id))
         report.expirations += task.expirations
         report.compensations_applied += sum(
             c.status is CompensationStatus.APPLIED for c in task.compensations
@@ -542,12 +610,29 @@ def run_simulation(
         )
     report.states = {s.value: states[s.value] for s in TaskState if states[s.value]}
     report.quarantined = states[TaskState.QUARANTINED.value]
+    report.queues = {
+        queue: {
+            "priority": QUEUES.get(queue),
+            "tasks": sum(ended.values()),
+            "states": {s.value: ended[s.value] for s in TaskState if ended[s.value]},
+        }
+        for queue, ended in per_queue.items()
+    }
     report.reclaims = report.verification.reclaims
     store.close()
     return report
 
 
+def is_retry(entry: HistoryEntry) -> bool:
+    """Whether a history entry is a retry: a ``release`` whose reason is the
+    worker's ``retry N/M in S: ...`` (after a handler's or compensator's error, or
+    a ``Retry``); not a shutdown's or another hand-back's release.
+    """
+    return entry.event == "release" and (entry.reason or "").startswith("retry ")
+
+
 _WRITE_OF = {
+    WorkerResult.RETRIED: "release",
     WorkerResult.COMPLETED: "complete",
     WorkerResult.FAILED: "fail",
     WorkerResult.COMPENSATING: "fail",
