@@ -217,12 +217,12 @@ def _parse_states(
 def _list(
     options: _Options,
     *,
-    states: frozenset[TaskState] | None,
-    queue: str | None,
-    saga: str | None,
-    stale: bool,
+    states: frozenset[TaskState] | None = None,
+    queue: str | None = None,
+    saga: str | None = None,
+    stale: bool = False,
     limit: int,
-    after: str | None,
+    after: str | None = None,
     as_json: bool,
 ) -> int:
     def body(store: SagaStore) -> int:
@@ -295,16 +295,7 @@ def ls_command(
 @click.pass_obj
 def stale(options: _Options, as_json: bool) -> int:
     """List non-terminal tasks whose lease expired (the reaper's work)."""
-    return _list(
-        options,
-        states=None,
-        queue=None,
-        saga=None,
-        stale=True,
-        limit=10_000,
-        after=None,
-        as_json=as_json,
-    )
+    return _list(options, stale=True, limit=10_000, as_json=as_json)
 
 
 @cli.command()
