@@ -7,14 +7,17 @@ exit naming the invariant in :data:`MUTANTS`.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sagalease import MemoryStore, SQLiteStore, core
 from sagalease.conformance.factories import temp_path
-from sagalease.errors import LeaseConflictError
-from sagalease.records import TaskSaga, TaskState
+from sagalease.errors import LeaseConflictError, SagaLeaseError
+from sagalease.records import NewTask, TaskSaga, TaskState
 from sagalease.stores._base import Mutation
 
 
@@ -270,11 +273,18 @@ class CompleteManyOneByOne(SQLiteStore):
 class ClaimBatchIgnoresLiveLeases(MemoryStore):
     """claim_batch takes the oldest unfinished tasks, live leases or not."""
 
-    def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
+    def _claim(
+        self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
+    ) -> list[TaskSaga]:
         if limit == 1:
-            return super()._claim(owner, ttl_us, now_us, limit)
+            return super()._claim(owner, ttl_us, now_us, limit, queues)
         taken = []
-        for task in [t for t in self._tasks.values() if not t.state.is_terminal][:limit]:
+        unfinished = [
+            t
+            for t in self._tasks.values()
+            if not t.state.is_terminal and (queues is None or t.queue in queues)
+        ]
+        for task in unfinished[:limit]:
             lease = task.lease
             if lease is not None and now_us < lease.expires_us:
                 lease = replace(lease, expires_us=now_us)
@@ -294,6 +304,48 @@ class ClaimBatchIgnoresLiveLeases(MemoryStore):
             self._history[task.task_id].append(step.entry)
             taken.append(step.task)
         return taken
+
+
+class ClaimIgnoresQueues(MemoryStore):
+    """claim_next and claim_batch take from every queue, whatever queues they name."""
+
+    def _claim(
+        self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
+    ) -> list[TaskSaga]:
+        return super()._claim(owner, ttl_us, now_us, limit, None)
+
+
+class PriorityIgnored(MemoryStore):
+    """Claims take the oldest leaseable task of the queues named, whatever its priority."""
+
+    def _claim(
+        self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
+    ) -> list[TaskSaga]:
+        def take(task: TaskSaga) -> core.Step:
+            return core.acquire(task, owner=owner, ttl_us=ttl_us, now_us=now_us)
+
+        taken: list[TaskSaga] = []
+        with self._lock:
+            for task in list(self._tasks.values()):  # creation order only
+                wanted = queues is None or task.queue in queues
+                if len(taken) < limit and wanted and not task.state.is_terminal:
+                    with contextlib.suppress(SagaLeaseError):
+                        taken.append(self._apply(task, take))
+        return taken
+
+
+class CreateManyOneByOne(MemoryStore):
+    """create_many creates its items one call at a time: a duplicate (stored, or given
+    twice) or a bad item part-way leaves the items before it stored.
+    """
+
+    def create_many(
+        self, tasks: Iterable[NewTask | Mapping[str, Any]], *, now: datetime | None = None
+    ) -> list[TaskSaga]:
+        made: list[TaskSaga] = []
+        for item in tasks:  # each its own atomic write: the earlier ones stay
+            made += super().create_many([item], now=now)
+        return made
 
 
 def _sqlite(cls: type[SQLiteStore]) -> SQLiteStore:
@@ -378,6 +430,21 @@ def claim_batch_ignores_live_leases() -> MemoryStore:
     return ClaimBatchIgnoresLiveLeases()
 
 
+def claim_ignores_queues() -> MemoryStore:
+    """Factory: claims ignore the queues they name."""
+    return ClaimIgnoresQueues()
+
+
+def priority_ignored() -> MemoryStore:
+    """Factory: claims in creation order, priorities ignored."""
+    return PriorityIgnored()
+
+
+def create_many_half_writes() -> MemoryStore:
+    """Factory: create_many stores the items before a duplicate."""
+    return CreateManyOneByOne()
+
+
 @dataclass(frozen=True)
 class Mutant:
     """A broken backend and the invariant the suite must name when rejecting it."""
@@ -403,4 +470,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("no_compare_and_set", "INV-1", "select-then-update without compare-and-set"),
     Mutant("complete_many_one_by_one", "INV-8", "complete_many completes some of its tasks"),
     Mutant("claim_batch_ignores_live_leases", "INV-1", "claim_batch takes over live leases"),
+    Mutant("claim_ignores_queues", "INV-9", "claims ignore the queues they name"),
+    Mutant("priority_ignored", "INV-10", "claims ignore priorities (creation order only)"),
+    Mutant("create_many_half_writes", "INV-11", "create_many stores the items before a duplicate"),
 )

@@ -200,7 +200,7 @@ def test_pytest_base_class_and_plugin_for_a_third_party(tmp_path: Path) -> None:
         check=False,
     )
     assert mine.returncode == 0, mine.stdout + mine.stderr
-    assert "20 passed, 1 skipped" in mine.stdout
+    assert "26 passed, 1 skipped" in mine.stdout
     broken = subprocess.run(
         [
             *base,
@@ -227,4 +227,4 @@ def test_pytest_base_class_and_plugin_for_a_third_party(tmp_path: Path) -> None:
         check=False,
     )
     assert idle.returncode == 0, idle.stdout + idle.stderr
-    assert "21 skipped" in idle.stdout
+    assert "27 skipped" in idle.stdout

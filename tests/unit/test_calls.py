@@ -14,10 +14,17 @@ import pytest
 
 from sagalease import core
 from sagalease.lifecycle import EVENTS
-from sagalease.records import Compensation, TaskSaga, from_us
+from sagalease.records import Compensation, NewTask, TaskSaga, from_us
 from sagalease.store import EVENT_OF_METHOD, SagaStore
 from sagalease.stores.memory import MemoryStore
-from sagalease.verification.calls import BUILDERS, Chosen, core_args, store_args, store_form
+from sagalease.verification.calls import (
+    BUILDERS,
+    Chosen,
+    core_args,
+    new_task,
+    store_args,
+    store_form,
+)
 
 SEC = 1_000_000
 T0_US = 1_767_225_600_000_000
@@ -38,6 +45,10 @@ EVERYTHING = Chosen(
     deadline_us=T0_US + 100 * SEC,
     available_us=T0_US + SEC,
     saga_id="saga",
+    queue="emails",
+    priority=7,
+    requeued_from="old",
+    release_reason="retry in 1s",
 )
 
 
@@ -103,7 +114,7 @@ SCRIPT: list[tuple[str, str, Chosen]] = [
     ("a", "heartbeat", Chosen("w1", 1, ttl_us=20 * SEC)),
     ("a", "register_compensation", Chosen("w1", 1, compensation=UNLOCK)),
     ("a", "annotate", Chosen(by="ops", text="seen")),
-    ("a", "release", Chosen("w1", 1, delay_us=SEC)),
+    ("a", "release", Chosen("w1", 1, delay_us=SEC, release_reason="retry in 1s")),
     ("a", "acquire", Chosen("w2", ttl_us=10 * SEC)),
     ("a", "fail", Chosen("w2", 2, reason="boom")),
     ("a", "acquire", Chosen("c1", ttl_us=10 * SEC)),
@@ -113,7 +124,9 @@ SCRIPT: list[tuple[str, str, Chosen]] = [
     ("b", "acquire", Chosen("w1", ttl_us=SEC)),
     ("b", "reap", Chosen()),
     ("b", "acquire", Chosen("w1", ttl_us=10 * SEC)),
-    ("b", "complete", Chosen("w1", 2)),
+    ("b", "release", Chosen("w1", 2)),
+    ("b", "acquire", Chosen("w1", ttl_us=10 * SEC)),
+    ("b", "complete", Chosen("w1", 3)),
     ("c", "create", Chosen(max_attempts=1)),
     ("c", "quarantine", Chosen(reason="poison", by="ops")),
 ]
@@ -143,3 +156,27 @@ def test_core_and_store_forms_apply_the_same_step() -> None:
         assert store.get(task_id) == step.task, (task_id, event)
         assert store.history(task_id)[-1] == step.entry, (task_id, event)
     assert {event for _, event, _ in SCRIPT} == set(BUILDERS)
+
+
+def test_defaults_are_left_out_of_the_core_form() -> None:
+    """A create that chooses no queue, priority or link, and a release without a reason,
+    name none of them: the entries they write are those of histories written before.
+    """
+    assert core_args("create", Chosen()) == {}
+    assert set(core_args("create", Chosen(queue="q", priority=0))) == {"queue", "priority"}
+    assert core_args("release", Chosen("w", 1)) == {"owner": "w", "token": 1, "delay_us": 0}
+    assert core_args("release", Chosen("w", 1, release_reason="r"))["reason"] == "r"
+
+
+def test_new_task_creates_what_create_would() -> None:
+    """new_task's item, through create_many, gives the record and entry create gives with
+    the same chosen values (bar the id).
+    """
+    bulk, solo = MemoryStore(), MemoryStore()
+    now = from_us(T0_US)
+    item = new_task("a", EVERYTHING)
+    assert isinstance(item, NewTask)
+    (made,) = bulk.create_many([item], now=now)
+    assert made == solo.create("a", now=now, **store_args("create", EVERYTHING))
+    assert (made.queue, made.priority, made.requeued_from) == ("emails", 7, "old")
+    assert bulk.history("a") == solo.history("a")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from sagalease import MemoryStore, core
 from sagalease.errors import (
     AttemptsExhaustedError,
+    InvalidInputError,
     InvalidTransitionError,
     LeaseConflictError,
     SagaLeaseError,
@@ -34,11 +36,12 @@ from sagalease.records import (
     Compensation,
     CompensationStatus,
     HistoryEntry,
+    NewTask,
     TaskSaga,
     TaskState,
     from_us,
 )
-from sagalease.verification.calls import Chosen, core_args, store_args, store_form
+from sagalease.verification.calls import Chosen, core_args, new_task, store_args, store_form
 
 T0_US = int(
     (datetime(2026, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC))
@@ -283,7 +286,11 @@ def explore(data: st.DataObject, *, store: bool = False, max_steps: int = 40) ->
             if action == "heartbeat":
                 chosen = replace(chosen, ttl_us=data.draw(st.sampled_from([10_000, 1_000, 1])))
             elif action == "release":
-                chosen = replace(chosen, delay_us=data.draw(st.sampled_from([0, 1, 700])))
+                chosen = replace(
+                    chosen,
+                    delay_us=data.draw(st.sampled_from([0, 1, 700])),
+                    release_reason=data.draw(st.sampled_from([None, "retry 2 of 5: boom"])),
+                )
             elif action == "register_compensation":
                 chosen = replace(chosen, compensation=data.draw(compensations))
             elif action in ("compensation_applied", "compensation_failed"):
@@ -759,3 +766,142 @@ def test_reap_quarantines_when_attempts_are_exhausted() -> None:
     reaped = core.reap(task, now_us=T0_US + 100).task
     assert reaped.state is TaskState.QUARANTINED
     assert reaped.expirations == 1
+
+
+# ---------------------------------------------------------------- queues, priorities, reasons
+
+ids = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=200
+).filter(str.strip)
+"""Valid ids (queue names, requeue links): 1..200 characters, not blank, no control."""
+reasons = st.text(
+    alphabet=st.characters(codec="utf-8", blacklist_characters="\x00"),
+    min_size=1,
+    max_size=60,
+).filter(str.strip)
+"""Valid free text (a release's reason): not blank, no NUL."""
+priorities = st.integers(-core.MAX_PRIORITY, core.MAX_PRIORITY)
+OLD_CREATE_ARGS = {
+    "saga_id",
+    "metadata_json",
+    "compensations",
+    "max_attempts",
+    "deadline_us",
+    "available_us",
+}
+"""The arguments of a create entry written before queues and priorities existed."""
+DEFAULTS = {"queue": "default", "priority": 0, "requeued_from": None}
+
+
+@given(queue=ids, priority=priorities, link=st.none() | ids)
+def test_create_records_queue_priority_and_link(
+    queue: str, priority: int, link: str | None
+) -> None:
+    """INV-9: core.create keeps the queue, priority and requeue link it is given; the
+    store's create and create_many record the same task and entry, and the entry replays.
+    """
+    chosen = Chosen(queue=queue, priority=priority, requeued_from=link)
+    step = core.create(TASK, now_us=T0_US, **core_args("create", chosen))
+    assert (step.task.queue, step.task.priority, step.task.requeued_from) == (queue, priority, link)
+    assert core.replay([step.entry]) == step.task
+    one, many = MemoryStore(), MemoryStore()
+    assert one.create(TASK, now=from_us(T0_US), **store_args("create", chosen)) == step.task
+    assert many.create_many([new_task(TASK, chosen)], now=from_us(T0_US)) == [step.task]
+    assert one.history(TASK) == many.history(TASK) == [step.entry]
+
+
+@given(
+    queue=st.none() | st.just("default") | ids,
+    priority=st.none() | st.just(0) | priorities,
+    link=st.none() | ids,
+)
+def test_create_names_only_what_differs_from_the_defaults(
+    queue: str | None, priority: int | None, link: str | None
+) -> None:
+    """INV-7: the create entry's arguments name queue, priority and requeued_from only
+    when they differ from the defaults (a default given explicitly is left out too), so
+    an entry written before they existed replays to a task in the default queue.
+    """
+    chosen = Chosen(queue=queue, priority=priority, requeued_from=link)
+    step = core.create(TASK, now_us=T0_US, **core_args("create", chosen))
+    given_values = {"queue": queue, "priority": priority, "requeued_from": link}
+    differing = {k for k, v in given_values.items() if v is not None and v != DEFAULTS[k]}
+    assert set(json.loads(step.entry.args_json)) == OLD_CREATE_ARGS | differing
+    assert core.replay([step.entry]) == step.task
+    old = core.create(TASK, now_us=T0_US).entry
+    assert set(json.loads(old.args_json)) == OLD_CREATE_ARGS
+    replayed = core.replay([old])
+    assert (replayed.queue, replayed.priority, replayed.requeued_from) == ("default", 0, None)
+
+
+bad_ids = st.one_of(
+    st.sampled_from(["", " ", "\t\n", "a\x00b", "a\nb", "q\x1b[0m", "a\ud800"]),
+    st.text(min_size=201, max_size=260),
+    st.builds(
+        lambda s: f"q{s}",
+        st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=31), min_size=1),
+    ),
+    st.integers() | st.none() | st.binary(max_size=3) | st.lists(st.just("q"), max_size=2),
+)
+bad_priorities = st.one_of(
+    st.integers(max_value=-core.MAX_PRIORITY - 1),
+    st.integers(min_value=core.MAX_PRIORITY + 1),
+    st.booleans(),
+    st.floats(allow_nan=False, min_value=-10, max_value=10),
+    st.sampled_from(["1", None, b"1"]),
+)
+bad_reasons = st.one_of(
+    st.sampled_from(["", "   ", "\n\t", "a\x00b", "a\ud800"]),
+    st.integers(1, 3).map(lambda n: "r" * (core.MAX_TEXT_LENGTH + n)),
+    st.integers() | st.binary(max_size=2),
+)
+
+
+@given(data=st.data())
+def test_bad_queue_priority_or_reason_changes_nothing(data: st.DataObject) -> None:
+    """INV-8: a malformed queue name or requeue link, a priority outside -1000..1000 or
+    not an int, a bad release reason: InvalidInputError from the core and from a
+    MemoryStore, which stores and changes nothing.
+    """
+    field_name = data.draw(st.sampled_from(["queue", "priority", "requeued_from", "reason"]))
+    strategy = {"priority": bad_priorities, "reason": bad_reasons}.get(field_name, bad_ids)
+    bad: Any = data.draw(strategy.filter(lambda v: v is not None or field_name == "priority"))
+    bad_kwargs: dict[str, Any] = {field_name: bad}
+    store = MemoryStore()
+    store.create("keep", now=from_us(T0_US))
+    store.acquire("keep", owner="w1", ttl=timedelta(seconds=5), now=from_us(T0_US))
+    before = (store.list_tasks(), store.history("keep"))
+    if field_name == "reason":
+        task = store.get("keep")
+        assert task is not None
+        with pytest.raises(InvalidInputError):
+            core.release(task, owner="w1", token=1, reason=bad, now_us=T0_US + 1)
+        with pytest.raises(InvalidInputError):
+            store.release("keep", owner="w1", token=1, reason=bad, now=from_us(T0_US + 1))
+    else:
+        with pytest.raises(InvalidInputError):
+            core.create(TASK, now_us=T0_US, **bad_kwargs)
+        with pytest.raises(InvalidInputError):
+            store.create(TASK, now=from_us(T0_US), **bad_kwargs)
+        with pytest.raises(InvalidInputError):
+            store.create_many([NewTask("ok"), NewTask(TASK, **bad_kwargs)], now=from_us(T0_US))
+    assert (store.list_tasks(), store.history("keep")) == before
+
+
+@given(reason=st.none() | reasons, delay=st.sampled_from([0, 1, 700]))
+def test_release_records_its_reason(reason: str | None, delay: int) -> None:
+    """INV-7: release records its reason in the entry (``reason`` and among the arguments)
+    only when given; core and store write the same entry, and the history replays.
+    """
+    chosen = Chosen("w1", 1, delay_us=delay, release_reason=reason)
+    created = core.create(TASK, now_us=T0_US)
+    leased = core.acquire(created.task, owner="w1", ttl_us=5_000, now_us=T0_US)
+    step = core.apply(leased.task, "release", T0_US + 1, **core_args("release", chosen))
+    assert step.entry.reason == reason
+    assert ("reason" in json.loads(step.entry.args_json)) == (reason is not None)
+    assert core.replay([created.entry, leased.entry, step.entry]) == step.task
+    store = MemoryStore()
+    store.create(TASK, now=from_us(T0_US))
+    store.acquire(TASK, owner="w1", ttl=timedelta(microseconds=5_000), now=from_us(T0_US))
+    store.release(TASK, now=from_us(T0_US + 1), **store_args("release", chosen))
+    assert store.history(TASK)[-1] == step.entry

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, cast
 
-from sagalease.records import HistoryEntry, TaskSaga, TaskState
+from sagalease.records import HistoryEntry, NewTask, TaskSaga, TaskState
 from sagalease.store import EVENT_OF_METHOD, SagaStore
 from sagalease.verification.invariants import INVARIANTS
 
@@ -155,9 +155,23 @@ def _fmt(value: object) -> str:
         return f"{value.total_seconds():g}s"
     if isinstance(value, TaskState):
         return f"TaskState.{value.name}"
+    if isinstance(value, NewTask):  # the fields that differ from the defaults
+        chosen = {
+            f.name: getattr(value, f.name)
+            for f in fields(NewTask)[1:]
+            if getattr(value, f.name) != f.default
+        }
+        return describe("NewTask", (value.task_id,), chosen)
     if isinstance(value, list | tuple) and value and not isinstance(value[0], str | int):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+        shown = [_fmt(v) for v in value[:_SHOWN]]
+        if len(value) > _SHOWN:  # a create_many of 1,000 items: its head and its size
+            shown.append(f"... ({len(value)} items)")
+        return "[" + ", ".join(shown) + "]"
     return repr(value)
+
+
+_SHOWN = 4
+"""How many items of a long list argument a step shows."""
 
 
 def describe(method: str, args: Sequence[object], kwargs: dict[str, object]) -> str:

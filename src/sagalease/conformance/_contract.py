@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 
 from sagalease import core
 from sagalease.conformance._common import (
+    SEC,
     T0,
+    T0_US,
     Trace,
     at,
     first_difference,
@@ -36,9 +38,16 @@ from sagalease.errors import (
     TerminalTaskError,
 )
 from sagalease.lifecycle import CHART, HOLDER_EVENTS, LEASE_STATES
-from sagalease.records import Compensation, CompensationStatus, TaskSaga, TaskState
-from sagalease.store import SagaStore
-from sagalease.verification.calls import Chosen, store_args
+from sagalease.records import (
+    Compensation,
+    CompensationStatus,
+    HistoryEntry,
+    NewTask,
+    TaskSaga,
+    TaskState,
+)
+from sagalease.store import Queues, SagaStore
+from sagalease.verification.calls import Chosen, new_task, store_args
 
 __all__ = ["CONTRACT_CHECKS", "ContractCheck"]
 
@@ -77,9 +86,17 @@ def _last(t: Trace) -> str:
 
 
 def expect(
-    t: Trace, inv: str, error: type[SagaLeaseError], call: Callable[[], object]
+    t: Trace,
+    inv: str,
+    error: type[SagaLeaseError],
+    call: Callable[[], object],
+    *,
+    changed: str = "INV-8",
 ) -> SagaLeaseError:
-    """``call`` must raise exactly ``error`` and change nothing (else INV-8)."""
+    """``call`` must raise exactly ``error`` and change nothing (else ``changed``: INV-8,
+    or the invariant that says what a refusal of that call must leave, as INV-11 does
+    for ``create_many``).
+    """
     before = snapshot(t.store)
     try:
         call()
@@ -91,7 +108,7 @@ def expect(
         after = snapshot(t.store)
         if after != before:
             raise violated(
-                "INV-8",
+                changed,
                 _last(t),
                 f"the call raised {error.__name__} but changed the store:"
                 f" {first_difference(before, after)}",
@@ -668,28 +685,66 @@ def listings_agree_with_records(t: Trace) -> None:
     s.acquire("t3", owner="w", ttl=TTL, now=at(1))
     s.complete("t3", owner="w", token=1, now=at(2))
     every = [r.task_id for r in s.list_tasks()]
-    same(t, "INV-7", every, ["t0", "t1", "t2", "t3", "t4"], "list_tasks order")
+    same(t, "INV-12", every, ["t0", "t1", "t2", "t3", "t4"], "list_tasks order")
     page1 = [r.task_id for r in s.list_tasks(limit=2)]
     page2 = [r.task_id for r in s.list_tasks(limit=2, after="t1")]
-    same(t, "INV-7", (page1, page2), (["t0", "t1"], ["t2", "t3"]), "pages")
+    same(t, "INV-12", (page1, page2), (["t0", "t1"], ["t2", "t3"]), "pages")
     running_ids = [r.task_id for r in s.list_tasks(state=TaskState.RUNNING)]
-    same(t, "INV-7", running_ids, ["t1", "t2"], "list_tasks(state=RUNNING)")
+    same(t, "INV-12", running_ids, ["t1", "t2"], "list_tasks(state=RUNNING)")
     even = [r.task_id for r in s.list_tasks(saga_id="even", after="t0")]
-    same(t, "INV-7", even, ["t2", "t4"], "list_tasks(saga_id='even', after='t0')")
+    same(t, "INV-12", even, ["t2", "t4"], "list_tasks(saga_id='even', after='t0')")
     for rec in s.list_tasks():
-        same(t, "INV-7", rec, s.get(rec.task_id), "a listed record vs get()")
-    expect(t, "INV-7", TaskNotFoundError, lambda: s.list_tasks(after="nope"))
+        same(t, "INV-12", rec, s.get(rec.task_id), "a listed record vs get()")
+    expect(t, "INV-12", TaskNotFoundError, lambda: s.list_tasks(after="nope"))
     counts = s.counts()
-    same(t, "INV-7", set(counts), set(TaskState), "counts keys")
+    same(t, "INV-12", set(counts), set(TaskState), "counts keys")
     want = dict.fromkeys(TaskState, 0) | {
         TaskState.PENDING: 2,
         TaskState.RUNNING: 2,
         TaskState.COMPLETED: 1,
     }
-    same(t, "INV-7", counts, want, "counts")
+    same(t, "INV-12", counts, want, "counts")
     same(t, "INV-1", [r.task_id for r in s.list_stale(now=at(31) - US)], [], "list_stale early")
     same(t, "INV-1", [r.task_id for r in s.list_stale(now=at(31))], ["t1"], "list_stale at expiry")
     same(t, "INV-1", [r.task_id for r in s.list_stale(now=at(61))], ["t1", "t2"], "list_stale")
+
+
+def _replays(t: Trace, s: SagaStore, task_id: str) -> list[HistoryEntry]:
+    """The history of ``task_id``, which must replay to the stored record (else INV-7)."""
+    entries = s.history(task_id)
+    try:
+        replayed = core.replay(entries)
+    except Exception as exc:  # AssertionError, or the event refused on replay
+        raise violated("INV-7", _last(t), f"the history does not replay: {exc}") from None
+    same(t, "INV-7", replayed, got(t, task_id), f"the record of {task_id!r} replayed")
+    return entries
+
+
+def release_reasons_and_requeue_links_are_recorded(t: Trace) -> None:
+    """release(reason=) records the reason in its entry (no reason: none); the queue, the
+    priority and requeued_from (create and create_many) round-trip through the record,
+    get, list_tasks and the history's replay.
+    """
+    s = t.store
+    running(s, "t")
+    why = "retry 1 of 5 after TimeoutError: upstream\ttook too long"
+    s.release("t", owner="w1", token=1, delay=timedelta(seconds=5), reason=why, now=at(1))
+    last = _replays(t, s, "t")[-1]
+    same(t, "INV-7", (last.event, last.reason), ("release", why), "the release entry")
+    s.acquire("t", owner="w2", ttl=TTL, now=at(6))
+    s.release("t", owner="w2", token=2, now=at(7))
+    last = _replays(t, s, "t")[-1]
+    same(t, "INV-7", (last.event, last.reason), ("release", None), "a release without reason")
+    copy = s.create("copy", requeued_from="t", queue="retries", priority=-3, now=at(8))
+    (bulk,) = s.create_many([NewTask("copy2", requeued_from="t", priority=1000)], now=at(9))
+    for rec, want in ((copy, ("t", "retries", -3)), (bulk, ("t", "default", 1000))):
+        fields = (rec.requeued_from, rec.queue, rec.priority)
+        same(t, "INV-7", fields, want, f"requeued_from, queue and priority of {rec.task_id}")
+        same(t, "INV-7", got(t, rec.task_id), rec, "the stored record vs the returned one")
+        _replays(t, s, rec.task_id)
+    listed = s.list_tasks(queue="retries")
+    same(t, "INV-7", listed, [copy], "list_tasks(queue='retries')")
+    same(t, "INV-7", got(t, "t").requeued_from, None, "requeued_from of the original")
 
 
 # ---------------------------------------------------------------- INV-8
@@ -854,6 +909,321 @@ def repeats_are_not_merged(t: Trace) -> None:
     expect(t, "INV-8", LCE, lambda: s.acquire("a", owner="w1", ttl=TTL, now=at(1)))
 
 
+HOSTILE_QUEUES = ("q'; DROP TABLE tasks; --", 'q"x', "ünïcødé-队列", "q" * 200)
+"""Queue names that are data, never SQL; the last is as long as a name may be."""
+
+
+def queues_and_priorities_refuse_bad_input(t: Trace) -> None:
+    """Malformed queue names (empty, blank, 201 characters, control characters, not a
+    string), priorities out of -1000..1000 or not an int (bool, float, str), an empty
+    queues collection, bad listing filters, a bad release reason and a bad create_many
+    (not a collection of NewTask, one bad item) are InvalidInputError and change nothing;
+    priorities ±1000 and hostile queue names of up to 200 characters are accepted as data.
+    """
+    s = t.store
+    loose: Any = s  # the calls below are wrong on purpose
+    running(s, "t")
+    s.create("p", queue="q", now=T0)
+    bad_queues: list[object] = ["", "   ", "x" * 201, "a\x00b", "a\nb", "a\x1bb", 5, None, b"q"]
+    bad_priorities: list[object] = [1001, -1001, True, False, 1.0, "1", None, 10**20]
+    claim_filters: list[object] = [[], set(), frozenset(), (), "", [""], ["q", 5], b"q", 5]
+    calls: list[Callable[[], object]] = [
+        *(partial(loose.create, "n", queue=q, now=T0) for q in bad_queues),
+        *(partial(loose.create, "n", priority=p, now=T0) for p in bad_priorities),
+        partial(loose.create, "n", requeued_from="", now=T0),
+        partial(loose.create, "n", requeued_from="x" * 201, now=T0),
+        *(
+            partial(loose.claim_next, owner="w", ttl=TTL, queues=q, now=at(1))
+            for q in claim_filters
+        ),
+        partial(loose.claim_next, owner="w", ttl=TTL, queues=["q", "x" * 201], now=at(1)),
+        partial(loose.claim_batch, owner="w", ttl=TTL, limit=2, queues=[], now=at(1)),
+        partial(loose.claim_batch, owner="w", ttl=TTL, limit=2, queues=["q", "a\x00"], now=at(1)),
+        partial(loose.list_tasks, queue=""),
+        partial(loose.list_tasks, queue=5),
+        partial(loose.list_tasks, state=[]),
+        partial(loose.list_tasks, state=["nope"]),
+        partial(loose.list_tasks, state=[TaskState.RUNNING, "nope"]),
+        partial(loose.counts, queue=""),
+        partial(loose.counts, queue="x" * 201),
+        *(
+            partial(loose.release, "t", owner="w1", token=1, reason=r, now=at(1))
+            for r in ("", "   ", 5, "a\x00b")
+        ),
+    ]
+    for call in calls:
+        expect(t, "INV-8", IIE, call)
+    bad_batches: list[object] = [
+        "abc",
+        ["n"],
+        [NewTask("n", queue="")],
+        [NewTask("n"), NewTask("n2", priority=2000)],
+        [NewTask("n"), NewTask("")],
+    ]
+    for batch in bad_batches:  # a refused create_many that stored some breaks INV-11
+        expect(t, "INV-8", IIE, partial(loose.create_many, batch, now=T0), changed="INV-11")
+    for priority in (1000, -1000):
+        rec = must(t, "INV-8", partial(s.create, f"edge{priority}", priority=priority, now=T0))
+        same(t, "INV-8", rec.priority, priority, "a priority at the edge of the range")
+    for i, queue in enumerate(HOSTILE_QUEUES):
+        rec = must(t, "INV-9", partial(s.create, f"h{i}", queue=queue, now=T0))
+        same(t, "INV-9", rec.queue, queue, "a hostile queue name, stored")
+        listed = [r.task_id for r in s.list_tasks(queue=queue)]
+        same(t, "INV-12", listed, [f"h{i}"], f"list_tasks(queue={queue!r})")
+        claimed = _claim(t, "INV-9", queue, at(1))
+        same(t, "INV-9", claimed, [(f"h{i}", queue)], f"claim_next(queues={queue!r})")
+
+
+# ---------------------------------------------------------------- INV-9
+
+
+def _claim(
+    t: Trace, inv: str, queues: Queues, now: datetime, limit: int | None = None
+) -> list[tuple[str, str]]:
+    """claim_next (``limit`` None) or claim_batch for w at ``now`` over ``queues``: the
+    (task_id, queue) pairs it leased. A task of a queue not named breaks INV-9, a task
+    that held a live lease INV-1; which tasks and in what order is for ``inv`` to judge.
+    """
+    s = t.store
+    held = {r.task_id: r.lease for r in s.list_tasks(limit=10_000) if r.lease is not None}
+    if limit is None:
+        one = must(t, inv, lambda: s.claim_next(owner="w", ttl=TTL, queues=queues, now=now))
+        claimed = [] if one is None else [one]
+    else:
+        claimed = must(
+            t, inv, lambda: s.claim_batch(owner="w", ttl=TTL, limit=limit, queues=queues, now=now)
+        )
+    named = None if queues is None else {queues} if isinstance(queues, str) else set(queues)
+    for rec in claimed:
+        holds(
+            t,
+            "INV-9",
+            named is None or rec.queue in named,
+            f"leased {rec.task_id!r} of queue {rec.queue!r}; the claim named {queues!r}",
+        )
+        lease = held.get(rec.task_id)
+        holds(
+            t,
+            "INV-1",
+            lease is None or now >= lease.expires_at,
+            f"leased {rec.task_id!r} while {lease and lease.owner!r} held it until"
+            f" {lease and lease.expires_at}",
+        )
+    return [(r.task_id, r.queue) for r in claimed]
+
+
+def claims_route_by_queue(t: Trace) -> None:
+    """A claim naming queues (one name, a list, a tuple, a set) leases only tasks of those
+    queues, a string being one queue (not its letters); None leases from any queue; a
+    queue no task is in leases nothing and changes nothing; each task keeps its queue.
+    """
+    s = t.store
+    layout = (
+        ("a1", "a"),
+        ("b1", "b"),
+        ("ab1", "ab"),
+        ("d1", "default"),
+        ("a2", "a"),
+        ("b2", "b"),
+        ("c1", "c"),
+    )
+    for i, (task_id, queue) in enumerate(layout):
+        kwargs: dict[str, Any] = {} if queue == "default" else {"queue": queue}
+        rec = must(t, "INV-9", partial(s.create, task_id, now=T0 + i * US, **kwargs))
+        same(t, "INV-9", rec.queue, queue, f"the queue of {task_id}")
+    now = at(1)
+    claims: list[tuple[Queues, int | None, list[tuple[str, str]]]] = [
+        ("ab", None, [("ab1", "ab")]),
+        ("ab", 3, []),  # one queue, whose only task is leased: not 'a' and 'b'
+        ("b", None, [("b1", "b")]),
+        (["c", "b"], None, [("b2", "b")]),
+        (("c",), None, [("c1", "c")]),
+        (frozenset({"b", "c", "ab"}), None, []),
+        ("zz", 2, []),
+        (["zz", "b"], None, []),
+        (None, None, [("a1", "a")]),
+        ({"default", "a"}, 5, [("d1", "default"), ("a2", "a")]),
+        (None, 3, []),
+    ]
+    for queues, limit, want in claims:
+        before = snapshot(s)
+        got_back = _claim(t, "INV-9", queues, now, limit)
+        same(t, "INV-9", got_back, want, f"claim over queues={queues!r} (limit {limit})")
+        if not want:
+            after = snapshot(s)
+            holds(t, "INV-9", after == before, f"an empty claim: {first_difference(before, after)}")
+    stored = [(r.task_id, r.queue) for r in s.list_tasks()]
+    same(t, "INV-9", stored, list(layout), "every task's queue after the claims")
+
+
+# ---------------------------------------------------------------- INV-10
+
+
+def claims_take_the_highest_priority_first(t: Trace) -> None:
+    """Claims lease the highest priority first across the queues they name, equal
+    priorities in creation order, passing over what is not leaseable (a live lease, not
+    yet available); an expired lease of a higher priority goes before a pending lower
+    one; claim_batch leases what as many successive claim_next calls would.
+    """
+    s = t.store
+    layout = (
+        ("p0", "x", 0),
+        ("lo", "y", -5),
+        ("hi", "y", 5),
+        ("p0b", "x", 0),
+        ("top", "x", 1000),
+        ("bottom", "y", -1000),
+        ("hi2", "x", 5),
+    )
+    for i, (task_id, queue, priority) in enumerate(layout):
+        s.create(task_id, queue=queue, priority=priority, now=T0 + i * US)
+    s.create("later", queue="x", priority=999, available_at=at(100), now=T0 + 7 * US)
+    s.create("live", queue="y", priority=900, now=T0 + 8 * US)
+    s.acquire("live", owner="w0", ttl=TTL, now=T0 + 8 * US)  # until at(30) + 8 µs
+    claims: list[tuple[Queues, datetime, int | None, list[str]]] = [
+        (None, at(1), None, ["top"]),
+        (None, at(1), None, ["hi"]),  # 5, created before hi2
+        (None, at(1), None, ["hi2"]),
+        (["x", "y"], at(1), 3, ["p0", "p0b", "lo"]),
+        ("y", at(1), None, ["bottom"]),
+        (None, at(1), 2, []),  # 'later' is not available, 'live' is held
+        ("y", at(30) + 8 * US, None, ["live"]),  # at its expiry; the others run to at(31)
+        (("x",), at(100), 3, ["top", "later", "hi2"]),  # an expired 1000 before a pending 999
+    ]
+    for queues, now, limit, want in claims:
+        taken = [task_id for task_id, _ in _claim(t, "INV-10", queues, now, limit)]
+        same(t, "INV-10", taken, want, f"claim over queues={queues!r} (limit {limit})")
+    # claim_batch is successive claim_next calls, ties included: the same tasks in two queues.
+    priorities = (1, 0, 1, -1, 0, 2, 1, 0)
+    for queue in ("m", "n"):
+        for i, priority in enumerate(priorities):
+            s.create(f"{queue}{i}", queue=queue, priority=priority, now=at(200) + i * US)
+    one_call = [task_id[1:] for task_id, _ in _claim(t, "INV-10", "m", at(201), 6)]
+    singles = [task_id[1:] for _ in range(6) for task_id, _ in _claim(t, "INV-10", "n", at(201))]
+    same(t, "INV-10", one_call, singles, "claim_batch(limit=6) vs six claim_next calls")
+    same(t, "INV-10", one_call, ["5", "0", "2", "6", "1", "4"], "the order of the batch")
+
+
+# ---------------------------------------------------------------- INV-11
+
+
+def create_many_is_all_or_nothing(t: Trace) -> None:
+    """create_many returns, in order, the records (and writes the entries) create gives
+    for the same items; an id already stored or given twice in the batch is
+    DuplicateTaskError naming it, a bad item or 1,001 items InvalidInputError, and then
+    no task and no history entry is stored; 1,000 items are accepted.
+    """
+    s = t.store
+    hour = 3_600 * SEC
+    choices = (
+        Chosen(),
+        Chosen(
+            saga_id="s",
+            queue="bulk",
+            priority=-7,
+            max_attempts=2,
+            compensations=(COMP_A, COMP_B),
+            deadline_us=T0_US + hour,
+            available_us=T0_US + SEC,
+        ),
+        Chosen(requeued_from="old", queue="bulk", priority=1000),
+    )
+    solo = [s.create(f"solo{i}", now=T0, **store_args("create", c)) for i, c in enumerate(choices)]
+    items = (new_task(f"bulk{i}", c) for i, c in enumerate(choices))  # any iterable will do
+    made = must(t, "INV-11", lambda: s.create_many(items, now=T0))
+    same(t, "INV-11", [r.task_id for r in made], ["bulk0", "bulk1", "bulk2"], "the records' order")
+    for one, alone in zip(made, solo, strict=True):
+        same(t, "INV-11", replace(one, task_id=alone.task_id), alone, "a record vs create's")
+        same(t, "INV-11", got(t, one.task_id), one, "the stored record vs the returned one")
+        entries = [replace(e, task_id=alone.task_id) for e in s.history(one.task_id)]
+        same(t, "INV-11", entries, s.history(alone.task_id), "the history vs create's")
+    refused: list[tuple[list[NewTask], type[SagaLeaseError], str | None]] = [
+        ([NewTask("n1"), NewTask("solo1"), NewTask("n2")], DuplicateTaskError, "solo1"),
+        ([NewTask("n1"), NewTask("n2"), NewTask("n1")], DuplicateTaskError, "n1"),
+        ([NewTask("n1"), NewTask("n2"), NewTask("n3"), NewTask("n3")], DuplicateTaskError, "n3"),
+        ([NewTask("n1"), NewTask("bulk2", queue="other")], DuplicateTaskError, "bulk2"),
+        ([NewTask("n1"), NewTask("n2", priority=1001)], IIE, None),
+        ([NewTask(f"x{i}") for i in range(1_001)], IIE, None),
+    ]
+    for batch, error, named in refused:
+        err = expect(t, "INV-11", error, partial(s.create_many, batch, now=at(1)), changed="INV-11")
+        if named is not None:
+            same(t, "INV-11", err.task_id, named, "the id the DuplicateTaskError names")
+    same(t, "INV-11", must(t, "INV-11", lambda: s.create_many([], now=at(1))), [], "no items")
+    again = must(t, "INV-11", lambda: s.create_many([NewTask("n1"), NewTask("n3")], now=at(2)))
+    same(t, "INV-11", [r.task_id for r in again], ["n1", "n3"], "the refused ids, later")
+    full = [NewTask(f"big{i:04}", queue="big") for i in range(1_000)]
+    big = must(t, "INV-11", lambda: s.create_many(full, now=at(3)))
+    ids = [f"big{i:04}" for i in range(1_000)]
+    same(t, "INV-11", [r.task_id for r in big], ids, "1,000 items (the most one call takes)")
+    listed = [r.task_id for r in s.list_tasks(queue="big", limit=1_000)]
+    same(t, "INV-11", listed, ids, "list_tasks(queue='big') after 1,000 items")
+
+
+# ---------------------------------------------------------------- INV-12
+
+
+def listings_filter_by_state_queue_and_saga(t: Trace) -> None:
+    """list_tasks filters by one state or a collection of them (set, list, tuple), by
+    queue and by saga, combined, paged with after and limit, in creation order whatever
+    the priorities; counts(queue=) counts that queue's tasks by state (every state
+    present, all zero for a queue no task is in).
+    """
+    s = t.store
+    layout = (
+        ("t0", "q1", "s1", 0),
+        ("t1", "q2", "s1", 0),
+        ("t2", "q1", None, 0),
+        ("t3", "q2", None, -4),
+        ("t4", "q1", "s1", 9),
+        ("t5", "q1", "s1", 0),
+        ("t6", "default", "s1", 0),
+    )
+    for i, (task_id, queue, saga, priority) in enumerate(layout):
+        s.create(task_id, queue=queue, saga_id=saga, priority=priority, now=T0 + i * US)
+    for task_id in ("t1", "t2", "t3", "t4"):
+        s.acquire(task_id, owner="w", ttl=TTL, now=at(1))
+    s.complete("t2", owner="w", token=1, now=at(2))
+    s.quarantine("t5", reason="poison", by="ops", now=at(2))
+    live = {TaskState.PENDING, TaskState.RUNNING}
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"state": live}, ["t0", "t1", "t3", "t4", "t6"]),
+        ({"state": [TaskState.RUNNING]}, ["t1", "t3", "t4"]),
+        ({"state": (TaskState.COMPLETED, TaskState.QUARANTINED)}, ["t2", "t5"]),
+        ({"state": frozenset(TaskState)}, [r[0] for r in layout]),
+        ({"queue": "q1"}, ["t0", "t2", "t4", "t5"]),
+        ({"queue": "q1", "state": live}, ["t0", "t4"]),
+        (
+            {"queue": "q1", "saga_id": "s1", "state": [*live, TaskState.QUARANTINED]},
+            ["t0", "t4", "t5"],
+        ),
+        ({"queue": "q1", "saga_id": "s1", "state": frozenset(live), "limit": 1}, ["t0"]),
+        ({"queue": "q1", "saga_id": "s1", "after": "t0", "limit": 1}, ["t4"]),
+        ({"queue": "q1", "saga_id": "s1", "after": "t4"}, ["t5"]),
+        ({"queue": "q1", "after": "t5"}, []),
+        ({"queue": "q2", "saga_id": "s1"}, ["t1"]),
+        ({"queue": "nobody"}, []),
+        ({"queue": "q2", "state": TaskState.PENDING}, []),
+    ]
+    for kwargs, want in cases:
+        listed = s.list_tasks(**kwargs)
+        same(t, "INV-12", [r.task_id for r in listed], want, f"list_tasks({kwargs})")
+        for rec in listed:
+            same(t, "INV-12", rec, s.get(rec.task_id), "a listed record vs get()")
+    zero = dict.fromkeys(TaskState, 0)
+    q1 = zero | {
+        TaskState.PENDING: 1,
+        TaskState.RUNNING: 1,
+        TaskState.COMPLETED: 1,
+        TaskState.QUARANTINED: 1,
+    }
+    same(t, "INV-12", s.counts(queue="q1"), q1, "counts(queue='q1')")
+    same(t, "INV-12", s.counts(queue="nobody"), zero, "counts(queue='nobody')")
+    per_queue = [s.counts(queue=q) for q in ("q1", "q2", "default")]
+    total = {state: sum(c[state] for c in per_queue) for state in TaskState}
+    same(t, "INV-12", s.counts(), total, "counts() vs the sum of counts(queue=) over queues")
+
+
 CONTRACT_CHECKS: tuple[ContractCheck, ...] = tuple(
     ContractCheck(fn.__name__, inv, (fn.__doc__ or "").split("\n\n")[0].replace("\n", " "), fn)
     for fn, inv in (
@@ -862,6 +1232,8 @@ CONTRACT_CHECKS: tuple[ContractCheck, ...] = tuple(
         (impostor_with_the_right_token_is_refused, "INV-1"),
         (claim_next_skips_live_leases, "INV-1"),
         (claim_batch_takes_what_repeated_claims_would, "INV-1"),
+        (claims_route_by_queue, "INV-9"),
+        (claims_take_the_highest_priority_first, "INV-10"),
         (zombie_cannot_write, "INV-2"),
         (tokens_grow_by_one, "INV-2"),
         (terminal_tasks_are_immutable, "INV-3"),
@@ -869,12 +1241,16 @@ CONTRACT_CHECKS: tuple[ContractCheck, ...] = tuple(
         (attempts_are_bounded, "INV-5"),
         (fair_reaper_ends_every_task, "INV-6"),
         (history_records_every_change, "INV-7"),
-        (listings_agree_with_records, "INV-7"),
+        (release_reasons_and_requeue_links_are_recorded, "INV-7"),
+        (listings_agree_with_records, "INV-12"),
+        (listings_filter_by_state_queue_and_saga, "INV-12"),
         (guard_failures_change_nothing, "INV-8"),
         (naive_datetimes_are_refused, "INV-8"),
         (bad_input_is_refused, "INV-8"),
         (repeats_are_not_merged, "INV-8"),
         (complete_many_is_all_or_nothing, "INV-8"),
+        (queues_and_priorities_refuse_bad_input, "INV-8"),
+        (create_many_is_all_or_nothing, "INV-11"),
     )
 )
 """Every contract check, in the order they run."""

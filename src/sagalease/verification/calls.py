@@ -15,16 +15,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sagalease.records import Compensation, from_us
+from sagalease.records import Compensation, NewTask, from_us
 
-__all__ = ["BUILDERS", "Chosen", "core_args", "store_args", "store_form"]
+__all__ = ["BUILDERS", "Chosen", "core_args", "new_task", "store_args", "store_form"]
 
 
 @dataclass(frozen=True, slots=True)
 class Chosen:
     """The values an actor picked for one call; each event reads the ones it takes.
 
-    For ``create`` a field left ``None`` is left to the core's default.
+    For ``create`` a field left ``None`` is left to the core's default (so the
+    entry's arguments name ``queue``, ``priority`` and ``requeued_from`` only when
+    chosen); ``release_reason`` ``None``: a release that records no reason.
     """
 
     owner: str = ""
@@ -41,24 +43,44 @@ class Chosen:
     deadline_us: int | None = None
     available_us: int | None = None
     saga_id: str | None = None
+    queue: str | None = None
+    priority: int | None = None
+    requeued_from: str | None = None
+    release_reason: str | None = None
 
 
 def _held(c: Chosen) -> dict[str, Any]:
     return {"owner": c.owner, "token": c.token}
 
 
-_CREATE_FIELDS = ("saga_id", "compensations", "max_attempts", "deadline_us", "available_us")
+_CREATE_FIELDS = (
+    "saga_id",
+    "compensations",
+    "max_attempts",
+    "deadline_us",
+    "available_us",
+    "queue",
+    "priority",
+    "requeued_from",
+)
 
 
 def _create(c: Chosen) -> dict[str, Any]:
     return {name: value for name in _CREATE_FIELDS if (value := getattr(c, name)) is not None}
 
 
+def _release(c: Chosen) -> dict[str, Any]:
+    kwargs = {**_held(c), "delay_us": c.delay_us}
+    if c.release_reason is not None:
+        kwargs["reason"] = c.release_reason
+    return kwargs
+
+
 BUILDERS: Mapping[str, Callable[[Chosen], dict[str, Any]]] = {
     "create": _create,
     "acquire": lambda c: {"owner": c.owner, "ttl_us": c.ttl_us},
     "heartbeat": lambda c: {**_held(c), "ttl_us": c.ttl_us},
-    "release": lambda c: {**_held(c), "delay_us": c.delay_us},
+    "release": _release,
     "register_compensation": lambda c: {**_held(c), "compensation": c.compensation},
     "complete": _held,
     "fail": lambda c: {**_held(c), "reason": c.reason},
@@ -103,3 +125,10 @@ def store_args(event: str, chosen: Chosen) -> dict[str, Any]:
     task id and ``now``).
     """
     return store_form(BUILDERS[event](chosen))
+
+
+def new_task(task_id: str, chosen: Chosen) -> NewTask:
+    """The ``create_many`` item that creates ``task_id`` as ``create`` would with the
+    store arguments of ``chosen`` (``NewTask``'s fields are ``create``'s).
+    """
+    return NewTask(task_id, **store_args("create", chosen))

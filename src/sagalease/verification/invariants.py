@@ -95,6 +95,10 @@ INVARIANTS: tuple[Invariant, ...] = (
         (
             "tests/unit/test_core_properties.py::test_history_replays_to_record",
             "tests/system/test_sqlite_crash.py::test_sigkill_mid_loop_leaves_every_task_whole_and_finishable",
+            "tests/unit/test_core_properties.py::test_create_names_only_what_differs_from_the_defaults",
+            "tests/unit/test_core_properties.py::test_release_records_its_reason",
+            "tests/stores/test_store_contract.py::TestShippedContractChecks::test_conformance"
+            "[memory-contract/release_reasons_and_requeue_links_are_recorded]",
         ),
     ),
     Invariant(
@@ -105,6 +109,62 @@ INVARIANTS: tuple[Invariant, ...] = (
             "tests/unit/test_core_properties.py::test_failed_calls_change_nothing",
             "tests/stores/test_store_contract.py::test_guard_failures_change_nothing",
             "tests/system/test_conformance.py::test_broken_backend_rejected_naming_the_invariant",
+            "tests/unit/test_core_properties.py::test_bad_queue_priority_or_reason_changes_nothing",
+            "tests/stores/test_store_contract.py::TestShippedContractChecks::test_conformance"
+            "[memory-contract/queues_and_priorities_refuse_bad_input]",
+        ),
+    ),
+    Invariant(
+        "INV-9",
+        "Queue routing",
+        "A claim that names queues (one name, or a collection of names) leases only tasks"
+        " of those queues; a claim that names none may lease a task of any queue. A task"
+        " stays in the queue it was created in.",
+        (
+            "tests/stores/test_store_contract.py::TestShippedContractChecks::test_conformance"
+            "[memory-contract/claims_route_by_queue]",
+            "tests/unit/test_core_properties.py::test_create_records_queue_priority_and_link",
+            "tests/system/test_conformance.py::test_broken_backend_rejected_naming_the_invariant"
+            "[claim_ignores_queues]",
+        ),
+    ),
+    Invariant(
+        "INV-10",
+        "Priority order",
+        "Among the leaseable tasks of the queues a claim names, the highest priority is"
+        " leased first, equal priorities in creation order; claim_batch leases what as many"
+        " successive claim_next calls at the same instant would.",
+        (
+            "tests/stores/test_store_contract.py::TestShippedContractChecks::test_conformance"
+            "[memory-contract/claims_take_the_highest_priority_first]",
+            "tests/system/test_conformance.py::test_broken_backend_rejected_naming_the_invariant"
+            "[priority_ignored]",
+        ),
+    ),
+    Invariant(
+        "INV-11",
+        "Bulk create is atomic",
+        "create_many stores every task it is given or none: an id in use or given twice in"
+        " the batch, a bad item or more than 1,000 items is refused with no task and no"
+        " history entry stored; the records it returns, in the order given, are those"
+        " create returns for the same items.",
+        (
+            "tests/stores/test_store_contract.py::TestShippedContractChecks::test_conformance"
+            "[memory-contract/create_many_is_all_or_nothing]",
+            "tests/system/test_conformance.py::test_broken_backend_rejected_naming_the_invariant"
+            "[create_many_half_writes]",
+        ),
+    ),
+    Invariant(
+        "INV-12",
+        "Listings show the records",
+        "list_tasks shows, in creation order, exactly the stored records in the states"
+        " (one or several), saga and queue it is asked for, paged by after and limit;"
+        " counts, of every queue or of one, counts exactly those records by state.",
+        (
+            "tests/stores/test_store_contract.py::TestShippedContractChecks::test_conformance"
+            "[memory-contract/listings_filter_by_state_queue_and_saga]",
+            "tests/stores/test_store_contract.py::test_list_tasks_pages_and_filters",
         ),
     ),
 )
