@@ -1,5 +1,6 @@
-"""What the worker-runtime tests share: a store wrapper that loses one answer, and the
-bodies of the worker processes tests/system/test_worker.py starts.
+"""What the worker-runtime tests share: a store wrapper that loses one answer, the
+bodies of the worker processes tests/system/test_worker.py starts, and a proxy that
+cuts a PostgreSQL connection between a write and its answer.
 
 Each process opens its own store (a store never crosses a fork), runs a
 :class:`~sagalease.Worker` over it and writes what it saw to a JSON file.
@@ -7,8 +8,11 @@ Each process opens its own store (a store never crosses a fork), runs a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -145,12 +149,15 @@ def retrying_worker(url: str, out: str, mode: str, settings: dict[str, Any]) -> 
     _report(out, outcomes, applied=applied)
 
 
-def lost_answer_worker(url: str, out: str, event: str, commits: bool) -> None:
+def lost_answer_worker(url: str, out: str, event: str, commits: bool | None) -> None:
     """Work one task through a :class:`LostAnswer` store: the first ``event`` write
-    (``complete``, or ``fail`` from a PermanentTaskError) loses its answer.
+    (``complete``, or ``fail`` from a PermanentTaskError) loses its answer
+    (``commits=None``: no wrapper; a :class:`CuttingProxy` cuts the connection).
     """
     inner = open_store(url)
-    wrapper = LostAnswer(inner, event, commits=commits)
+    wrapper = LostAnswer(inner, event, commits=bool(commits))
+    if commits is None:
+        wrapper.event = "-"  # every call goes straight to the store
 
     def handler(_ctx: LeaseContext) -> None:
         if event == "fail":
@@ -164,3 +171,132 @@ def lost_answer_worker(url: str, out: str, event: str, commits: bool) -> None:
     finally:
         inner.close()
     _report(out, outcomes, calls=wrapper.calls)
+
+
+# ---------------------------------------------------------------- a connection cut for real
+
+_UNTYPED_REQUESTS = (80877103, 80877104)  # SSLRequest, GSSENCRequest: answered by one byte
+
+
+class CuttingProxy:
+    """A TCP proxy in front of PostgreSQL that cuts one client connection for real.
+
+    The cut comes at the first ``Bind`` message whose parameters hold ``marker`` (say
+    the event name ``complete`` of the history entry the write inserts):
+
+    - ``commits=True``: the message goes through; the server's answers are held back
+      until its ``ReadyForQuery`` (the statement's implicit transaction has ended, so
+      a write has committed), then both sockets are closed: the answer is lost;
+    - ``commits=False``: both sockets are closed before the message is forwarded: the
+      server never sees the write.
+
+    Every other connection, and every later message, passes through unchanged. The
+    client must not use TLS (``sslmode=disable``): the proxy reads the protocol.
+    """
+
+    def __init__(self, upstream: tuple[str, int], marker: bytes, *, commits: bool) -> None:
+        self.upstream = upstream
+        self.marker = marker
+        self.commits = commits
+        self.cut = threading.Event()
+        """Set once a connection was cut."""
+        self.held: list[bytes] = []
+        """The server's answers the client never got (``commits=True``)."""
+        self._armed = True
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop accepting (connections already open end with their peers)."""
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            doomed = threading.Event()
+            for target in (self._client_to_server, self._server_to_client):
+                threading.Thread(target=target, args=(client, server, doomed), daemon=True).start()
+
+    def _take(self) -> bool:
+        with self._lock:
+            armed, self._armed = self._armed, False
+            return armed
+
+    def _client_to_server(self, client: socket.socket, server: socket.socket, doomed: Any) -> None:
+        reader = client.makefile("rb")
+        try:
+            while True:  # the untyped start: TLS/GSS requests (refused), then the startup
+                head = reader.read(8)
+                if len(head) < 8:
+                    return
+                length, code = struct.unpack("!ii", head)
+                server.sendall(head + reader.read(length - 8))
+                if code not in _UNTYPED_REQUESTS:
+                    break
+            while True:
+                head = reader.read(5)
+                if len(head) < 5:
+                    return
+                body = reader.read(struct.unpack("!i", head[1:])[0] - 4)
+                if head[:1] == b"B" and self.marker in body and self._take():
+                    if not self.commits:
+                        _shut(client, server)
+                        self.cut.set()
+                        return
+                    doomed.set()  # before forwarding: the answer is held from here on
+                server.sendall(head + body)
+        except OSError:
+            _shut(client, server)
+
+    def _server_to_client(self, client: socket.socket, server: socket.socket, doomed: Any) -> None:
+        held = b""
+        try:
+            while True:
+                chunk = server.recv(65536)
+                if not chunk:
+                    _shut(client, server)
+                    return
+                if not doomed.is_set():
+                    client.sendall(chunk)
+                    continue
+                held += chunk
+                if _ready_for_query(held):
+                    self.held.append(held)
+                    _shut(client, server)
+                    self.cut.set()
+                    return
+        except OSError:
+            _shut(client, server)
+
+
+def message_kinds(stream: bytes) -> list[bytes]:
+    """The type bytes of the whole backend messages in ``stream`` (from a message
+    boundary): ``b"D"`` a data row, ``b"C"`` a command completed, ``b"E"`` an error,
+    ``b"Z"`` ready for the next query.
+    """
+    kinds, at = [], 0
+    while at + 5 <= len(stream):
+        length = struct.unpack("!i", stream[at + 1 : at + 5])[0]
+        if at + 1 + length > len(stream):
+            break
+        kinds.append(stream[at : at + 1])
+        at += 1 + length
+    return kinds
+
+
+def _ready_for_query(stream: bytes) -> bool:
+    return b"Z" in message_kinds(stream)
+
+
+def _shut(*socks: socket.socket) -> None:
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            sock.close()

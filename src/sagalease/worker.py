@@ -63,11 +63,15 @@ for the store's wake-ups when it offers them
 (:class:`~sagalease.store.WakeUps`: a write that may have made a task of its
 queues claimable), else sleeps; either way for at most ``poll_interval``,
 which also bounds how long an idle thread takes to notice :meth:`Worker.stop`.
+A task that only becomes available later (a retry's delay, ``available_at``)
+wakes nobody: it is picked up within ``poll_interval`` of becoming available,
+or as soon as it is due when this worker's own retry released it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import math
 import os
 import random
@@ -514,6 +518,7 @@ class Worker:
         self._stop = threading.Event()
         self._active: dict[str, LeaseContext] = {}
         self._active_lock = threading.Lock()
+        self._due: list[float] = []  # monotonic instants this worker's retries come due
 
     # ------------------------------------------------------------ control
 
@@ -687,6 +692,9 @@ class Worker:
         done = self._write(ctx, "release", delay=delay, reason=why)
         if isinstance(done, str):
             return self._outcome(ctx, "fenced", f"release ({why}): {done}")
+        if retry_in is not None:
+            with self._active_lock:
+                heapq.heappush(self._due, time.monotonic() + retry_in.total_seconds())
         return self._outcome(ctx, result, why, retry_in)
 
     def _retry(self, ctx: LeaseContext, delay: timedelta, exc: BaseException) -> Outcome:
@@ -850,16 +858,25 @@ class Worker:
 
     def _idle(self) -> None:
         """Wait for work: the store's wake-ups when it offers them, else a sleep;
-        at most ``poll_interval`` either way (:meth:`stop` ends a sleep at once).
+        at most ``poll_interval`` either way (:meth:`stop` ends a sleep at once),
+        and no later than the next of this worker's own retries comes due (a task
+        becoming available wakes nobody).
         """
+        seconds = self.poll_interval.total_seconds()
+        now = time.monotonic()
+        with self._active_lock:
+            while self._due and self._due[0] <= now:
+                heapq.heappop(self._due)
+            if self._due:
+                seconds = min(seconds, self._due[0] - now)
         store = self.store
         if not self._stop.is_set() and isinstance(store, WakeUps):
             try:
-                store.wait_for_work(queues=self.queues, timeout=self.poll_interval)
+                store.wait_for_work(queues=self.queues, timeout=timedelta(seconds=seconds))
             except StoreUnavailableError:
-                self._stop.wait(self.poll_interval.total_seconds())
+                self._stop.wait(seconds)
             return
-        self._stop.wait(self.poll_interval.total_seconds())
+        self._stop.wait(seconds)
 
     def _release_abandoned(self) -> None:
         """Release the leases of handlers that did not stop within the grace period."""

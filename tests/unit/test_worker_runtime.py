@@ -92,10 +92,19 @@ class PartitionedStore(MemoryStore):
         ({"concurrency": True}, "concurrency"),
         ({"poll_interval": timedelta(0)}, "poll_interval"),
         ({"shutdown_grace": timedelta(seconds=-1)}, "shutdown_grace"),
+        ({"retry": "exponential"}, "retry"),
+        ({"rng": 42}, "rng"),
+        ({"queues": ""}, "queue"),
+        ({"queues": []}, "queue"),
+        ({"queues": ["fast", "bad\nname"]}, "queue"),
+        ({"queues": 7}, "queue"),
     ],
 )
-def test_timing_settings_that_cannot_work_are_refused(kwargs: dict[str, Any], message: str) -> None:
-    """Unworkable timing (TTL <= 0, heartbeat > TTL/3, ...): InvalidInputError, store untouched."""
+def test_worker_settings_that_cannot_work_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    """Unworkable timing (TTL <= 0, heartbeat > TTL/3, ...), a retry that is not a
+    RetryPolicy, an rng that is not a random.Random, malformed queues: InvalidInputError,
+    store untouched.
+    """
     store = MemoryStore()
     store.create("t")
     before = store.history("t")
@@ -513,31 +522,6 @@ def test_retry_policy_delay_of_a_bad_attempt_is_refused(attempt: Any) -> None:
         RetryPolicy().delay(attempt, random.Random(0))
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"retry": "exponential"}, "retry"),
-        ({"rng": 42}, "rng"),
-        ({"queues": ""}, "queue"),
-        ({"queues": []}, "queue"),
-        ({"queues": ["fast", "bad\nname"]}, "queue"),
-        ({"queues": 7}, "queue"),
-    ],
-)
-def test_worker_retry_rng_and_queue_settings_that_cannot_work_are_refused(
-    kwargs: dict[str, Any], message: str
-) -> None:
-    """A retry that is not a RetryPolicy, an rng that is not a random.Random, malformed
-    queues: InvalidInputError, store untouched.
-    """
-    store = MemoryStore()
-    store.create("t")
-    before = store.history("t")
-    with pytest.raises(InvalidInputError, match=message):
-        Worker(store, _noop, **kwargs)
-    assert store.history("t") == before
-
-
 # ---------------------------------------------------------------- retries
 
 
@@ -600,10 +584,7 @@ def test_ordinary_exception_is_retried_with_the_backoff_then_the_last_attempt_fa
     assert (task.state, task.attempts) == (TaskState.FAILED, 3)
     assert [e.event for e in store.history("t")] == [
         "create",
-        "acquire",
-        "release",
-        "acquire",
-        "release",
+        *["acquire", "release"] * 2,
         "acquire",
         "fail",
     ]
@@ -997,3 +978,29 @@ def test_without_wake_ups_an_idle_worker_sleeps_and_stop_ends_the_sleep() -> Non
     worker.stop()
     runner.join(GUARD)
     assert not runner.is_alive()
+
+
+def test_an_idle_worker_takes_its_own_retry_when_due_not_after_the_poll_interval() -> None:
+    """A retry becoming available wakes nobody; the worker that released it bounds its idle
+    wait by the delay (poll_interval 10 minutes): run(max_tasks=2) retries and completes
+    within a join timeout far below the poll interval, its wait no longer than the delay.
+    """
+    store = WatchedWakeUps()
+    store.create("t")
+    delay = timedelta(milliseconds=50)
+    worker = Worker(
+        store,
+        _flaky(1, lambda: ConnectionError("reset")),
+        poll_interval=timedelta(minutes=10),
+        retry=RetryPolicy(initial=delay, jitter=0.0),
+    )
+    outcomes: list[Any] = []
+    runner = threading.Thread(target=lambda: outcomes.extend(worker.run(max_tasks=2)))
+    runner.start()
+    runner.join(GUARD)
+    alive = runner.is_alive()
+    worker.stop()
+    assert not alive
+    assert [o.result for o in outcomes] == ["retried", "completed"]
+    assert store.waits
+    assert all(timeout <= delay for _queues, timeout in store.waits)
