@@ -1,4 +1,5 @@
-"""INV-1..8 as Hypothesis properties over random event sequences on the pure core.
+"""INV-1..8 as Hypothesis properties over random event sequences on the pure core, and
+the queue, priority and reason arguments of create and release (INV-7, INV-8, INV-9).
 
 Every property drives :mod:`sagalease.core` directly: a task is created with a
 random attempt cap, optional deadline and compensations, then a random mix of

@@ -13,9 +13,15 @@ history is then checked:
   call began;
 * INV-7: the acquisitions in the store's history are the grants seen by callers,
   and every history replays to its record;
+* INV-9: a claim that named queues leased a task of one of them;
 * INV-1 (linearizability): a Wing-Gong-Lowe search finds a sequential order of the
   calls, consistent with their real-time order, in which the memory reference's
-  transition functions give every caller exactly the result it got.
+  transition functions (claims by priority, then creation order, over the queues
+  named) give every caller exactly the result it got.
+
+Besides, threads claim from a queue while one ``create_many`` fills it: every count
+they read of that queue shows none of the batch or all of it (INV-11), and no task is
+granted twice under one token (INV-1).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import Enum
 from typing import Any
 
@@ -45,11 +52,15 @@ from sagalease.lifecycle import HOLDER_EVENTS
 from sagalease.records import Compensation, TaskSaga, from_us
 from sagalease.store import EVENT_OF_METHOD, SagaStore
 from sagalease.stores.memory import MemoryStore
-from sagalease.verification.calls import Chosen, core_args, store_form
+from sagalease.verification.calls import Chosen, core_args, new_task, store_args, store_form
 
 __all__ = ["linearizable", "run_processes", "run_threads"]
 
 TASK_IDS = ("c0", "c1", "c2")
+QUEUE_OF = {"c0": ("qa", 0), "c1": ("qb", 1), "c2": ("qa", 1)}
+"""Each raced task's queue and priority: c2 outranks c0 in qa, created after it."""
+CLAIM_QUEUES: tuple[str | tuple[str, ...] | None, ...] = (None, None, "qa", "qb", ("qa", "qb"))
+"""What a claim names (``None``: the argument left out)."""
 _GRANTS = frozenset(method for method, event in EVENT_OF_METHOD.items() if event == "acquire")
 """The store methods that hand out leases (the workers here use acquire and claim_next)."""
 
@@ -149,6 +160,8 @@ def _work(
             task_id = rng.choice(TASK_IDS) if method == "acquire" else None
             chosen = Chosen(owner, ttl_us=rng.choice((2, 3)) * SEC)
         kw = core_args(EVENT_OF_METHOD[method], chosen)
+        if method == "claim_next" and (queues := rng.choice(CLAIM_QUEUES)) is not None:
+            kw["queues"] = queues
         start = time.monotonic_ns()
         try:
             value: Any = _call(store, method, task_id, now_us, kw)
@@ -170,8 +183,10 @@ def _setup(store: SagaStore) -> list[TaskSaga]:
     out = []
     for i, task_id in enumerate(TASK_IDS):
         comps = [Compensation("undo", f"{task_id}-{j}") for j in range(i % 2 + i // 2)]
+        queue, priority = QUEUE_OF[task_id]
+        chosen = Chosen(compensations=tuple(comps), max_attempts=4, queue=queue, priority=priority)
         out.append(
-            store.create(task_id, compensations=comps, max_attempts=4, now=from_us(T0_US - SEC + i))
+            store.create(task_id, now=from_us(T0_US - SEC + i), **store_args("create", chosen))
         )
     return out
 
@@ -232,6 +247,9 @@ def check_history(
     for op in ops:
         if op.outcome is Outcome.ERROR:
             raise _fail("INV-8", op, f"raised {op.value} (not a SagaLeaseError)", ops)
+        named = core.check_queues(dict(op.kwargs).get("queues"))
+        if op.ok and isinstance(op.value, TaskSaga) and named and op.value.queue not in named:
+            raise _fail("INV-9", op, f"leased a task of queue {op.value.queue!r}", ops)
     leases: dict[tuple[str, str, int], list[_Lease]] = {}
     grants: dict[str, list[_Lease]] = {t.task_id: [] for t in initial}
     for op in sorted(ops, key=lambda o: o.start):
@@ -360,6 +378,7 @@ def _model(state: State, op: Op, skip_locked_claims: bool = False) -> tuple[Outc
     model lets it acquire, not only the oldest.
     """
     kw = dict(op.kwargs)
+    named = core.check_queues(kw.pop("queues", None))
     if op.method == "claim_next" and skip_locked_claims:
         if not isinstance(op.value, TaskSaga):
             return Outcome.OK, None, state
@@ -370,8 +389,10 @@ def _model(state: State, op: Op, skip_locked_claims: bool = False) -> tuple[Outc
             return Outcome.OK, None, state
         return Outcome.OK, step.task, (*state[:index], step.task, *state[index + 1 :])
     if op.method == "claim_next":
-        for i, task in enumerate(state):
-            if task.state.is_terminal:
+        order = sorted(range(len(state)), key=lambda j: -state[j].priority)  # stable
+        for i in order:
+            task = state[i]
+            if task.state.is_terminal or (named is not None and task.queue not in named):
                 continue
             try:
                 step = core.acquire(task, now_us=op.now_us, **kw)
@@ -467,6 +488,64 @@ def _run_workers(store: SagaStore, seed: int, workers: int, n_ops: int) -> list[
     return [op for r in results for op in r]
 
 
+BULK = 6
+"""The tasks one create_many adds while claimers watch their queue."""
+TTL_BULK = timedelta(minutes=1)
+"""Long enough that no claim of the bulk trial expires: each task is granted once."""
+
+
+def _bulk_trial(store: SagaStore, trial: int, claimers: int = 2, rounds: int = 60) -> None:
+    """One create_many of :data:`BULK` tasks into queue ``bulk`` races threads that read
+    the queue's counts and claim from it: a count of the queue shows none of the batch
+    or all of it (INV-11); no task is granted twice (INV-1); once every claimer stopped,
+    the batch is there, each task claimed at most once, token 1.
+    """
+    step = f"threads trial {trial}: create_many of {BULK} tasks into 'bulk' racing claims"
+    items = [new_task(f"b{i}", Chosen(queue="bulk", priority=i % 3)) for i in range(BULK)]
+    barrier = threading.Barrier(claimers + 1)
+    seen: list[int] = []
+    granted: list[tuple[str, int]] = []
+    errors: list[str] = []
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            store.create_many(items, now=from_us(T0_US))
+        except Exception as exc:
+            errors.append(f"create_many raised {type(exc).__name__}: {exc}")
+
+    def claim(worker: int) -> None:
+        barrier.wait()
+        try:
+            for _ in range(rounds):
+                seen.append(sum(store.counts(queue="bulk").values()))
+                now = from_us(T0_US + SEC)
+                rec = store.claim_next(owner=f"b{worker}", ttl=TTL_BULK, queues="bulk", now=now)
+                if rec is not None:
+                    granted.append((rec.task_id, rec.token))
+                elif seen[-1] == BULK:
+                    return
+        except Exception as exc:
+            errors.append(f"a claimer raised {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=create)]
+    threads += [threading.Thread(target=claim, args=(w,)) for w in range(claimers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise violated("INV-8", step, errors[0])
+    partial = sorted({n for n in seen if n not in (0, BULK)})
+    if partial:
+        raise violated("INV-11", step, f"a claimer counted {partial} of {BULK} tasks in 'bulk'")
+    if len(set(granted)) != len(granted) or any(token != 1 for _, token in granted):
+        raise violated("INV-1", step, f"grants {sorted(granted)}: a task granted twice")
+    stored = [t.task_id for t in store.list_tasks(queue="bulk")]
+    if stored != [item.task_id for item in items]:
+        raise violated("INV-11", step, f"after the race 'bulk' holds {stored}")
+
+
 def run_threads(
     factory: StoreFactory,
     *,
@@ -483,6 +562,8 @@ def run_threads(
             _setup(store)
             ops = _run_workers(store, seed * 1_000 + trial, workers, n_ops)
             _trial_check(store, ops, trial, "threads", skip_locked_claims)
+            if trial % 4 == 0:  # a bulk create racing claims, on the same store
+                _bulk_trial(store, trial)
         finally:
             store.close()
 

@@ -209,8 +209,9 @@ def checks() -> list[Check]:
     out.append(
         Check(
             "stateful/agrees_with_memory_reference",
-            "INV-1..8",
-            "Workers, zombies, impostors, reaper and a jumping clock; the store under test"
+            "INV-1..12",
+            "Workers, zombies, impostors, reaper and a jumping clock over tasks in several"
+            " queues and priorities (created alone and in batches); the store under test"
             " and the memory reference agree after every step and every invariant holds.",
             _stateful,
         )
@@ -218,16 +219,17 @@ def checks() -> list[Check]:
     out.append(
         Check(
             "concurrency/threads",
-            "INV-1,2,7",
+            "INV-1,2,7,9,11",
             "Threads race on one store; the recorded history has no overlapping leases,"
-            " increasing tokens, current-token holder calls, and is linearizable.",
+            " increasing tokens, current-token holder calls, claims within the queues"
+            " named, and is linearizable; a create_many racing claims is seen whole or not.",
             _threads,
         )
     )
     out.append(
         Check(
             "concurrency/processes",
-            "INV-1,2,7",
+            "INV-1,2,7,9",
             "The same with processes sharing the store (declared capability).",
             _processes,
         )

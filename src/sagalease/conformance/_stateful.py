@@ -43,29 +43,63 @@ from sagalease.conformance._common import (
 )
 from sagalease.errors import (
     AttemptsExhaustedError,
+    DuplicateTaskError,
     InvalidInputError,
     LeaseConflictError,
     SagaLeaseError,
     TerminalTaskError,
 )
 from sagalease.lifecycle import HOLDER_EVENTS, LEASE_STATES
-from sagalease.records import Compensation, CompensationStatus, TaskSaga, TaskState, from_us
-from sagalease.store import EVENT_OF_METHOD, SagaStore
+from sagalease.records import (
+    Compensation,
+    CompensationStatus,
+    NewTask,
+    TaskSaga,
+    TaskState,
+    from_us,
+)
+from sagalease.store import EVENT_OF_METHOD, Queues, SagaStore
 from sagalease.stores.memory import MemoryStore
-from sagalease.verification.calls import Chosen, store_args
+from sagalease.verification.calls import Chosen, new_task, store_args
 
 __all__ = ["run_stateful"]
 
 WORKERS = ("w0", "w1", "w2")
 MAX_TASKS = 4
 TTLS = (1 * SEC, 5 * SEC, 30 * SEC)
-CREATE_SPECS = st.tuples(
+QUEUES = ("default", "q0", "q1")
+"""The queues tasks go to: few, so that claims over some of them find work and miss it."""
+
+
+class CreateSpec(NamedTuple):
+    """What a create chooses: compensations, the attempt cap, a deadline and a delay (µs
+    from now), a saga, a queue and a priority (``None``: left to the default; a small
+    range, so that ties happen), and whether the task links to the first as a requeue.
+    """
+
+    compensations: int
+    max_attempts: int
+    deadline: int | None
+    delay: int | None
+    saga: bool
+    queue: str | None = None
+    priority: int | None = None
+    linked: bool = False
+
+
+CREATE_SPECS = st.builds(
+    CreateSpec,
     st.integers(0, 2),
     st.integers(1, 3),
     st.sampled_from([None, 3 * SEC, 20 * SEC]),
     st.sampled_from([None, 2 * SEC]),
     st.booleans(),
+    st.sampled_from([None, *QUEUES[1:]]),
+    st.sampled_from([None, 0, 1, -1]),
+    st.booleans(),
 )
+CLAIM_QUEUES = st.sampled_from([None, None, "q0", "q1", ("q0", "default"), ["q1", "q0"]])
+"""The queues a claim names (``None``: the argument left out, every queue)."""
 
 
 _CLAIMS = frozenset(
@@ -87,6 +121,7 @@ _ERROR_INVARIANT: dict[type[BaseException], str] = {
     TerminalTaskError: "INV-3",
     AttemptsExhaustedError: "INV-5",
     InvalidInputError: "INV-8",
+    DuplicateTaskError: "INV-8",
 }
 
 
@@ -104,7 +139,25 @@ def _classify_record(sut: TaskSaga, ref: TaskSaga) -> str:
         return "INV-3"
     if (sut.attempts, sut.max_attempts) != (ref.attempts, ref.max_attempts):
         return "INV-5"
+    if sut.queue != ref.queue:
+        return "INV-9"
+    if sut.priority != ref.priority:
+        return "INV-10"
     return "INV-7"
+
+
+def _claim_invariant(sut_out: Any, ref_out: Any) -> str:
+    """The invariant a claim whose result differs from the reference's breaks: another
+    number of tasks (one of them thought leaseable or not: INV-1), other tasks or another
+    order (INV-10), or other records of the same tasks.
+    """
+    sut: list[TaskSaga] = sut_out if isinstance(sut_out, list) else [sut_out] if sut_out else []
+    ref: list[TaskSaga] = ref_out if isinstance(ref_out, list) else [ref_out] if ref_out else []
+    if len(sut) != len(ref):
+        return "INV-1"
+    if [t.task_id for t in sut] != [t.task_id for t in ref]:
+        return "INV-10"
+    return next((_classify_record(a, b) for a, b in zip(sut, ref, strict=True) if a != b), "INV-1")
 
 
 class _Seen(NamedTuple):
@@ -208,7 +261,7 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                 after = self._snap(self.sut)
                 if after != sut_before:
                     raise self._fail(
-                        "INV-8",
+                        "INV-11" if call.method == "create_many" else "INV-8",
                         f"raised {type(sut_out).__name__} but changed the store:"
                         f" {first_difference(sut_before, after)}",
                     )
@@ -251,13 +304,15 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                         f"returned a record that differs from the reference's:"
                         f" {record_difference(sut_out, ref_out)}",
                     )
-                inv = "INV-1" if call.method in _CLAIMS else "INV-7"
+                inv = _claim_invariant(sut_out, ref_out) if call.method in _CLAIMS else "INV-7"
                 raise self._fail(
                     inv,
                     f"returned {outcome_text(sut_out)}, the reference {outcome_text(ref_out)}",
                 )
 
         def _refused_invariant(self, call: _Seen, ref_err: BaseException) -> str:
+            if call.method == "create_many":
+                return "INV-11"
             if isinstance(ref_err, LeaseConflictError):
                 old = call.prev.get(call.task_id or "")
                 if (
@@ -283,6 +338,12 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                 old = prev.get(result.task_id)
                 if old is None:
                     raise self._fail("INV-7", f"granted a lease on unknown {result.task_id!r}")
+                named = core.check_queues(kwargs.get("queues"))
+                if named is not None and old.queue not in named:
+                    raise self._fail(
+                        "INV-9",
+                        f"leased {old.task_id!r} of queue {old.queue!r}; the claim named {named}",
+                    )
                 if old.state.is_terminal:
                     raise self._fail("INV-3", f"leased terminal task {old.task_id!r}")
                 if old.lease is not None and self.now < old.lease.expires_us:
@@ -407,19 +468,32 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                 )
             counts = self.sut.counts()
             if counts != self.ref.counts():
-                raise self._fail("INV-7", f"counts {counts} differ from {self.ref.counts()}")
+                raise self._fail("INV-12", f"counts {counts} differ from {self.ref.counts()}")
             self.sut_state = (sut_tasks, histories, counts)
-            for state in LEASE_STATES:  # where records change most
-                s_ids = [t.task_id for t in self.sut.list_tasks(state=state, limit=2)]
-                r_ids = [t.task_id for t in self.ref.list_tasks(state=state, limit=2)]
-                if s_ids != r_ids:
-                    raise self._fail(
-                        "INV-7", f"list_tasks(state={state.value}) gives {s_ids}, not {r_ids}"
-                    )
+            # Where records change most: the leased states, and the touched task's queue.
+            touched = self.ref.get(self.touched) if self.touched else None
+            self._same_listing({"state": LEASE_STATES, "limit": 2})
+            if touched is not None:
+                self._same_listing({"state": list(LEASE_STATES), "queue": touched.queue})
             if len(ref_ids) >= 2:
                 s_page = [t.task_id for t in self.sut.list_tasks(after=ref_ids[0], limit=2)]
                 if s_page != ref_ids[1:3]:
-                    raise self._fail("INV-7", f"the page after {ref_ids[0]!r} is {s_page}")
+                    raise self._fail("INV-12", f"the page after {ref_ids[0]!r} is {s_page}")
+
+        def _same_listing(self, kwargs: dict[str, Any], *, count: bool = False) -> None:
+            """list_tasks(**kwargs) (and counts of its queue) on both stores agree (INV-12)."""
+            s_ids = [t.task_id for t in self.sut.list_tasks(**kwargs)]
+            r_ids = [t.task_id for t in self.ref.list_tasks(**kwargs)]
+            if s_ids != r_ids:
+                call = describe("list_tasks", (), kwargs)
+                raise self._fail("INV-12", f"{call} gives {s_ids}, the reference {r_ids}")
+            queue = kwargs.get("queue")
+            if count and queue is not None:
+                s_counts, r_counts = self.sut.counts(queue=queue), self.ref.counts(queue=queue)
+                if s_counts != r_counts:
+                    raise self._fail(
+                        "INV-12", f"counts(queue={queue!r}) gives {s_counts}, not {r_counts}"
+                    )
 
         def _final_checks(self) -> None:
             self.steps.append("(end of run: replaying every history)")
@@ -466,39 +540,77 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             return self._call(method, args, kwargs, naive=naive)
 
         def _holder(
-            self, event: str, task_id: str, owner: str, token: int, ttl: int, index: int, delay: int
+            self,
+            event: str,
+            task_id: str,
+            owner: str,
+            token: int,
+            ttl: int,
+            index: int,
+            delay: int,
+            why: str | None = None,
         ) -> None:
             late = Compensation("undo", f"{task_id}-late")
-            chosen = Chosen(owner, token, ttl, delay, late, index, reason="boom")
+            chosen = Chosen(
+                owner, token, ttl, delay, late, index, reason="boom", release_reason=why
+            )
             self._do(event, (task_id,), chosen)
 
-        def _create(self, spec: tuple[int, int, int | None, int | None, bool]) -> str:
-            compensations, max_attempts, deadline, delay, saga = spec
-            task_id = f"t{len(self.ids)}"
-            self.ids.append(task_id)
-            chosen = Chosen(
+        def _chosen(self, task_id: str, spec: CreateSpec) -> Chosen:
+            return Chosen(
                 compensations=tuple(
-                    Compensation("undo", f"{task_id}-{i}") for i in range(compensations)
+                    Compensation("undo", f"{task_id}-{i}") for i in range(spec.compensations)
                 ),
-                max_attempts=max_attempts,
-                deadline_us=None if deadline is None else self.now + deadline,
-                available_us=None if delay is None else self.now + delay,
-                saga_id="saga" if saga else None,
+                max_attempts=spec.max_attempts,
+                deadline_us=None if spec.deadline is None else self.now + spec.deadline,
+                available_us=None if spec.delay is None else self.now + spec.delay,
+                saga_id="saga" if spec.saga else None,
+                queue=spec.queue,
+                priority=spec.priority,
+                requeued_from=self.ids[0] if spec.linked and self.ids else None,
             )
+
+        def _create(self, spec: CreateSpec) -> str:
+            task_id = f"t{len(self.ids)}"
+            chosen = self._chosen(task_id, spec)
+            self.ids.append(task_id)
             self._do("create", (task_id,), chosen)
             return task_id
 
         @initialize(target=tasks, spec=CREATE_SPECS)
-        def first_task(self, spec: tuple[int, int, int | None, int | None, bool]) -> Any:
+        def first_task(self, spec: CreateSpec) -> Any:
             return self._create(spec)
 
         @precondition(lambda self: len(self.ids) < MAX_TASKS)
         @rule(target=tasks, spec=CREATE_SPECS, again=st.integers(0, 9))
-        def create(self, spec: tuple[int, int, int | None, int | None, bool], again: int) -> Any:
+        def create(self, spec: CreateSpec, again: int) -> Any:
             if again == 0:  # now and then, a duplicate id
                 self._call("create", (self.ids[-1],), {})
                 return multiple()
             return self._create(spec)
+
+        @precondition(lambda self: len(self.ids) < MAX_TASKS)
+        @rule(
+            target=tasks,
+            specs=st.lists(CREATE_SPECS, min_size=1, max_size=3),
+            duplicate=st.sampled_from([None, None, "stored", "given twice"]),
+        )
+        def create_many(self, specs: list[CreateSpec], duplicate: str | None) -> Any:
+            """Several tasks in one call; now and then one of them with an id already
+            stored or given twice (then none may be stored).
+            """
+            first = len(self.ids)
+            specs = specs[: MAX_TASKS - first]
+            new_ids = [f"t{first + i}" for i in range(len(specs))]
+            items = [new_task(i, self._chosen(i, sp)) for i, sp in zip(new_ids, specs, strict=True)]
+            if duplicate == "stored":
+                items.insert(len(items) // 2, NewTask(self.ids[-1]))
+            elif duplicate == "given twice":
+                items.append(replace(items[0], priority=1))
+            if self._call("create_many", (items,), {}) is None:
+                return multiple()
+            self.ids += new_ids
+            return multiple(*new_ids)
 
         @rule(
             target=leases,
@@ -510,15 +622,51 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             rec = self._do("acquire", (task_id,), Chosen(worker, ttl_us=ttl))
             return multiple() if rec is None else Cred(task_id, worker, rec.token)
 
-        @rule(target=leases, worker=st.sampled_from(WORKERS), ttl=st.sampled_from(TTLS))
-        def claim_next(self, worker: str, ttl: int) -> Any:
-            rec = self._do("claim_next", (), Chosen(worker, ttl_us=ttl))
+        @rule(
+            target=leases,
+            worker=st.sampled_from(WORKERS),
+            ttl=st.sampled_from(TTLS),
+            queues=CLAIM_QUEUES,
+        )
+        def claim_next(self, worker: str, ttl: int, queues: Queues) -> Any:
+            """The first leaseable task of ``queues`` by priority, then creation order."""
+            named: dict[str, Any] = {} if queues is None else {"queues": queues}
+            rec = self._do("claim_next", (), Chosen(worker, ttl_us=ttl), **named)
             return multiple() if rec is None else Cred(rec.task_id, worker, rec.token)
 
-        @rule(worker=st.sampled_from(WORKERS), ttl=st.sampled_from(TTLS), limit=st.integers(1, 3))
-        def claim_batch(self, worker: str, ttl: int, limit: int) -> None:
+        @rule(
+            worker=st.sampled_from(WORKERS),
+            ttl=st.sampled_from(TTLS),
+            limit=st.integers(1, 3),
+            queues=CLAIM_QUEUES,
+        )
+        def claim_batch(self, worker: str, ttl: int, limit: int, queues: Queues) -> None:
             """Several tasks at once: what as many claim_next calls would take."""
-            self._do("claim_batch", (), Chosen(worker, ttl_us=ttl), limit=limit)
+            named: dict[str, Any] = {} if queues is None else {"queues": queues}
+            self._do("claim_batch", (), Chosen(worker, ttl_us=ttl), limit=limit, **named)
+
+        @rule(
+            states=st.sets(st.sampled_from(list(TaskState)), max_size=3),
+            queue=st.sampled_from([None, *QUEUES]),
+            saga=st.booleans(),
+            limit=st.integers(1, 3),
+            paged=st.booleans(),
+        )
+        def listing(
+            self, states: set[TaskState], queue: str | None, saga: bool, limit: int, paged: bool
+        ) -> None:
+            """list_tasks filtered by states, queue and saga, paged; counts of the queue."""
+            kwargs: dict[str, Any] = {"limit": limit}
+            if states:
+                kwargs["state"] = states if len(states) > 1 else next(iter(states))
+            if queue is not None:
+                kwargs["queue"] = queue
+            if saga:
+                kwargs["saga_id"] = "saga"
+            if paged and self.ids:
+                kwargs["after"] = self.ids[0]
+            self.steps.append(describe("list_tasks", (), kwargs))
+            self._same_listing(kwargs, count=True)
 
         @precondition(lambda self: bool(self._leased()))
         @rule(data=st.data(), stale=st.integers(0, 3))
@@ -550,14 +698,20 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             ttl=st.sampled_from(TTLS),
             index=st.integers(0, 2),
             delay=st.sampled_from([0, SEC]),
+            why=st.sampled_from([None, "retry 1 of 3: boom"]),
         )
-        def holder(self, data: st.DataObject, event: str, ttl: int, index: int, delay: int) -> None:
-            """The current holder of a lease (a live one if there is) makes a holder call."""
+        def holder(
+            self, data: st.DataObject, event: str, ttl: int, index: int, delay: int, why: str | None
+        ) -> None:
+            """The current holder of a lease (a live one if there is) makes a holder call
+            (a release, now and then, with a reason).
+            """
             leased = self._leased()
             live = [t for t in leased if t.lease is not None and self.now < t.lease.expires_us]
             task = data.draw(st.sampled_from(live or leased), label="task")
             assert task.lease is not None
-            self._holder(event, task.task_id, task.lease.owner, task.token, ttl, index, delay)
+            owner, token = task.lease.owner, task.token
+            self._holder(event, task.task_id, owner, token, ttl, index, delay, why)
 
         @rule(
             cred=leases,
