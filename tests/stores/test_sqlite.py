@@ -7,30 +7,34 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import os
+import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import T0
 from sagalease import (
     Compensation,
+    DuplicateTaskError,
     InvalidInputError,
     LeaseContext,
     MemoryStore,
     SagaLeaseError,
     SagaStore,
-    SchemaVersionError,
     SQLiteStore,
     StoreUnavailableError,
+    TaskNotFoundError,
     TaskState,
     Worker,
     core,
     open_store,
 )
+from sagalease.records import NewTask, TaskSaga
 from sagalease.stores.sqlite import latest_schema_version, migrations, schema_sql
 
 TTL = timedelta(seconds=30)
@@ -57,7 +61,9 @@ def _files(tmp: Path) -> dict[str, bytes]:
 
 
 def _populate(store: SagaStore) -> None:
-    """A varied history: every state, compensations, notes, deadlines, delays, unicode."""
+    """A varied history: every state, compensations, notes, deadlines, delays, unicode,
+    queues, priorities, a requeue link.
+    """
     store.create(
         "plain",
         saga_id="s1",
@@ -73,6 +79,13 @@ def _populate(store: SagaStore) -> None:
         now=T0,
     )
     store.create("later", available_at=T0 + timedelta(minutes=5), now=T0)
+    store.create_many(
+        [
+            NewTask("fast-1", queue="fast lane", priority=7, requeued_from="quar"),
+            NewTask("fast-2", saga_id="s1", queue="fast lane", priority=-7),
+        ],
+        now=T0,
+    )
     store.create("done", now=T0)
     store.create("quar", now=T0)
     store.create("expired", now=T0)
@@ -107,6 +120,10 @@ def _dump(store: SagaStore) -> object:
         store.list_stale(now=T0 + timedelta(minutes=1)),
         store.list_tasks(saga_id="s1"),
         store.list_tasks(state=TaskState.PENDING, after="plain", limit=2),
+        store.counts(queue="fast lane"),
+        store.list_tasks(queue="fast lane", state=[TaskState.PENDING, TaskState.QUARANTINED]),
+        store.list_tasks(state={TaskState.RUNNING, TaskState.COMPLETED, TaskState.QUARANTINED}),
+        store.list_tasks(saga_id="s1", queue="fast lane", state=[TaskState.PENDING]),
     )
 
 
@@ -134,45 +151,6 @@ def test_new_file_gets_latest_version_and_wal(tmp_path: Path) -> None:
     reference = sqlite3.connect(":memory:")
     _run(reference, schema_sql())
     assert _schema(conn) == _schema(reference)
-
-
-def test_older_file_is_migrated_in_place_keeping_data(tmp_path: Path) -> None:
-    """A version-1 file (no open-task index, the full by-state index) is migrated to the
-    latest version; data kept.
-    """
-    db = tmp_path / "old.db"
-    with SQLiteStore(db) as store:
-        _populate(store)
-        before = _dump(store)
-    conn = sqlite3.connect(db)
-    conn.execute("DROP INDEX tasks_open")
-    conn.execute("DROP INDEX tasks_ended")
-    conn.execute("CREATE INDEX tasks_by_state ON tasks (state, seq)")
-    conn.execute("PRAGMA user_version = 1")
-    conn.commit()
-    conn.close()
-    with SQLiteStore(db) as store:
-        assert _dump(store) == before
-    conn = sqlite3.connect(db)
-    reference = sqlite3.connect(":memory:")
-    _run(reference, schema_sql())
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == latest_schema_version()
-    assert _schema(conn) == _schema(reference)
-
-
-def test_newer_schema_refused_file_untouched(tmp_path: Path) -> None:
-    """A file from a newer sagalease: SchemaVersionError, and the file is left byte for byte."""
-    db = tmp_path / "new.db"
-    with SQLiteStore(db) as store:
-        store.create("t", now=T0)
-    conn = sqlite3.connect(db)
-    conn.execute(f"PRAGMA user_version = {latest_schema_version() + 1}")
-    conn.commit()
-    conn.close()
-    before = _files(tmp_path)
-    with pytest.raises(SchemaVersionError, match="schema version"):
-        SQLiteStore(db)
-    assert _files(tmp_path) == before
 
 
 # ---------------------------------------------------------------- round trip
@@ -415,19 +393,352 @@ def test_claim_stale_and_reap_cost_does_not_grow_with_finished_tasks(tmp_path: P
     assert _open_task_costs(tmp_path / "a.db", 300) == _open_task_costs(tmp_path / "b.db", 0)
 
 
-def test_queries_use_the_open_task_index(store: SQLiteStore) -> None:
-    """The claim, reap and stale queries are planned on the partial index of open tasks."""
+def test_reap_and_stale_queries_use_the_open_task_index(store: SQLiteStore) -> None:
+    """The reap and stale queries are planned on the partial index of open tasks."""
     from sagalease.stores.sqlite import _store as mod
 
     conn = store._conn()
-    for query, params in (
-        (mod._CLAIM, (0, 1, 1, 1, 8)),
-        (mod._REAP, (0, 1, 1, 8)),
-        (mod._STALE, (1,)),
-    ):
-        plan = " ".join(str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {query}", params))
+    for query, params in ((mod._REAP, (0, 1, 1, 8)), (mod._STALE, (1,))):
+        plan = _plan(conn, query, params)
         assert "USING INDEX tasks_open" in plan, plan
         assert "TEMP B-TREE" not in plan, plan
+
+
+def _plan(conn: sqlite3.Connection, query: str, params: Sequence[object]) -> str:
+    return " | ".join(str(r[3]) for r in conn.execute(f"EXPLAIN QUERY PLAN {query}", params))
+
+
+@pytest.mark.parametrize("cursor", [None, (3, 17)])
+@pytest.mark.parametrize(
+    ("queues", "index", "ranges"),
+    [
+        (None, "tasks_claim", 1),
+        (("q",), "tasks_claim_queue", 1),
+        (("a", "b", "c"), "tasks_claim_queue", 3),
+        (tuple(f"q{i:02d}" for i in range(40)), "tasks_claim", 1),
+    ],
+)
+def test_claim_query_walks_a_claim_index_in_claim_order(
+    store: SQLiteStore,
+    queues: tuple[str, ...] | None,
+    index: str,
+    ranges: int,
+    cursor: tuple[int, int] | None,
+) -> None:
+    """The claim query, with and without queues (one, several merged, more than the
+    merge takes) and after a cursor, reads its index in claim order: no sort.
+    """
+    from sagalease.stores.sqlite._store import _claim_query
+
+    sql, params = _claim_query(queues, cursor, 1, 8)
+    plan = _plan(store._conn(), sql, params)
+    assert len(re.findall(rf"USING INDEX {index}\b", plan)) == ranges, plan
+    assert "TEMP B-TREE" not in plan, plan
+    if ranges > 1:
+        assert "MERGE (UNION ALL)" in plan, plan
+
+
+def _one_plan(store: SQLiteStore, **listing: object) -> str:
+    from sagalease.stores.sqlite._store import _listing
+
+    sql, params = _listing(after=0, **listing)  # type: ignore[arg-type]
+    return _plan(store._conn(), f"{sql} LIMIT ?", (*params, 10))
+
+
+OPEN = frozenset({TaskState.PENDING, TaskState.RUNNING, TaskState.COMPENSATING})
+
+
+@pytest.mark.parametrize(
+    ("listing", "indexes"),
+    [
+        ({"states": None, "saga_id": None, "queue": "q"}, {"tasks_by_queue": 7}),
+        ({"states": OPEN, "saga_id": None, "queue": "q"}, {"tasks_by_queue": 3}),
+        ({"states": OPEN, "saga_id": None, "queue": None}, {"tasks_open": 1}),
+        (
+            {
+                "states": frozenset({TaskState.PENDING, TaskState.FAILED}),
+                "saga_id": None,
+                "queue": None,
+            },
+            {"tasks_open": 1, "tasks_ended": 1},
+        ),
+        (
+            {
+                "states": frozenset({TaskState.COMPLETED, TaskState.QUARANTINED}),
+                "saga_id": None,
+                "queue": None,
+            },
+            {"tasks_ended": 2},
+        ),
+        ({"states": OPEN, "saga_id": "s", "queue": "q"}, {"tasks_by_saga": 1}),
+    ],
+)
+def test_listings_read_index_ranges_in_creation_order(
+    store: SQLiteStore, listing: dict[str, object], indexes: dict[str, int]
+) -> None:
+    """list_tasks by queue and/or several states reads one index range per state (or
+    the open-task walk), merged in creation order: no sort, no table scan.
+    """
+    plan = _one_plan(store, **listing)
+    for index, ranges in indexes.items():
+        assert len(re.findall(rf"INDEX {index}\b", plan)) == ranges, plan
+    assert "TEMP B-TREE" not in plan, plan
+    assert "SCAN tasks" not in plan, plan
+
+
+def test_counts_of_a_queue_read_only_its_index(store: SQLiteStore) -> None:
+    """counts(queue=...) is answered from tasks_by_queue alone (a covering range)."""
+    plan = _plan(
+        store._conn(), "SELECT state, count(*) FROM tasks WHERE queue = ? GROUP BY state", ("q",)
+    )
+    assert "SEARCH tasks USING COVERING INDEX tasks_by_queue (queue=?)" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+
+
+# ---------------------------------------------------------------- queues, priorities, bulk create
+
+QUEUED = [  # (task_id, queue, priority), in creation order
+    ("a-low", "a", -5),
+    ("b-top", "b", 9),
+    ("a-mid-1", "a", 0),
+    ("c-mid", "c", 0),
+    ("b-mid", "b", 0),
+    ("a-top", "a", 9),
+    ("a-mid-2", "a", 0),
+    ("c-low", "c", -5),
+]
+
+
+def _queued(store: SagaStore) -> None:
+    for task_id, queue, priority in QUEUED:
+        store.create(task_id, queue=queue, priority=priority, now=T0)
+    store.create("b-delayed", queue="b", priority=9, available_at=T0 + timedelta(hours=1), now=T0)
+    store.create("a-exhausted", queue="a", priority=9, max_attempts=1, now=T0)
+    t = store.acquire(
+        "a-exhausted", owner="w0", ttl=S, now=T0
+    )  # its lease expires, no attempt left
+    assert t.attempts == 1
+
+
+def _claim_order(store: SagaStore, queues: object) -> list[str]:
+    order: list[str] = []
+    while (task := store.claim_next(owner="w", ttl=TTL, queues=queues, now=T0 + S)) is not None:  # type: ignore[arg-type]
+        order.append(task.task_id)
+    return order
+
+
+@pytest.mark.parametrize(
+    ("queues", "expected"),
+    [
+        (None, ["b-top", "a-top", "a-mid-1", "c-mid", "b-mid", "a-mid-2", "a-low", "c-low"]),
+        ("a", ["a-top", "a-mid-1", "a-mid-2", "a-low"]),
+        (["c", "a"], ["a-top", "a-mid-1", "c-mid", "a-mid-2", "a-low", "c-low"]),
+        (["b", "nobody"], ["b-top", "b-mid"]),
+        ([f"z{i:02d}" for i in range(40)] + ["c"], ["c-mid", "c-low"]),
+    ],
+)
+def test_claims_take_priority_then_creation_among_the_named_queues(
+    tmp_path: Path, queues: object, expected: list[str]
+) -> None:
+    """On a real file, claim_next takes the highest priority first, then the oldest,
+    among the named queues (None: all; more names than the merge takes, too), skipping
+    what is not leaseable, exactly as the memory reference does.
+    """
+    reference = MemoryStore()
+    _queued(reference)
+    with SQLiteStore(tmp_path / "q.db") as store:
+        _queued(store)
+        assert _claim_order(store, queues) == expected == _claim_order(reference, queues)
+        assert store.get("b-delayed").state is TaskState.PENDING  # type: ignore[union-attr]
+
+
+def test_claim_batch_takes_the_claim_order_across_cursor_fetches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """claim_batch over several queues walks past candidates the core refuses, fetching
+    again after the (priority, seq) cursor, and takes the others in claim order.
+    """
+    from sagalease.stores.sqlite import _store as mod
+
+    with SQLiteStore(tmp_path / "b.db") as store, SQLiteStore(tmp_path / "n.db") as single:
+        for each in (store, single):
+            for i in range(60):
+                each.create(f"t{i:02d}", queue=("x", "y")[i % 2], priority=i % 3, now=T0)
+        cursors: list[object] = []
+        real = mod._claim_query
+
+        def spy(
+            queues: tuple[str, ...] | None, cursor: tuple[int, int] | None, now_us: int, n: int
+        ) -> tuple[str, tuple[object, ...]]:
+            cursors.append(cursor)
+            return real(queues, cursor, now_us, n)
+
+        refused = {f"t{i:02d}" for i in range(0, 60, 4)}
+        acquire = store._core["acquire"]
+
+        def picky(task: TaskSaga, **kw: Any) -> core.Step:
+            if task.task_id in refused:
+                raise SagaLeaseError("refused for the test")
+            return acquire(task, **kw)
+
+        monkeypatch.setattr(store, "_core", {**store._core, "acquire": picky})
+        monkeypatch.setattr(mod, "_claim_query", spy)
+        batch = store.claim_batch(owner="w", ttl=TTL, limit=30, queues=["x", "y"], now=T0)
+        assert cursors[0] is None
+        assert len(cursors) >= 2
+        order = _claim_order(single, ["x", "y"])
+        assert [t.task_id for t in batch] == [t for t in order if t not in refused][:30]
+
+
+def _statements_of(store: SQLiteStore, call: Callable[[], object]) -> list[str]:
+    seen: list[str] = []
+    conn = store._conn()
+    conn.set_trace_callback(seen.append)
+    try:
+        call()
+    finally:
+        conn.set_trace_callback(None)
+    return [" ".join(sql.split()) for sql in seen]
+
+
+def _news(n: int, prefix: str = "n") -> list[NewTask]:
+    return [NewTask(f"{prefix}{i:04d}", queue=f"q{i % 3}", priority=i % 7 - 3) for i in range(n)]
+
+
+def test_create_many_is_one_transaction_and_one_insert_per_table(tmp_path: Path) -> None:
+    """1000 tasks: one BEGIN IMMEDIATE, one multi-row INSERT into tasks and one into
+    history, one COMMIT; every task and first entry stored as create would.
+    """
+    with SQLiteStore(tmp_path / "m.db") as store:
+        created: list[TaskSaga] = []
+        sql = _statements_of(store, lambda: created.extend(store.create_many(_news(1000), now=T0)))
+        assert [q.split(" (")[0] for q in sql if q.startswith("INSERT")] == [
+            "INSERT INTO tasks",
+            "INSERT INTO history",
+        ]
+        assert sql.count("BEGIN IMMEDIATE") == 1
+        assert sql.count("COMMIT") == 1
+        assert len(created) == 1000
+        assert store.list_tasks(limit=2000) == created
+        assert store.counts(queue="q1")[TaskState.PENDING] == 333
+        one = MemoryStore()
+        one.create("n0005", queue="q2", priority=2, now=T0)
+        assert store.get("n0005") == one.get("n0005")
+        assert store.history("n0005") == one.history("n0005")
+
+
+def test_create_many_splits_only_at_the_variable_limit_in_one_transaction(tmp_path: Path) -> None:
+    """A build allowing fewer bound variables gets as few INSERTs as its limit allows,
+    still in one transaction (here 240 variables: 10 tasks or 24 entries a statement).
+    """
+    with SQLiteStore(tmp_path / "l.db") as store:
+        store._conn().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 240)
+        sql = _statements_of(store, lambda: store.create_many(_news(95), now=T0))
+        inserts = [q.split(" (")[0] for q in sql if q.startswith("INSERT")]
+        assert inserts == ["INSERT INTO tasks"] * 10 + ["INSERT INTO history"] * 4
+        assert sql.count("BEGIN IMMEDIATE") == 1
+        assert sql.count("COMMIT") == 1
+        assert len(store.list_tasks(limit=200)) == 95
+
+
+@pytest.mark.parametrize("where", ["stored", "in the batch"])
+def test_create_many_with_a_duplicate_stores_nothing(tmp_path: Path, where: str) -> None:
+    """A duplicate id, stored already (named with its state) or twice in the batch:
+    DuplicateTaskError, no task of the batch stored, no history for its ids, the
+    existing task unchanged, and no INSERT issued.
+    """
+    with SQLiteStore(tmp_path / "d.db") as store:
+        store.create("taken", now=T0)
+        store.acquire("taken", owner="w", ttl=TTL, now=T0)
+        before = (store.get("taken"), store.history("taken"), store.counts())
+        news = _news(300)
+        news.insert(150, NewTask("taken") if where == "stored" else NewTask(news[3].task_id))
+        sql: list[str] = []
+        with pytest.raises(DuplicateTaskError) as info:
+            sql = _statements_of(store, lambda: store.create_many(news, now=T0))
+        assert info.value.task_id == ("taken" if where == "stored" else news[3].task_id)
+        if where == "stored":
+            assert info.value.state is TaskState.RUNNING
+        assert not [q for q in sql if q.startswith("INSERT")]
+        assert (store.get("taken"), store.history("taken"), store.counts()) == before
+        for new in news:
+            if new.task_id != "taken":
+                assert store.get(new.task_id) is None
+                with pytest.raises(TaskNotFoundError):
+                    store.history(new.task_id)
+        conn = sqlite3.connect(store.path)
+        try:
+            assert conn.execute("SELECT count(*) FROM history").fetchone()[0] == 2
+        finally:
+            conn.close()
+
+
+HOSTILE_QUEUES = [
+    "it's",
+    'say "hi"',
+    "x'); DROP TABLE tasks; --",
+    "a;b;c",
+    "q" * 200,
+    "очередь-队列-✓",
+    "\u202eevil\u202c עברית",
+    "?1 :name %s $1",
+    "json_each('[1]')",
+]
+
+
+def test_hostile_queue_names_round_trip(tmp_path: Path) -> None:
+    """Queue names with quotes, semicolons, 200 characters, unicode, RTL marks and
+    placeholder look-alikes are data: stored, listed, counted and claimed by name,
+    alone, merged and past the merge (as a JSON array), never run as SQL.
+    """
+    from sagalease.stores.sqlite._store import _claim_query
+
+    db = tmp_path / "h.db"
+    with SQLiteStore(db) as store:
+        for i, queue in enumerate(HOSTILE_QUEUES):
+            store.create(f"t{i}", queue=queue, priority=i, now=T0)
+        store.create_many([NewTask(f"m{i}", queue=q) for i, q in enumerate(HOSTILE_QUEUES)], now=T0)
+    with SQLiteStore(db) as store:
+        for i, queue in enumerate(HOSTILE_QUEUES):
+            assert store.get(f"t{i}").queue == queue  # type: ignore[union-attr]
+            assert [t.task_id for t in store.list_tasks(queue=queue)] == [f"t{i}", f"m{i}"]
+            assert store.counts(queue=queue)[TaskState.PENDING] == 2
+            sql, params = _claim_query((queue,), None, 0, 1)
+            assert queue not in sql
+            assert queue in params
+            claimed = store.claim_next(owner="w", ttl=TTL, queues=[queue], now=T0)
+            assert claimed is not None
+            assert claimed.task_id == f"t{i}"
+        merged = store.claim_batch(owner="w", ttl=TTL, limit=100, queues=HOSTILE_QUEUES[:4], now=T0)
+        assert [t.task_id for t in merged] == ["m0", "m1", "m2", "m3"]
+        many = [*HOSTILE_QUEUES, *(f"pad-{i}" for i in range(40))]
+        rest = store.claim_batch(owner="w", ttl=TTL, limit=100, queues=many, now=T0)
+        assert [t.task_id for t in rest] == [f"m{i}" for i in range(4, len(HOSTILE_QUEUES))]
+        assert store.counts()[TaskState.RUNNING] == 2 * len(HOSTILE_QUEUES)
+        assert store.integrity_check() == ["ok"]
+
+
+def _queue_claim_costs(db: Path, finished: int) -> tuple[int, int]:
+    s = SQLiteStore(db, synchronous="NORMAL")
+    try:
+        s.create_many(
+            [NewTask(f"done-{i:04d}", queue=f"q{i % 20}") for i in range(finished)], now=T0
+        )
+        done = s.claim_batch(owner="w", ttl=TTL, limit=max(1, finished), now=T0) if finished else []
+        s.complete_many([(t.task_id, t.token) for t in done], owner="w", now=T0) if done else None
+        for i in range(40):
+            s.create(f"open-{i}", queue=f"q{i % 20}", priority=i % 3, now=T0)
+        return (
+            _vm_steps(s, lambda: s.claim_next(owner="x", ttl=TTL, queues=["q3"], now=T0)),
+            _vm_steps(s, lambda: s.claim_next(owner="x", ttl=TTL, queues=["q4", "q5"], now=T0)),
+        )
+    finally:
+        s.close()
+
+
+def test_queue_claim_cost_does_not_grow_with_finished_tasks(tmp_path: Path) -> None:
+    """claim_next of named queues runs as many VM steps with 0 as with 1000 finished tasks."""
+    assert _queue_claim_costs(tmp_path / "a.db", 1000) == _queue_claim_costs(tmp_path / "b.db", 0)
 
 
 # ---------------------------------------------------------------- the worker runtime

@@ -11,9 +11,18 @@ that applies the pure core's transition as a compare-and-set:
   the fresh row, inside the same write transaction, so the loser gets the
   core's typed error (or succeeds if the event still applies) and the
   winner's write stands. Never last-writer-wins.
-* ``claim_next`` and ``reap`` read their candidates inside the write
-  transaction (a partial index over the tasks that have not ended keeps the
-  scan independent of the number of finished tasks).
+* ``claim_next``, ``claim_batch`` and ``reap`` read their candidates inside
+  the write transaction, on partial indexes over the tasks that have not
+  ended, so that their cost does not grow with the finished tasks kept.
+  Claims take the highest priority first, then the oldest (creation order,
+  ``seq``): over every queue one walk of ``tasks_claim`` ``(priority DESC,
+  seq)``; for named queues one range of ``tasks_claim_queue`` ``(queue,
+  priority DESC, seq)`` per queue, merged by SQLite in that order (no sort).
+  Queue names are always bound parameters, never SQL text.
+* ``create_many`` is one write transaction: one multi-row ``INSERT`` into
+  ``tasks`` and one into ``history`` (split only where SQLite's limit on bound
+  variables requires), after one look-up of the ids already in use; a
+  duplicate stores nothing.
 
 Writers first take a writer lock beside the database file (``<db>.lock``,
 ``flock``) with a bounded wait, so that SQLite's busy handler cannot starve a
@@ -25,12 +34,20 @@ with ``PRAGMA user_version``: a new file runs them all, an older file the ones
 it lacks, in place; a newer one is refused with
 :class:`SchemaVersionError` and left untouched. Every :mod:`sqlite3` error is
 wrapped into a :class:`SagaLeaseError` at this boundary.
+
+Idle workers poll: this store does not implement
+:class:`~sagalease.store.WakeUps`. SQLite has no cross-process notification
+(nothing like PostgreSQL's ``LISTEN``/``NOTIFY``); writers in other processes
+only change the file, and watching it for changes would be platform-specific
+(inotify, kqueue, ...) and still need the poll as a fallback for missed or
+coalesced events, so a worker sleeps its poll interval between empty claims.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import random
 import sqlite3
@@ -38,7 +55,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from functools import cache, partial
+from functools import cache, lru_cache, partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -52,12 +69,14 @@ from sagalease.errors import (
     StoreUnavailableError,
     TaskNotFoundError,
 )
+from sagalease.lifecycle import ENDED_STATES, OPEN_STATES
 from sagalease.records import HistoryEntry, TaskSaga, TaskState
 from sagalease.stores._base import Mutation
 from sagalease.stores._rows import (
     COLUMNS,
     HISTORY_COLUMNS,
     TASK_COLUMNS,
+    ClaimCursor,
     changes,
     choose_claims,
     decode_entry,
@@ -66,12 +85,17 @@ from sagalease.stores._rows import (
     task_values,
 )
 from sagalease.stores._sql import (
+    CLAIM_ORDER,
     DEADLINE_BARS_ACQUIRE,
     DEADLINE_REAPS,
     ENDED,
     OPEN,
     SQLStoreBase,
+    chunks,
+    claim_after,
+    marks,
     read_migrations,
+    value_rows,
 )
 
 __all__ = ["SQLiteStore", "latest_schema_version", "migrations", "schema_sql"]
@@ -125,20 +149,27 @@ _SELECT = f"SELECT {COLUMNS} FROM tasks"
 # OPEN is, to the letter, the predicate of the tasks_open index, which INDEXED BY
 # requires (tests/stores/test_schema_declaration.py pins the schema's copy).
 _SELECT_OPEN = f"SELECT {COLUMNS} FROM tasks INDEXED BY tasks_open WHERE {OPEN}"
-_INSERT = (
-    f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}) VALUES ({', '.join('?' * len(TASK_COLUMNS))})"
-)
 _INSERT_HISTORY = (
-    f"INSERT INTO history ({HISTORY_COLUMNS})"
-    f" VALUES ({', '.join('?' * len(HISTORY_COLUMNS.split(',')))})"
+    f"INSERT INTO history ({HISTORY_COLUMNS}) VALUES ({marks(len(HISTORY_COLUMNS.split(',')))})"
 )
-_CLAIM = (
-    f"{_SELECT_OPEN} AND seq > ? AND available_us <= ?"
-    " AND (lease_expires_us IS NULL OR lease_expires_us <= ?)"
+_HISTORY_WIDTH: Final = len(HISTORY_COLUMNS.split(","))
+_TASK_WIDTH: Final = len(TASK_COLUMNS)
+
+_CLAIMABLE = (
+    " AND available_us <= ? AND (lease_expires_us IS NULL OR lease_expires_us <= ?)"
     " AND attempts < max_attempts"
     f" AND (deadline_us IS NULL OR deadline_us > ? OR NOT ({DEADLINE_BARS_ACQUIRE}))"
-    " ORDER BY seq LIMIT ?"
 )
+"""What a claim candidate passes besides being open (params: now three times); the
+core's acquire still decides.
+"""
+
+_MERGED_QUEUES: Final = 32
+"""The most named queues a claim merges as index ranges, one per queue (SQLite
+allows 500 terms in a compound SELECT); beyond, one walk in claim order over every
+queue keeps the named ones.
+"""
+
 _REAP = (
     f"{_SELECT_OPEN} AND seq > ?"
     " AND (lease_expires_us <= ? OR attempts >= max_attempts"
@@ -149,6 +180,103 @@ _STALE = f"{_SELECT_OPEN} AND lease_expires_us <= ? ORDER BY seq"
 
 _BATCH: Final = 32
 """Candidates read per statement by claim_next (after the first) and reap."""
+
+
+@cache
+def _claim_sql(arms: int | None, after: bool) -> str:
+    """The claim query: candidates in claim order (:data:`CLAIM_ORDER`).
+
+    ``arms``: ``None`` for every queue (one walk of ``tasks_claim``), ``0`` for
+    more than :data:`_MERGED_QUEUES` queues (the same walk keeping the names of
+    one JSON array parameter), else that many ranges of ``tasks_claim_queue``
+    (``queue = ?``, one per queue) that SQLite merges in claim order. ``after``:
+    with the cursor predicate of :func:`claim_after`. Parameters, per range: its
+    queue (or the JSON array), the cursor's, ``now`` three times; then the limit.
+    The predicate ``terminal_reason IS NULL`` is the claim indexes' own.
+    """
+    cursor = claim_after((0, 0))[0] if after else ""
+    if arms is None:
+        where = ["INDEXED BY tasks_claim WHERE terminal_reason IS NULL"]
+    elif arms == 0:
+        where = [
+            "INDEXED BY tasks_claim WHERE terminal_reason IS NULL"
+            " AND queue IN (SELECT value FROM json_each(?))"
+        ]
+    else:
+        where = ["INDEXED BY tasks_claim_queue WHERE terminal_reason IS NULL AND queue = ?"] * arms
+    selects = [f"{_SELECT} {w}{cursor}{_CLAIMABLE}" for w in where]
+    return f"{' UNION ALL '.join(selects)} ORDER BY {CLAIM_ORDER} LIMIT ?"
+
+
+def _claim_query(
+    queues: tuple[str, ...] | None, cursor: ClaimCursor, now_us: int, n: int
+) -> tuple[str, tuple[Any, ...]]:
+    """The claim query of :func:`_claim_sql` for ``queues`` after ``cursor``, and its
+    parameters (the queue names among them, never in the SQL text).
+    """
+    tail = (*claim_after(cursor)[1], now_us, now_us, now_us)
+    after = cursor is not None
+    if queues is None:
+        return _claim_sql(None, after), (*tail, n)
+    if len(queues) > _MERGED_QUEUES:
+        return _claim_sql(0, after), (json.dumps(list(queues)), *tail, n)
+    params = [value for queue in queues for value in (queue, *tail)]
+    return _claim_sql(len(queues), after), (*params, n)
+
+
+@lru_cache(maxsize=8)
+def _insert_rows(table: str, columns: str, width: int, rows: int) -> str:
+    """A multi-row ``INSERT`` of ``rows`` rows into ``table`` (names from the row
+    codec, never input); a few sizes kept, as a producer tends to repeat its own.
+    """
+    return f"INSERT INTO {table} ({columns}) VALUES {value_rows(rows, width)}"
+
+
+def _listing(
+    states: frozenset[TaskState] | None, saga_id: str | None, queue: str | None, after: int
+) -> tuple[str, list[Any]]:
+    """A listing's query in creation order, without its ``LIMIT ?``, and its
+    parameters.
+
+    A saga's tasks are few: its index, the other filters on the rows. Otherwise one
+    index range per state, merged by SQLite in ``seq`` order (no sort): of
+    ``tasks_by_queue`` for a queue, else of ``tasks_ended`` per ended state and one
+    walk of ``tasks_open`` for the open ones (whose partial-index predicates are
+    written out, to the letter, so that the planner takes them).
+    """
+    if saga_id is not None:
+        clauses, params = ["saga_id = ?", "seq > ?"], [saga_id, after]
+        if queue is not None:
+            clauses.append("queue = ?")
+            params.append(queue)
+        if states is not None:
+            clauses.append(f"state IN ({marks(len(states))})")
+            params.extend(sorted(s.value for s in states))
+        return f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY seq", params
+    arms: list[tuple[str, list[Any]]] = []
+    if queue is not None:
+        for state in TaskState if states is None else _in_order(states):
+            arms.append(("queue = ? AND state = ? AND seq > ?", [queue, state.value, after]))
+    elif states is None:
+        arms.append(("seq > ?", [after]))
+    else:
+        open_ones = [s.value for s in OPEN_STATES if s in states]
+        if len(open_ones) == len(OPEN_STATES):
+            arms.append((f"{OPEN} AND seq > ?", [after]))
+        elif open_ones:
+            arms.append(
+                (f"{OPEN} AND state IN ({marks(len(open_ones))}) AND seq > ?", [*open_ones, after])
+            )
+        for state in ENDED_STATES:
+            if state in states:
+                arms.append((f"{ENDED} AND state = ? AND seq > ?", [state.value, after]))
+    sql = " UNION ALL ".join(f"{_SELECT} WHERE {where}" for where, _params in arms)
+    return f"{sql} ORDER BY seq", [value for _where, params in arms for value in params]
+
+
+def _in_order(states: frozenset[TaskState]) -> list[TaskState]:
+    """``states`` in declaration order (one SQL text per set of states)."""
+    return [s for s in TaskState if s in states]
 
 
 @cache
@@ -512,22 +640,52 @@ class SQLiteStore(SQLStoreBase):
     # ------------------------------------------------------------ primitives
 
     def _insert(self, step: core.Step) -> TaskSaga:
-        task = step.task
+        return self._insert_many([step])[0]
+
+    def _insert_many(self, steps: list[core.Step]) -> list[TaskSaga]:
+        tasks = [step.task for step in steps]
         with self._boundary("create"):
             conn = self._conn()
-            with self._writing(conn):
-                row = conn.execute(
-                    "SELECT state FROM tasks WHERE task_id = ?", (task.task_id,)
-                ).fetchone()
-                if row is not None:
-                    raise DuplicateTaskError(
-                        "a task with this id already exists",
-                        task_id=task.task_id,
-                        state=TaskState(row[0]),
+            variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            with self._writing(conn):  # a duplicate raises before anything is written
+                self._refuse_ids_in_use(conn, [t.task_id for t in tasks], variables)
+                # One multi-row INSERT per table: 1000 tasks of 24 columns bind 24,000
+                # variables, within SQLite's default limit since 3.32 (32,766; this
+                # build's is read above). Only a build with a lower limit gets more
+                # statements, as few as it allows, still in this one transaction.
+                for part in chunks(tasks, variables, _TASK_WIDTH):
+                    conn.execute(
+                        _insert_rows("tasks", ", ".join(TASK_COLUMNS), _TASK_WIDTH, len(part)),
+                        [value for t in part for value in (t.task_id, *task_values(t))],
                     )
-                conn.execute(_INSERT, (task.task_id, *task_values(task)))
-                conn.execute(_INSERT_HISTORY, (step.entry.task_id, *entry_values(step.entry)))
-        return task
+                entries = [step.entry for step in steps]
+                for run in chunks(entries, variables, _HISTORY_WIDTH):
+                    conn.execute(
+                        _insert_rows("history", HISTORY_COLUMNS, _HISTORY_WIDTH, len(run)),
+                        [value for e in run for value in (e.task_id, *entry_values(e))],
+                    )
+        return tasks
+
+    @staticmethod
+    def _refuse_ids_in_use(conn: sqlite3.Connection, task_ids: list[str], variables: int) -> None:
+        """:class:`DuplicateTaskError` naming the first of ``task_ids`` (in their
+        order) that a stored task has, with that task's state.
+        """
+        found: dict[str, str] = {}
+        for part in chunks(task_ids, variables, 1):
+            found.update(
+                conn.execute(
+                    f"SELECT task_id, state FROM tasks WHERE task_id IN ({marks(len(part))})",
+                    part,
+                ).fetchall()
+            )
+        for task_id in task_ids:
+            if task_id in found:
+                raise DuplicateTaskError(
+                    "a task with this id already exists",
+                    task_id=task_id,
+                    state=TaskState(found[task_id]),
+                )
 
     def _apply(
         self, conn: sqlite3.Connection, task: TaskSaga, step: core.Step, mutation: Mutation
@@ -575,14 +733,16 @@ class SQLiteStore(SQLStoreBase):
                 steps = [self._apply(conn, task, step, m) for task, step, m in started]
         return [self._remember(step.task) for step in steps]
 
-    def _claim(self, owner: str, ttl_us: int, now_us: int, limit: int) -> list[TaskSaga]:
+    def _claim(
+        self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
+    ) -> list[TaskSaga]:
         acquire = self._core["acquire"]
         with self._boundary("claim_next"):
             conn = self._conn()
             with self._writing(conn):
                 chosen = choose_claims(
-                    lambda after, n: conn.execute(
-                        _CLAIM, (after, now_us, now_us, now_us, n)
+                    lambda cursor, n: conn.execute(
+                        *_claim_query(queues, cursor, now_us, n)
                     ).fetchall(),
                     lambda t: acquire(t, owner=owner, ttl_us=ttl_us, now_us=now_us),
                     limit,
@@ -619,7 +779,12 @@ class SQLiteStore(SQLStoreBase):
             return self._read(self._conn(), task_id)
 
     def _list(
-        self, state: TaskState | None, saga_id: str | None, limit: int, after: str | None
+        self,
+        states: frozenset[TaskState] | None,
+        saga_id: str | None,
+        queue: str | None,
+        limit: int,
+        after: str | None,
     ) -> list[TaskSaga]:
         with self._boundary("list_tasks"):
             conn = self._conn()
@@ -629,19 +794,8 @@ class SQLiteStore(SQLStoreBase):
                 if row is None:
                     raise TaskNotFoundError("unknown 'after' task", task_id=after)
                 after_seq = row[0]
-            clauses = ["seq > ?"]
-            params: list[Any] = [after_seq]
-            if state is not None:
-                # the partial index's own predicate, so the planner can take it
-                clauses.append(f"{ENDED if state.is_terminal else OPEN} AND state = ?")
-                params.append(state.value)
-            if saga_id is not None:
-                clauses.append("saga_id = ?")
-                params.append(saga_id)
-            params.append(limit)
-            rows = conn.execute(
-                f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?", params
-            ).fetchall()
+            sql, params = _listing(states, saga_id, queue, after_seq)
+            rows = conn.execute(f"{sql} LIMIT ?", (*params, limit)).fetchall()
         return [decode_task(row) for row in rows]
 
     def history(self, task_id: str) -> list[HistoryEntry]:
@@ -660,14 +814,18 @@ class SQLiteStore(SQLStoreBase):
             raise TaskNotFoundError("no such task", task_id=task_id)
         return [decode_entry(row) for row in rows]
 
-    def counts(self) -> dict[TaskState, int]:
-        """Tasks per state."""
+    def _counts(self, queue: str | None) -> dict[TaskState, int]:
         result = dict.fromkeys(TaskState, 0)
         with self._boundary("counts"):
-            rows = self._conn().execute(
-                f"SELECT state, count(*) FROM tasks WHERE {OPEN} GROUP BY state UNION ALL"
-                f" SELECT state, count(*) FROM tasks WHERE {ENDED} GROUP BY state"
-            )
+            if queue is None:
+                rows = self._conn().execute(
+                    f"SELECT state, count(*) FROM tasks WHERE {OPEN} GROUP BY state UNION ALL"
+                    f" SELECT state, count(*) FROM tasks WHERE {ENDED} GROUP BY state"
+                )
+            else:  # within tasks_by_queue alone (queue, state, seq)
+                rows = self._conn().execute(
+                    "SELECT state, count(*) FROM tasks WHERE queue = ? GROUP BY state", (queue,)
+                )
             for state, number in rows.fetchall():
                 result[TaskState(state)] = number
         return result
