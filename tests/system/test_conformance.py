@@ -150,6 +150,26 @@ def test_stateful_stage_alone_catches_the_expiry_boundary() -> None:
     assert result.failure.steps, "a reproducing sequence is reported"
 
 
+@pytest.mark.parametrize(
+    "mutant",
+    [m for m in conformance_mutants.MUTANTS if m.invariant in ("INV-9", "INV-10", "INV-11")],
+    ids=lambda m: m.factory,
+)
+def test_stateful_stage_alone_catches_queue_priority_and_bulk_mutants(
+    mutant: conformance_mutants.Mutant,
+) -> None:
+    """Without the contract checks, the state machine's queues, priorities and
+    create_many batches catch claims that ignore queues or priorities and a create_many
+    that half-writes, naming the invariant, in 5 of 5 seeds.
+    """
+    factory = getattr(conformance_mutants, mutant.factory)
+    for seed in MUTANT_SEEDS:
+        report = run(factory, examples=50, seed=seed, only={"stateful/"}, shrink=False)
+        (result,) = report.results
+        assert result.failure is not None, f"{mutant.broken_rule}: seed {seed} passed"
+        assert result.failure.invariant == mutant.invariant, (seed, result.failure)
+
+
 def test_concurrency_stage_alone_catches_select_then_update() -> None:
     """Only real threads expose a store that writes without compare-and-set."""
     report = run(conformance_mutants.no_compare_and_set, examples=10, seed=0, only={"concurrency/"})
