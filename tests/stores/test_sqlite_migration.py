@@ -190,10 +190,8 @@ def test_newer_schema_refused_file_untouched(tmp_path: Path) -> None:
     db = _v3_copy(tmp_path)
     with SQLiteStore(db) as store:
         store.create("t", queue="q", now=T0)
-    conn = sqlite3.connect(db)
-    conn.execute(f"PRAGMA user_version = {latest_schema_version() + 1}")
-    conn.commit()
-    conn.close()
+    _raw(db, f"PRAGMA user_version = {latest_schema_version() + 1}")  # autocommits
+    assert _raw(db, "PRAGMA user_version") == [(latest_schema_version() + 1,)]
     before = _files(tmp_path)
     with pytest.raises(SchemaVersionError, match="schema version"):
         SQLiteStore(db)

@@ -149,11 +149,9 @@ _SELECT = f"SELECT {COLUMNS} FROM tasks"
 # OPEN is, to the letter, the predicate of the tasks_open index, which INDEXED BY
 # requires (tests/stores/test_schema_declaration.py pins the schema's copy).
 _SELECT_OPEN = f"SELECT {COLUMNS} FROM tasks INDEXED BY tasks_open WHERE {OPEN}"
-_INSERT_HISTORY = (
-    f"INSERT INTO history ({HISTORY_COLUMNS}) VALUES ({marks(len(HISTORY_COLUMNS.split(',')))})"
-)
 _HISTORY_WIDTH: Final = len(HISTORY_COLUMNS.split(","))
 _TASK_WIDTH: Final = len(TASK_COLUMNS)
+_INSERT_HISTORY = f"INSERT INTO history ({HISTORY_COLUMNS}) VALUES ({marks(_HISTORY_WIDTH)})"
 
 _CLAIMABLE = (
     " AND available_us <= ? AND (lease_expires_us IS NULL OR lease_expires_us <= ?)"
@@ -167,7 +165,8 @@ core's acquire still decides.
 _MERGED_QUEUES: Final = 32
 """The most named queues a claim merges as index ranges, one per queue (SQLite
 allows 500 terms in a compound SELECT); beyond, one walk in claim order over every
-queue keeps the named ones.
+queue keeps the named ones, given as one JSON array (``json_each``, built into
+SQLite since 3.38), so that no count of names can pass the bound-variable limit.
 """
 
 _REAP = (
