@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sagalease import MemoryStore, core
+from sagalease import MemoryStore, NewTask, core
 from sagalease.errors import (
     AttemptsExhaustedError,
     InvalidInputError,
@@ -37,7 +37,6 @@ from sagalease.records import (
     Compensation,
     CompensationStatus,
     HistoryEntry,
-    NewTask,
     TaskSaga,
     TaskState,
     from_us,
