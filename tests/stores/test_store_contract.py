@@ -37,6 +37,7 @@ from sagalease import (
     InvalidInputError,
     InvalidTransitionError,
     LeaseConflictError,
+    NewTask,
     SagaLeaseError,
     SagaStore,
     TaskNotFoundError,
@@ -847,6 +848,27 @@ def test_duplicate_create_rejected_original_kept(store: SagaStore) -> None:
     assert store.counts()[TaskState.COMPLETED] == 1
 
 
+def test_create_many_duplicate_names_the_task_and_its_state(store: SagaStore) -> None:
+    """create_many with an id in use: DuplicateTaskError naming it and the state it is in
+    (as create's does), or, for an id given twice in the batch, naming that id; the other
+    items are not stored and the stored task keeps its record and history
+    (contract/create_many_is_all_or_nothing checks that nothing changed, not the error).
+    """
+    s_running(store)  # "t": RUNNING, w1 token 1
+    batch = [NewTask("new1"), NewTask("t", queue="elsewhere", priority=5), NewTask("new2")]
+    err = expect_error(store, DuplicateTaskError, lambda: store.create_many(batch, now=at(1)))
+    assert isinstance(err, DuplicateTaskError)
+    assert (err.task_id, err.state) == ("t", TaskState.RUNNING)
+    twice = [NewTask("new1"), NewTask("new1", priority=1)]
+    err = expect_error(store, DuplicateTaskError, lambda: store.create_many(twice, now=at(1)))
+    assert err.task_id == "new1"
+    assert absent(store, "new1")
+    assert absent(store, "new2")
+    rec = store.get("t")
+    assert rec is not None
+    assert (rec.queue, rec.priority) == ("default", 0)
+
+
 def test_create_records_inputs(store: SagaStore) -> None:
     """A new task is PENDING with the given fields, no lease, token 0, one create history entry."""
     rec = store.create(
@@ -936,7 +958,8 @@ def test_naive_datetimes_rejected(store: SagaStore, call: Callable[[SagaStore], 
 
 BAD_CREATES: dict[str, tuple[str, dict[str, Any]]] = {
     # An empty id, 201 characters, a NaN or a non-string metadata key, max_attempts=0
-    # and deadline == now: contract/bad_input_is_refused.
+    # and deadline == now: contract/bad_input_is_refused; bad queue names, priorities and
+    # requeue links: contract/queues_and_priorities_refuse_bad_input.
     "blank-id": ("   ", {}),
     "id-10000-chars": ("x" * 10_000, {}),
     "id-with-nul": ("a\x00b", {}),
