@@ -24,11 +24,13 @@ Three measurements, each with its baseline in the same run:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue as queue_mod
 import random
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -229,64 +231,104 @@ def _populate_memory(store: Any, copies: int) -> None:
             store.complete(held.task_id, owner="bench", token=held.token)
 
 
-def claims(backend: str, size: int, per_rep: int, reps: int, dsn: str) -> dict[str, Any]:
-    """Median ``claim_next`` latency (µs) from every queue and from one queue, with
-    ``size`` tasks; each claim is completed at once. One process.
+def _populated(backend: str, size: int, dsn: str) -> tuple[str, float]:
+    """A fresh database of ``backend`` with ``size`` tasks; its place and the seconds
+    the population took.
     """
     copies = size - 2 * len(QUEUES) * len(PRIORITIES)
     t0 = time.monotonic()
-    where = fresh_place(backend, "fleet-claims", dsn, PG_CLAIMS)
-    if backend.startswith("sqlite"):
+    where = fresh_place(backend, f"fleet-claims-{size}", dsn, f"{PG_CLAIMS}_{size}")
+    if backend == "sqlite":
         _populate_sqlite(where, copies)
-        store = open_store(backend, where)
     elif backend == "postgres":
-        _populate_pg(dsn, PG_CLAIMS, copies)
-        store = open_store(backend, where)
-    else:
-        store = open_store(backend, where)
-        _populate_memory(store, copies)
-    populate_s = time.monotonic() - t0
-    counts = {s.value: n for s, n in store.counts().items() if n}
-    modes: dict[str, list[float]] = {"all": [], "one": []}
-    pairs: dict[str, list[float]] = {"all": [], "one": []}
+        _populate_pg(dsn, f"{PG_CLAIMS}_{size}", copies)
+    return where, time.monotonic() - t0
+
+
+def _warm_file(where: str) -> None:
+    """Read a SQLite database through the page cache (this machine drops file pages
+    within minutes, then every row read of a large file is a disk read).
+    """
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(FileNotFoundError), open(where + suffix, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+
+
+def _claim_rep(store: Any, per_rep: int, names_of: Callable[[int], Any]) -> tuple[float, float]:
+    """Median µs of ``per_rep`` claims (queues ``names_of(i)``), and of claim + complete."""
     clock = time.perf_counter_ns
-    turn = 0
-    for _ in range(3):  # warm the connection and the statements of both forms
-        for names in (None, [QUEUES[0]]):
-            task = store.claim_next(owner="warm", ttl=TTL, queues=names)
-            store.complete(task.task_id, owner="warm", token=task.token)
+    times: list[float] = []
+    both: list[float] = []
+    for i in range(per_rep):
+        c0 = clock()
+        task = store.claim_next(owner="bench", ttl=TTL, queues=names_of(i))
+        c1 = clock()
+        if task is None:
+            raise RuntimeError("ran out of pending tasks")
+        store.complete(task.task_id, owner="bench", token=task.token)
+        times.append((c1 - c0) / 1000)
+        both.append((clock() - c0) / 1000)
+    return median(times), median(both)
+
+
+def claims(
+    backend: str, sizes: tuple[int, ...], per_rep: int, reps: int, dsn: str
+) -> list[dict[str, Any]]:
+    """Median ``claim_next`` latency (µs) from every queue and from one queue at each
+    of ``sizes`` tasks, each claim completed at once; one process. All sizes are
+    populated first, then the repetitions alternate between them. ``sqlite`` is
+    measured as ``sqlite-FULL`` and ``sqlite-NORMAL`` (two connections to the same
+    file: the flush apart from the walk).
+    """
+    stores: dict[tuple[str, int], Any] = {}
+    made: dict[int, tuple[str, float]] = {}
+    variants = ("sqlite-FULL", "sqlite-NORMAL") if backend == "sqlite" else (backend,)
     try:
+        for size in sizes:
+            made[size] = _populated(backend, size, dsn)
+            for variant in variants:
+                store = stores[variant, size] = open_store(variant, made[size][0])
+                if backend == "memory":
+                    _populate_memory(store, size - 2 * len(QUEUES) * len(PRIORITIES))
+                for names in (None, [QUEUES[0]]) * 3:  # warm the statements of both forms
+                    task = store.claim_next(owner="warm", ttl=TTL, queues=names)
+                    store.complete(task.task_id, owner="warm", token=task.token)
+        figures: dict[tuple[str, int, str], list[tuple[float, float]]] = defaultdict(list)
         for _ in range(reps):
+            for size in sizes:
+                if backend == "sqlite":
+                    _warm_file(made[size][0])
+                for variant in variants:
+                    store = stores[variant, size]
+                    figures[variant, size, "all"].append(_claim_rep(store, per_rep, lambda i: None))
+                    figures[variant, size, "one"].append(
+                        _claim_rep(store, per_rep, lambda i: [QUEUES[i % len(QUEUES)]])
+                    )
+        rows = []
+        for (variant, size), store in stores.items():
+            row: dict[str, Any] = {
+                "backend": variant,
+                "size": size,
+                "counts": {s.value: n for s, n in store.counts().items() if n},
+                "populate_s": made[size][1],
+            }
             for mode in ("all", "one"):
-                times: list[float] = []
-                both: list[float] = []
-                for _ in range(per_rep):
-                    names = None if mode == "all" else [QUEUES[turn % len(QUEUES)]]
-                    turn += 1
-                    c0 = clock()
-                    task = store.claim_next(owner="bench", ttl=TTL, queues=names)
-                    c1 = clock()
-                    if task is None:
-                        raise RuntimeError(f"{backend} {size}: ran out of pending tasks")
-                    store.complete(task.task_id, owner="bench", token=task.token)
-                    times.append((c1 - c0) / 1000)
-                    both.append((clock() - c0) / 1000)
-                modes[mode].append(median(times))
-                pairs[mode].append(median(both))
+                reps_of = figures[variant, size, mode]
+                row[f"claim_{mode}_us"] = median([r[0] for r in reps_of])
+                row[f"claim_{mode}_us_reps"] = [r[0] for r in reps_of]
+                row[f"cycle_{mode}_us"] = median([r[1] for r in reps_of])
+            rows.append(row)
+        return rows
     finally:
-        store.close()
-    return {
-        "backend": backend,
-        "size": size,
-        "counts": counts,
-        "populate_s": populate_s,
-        "claim_all_us": median(modes["all"]),
-        "claim_one_us": median(modes["one"]),
-        "claim_all_us_reps": modes["all"],
-        "claim_one_us_reps": modes["one"],
-        "cycle_all_us": median(pairs["all"]),
-        "cycle_one_us": median(pairs["one"]),
-    }
+        for store in stores.values():
+            store.close()
+        if backend == "postgres":
+            for size in sizes:
+                _fresh_pg(dsn, f"{PG_CLAIMS}_{size}")
+        elif backend == "sqlite":
+            for size in sizes:
+                sqlite_paths(f"fleet-claims-{size}")  # removes the files
 
 
 # ---------------------------------------------------------------- creates
