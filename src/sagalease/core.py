@@ -670,7 +670,9 @@ def release(
         check_text("reason", reason)
     ctx = _holder_ctx(task, owner, token, now_us)
     # The reason is among the arguments only when given (older entries replay).
-    args: dict[str, Any] = {"delay_us": delay} if reason is None else {"delay_us": delay, "reason": reason}
+    args: dict[str, Any] = (
+        {"delay_us": delay} if reason is None else {"delay_us": delay, "reason": reason}
+    )
     return _advance_held(
         ctx,
         resolve("release", ctx),

@@ -31,6 +31,7 @@ class MemoryStore(StoreBase):
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._wakes: Counter[str] = Counter()  # per queue: writes that may free a task
+        self._seen = threading.local()  # per thread: the wakes its last wait saw
         self._tasks: dict[str, TaskSaga] = {}  # insertion order is creation order
         self._history: dict[str, list[HistoryEntry]] = {}
 
@@ -65,9 +66,14 @@ class MemoryStore(StoreBase):
     def wait_for_work(
         self, *, queues: str | Collection[str] | None = None, timeout: timedelta
     ) -> bool:
-        """See :meth:`WakeUps.wait_for_work`: woken by this store's own writes."""
+        """See :meth:`WakeUps.wait_for_work`: woken by this store's own writes,
+        including those since this thread's previous wait for the same queues
+        returned (a task created while the caller's claim found nothing is not
+        missed).
+        """
         names = core.check_queues(queues)
         seconds = max(0.0, timeout.total_seconds())
+        seen: dict[tuple[str, ...] | None, int] = self._seen.__dict__.setdefault("ticks", {})
 
         def ticks() -> int:
             if names is None:
@@ -75,8 +81,10 @@ class MemoryStore(StoreBase):
             return sum(self._wakes[q] for q in names)
 
         with self._wake:
-            start = ticks()
-            return self._wake.wait_for(lambda: ticks() != start, seconds)
+            start = seen.get(names, ticks())
+            woken = self._wake.wait_for(lambda: ticks() != start, seconds)
+            seen[names] = ticks()
+            return woken
 
     def _apply(self, task: TaskSaga, mutation: Mutation) -> TaskSaga:
         step = mutation(task)
