@@ -449,3 +449,19 @@ def test_channel_names_are_short_fixed_and_per_schema() -> None:
     assert len(names) == 4
     assert all(len(n) == 26 and n.startswith("sagalease_") and n == n.lower() for n in names)
     assert channel_name("a" * 63) == channel_name("a" * 63)
+
+
+def test_a_notification_heard_while_the_claim_found_nothing_is_not_missed(
+    store: PostgresStore,
+) -> None:
+    """A thread's wait counts from the end of its previous wait on the same queues: a
+    task created between an empty claim and the next wait wakes that wait at once
+    (a worker would otherwise sleep a whole poll interval), and only once.
+    """
+    _listening(store)
+    assert store.wait_for_work(queues="q", timeout=timedelta(0)) is False
+    assert store.claim_next(owner="w", ttl=TTL, queues="q", now=T0) is None
+    store.create("t", queue="q", now=T0)
+    _heard(store, "q", 1)  # heard before this thread waits again
+    assert store.wait_for_work(queues="q", timeout=LONG) is True
+    assert store.wait_for_work(queues="q", timeout=timedelta(0)) is False

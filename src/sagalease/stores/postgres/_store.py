@@ -496,6 +496,7 @@ class _Listener:
         self._cond = threading.Condition()
         self._heard: Counter[str] = Counter()
         self._total = 0
+        self._seen = threading.local()  # per thread: the counts its last wait ended at
         self._thread: threading.Thread | None = None
         self._ready = False
         self._generation = 0
@@ -516,7 +517,8 @@ class _Listener:
 
     def wait(self, queues: tuple[str, ...] | None, seconds: float) -> bool:
         """Wait up to ``seconds`` for a notification of ``queues`` (``None``: any)
-        received after the wait began; ``True`` if one came.
+        received after this thread's previous wait on them ended (its first: after
+        the wait began); ``True`` if one came.
         """
         deadline = time.monotonic() + seconds
 
@@ -538,7 +540,10 @@ class _Listener:
             if not self._ready:  # not connected (yet): no better than polling
                 self._cond.wait_for(lambda: self._closed, left())
                 return False
-            start = self._count(queues)
+            # Count from this thread's previous wait on these queues, so that a
+            # notification heard while its claim found nothing is not missed.
+            seen: dict[tuple[str, ...] | None, int] = self._seen.__dict__.setdefault("n", {})
+            start = seen.get(queues, self._count(queues))
             self.waiting += 1
             try:
                 self._cond.wait_for(
@@ -551,7 +556,8 @@ class _Listener:
                 )
             finally:
                 self.waiting -= 1
-            return self._count(queues) != start
+            seen[queues] = self._count(queues)
+            return seen[queues] != start
 
     def _run(self) -> None:
         conn: psycopg.Connection[Any] | None = None
