@@ -186,6 +186,8 @@ class Retry(SagaLeaseError):
 
     def __init__(self, reason: str = "retry requested", *, after: timedelta) -> None:
         if not isinstance(after, timedelta) or after < timedelta(0):
-            raise InvalidInputError(f"Retry(after=) must be a non-negative timedelta, not {after!r}")
+            raise InvalidInputError(
+                f"Retry(after=) must be a non-negative timedelta, not {after!r}"
+            )
         super().__init__(reason)
         self.after = after

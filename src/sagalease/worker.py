@@ -792,8 +792,9 @@ class Worker:
         """Work tasks with ``concurrency`` threads until :meth:`stop` (or a
         signal installed by :meth:`install_signal_handlers`), ``max_tasks``
         outcomes (each attempt's: a ``"retried"`` one counts), or ``until()``
-        returns true (asked whenever nothing is claimable). Returns the outcomes. On shutdown, every lease still held
-        after ``shutdown_grace`` is released here.
+        returns true (asked whenever nothing is claimable). Returns the outcomes.
+        On shutdown, every lease still held after ``shutdown_grace`` is released
+        here.
         """
         outcomes: list[Outcome] = []
         errors: list[BaseException] = []

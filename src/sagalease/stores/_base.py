@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import fields
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from sagalease import core
 from sagalease.clock import Clock, SystemClock, duration_us, to_us
@@ -456,7 +456,7 @@ class StoreBase(abc.ABC):
             core.check_id("queue", queue)
         return self._counts(queue)
 
-    def __enter__(self) -> StoreBase:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
