@@ -208,14 +208,15 @@ _TEMPLATES: Final = {
         " SELECT ent.seq, pg_notify(%s, ins.queue) FROM ent, ins"
     ),
     # One statement, so one implicit transaction: a duplicate id anywhere is a
-    # unique violation that stores nothing and sends no notification.
+    # unique violation that stores nothing and sends no notification. The arrays
+    # travel in binary (%b): no quoting of every element, several times cheaper.
     "insert_many": (
         f"WITH ins AS (INSERT INTO {{schema}}.tasks ({', '.join(TASK_COLUMNS)})"
         " SELECT * FROM unnest("
-        + ", ".join(f"%s::{_column_type(c)}[]" for c in TASK_COLUMNS)
+        + ", ".join(f"%b::{_column_type(c)}[]" for c in TASK_COLUMNS)
         + ") RETURNING queue),"
         f" ent AS (INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
-        " SELECT * FROM unnest(" + ", ".join(f"%s::{t}[]" for t in _HISTORY_TYPES) + "))"
+        " SELECT * FROM unnest(" + ", ".join(f"%b::{t}[]" for t in _HISTORY_TYPES) + "))"
         " SELECT pg_notify(%s, q.queue) FROM (SELECT DISTINCT queue FROM ins) AS q"
     ),
     "notify": "SELECT pg_notify(%s, q) FROM unnest(%s::text[]) AS q",
@@ -355,13 +356,12 @@ class _Statements:
         key = ("many", *columns)
         query = self._writes.get(key)
         if query is None:
-            arrays = ", ".join(
-                f"%s::{'text' if c in _TEXT_COLUMNS else 'bigint'}[]"
-                for c in ("task_id", "version", *columns)
+            arrays = ", ".join(  # binary (%b): no quoting of every element
+                f"%b::{_column_type(c)}[]" for c in ("task_id", "version", *columns)
             )
             names = ", ".join(columns)
             sets = ", ".join(f"{column} = u.{column}" for column in columns)
-            entries = ", ".join(f"%s::{t}[]" for t in _HISTORY_TYPES)
+            entries = ", ".join(f"%b::{t}[]" for t in _HISTORY_TYPES)
             query = (
                 sql.SQL(
                     f"WITH u AS (SELECT * FROM unnest({arrays})"
