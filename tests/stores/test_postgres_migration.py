@@ -2,14 +2,13 @@
 
 The previous release's store is this store with only migrations 1..3 (the files of
 that release, unchanged since): it creates the version 3 schema exactly as the
-release did. Its tasks are written as that release wrote them: every column but
-queue, priority and requeued_from, with their history, from real lifecycles run on
-the reference store.
+release did (in a scratch schema, dropped after each test). Its tasks are written
+as that release wrote them: every column but queue, priority and requeued_from,
+with their history, from real lifecycles run on the reference store.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -21,7 +20,7 @@ from sagalease.stores._rows import HISTORY_COLUMNS, TASK_COLUMNS, entry_values, 
 from sagalease.verification.history import verify_store
 
 psycopg = pytest.importorskip("psycopg")
-from sagalease.stores.postgres import PostgresStore  # noqa: E402
+from sagalease.stores.postgres import PostgresStore, scratch_store  # noqa: E402
 from sagalease.stores.postgres import _store as postgres  # noqa: E402
 
 TTL = timedelta(seconds=30)
@@ -32,15 +31,25 @@ NEW_COLUMNS = ("queue", "priority", "requeued_from")
 
 
 @pytest.fixture
-def schema() -> Iterator[str]:
-    """A fresh schema name, dropped after the test."""
+def schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The schema of a new store of the previous release (at version 3, empty), in a
+    scratch schema dropped after the test.
+    """
     require_postgres()
-    name = f"sagalease_test_{secrets.token_hex(6)}"
+    with monkeypatch.context() as patch:
+        _as_released(patch)
+        old = scratch_store(POSTGRES_URL)
     try:
-        yield name
+        assert _versions(old.schema) == [1, 2, 3]
+        yield old.schema
     finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        old.close()
+
+
+def _as_released(patch: pytest.MonkeyPatch) -> None:
+    """Make this store the previous release: only its migrations, 1..3."""
+    released = postgres.migrations()[:RELEASED]
+    patch.setattr(postgres, "migrations", lambda: released)
 
 
 def _lifecycles() -> MemoryStore:
@@ -59,14 +68,6 @@ def _lifecycles() -> MemoryStore:
     ref.acquire("held", owner="zombie", ttl=TTL, now=T0)  # its lease expires unreaped
     ref.create("later", available_at=T0 + 10 * S, deadline=T0 + TTL * 10, now=T0)
     return ref
-
-
-def _release_schema(schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Create the version 3 schema with the previous release's migrations."""
-    released = postgres.migrations()[:RELEASED]
-    with monkeypatch.context() as patch:
-        patch.setattr(postgres, "migrations", lambda: released)
-        PostgresStore(POSTGRES_URL, schema=schema).close()
 
 
 def _write_as_released(schema: str, ref: MemoryStore) -> None:
@@ -94,15 +95,11 @@ def _versions(schema: str) -> list[int]:
         return [r[0] for r in rows.fetchall()]
 
 
-def test_a_released_schema_is_migrated_in_place_and_reads_back(
-    schema: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_released_schema_is_migrated_in_place_and_reads_back(schema: str) -> None:
     """A version 3 schema with tasks in every state: opened by this store, it is at the
     latest version, every task reads back as it was (queue 'default', priority 0) with
     its history, the history verifies, and claims and new tasks work beside the old.
     """
-    _release_schema(schema, monkeypatch)
-    assert _versions(schema) == [1, 2, 3]
     ref = _lifecycles()
     _write_as_released(schema, ref)
     with PostgresStore(POSTGRES_URL, schema=schema) as store:
@@ -137,15 +134,13 @@ def test_the_released_store_refuses_the_migrated_schema_untouched(
     with SchemaVersionError and changes nothing; so does this store for a schema one
     version newer than its own.
     """
-    _release_schema(schema, monkeypatch)
     _write_as_released(schema, _lifecycles())
     PostgresStore(POSTGRES_URL, schema=schema).close()
     latest = postgres.latest_schema_version()
     with psycopg.connect(POSTGRES_URL) as conn:
         before = conn.execute(f'SELECT * FROM "{schema}".tasks ORDER BY seq').fetchall()
-    released = postgres.migrations()[:RELEASED]
     with monkeypatch.context() as patch:
-        patch.setattr(postgres, "migrations", lambda: released)
+        _as_released(patch)
         with pytest.raises(SchemaVersionError, match=f"version {latest}"):
             PostgresStore(POSTGRES_URL, schema=schema)
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
@@ -160,13 +155,10 @@ def test_the_released_store_refuses_the_migrated_schema_untouched(
     assert _versions(schema) == [*range(1, latest + 1), latest + 1]
 
 
-def test_the_migration_keeps_heartbeats_hot_and_refuses_bad_new_values(
-    schema: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_migration_keeps_heartbeats_hot_and_refuses_bad_new_values(schema: str) -> None:
     """The migrated table refuses a priority or a queue out of range (CHECK), and the
     new indexes hold no column a heartbeat writes.
     """
-    _release_schema(schema, monkeypatch)
     PostgresStore(POSTGRES_URL, schema=schema).close()
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         rows = conn.execute(

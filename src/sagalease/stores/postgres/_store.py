@@ -17,15 +17,37 @@ writes the new record together with its history entry as a compare-and-set on
   evaluated again against the fresh row, locked with ``SELECT ... FOR
   UPDATE``, so the loser gets the core's typed error (or succeeds if the event
   still applies). Never last-writer-wins.
-* ``claim_next`` and ``reap`` pick their candidates with ``FOR UPDATE SKIP
-  LOCKED`` in creation order (workers never wait for each other's candidate),
-  apply ``core.acquire``/``core.reap`` and skip whatever the core refuses.
-  They walk ``open_seq`` (a generated column: the seq of a task that has not
-  ended, NULL after) through its partial index, which no other index can
-  answer, so the scan is independent of the number of finished tasks kept
-  whatever the planner's statistics say. A claim is two round trips: a
-  pipelined ``BEGIN`` with the locking ``SELECT``, then the write with
-  ``COMMIT``.
+* ``claim_next``/``claim_batch`` pick their candidates with ``FOR UPDATE SKIP
+  LOCKED`` (workers never wait for each other's candidate) in claim order:
+  priority, highest first, then creation; ``reap`` locks its candidates (``FOR
+  UPDATE``, it waits for a row being written) in creation order. Both apply
+  ``core.acquire``/``core.reap`` and skip whatever the core refuses. They walk
+  ``open_seq`` (a generated column: the seq of a task that has not ended, NULL
+  after) through partial indexes that hold only open tasks and that no other
+  index can answer, so the scan is independent of the number of finished tasks
+  kept whatever the planner's statistics say: ``tasks_claim`` (priority, then
+  open_seq) for a claim from every queue, ``tasks_queue_claim`` (queue first)
+  for named queues, ``tasks_open`` for the reaper. Queue names are always bound
+  parameters (``queue = %s`` for one, ``queue = ANY(%s)`` for several). A claim
+  is two round trips: a pipelined ``BEGIN`` with the locking ``SELECT``, then
+  the write with ``COMMIT``.
+* ``create_many`` is one statement (so one implicit transaction): one
+  multi-row ``INSERT`` into tasks and one into history, from arrays
+  (``unnest``). A task id already stored fails the whole statement, so nothing
+  is stored; it is then looked up and named in :class:`DuplicateTaskError`.
+
+**Wake-ups.** Every write that leaves a task open and unleased where it was not
+(``create``, ``create_many``, ``release``, ``reap``, ``fail`` into COMPENSATING,
+a deadline reap) also runs ``pg_notify(channel, queue)`` in the same statement
+(or transaction) as the write, so the notification goes out with the commit and
+only if the write happened. The channel is fixed per schema:
+``sagalease_<first 16 hex digits of the SHA-256 of the schema name>`` (see
+:func:`channel_name`: short enough for PostgreSQL's 63-byte identifiers
+whatever the schema); the queue name is the payload, a bound parameter, never
+SQL. :meth:`PostgresStore.wait_for_work` listens on a dedicated autocommit
+connection per store (opened by the first wait, shared by every waiting
+thread, reopened by the first wait after it was lost) and returns ``True`` when
+a notification of one of its queues arrives, from any process on the schema.
 
 Statements are prepared on each connection (``prepare=True``).
 
