@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
+import pytest
+
 from conftest import T0
-from sagalease import MemoryStore
+from sagalease import InvalidInputError, MemoryStore
 from sagalease.store import WakeUps
 
 SHORT = timedelta(milliseconds=1)
@@ -52,3 +54,9 @@ def test_a_write_from_another_thread_wakes_a_waiter() -> None:
     threading.Timer(0.05, lambda: store.create("t", queue="q", now=T0)).start()
     waiter.join(30)
     assert result == [True]
+
+
+def test_a_negative_timeout_is_refused() -> None:
+    """A negative wait is bad input (as on PostgreSQL), not a zero wait."""
+    with pytest.raises(InvalidInputError):
+        MemoryStore().wait_for_work(timeout=timedelta(seconds=-1))

@@ -10,6 +10,7 @@ and write atomically. Backends differ only in storage and concurrency.
 from __future__ import annotations
 
 import abc
+import inspect
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import fields
@@ -63,6 +64,7 @@ class StoreBase(abc.ABC):
         self.clock: Clock = SystemClock() if clock is None else clock
         self.contracts = contracts_from_environment() if contracts is None else bool(contracts)
         self._core = core.handlers(contracts=self.contracts)
+        self._create = core.create if self.contracts else inspect.unwrap(core.create)
 
     # ------------------------------------------------------------ primitives
 
@@ -218,13 +220,12 @@ class StoreBase(abc.ABC):
             return NewTask(**item)
         raise InvalidInputError(f"a task must be a NewTask or a mapping, not {type(item).__name__}")
 
-    @staticmethod
-    def _created(new: NewTask, now_us: int) -> core.Step:
+    def _created(self, new: NewTask, now_us: int) -> core.Step:
         """The core's create step for ``new`` at ``now_us`` (bad input: InvalidInputError)."""
         comps = new.compensations
         if isinstance(comps, (str, bytes)) or not isinstance(comps, Iterable):
             raise InvalidInputError("compensations must be an iterable of Compensation")
-        return core.create(
+        return self._create(
             new.task_id,
             now_us=now_us,
             saga_id=new.saga_id,

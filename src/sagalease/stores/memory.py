@@ -15,7 +15,7 @@ from collections.abc import Collection
 from datetime import timedelta
 
 from sagalease import core
-from sagalease.clock import Clock
+from sagalease.clock import Clock, duration_us
 from sagalease.errors import DuplicateTaskError, SagaLeaseError, TaskNotFoundError
 from sagalease.records import HistoryEntry, TaskSaga, TaskState
 from sagalease.stores._base import Mutation, StoreBase
@@ -72,7 +72,7 @@ class MemoryStore(StoreBase):
         missed).
         """
         names = core.check_queues(queues)
-        seconds = max(0.0, timeout.total_seconds())
+        seconds = duration_us(timeout, "timeout", allow_zero=True) / 1_000_000
         seen: dict[tuple[str, ...] | None, int] = self._seen.__dict__.setdefault("ticks", {})
 
         def ticks() -> int:
