@@ -245,6 +245,20 @@ def _populated(backend: str, size: int, dsn: str) -> tuple[str, float]:
     return where, time.monotonic() - t0
 
 
+def settle(backend: str, dsn: str) -> None:
+    """Let the writes of a bulk load reach the disk before timing anything: a
+    PostgreSQL ``CHECKPOINT`` (else the checkpoint that a million-row load causes
+    runs under the next measurements), ``sync`` for SQLite files.
+    """
+    if backend == "postgres":
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
+    elif backend.startswith("sqlite"):
+        os.sync()
+
+
 def _warm_file(where: str) -> None:
     """Read a SQLite database through the page cache (this machine drops file pages
     within minutes, then every row read of a large file is a disk read).
@@ -284,6 +298,9 @@ def claims(
     stores: dict[tuple[str, int], Any] = {}
     made: dict[int, tuple[str, float]] = {}
     variants = ("sqlite-FULL", "sqlite-NORMAL") if backend == "sqlite" else (backend,)
+    needed = len(variants) * (6 + reps * 2 * per_rep)
+    if needed > min(sizes) // PENDING_EVERY:
+        raise ValueError(f"{needed} claims need more than the {min(sizes):,} tasks' pending ones")
     try:
         for size in sizes:
             made[size] = _populated(backend, size, dsn)
@@ -294,6 +311,7 @@ def claims(
                 for names in (None, [QUEUES[0]]) * 3:  # warm the statements of both forms
                     task = store.claim_next(owner="warm", ttl=TTL, queues=names)
                     store.complete(task.task_id, owner="warm", token=task.token)
+        settle(backend, dsn)
         figures: dict[tuple[str, int, str], list[tuple[float, float]]] = defaultdict(list)
         for _ in range(reps):
             for size in sizes:
@@ -335,50 +353,91 @@ def claims(
 
 
 def creates(
-    backend: str, singles: int, batches: dict[int, int], reps: int, dsn: str
+    backend: str,
+    singles: int,
+    batches: dict[int, int],
+    reps: int,
+    dsn: str,
+    rounds: int = 5,
+    analyzed: bool = True,
 ) -> list[dict[str, Any]]:
     """Per-task time of ``create`` one call at a time and of ``create_many`` in batches
-    (``batches``: size -> number of calls), interleaved in each repetition, on one
-    fresh store. Each row carries its ``speedup`` over ``create`` in the same rep.
+    (``batches``: size -> number of calls per repetition), on one fresh store. Each
+    repetition runs ``rounds`` rounds of a share of each method in turn, so that a
+    drift of the machine weighs on every method alike. Each row carries its
+    ``speedup`` over ``create`` in the same repetition.
+
+    PostgreSQL (``analyzed``): 1000 tasks are created and the tables ``ANALYZE``d
+    before the measured store connects, as autovacuum would have done on a store in
+    use. Without it, a connection that starts on the empty tables keeps the plan of
+    the history's foreign-key check made for an empty ``tasks`` table, a sequential
+    scan, and every create gets slower as the table grows (rows labelled
+    ``postgres, not analyzed``).
     """
     from sagalease.records import NewTask
 
     where = fresh_place(backend, "fleet-creates", dsn, PG_CREATES)
+    label = backend
+    if backend == "postgres" and analyzed:
+        _analyzed_pg(where, dsn)
+    elif backend == "postgres":
+        label = "postgres, not analyzed"
+    settle(backend, dsn)
     store = open_store(backend, where, pool=1)
     rows: list[dict[str, Any]] = []
     try:
         store.create("warm", queue=QUEUES[0])
         for rep in range(reps):
-            t0 = time.perf_counter()
-            for i in range(singles):
-                store.create(f"s{rep}-{i}", queue=QUEUES[i % len(QUEUES)], priority=i % 7)
-            single_s = time.perf_counter() - t0
-            base = single_s / singles
-            rows.append(_create_row(backend, rep, "create", 1, singles, single_s, base))
-            for size, calls in batches.items():
-                lists = [
-                    [
-                        NewTask(
-                            f"b{rep}-{size}-{c}-{i}",
-                            queue=QUEUES[i % len(QUEUES)],
-                            priority=i % 7,
-                        )
-                        for i in range(size)
-                    ]
-                    for c in range(calls)
-                ]
+            seconds: dict[int, float] = defaultdict(float)
+            done: dict[int, int] = defaultdict(int)
+            for r in range(rounds):
+                ids = range(r * singles // rounds, (r + 1) * singles // rounds)
                 t0 = time.perf_counter()
-                for news in lists:
-                    store.create_many(news)
-                seconds = time.perf_counter() - t0
-                rows.append(
-                    _create_row(
-                        backend, rep, f"create_many {size}", size, size * calls, seconds, base
-                    )
-                )
+                for i in ids:
+                    store.create(f"s{rep}-{i}", queue=QUEUES[i % len(QUEUES)], priority=i % 7)
+                seconds[1] += time.perf_counter() - t0
+                done[1] += len(ids)
+                for size, calls in batches.items():
+                    lists = [
+                        [
+                            NewTask(
+                                f"b{rep}-{size}-{c}-{i}",
+                                queue=QUEUES[i % len(QUEUES)],
+                                priority=i % 7,
+                            )
+                            for i in range(size)
+                        ]
+                        for c in range(r * calls // rounds, (r + 1) * calls // rounds)
+                    ]
+                    t0 = time.perf_counter()
+                    for news in lists:
+                        store.create_many(news)
+                    seconds[size] += time.perf_counter() - t0
+                    done[size] += size * len(lists)
+            base = seconds[1] / done[1]
+            for size in (1, *batches):
+                method = "create" if size == 1 else f"create_many {size}"
+                rows.append(_create_row(label, rep, method, size, done[size], seconds[size], base))
     finally:
         store.close()
     return rows
+
+
+def _analyzed_pg(where: str, dsn: str) -> None:
+    """1000 tasks in the store at ``where``, then ``ANALYZE`` of its tables."""
+    import psycopg
+
+    from sagalease.records import NewTask
+
+    store = open_store("postgres", where)
+    try:
+        store.create_many([NewTask(f"pre-{i}", queue=QUEUES[i % len(QUEUES)]) for i in range(1000)])
+    finally:
+        store.close()
+    schema = where.split("|", 1)[1]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"ANALYZE {schema}.tasks")
+        conn.execute(f"ANALYZE {schema}.history")
 
 
 def _create_row(
@@ -401,11 +460,14 @@ def _create_row(
 # ---------------------------------------------------------------- pickup
 
 
-def _worker(store: Any, out: Callable[[str, float], object], poll_ms: float, n: int) -> Any:
+def _worker(store: Any, out: Callable[[str, float, float], object], poll_ms: float, n: int) -> Any:
+    """A Worker whose handler reports its task, its start (``time.time()``) and when
+    the claim that leased the task began (the lease's ``acquired``, store clock).
+    """
     from sagalease.worker import Worker
 
     def handler(ctx: Any) -> None:
-        out(ctx.task.task_id, time.time())
+        out(ctx.task.task_id, time.time(), ctx.task.lease.acquired_us / 1e6)
 
     return Worker(store, handler, poll_interval=timedelta(milliseconds=poll_ms), concurrency=n)
 
@@ -418,7 +480,7 @@ def _pickup_child(
 
     store = open_store(backend, where, pool=2)
     seen = store if wakeups else PollingOnly(store)
-    worker = _worker(seen, lambda task_id, at: out.put((task_id, at, os.getpid())), poll_ms, 1)
+    worker = _worker(seen, lambda *seen_at: out.put((*seen_at, os.getpid())), poll_ms, 1)
     threading.Thread(target=lambda: (stop.wait(), worker.stop()), daemon=True).start()
     ready.put(isinstance(seen, WakeUps))
     try:
@@ -428,13 +490,21 @@ def _pickup_child(
 
 
 def pickup(
-    backend: str, wakeups: bool, poll_ms: float, tasks: int, dsn: str, seed: int = 13
+    backend: str,
+    wakeups: bool,
+    poll_ms: float,
+    tasks: int,
+    dsn: str,
+    workers: int = WORKERS,
+    seed: int = 13,
 ) -> dict[str, Any]:
-    """Create ``tasks`` tasks one at a time, 20-80 ms apart, on an idle fleet of 8
-    workers (processes; threads for the memory store); the create-to-handler-start
-    latencies in ms.
+    """Create ``tasks`` tasks one at a time, 20-80 ms apart, on an idle fleet of
+    ``workers`` workers (processes; threads for the memory store); the
+    create-to-handler-start latencies in ms, split at the start of the claim that
+    leased the task.
     """
     where = fresh_place(backend, "fleet-pickup", dsn, PG_PICKUP)
+    settle(backend, dsn)
     producer = open_store(backend, where, pool=1)
     producer.create("warm-0")  # the schema exists before the workers open it
     started: dict[str, float] = {}
@@ -442,13 +512,13 @@ def pickup(
     if backend == "memory":
         from sagalease.store import WakeUps
 
-        got: queue_mod.Queue[tuple[str, float, int]] = queue_mod.Queue()
+        got: queue_mod.Queue[tuple[str, float, float, int]] = queue_mod.Queue()
 
-        def record(task_id: str, at: float) -> None:
-            got.put((task_id, at, threading.get_ident()))
+        def record(task_id: str, at: float, claimed: float) -> None:
+            got.put((task_id, at, claimed, threading.get_ident()))
 
         seen = producer if wakeups else PollingOnly(producer)
-        fleet = _worker(seen, record, poll_ms, WORKERS)
+        fleet = _worker(seen, record, poll_ms, workers)
         runner = threading.Thread(target=fleet.run, daemon=True)
         runner.start()
         has_wakeups = [isinstance(seen, WakeUps)]
@@ -463,7 +533,7 @@ def pickup(
                 args=(backend, where, poll_ms, wakeups, ready, stop, results),
                 daemon=True,
             )
-            for _ in range(WORKERS)
+            for _ in range(workers)
         ]
         for p in procs:
             p.start()
@@ -471,21 +541,21 @@ def pickup(
         stop_fleet = stop.set
         kind = "processes"
     rng = random.Random(seed)
-    picked: dict[str, tuple[float, int]] = {}
+    picked: dict[str, tuple[float, float, int]] = {}
 
     def collect(want: int) -> None:
         while sum(1 for k in picked if k.startswith("t")) < want and not finished.is_set():
             try:
-                task_id, at, who = results.get(timeout=0.05)
+                task_id, at, claimed, who = results.get(timeout=0.05)
             except queue_mod.Empty:
                 continue
-            picked[task_id] = (at, who)
+            picked[task_id] = (at, claimed, who)
 
     finished = threading.Event()
     collector = threading.Thread(target=collect, args=(tasks,), daemon=True)
     try:
         time.sleep(1.0 + 2 * poll_ms / 1000)  # every worker has polled once and is idle
-        for i in range(1, WORKERS + 1):  # warm each worker's claim path
+        for i in range(1, workers + 1):  # warm each worker's claim path
             producer.create(f"warm-{i}")
         time.sleep(0.5 + 2 * poll_ms / 1000)
         collector.start()
@@ -503,14 +573,18 @@ def pickup(
             if p.is_alive():
                 p.kill()
         producer.close()
-    latencies = [(picked[t][0] - at) * 1000 for t, at in started.items() if t in picked]
-    pickers = {picked[t][1] for t in started if t in picked}
+    matched = [(picked[t], at) for t, at in started.items() if t in picked]
+    latencies = [(handled - at) * 1000 for (handled, _c, _w), at in matched]
+    woken = [(claimed - at) * 1000 for (_h, claimed, _w), at in matched]
+    claiming = [(handled - claimed) * 1000 for (handled, claimed, _w), _at in matched]
+    pickers = {who for (_h, _c, who), _at in matched}
     return {
         "backend": backend,
         "wakeups": wakeups,
         "worker_wakeups": all(has_wakeups),
         "poll_ms": poll_ms,
-        "fleet": f"{WORKERS} {kind}",
+        "workers": workers,
+        "fleet": f"{workers} {kind}",
         "tasks": tasks,
         "picked": len(latencies),
         "pickers": len(pickers),
@@ -519,4 +593,8 @@ def pickup(
         "max_ms": max(latencies) if latencies else 0.0,
         "min_ms": min(latencies) if latencies else 0.0,
         "mean_ms": sum(latencies) / len(latencies) if latencies else 0.0,
+        "until_claim_p50_ms": percentile(woken, 0.5),
+        "until_claim_p99_ms": percentile(woken, 0.99),
+        "claim_to_handler_p50_ms": percentile(claiming, 0.5),
+        "claim_to_handler_p99_ms": percentile(claiming, 0.99),
     }

@@ -180,26 +180,54 @@ def run_tablesize(args: argparse.Namespace) -> None:
 
 
 FLEET_BACKENDS = ("sqlite-FULL", "postgres")
-PICKUPS = (  # backend, wake-ups, poll interval (ms)
-    ("postgres", True, 500),
-    ("postgres", False, 500),
-    ("postgres", False, 50),
-    ("sqlite-FULL", False, 500),
-    ("sqlite-FULL", False, 50),
-    ("memory", True, 500),
+PICKUPS = (  # backend, wake-ups, poll interval (ms), workers
+    ("postgres", True, 500, 8),
+    ("postgres", False, 500, 8),
+    ("postgres", False, 50, 8),
+    ("sqlite-FULL", False, 500, 8),
+    ("sqlite-FULL", False, 50, 8),
+    ("memory", True, 500, 8),
+    ("postgres", True, 500, 1),  # the same path without the 8-way herd of claims
 )
 
 
 def run_fleet(args: argparse.Namespace) -> None:
-    """Issue 13: claim cost with 20 queues at 10k and 1M tasks, ``create_many`` against
-    ``create``, pickup latency of an idle 8-worker fleet with and without wake-ups.
+    """Issue 13: ``create_many`` against ``create``, pickup latency of an idle 8-worker
+    fleet with and without wake-ups, claim cost with 20 queues at 10k and 1M tasks
+    (last: its million-row loads would weigh on whatever ran after them).
     """
     load = os.getloadavg()
     x = "\N{MULTIPLICATION SIGN}"
+    batches = {100: 5, 1000: 1} if args.quick else {100: 20, 1000: 5}
+    create_rows = []
+    reps = 1 if args.quick else max(args.reps, 5)  # seconds each: noise needs more
+    for backend, analyzed in (*((b, True) for b in FLEET_BACKENDS), ("postgres", False)):
+        n = 200 if args.quick else 1000
+        times = reps if analyzed else min(reps, 2)  # not analyzed: slower at every rep
+        rows = fleet.creates(backend, n, batches, times, args.dsn, analyzed=analyzed)
+        for row in rows:
+            _log(
+                f"fleet creates {row['backend']} rep {row['rep']} {row['method']}:"
+                f" {row['per_task_us']:.0f} µs/task, {row['speedup']:.1f}{x} create"
+            )
+        create_rows += rows
+    pickup_rows = []
+    for backend, wakeups, poll_ms, workers in PICKUPS:
+        n = 40 if args.quick else 200
+        row = fleet.pickup(backend, wakeups, poll_ms, n, args.dsn, workers)
+        _log(
+            f"fleet pickup {backend} {'wake-ups' if row['worker_wakeups'] else 'polling'}"
+            f" {poll_ms} ms ({row['fleet']}): p50 {row['p50_ms']:.1f} ms,"
+            f" p99 {row['p99_ms']:.1f} ms, max {row['max_ms']:.1f} ms"
+            f" ({row['picked']}/{row['tasks']} by {row['pickers']} workers);"
+            f" create to claim start p50 {row['until_claim_p50_ms']:.1f} ms,"
+            f" claim start to handler p50 {row['claim_to_handler_p50_ms']:.1f} ms"
+        )
+        pickup_rows.append(row)
     sizes = (10_000, 100_000) if args.quick else (10_000, 1_000_000)
     claim_rows = []
     for backend in ("sqlite", "postgres"):
-        rows = fleet.claims(backend, sizes, 50 if args.quick else 100, args.reps, args.dsn)
+        rows = fleet.claims(backend, sizes, 50 if args.quick else 60, args.reps, args.dsn)
         for row in rows:
             _log(
                 f"fleet claims {row['backend']} {row['size']:,}: every queue"
@@ -218,26 +246,6 @@ def run_fleet(args: argparse.Namespace) -> None:
                     f"fleet claims {variant} {mode}: {sizes[-1]:,} / {sizes[0]:,} = {ratio:.2f}{x}"
                 )
         claim_rows += rows
-    batches = {100: 5, 1000: 1} if args.quick else {100: 20, 1000: 5}
-    create_rows = []
-    for backend in FLEET_BACKENDS:
-        rows = fleet.creates(backend, 200 if args.quick else 1000, batches, args.reps, args.dsn)
-        for row in rows:
-            _log(
-                f"fleet creates {backend} rep {row['rep']} {row['method']}:"
-                f" {row['per_task_us']:.0f} µs/task, {row['speedup']:.1f}{x} create"
-            )
-        create_rows += rows
-    pickup_rows = []
-    for backend, wakeups, poll_ms in PICKUPS:
-        row = fleet.pickup(backend, wakeups, poll_ms, 40 if args.quick else 200, args.dsn)
-        _log(
-            f"fleet pickup {backend} {'wake-ups' if row['worker_wakeups'] else 'polling'}"
-            f" {poll_ms} ms ({row['fleet']}): p50 {row['p50_ms']:.1f} ms,"
-            f" p99 {row['p99_ms']:.1f} ms, max {row['max_ms']:.1f} ms"
-            f" ({row['picked']}/{row['tasks']} by {row['pickers']} workers)"
-        )
-        pickup_rows.append(row)
     _save(
         "fleet",
         {"claims": claim_rows, "creates": create_rows, "pickup": pickup_rows, "load_before": load},
