@@ -524,7 +524,7 @@ def pickup(
         has_wakeups = [isinstance(seen, WakeUps)]
         stop_fleet: Callable[[], None] = fleet.stop
         results: Any = got
-        kind = "threads"
+        kind = "thread"
     else:
         ready, stop, results = CTX.Queue(), CTX.Event(), CTX.Queue()
         procs = [
@@ -539,7 +539,7 @@ def pickup(
             p.start()
         has_wakeups = [ready.get(timeout=120) for _ in procs]
         stop_fleet = stop.set
-        kind = "processes"
+        kind = "process"
     rng = random.Random(seed)
     picked: dict[str, tuple[float, float, int]] = {}
 
@@ -584,7 +584,7 @@ def pickup(
         "worker_wakeups": all(has_wakeups),
         "poll_ms": poll_ms,
         "workers": workers,
-        "fleet": f"{workers} {kind}",
+        "fleet": f"{workers} {kind}{'' if workers == 1 else 'es' if kind == 'process' else 's'}",
         "tasks": tasks,
         "picked": len(latencies),
         "pickers": len(pickers),

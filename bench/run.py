@@ -212,11 +212,15 @@ def run_fleet(args: argparse.Namespace) -> None:
             )
         create_rows += rows
     pickup_rows = []
-    for backend, wakeups, poll_ms, workers in PICKUPS:
+    for rep, (backend, wakeups, poll_ms, workers) in (
+        (rep, config) for rep in range(args.reps) for config in PICKUPS
+    ):
         n = 40 if args.quick else 200
         row = fleet.pickup(backend, wakeups, poll_ms, n, args.dsn, workers)
+        row["rep"] = rep
         _log(
-            f"fleet pickup {backend} {'wake-ups' if row['worker_wakeups'] else 'polling'}"
+            f"fleet pickup rep {rep} {backend}"
+            f" {'wake-ups' if row['worker_wakeups'] else 'polling'}"
             f" {poll_ms} ms ({row['fleet']}): p50 {row['p50_ms']:.1f} ms,"
             f" p99 {row['p99_ms']:.1f} ms, max {row['max_ms']:.1f} ms"
             f" ({row['picked']}/{row['tasks']} by {row['pickers']} workers);"
