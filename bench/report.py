@@ -308,7 +308,7 @@ def _fleet_section(data: dict[str, Any]) -> list[str]:
             " `postgres, not analyzed` is a connection opened on the empty tables (see"
             " `bench/README.md`: its foreign-key check keeps a sequential-scan plan).",
             "",
-            "| backend | `create` µs/task | "
+            "| backend | `create` µs/task (each repetition) | "
             + " | ".join(f"`{m}` µs/task | {x} `create`" for m in methods)
             + " | goal |",
             "|---|---|" + "---|---|" * len(methods) + "---|",
@@ -324,7 +324,8 @@ def _fleet_section(data: dict[str, Any]) -> list[str]:
                 cells.append(f"{per:.1f} | {speedup:.1f}{x}")
             want = CREATE_GOALS.get(backend)
             goal_text = f"≥ {want:.0f}{x}: {_met(speedup >= want)}" if want else "-"
-            out.append(f"| {backend} | {single:.0f} | {' | '.join(cells)} | {goal_text} |")
+            each = " / ".join(f"{r['per_task_us']:.0f}" for r in rows if r["method"] == "create")
+            out.append(f"| {backend} | {single:.0f} ({each}) | {' | '.join(cells)} | {goal_text} |")
         out.append("")
     pickup = data.get("pickup", [])
     if pickup:
