@@ -80,7 +80,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -259,6 +259,8 @@ class LeaseContext:
         self._lost_reason = ""
         self._lock = threading.Lock()
         self._expires_mono = time.monotonic() + _remaining(task, ttl)
+        self._thread = threading.current_thread()
+        self._in_user_code = False  # the handler or a compensator is running
 
     # ------------------------------------------------------------ for handlers
 
@@ -568,7 +570,9 @@ class Worker:
             self._active[task.task_id] = ctx
         try:
             with _Heartbeat(ctx, self.heartbeat_interval.total_seconds()):
-                if task.state is TaskState.COMPENSATING:
+                if self._stop.is_set():  # claimed while shutting down: hand it back untouched
+                    outcome = self._release(ctx, timedelta(0), "shutdown")
+                elif task.state is TaskState.COMPENSATING:
                     outcome = self._compensate(ctx)
                 else:
                     outcome = self._forward(ctx)
@@ -734,9 +738,21 @@ class Worker:
             return self._outcome(ctx, "lost", ctx.lost_reason)
         return self._release(ctx, timedelta(0), "shutdown")
 
+    @contextlib.contextmanager
+    def _user_code(self, ctx: LeaseContext) -> Iterator[None]:
+        """Mark ``ctx``'s thread as running the handler or a compensator: at
+        shutdown, only such a thread is given up on after the grace period.
+        """
+        ctx._in_user_code = True
+        try:
+            yield
+        finally:
+            ctx._in_user_code = False
+
     def _forward(self, ctx: LeaseContext) -> Outcome:
         try:
-            self.handler(ctx)
+            with self._user_code(ctx):
+                self.handler(ctx)
         except (LeaseLostError, ShutdownRequestedError) as exc:
             return self._stopped(ctx, exc)
         except Exception as exc:
@@ -765,7 +781,8 @@ class Worker:
             index = pending[0]
             try:
                 ctx.check()
-                compensator(ctx, ctx.task.compensations[index])
+                with self._user_code(ctx):
+                    compensator(ctx, ctx.task.compensations[index])
             except (LeaseLostError, ShutdownRequestedError) as exc:
                 return self._stopped(ctx, exc)
             except PermanentCompensationError as exc:
@@ -793,8 +810,11 @@ class Worker:
         signal installed by :meth:`install_signal_handlers`), ``max_tasks``
         outcomes (each attempt's: a ``"retried"`` one counts), or ``until()``
         returns true (asked whenever nothing is claimable). Returns the outcomes.
-        On shutdown, every lease still held after ``shutdown_grace`` is released
-        here.
+        On shutdown, every lease whose handler is still running after
+        ``shutdown_grace`` is released here; a thread that is in a store call
+        instead (a claim, or a finishing write, which gives up at its lease's
+        known expiry) is waited for, up to the TTL more, so that the process
+        never exits with a write half done.
         """
         outcomes: list[Outcome] = []
         errors: list[BaseException] = []
@@ -852,7 +872,11 @@ class Worker:
             end = time.monotonic() + self.shutdown_grace.total_seconds()
             for thread in threads:
                 thread.join(max(0.0, end - time.monotonic()))
-            self._release_abandoned()
+            stuck = self._release_abandoned()
+            end = time.monotonic() + self.ttl.total_seconds()
+            for thread in threads:
+                if thread not in stuck:
+                    thread.join(max(0.0, end - time.monotonic()))
         if errors:
             raise errors[0]
         return outcomes
@@ -879,11 +903,19 @@ class Worker:
             return
         self._stop.wait(seconds)
 
-    def _release_abandoned(self) -> None:
-        """Release the leases of handlers that did not stop within the grace period."""
+    def _release_abandoned(self) -> set[threading.Thread]:
+        """Release the leases of handlers (or compensators) that did not stop
+        within the grace period; their threads are returned, given up on.
+        """
         with self._active_lock:
-            stuck = list(self._active.values())
+            stuck = [ctx for ctx in self._active.values() if ctx._in_user_code]
         for ctx in stuck:
             ctx._mark_lost("the worker shut down; the lease was released")
             with contextlib.suppress(SagaLeaseError):
-                self.store.release(ctx.task_id, owner=ctx.owner, token=ctx.token)
+                self._write(
+                    ctx,
+                    "release",
+                    delay=timedelta(0),
+                    reason="shutdown: the handler did not stop within the grace period",
+                )
+        return {ctx._thread for ctx in stuck}

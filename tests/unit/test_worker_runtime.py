@@ -438,6 +438,98 @@ def test_stop_makes_handlers_unwind_and_releases_the_lease() -> None:
     assert store.history("t")[-1].event == "release"
 
 
+def _stop_once_started(started: threading.Event, worker: Worker) -> None:
+    started.wait(GUARD)
+    worker.stop()
+
+
+class SlowRelease(MemoryStore):
+    """A memory store whose release commits, then answers after ``pause`` seconds."""
+
+    pause = 1.0
+
+    def release(self, task_id: str, **kwargs: Any) -> TaskSaga:
+        task = super().release(task_id, **kwargs)
+        time.sleep(self.pause)
+        return task
+
+
+def test_a_release_still_in_flight_after_the_grace_period_is_waited_for() -> None:
+    """stop() with a grace period shorter than the handler's release: run() returns only
+    after that release answered (a process exiting then never leaves a write half done),
+    and the runtime does not release the lease a second time.
+    """
+    store = SlowRelease()
+    store.create("t")
+    started = threading.Event()
+
+    def handler(ctx: LeaseContext) -> None:
+        started.set()
+        ctx.sleep(GUARD)
+
+    worker = Worker(store, handler, owner="w1", shutdown_grace=timedelta(milliseconds=50))
+    stopper = threading.Thread(target=_stop_once_started, args=(started, worker))
+    stopper.start()
+    outcomes = worker.run()
+    stopper.join()
+    assert [(o.result, o.detail) for o in outcomes] == [("released", "shutdown")]
+    assert [e.event for e in store.history("t")] == ["create", "acquire", "release"]
+
+
+def test_a_handler_that_ignores_shutdown_is_released_after_the_grace_period() -> None:
+    """A handler that never reaches a checkpoint: after the grace period the runtime
+    releases its lease (the reason says why), marks it lost, and run() returns without
+    waiting for the handler.
+    """
+    store = MemoryStore()
+    store.create("t")
+    started, done = threading.Event(), threading.Event()
+    seen_lost: list[bool] = []
+
+    def handler(ctx: LeaseContext) -> None:
+        started.set()
+        done.wait(GUARD)
+        seen_lost.append(ctx.lost)
+
+    worker = Worker(store, handler, owner="w1", shutdown_grace=timedelta(milliseconds=50))
+    stopper = threading.Thread(target=_stop_once_started, args=(started, worker))
+    stopper.start()
+    assert worker.run() == []
+    stopper.join()
+    task = store.get("t")
+    assert task is not None
+    assert (task.state, task.lease) == (TaskState.PENDING, None)
+    last = store.history("t")[-1]
+    assert (last.event, last.owner, last.token) == ("release", "w1", 1)
+    assert last.args["reason"] == "shutdown: the handler did not stop within the grace period"
+    done.set()
+    _wait_for(lambda: seen_lost, "the handler to return")
+    assert seen_lost == [True]
+
+
+class StopsWhileClaiming(MemoryStore):
+    """A memory store whose claim asks the worker to stop before it answers."""
+
+    worker: Worker
+
+    def claim_next(self, **kwargs: Any) -> TaskSaga | None:
+        task = super().claim_next(**kwargs)
+        self.worker.stop()
+        return task
+
+
+def test_a_task_claimed_while_shutting_down_is_handed_back_without_running_it() -> None:
+    """A claim that answers after stop(): the handler never runs, the lease is released."""
+    store = StopsWhileClaiming()
+    store.create("t")
+    ran: list[str] = []
+    store.worker = Worker(store, lambda ctx: ran.append(ctx.task_id), owner="w1")
+    outcomes = store.worker.run()
+    assert ran == []
+    assert [(o.result, o.detail) for o in outcomes] == [("released", "shutdown")]
+    assert [e.event for e in store.history("t")] == ["create", "acquire", "release"]
+
+
 # ---------------------------------------------------------------- the retry policy
 
 SECOND = timedelta(seconds=1)
