@@ -1,0 +1,1 @@
+"""The operator view in the browser (``sagalease ui``; the ``[ui]`` extra)."""
