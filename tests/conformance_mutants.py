@@ -18,6 +18,7 @@ from sagalease import MemoryStore, SQLiteStore, core
 from sagalease.conformance.factories import temp_path
 from sagalease.errors import LeaseConflictError, SagaLeaseError
 from sagalease.records import NewTask, TaskSaga, TaskState
+from sagalease.store import QueueStats
 from sagalease.stores._base import Mutation
 
 
@@ -154,6 +155,18 @@ class StaleListsTerminal(MemoryStore):
                 for t in self._tasks.values()
                 if t.state.is_terminal or (t.lease is not None and now_us >= t.lease.expires_us)
             ]
+
+
+class QueueStatsStaleWithoutExpiry(MemoryStore):
+    """queue_stats counts every leased task that has not ended as stale, expired or not."""
+
+    def queue_stats(self, *, now: datetime | None = None) -> dict[str, QueueStats]:
+        stats = super().queue_stats(now=now)
+        with self._lock:
+            leased = [t for t in self._tasks.values() if not t.is_terminal and t.lease]
+        return {
+            q: replace(one, stale=sum(t.queue == q for t in leased)) for q, one in stats.items()
+        }
 
 
 class PartialWriteOnConflict(SQLiteStore):
@@ -390,6 +403,11 @@ def stale_lists_terminal() -> MemoryStore:
     return StaleListsTerminal()
 
 
+def queue_stats_stale_without_expiry() -> MemoryStore:
+    """Factory: queue_stats counts live leases as stale."""
+    return QueueStatsStaleWithoutExpiry()
+
+
 def partial_write() -> SQLiteStore:
     """Factory: a failed call leaves a partial write."""
     return _sqlite(PartialWriteOnConflict)
@@ -462,6 +480,11 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("terminal_mutable", "INV-3", "terminal task mutable"),
     Mutant("fail_drops_compensations", "INV-4", "a failure that drops pending compensations"),
     Mutant("stale_lists_terminal", "INV-3", "list_stale includes terminal tasks"),
+    Mutant(
+        "queue_stats_stale_without_expiry",
+        "INV-12",
+        "queue_stats counts live leases as stale (no expiry test)",
+    ),
     Mutant("partial_write", "INV-8", "a failed call leaves a partial write"),
     Mutant("naive_accepted", "INV-8", "naive datetimes accepted"),
     Mutant("history_not_written", "INV-7", "history not written"),

@@ -12,19 +12,99 @@ write, and the list of new records). A call that raises changed nothing. Every e
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from sagalease.lifecycle import EVENTS
-from sagalease.records import Compensation, HistoryEntry, NewTask, TaskSaga, TaskState
+from sagalease.records import (
+    Compensation,
+    HistoryEntry,
+    NewTask,
+    TaskSaga,
+    TaskState,
+    from_us,
+)
 
-__all__ = ["EVENT_OF_METHOD", "READERS", "SagaStore", "WakeUps"]
+__all__ = ["EVENT_OF_METHOD", "READERS", "QueueStats", "SagaStore", "WakeUps"]
 
 Queues = str | Collection[str] | None
 """The queues a claim takes from: ``None`` (every queue), one name, or several."""
 
 States = TaskState | Collection[TaskState] | None
 """The states a listing shows: ``None`` (every state), one state, or several."""
+
+
+_STATES: tuple[TaskState, ...] = tuple(TaskState)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What one queue holds at one instant (``at_us``), as
+    :meth:`SagaStore.queue_stats` reads it.
+
+    ``state_counts``: the number of tasks in each state, one integer per
+    :class:`TaskState` in declaration order (see :attr:`counts`). ``stale``: the
+    tasks that have not ended whose lease had expired at ``at_us`` (what
+    :meth:`SagaStore.list_stale` lists). ``oldest_available_us``: the earliest
+    ``available_at`` of the PENDING tasks available at ``at_us`` (``None``: there
+    is none), so that :attr:`lag` is how long the oldest of them has waited.
+    Times are integer UTC microseconds, as in :mod:`sagalease.records`.
+    """
+
+    queue: str
+    at_us: int
+    state_counts: tuple[int, ...]
+    stale: int = 0
+    oldest_available_us: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        queue: str,
+        at_us: int,
+        counts: Mapping[TaskState, int],
+        *,
+        stale: int = 0,
+        oldest_available_us: int | None = None,
+    ) -> QueueStats:
+        """The stats of ``queue`` from counts by state (a state left out counts 0)."""
+        return cls(
+            queue,
+            at_us,
+            tuple(int(counts.get(s, 0)) for s in _STATES),
+            stale,
+            oldest_available_us,
+        )
+
+    @property
+    def counts(self) -> dict[TaskState, int]:
+        """Tasks per state, every state present (a fresh dict)."""
+        return dict(zip(_STATES, self.state_counts, strict=True))
+
+    @property
+    def total(self) -> int:
+        """Every task of the queue, in any state."""
+        return sum(self.state_counts)
+
+    @property
+    def at(self) -> datetime:
+        """The instant the stats describe."""
+        return from_us(self.at_us)
+
+    @property
+    def oldest_available(self) -> datetime | None:
+        """The earliest ``available_at`` of the PENDING tasks available at :attr:`at`."""
+        return None if self.oldest_available_us is None else from_us(self.oldest_available_us)
+
+    @property
+    def lag(self) -> timedelta | None:
+        """``at - oldest_available``: how long the oldest available PENDING task has
+        waited (``None``: no PENDING task is available).
+        """
+        if self.oldest_available_us is None:
+            return None
+        return timedelta(microseconds=self.at_us - self.oldest_available_us)
 
 
 @runtime_checkable
@@ -247,6 +327,14 @@ class SagaStore(Protocol):
         """Number of tasks in each state (every state present), of ``queue`` if given."""
         ...
 
+    def queue_stats(self, *, now: datetime | None = None) -> dict[str, QueueStats]:
+        """Per queue that holds any task (sorted by name): its tasks by state (every
+        state present), its stale leases at ``now`` (as :meth:`list_stale` counts
+        them) and the earliest ``available_at`` of its PENDING tasks available at
+        ``now`` (see :class:`QueueStats`), read at one instant.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections; closing twice is harmless."""
         ...
@@ -281,6 +369,6 @@ EVENT_OF_METHOD: Mapping[str, str] = {
 (``create`` enters the initial state; ``annotate`` only appends a note)."""
 
 READERS: frozenset[str] = frozenset(
-    {"get", "list_stale", "list_tasks", "history", "counts", "close"}
+    {"get", "list_stale", "list_tasks", "history", "counts", "queue_stats", "close"}
 )
 """The methods of :class:`SagaStore` that change nothing."""

@@ -46,7 +46,7 @@ from sagalease.records import (
     TaskSaga,
     TaskState,
 )
-from sagalease.store import Queues, SagaStore
+from sagalease.store import Queues, QueueStats, SagaStore
 from sagalease.verification.calls import Chosen, new_task, store_args
 
 __all__ = ["CONTRACT_CHECKS", "ContractCheck"]
@@ -709,6 +709,67 @@ def listings_agree_with_records(t: Trace) -> None:
     same(t, "INV-1", [r.task_id for r in s.list_stale(now=at(61))], ["t1", "t2"], "list_stale")
 
 
+def queue_stats_agree_with_records(t: Trace) -> None:
+    """queue_stats(now) gives, per queue holding a task (and no other), its counts by
+    state (those of counts(queue=)), its stale leases (a lease is stale from its expiry
+    on, a task that ended never is) and the earliest available_at of its PENDING tasks
+    available at now (a future one from its instant on; an unleased COMPENSATING task
+    is not PENDING).
+    """
+    s = t.store
+    same(t, "INV-12", s.queue_stats(now=T0), {}, "queue_stats of an empty store")
+    s.create("e", queue="q1", compensations=[COMP_A], now=T0)
+    s.acquire("e", owner="w1", ttl=TTL, now=T0)
+    s.fail("e", owner="w1", token=1, reason="boom", now=at(1))  # COMPENSATING, unleased
+    s.create("c", queue="q1", now=at(2))
+    s.acquire("c", owner="w1", ttl=TTL, now=at(2))  # its lease expires at at(32)
+    s.create("a", queue="q1", now=at(3))
+    s.create("d", queue="q1", now=at(3))
+    s.acquire("d", owner="w2", ttl=TTL, now=at(3))
+    s.complete("d", owner="w2", token=1, now=at(4))
+    s.create("b", queue="q3", available_at=at(5), now=at(3))
+    s.create("g", queue="q2", now=at(3))
+    s.acquire("g", owner="w3", ttl=TTL, now=at(3))
+    s.quarantine("g", reason="poison", by="ops", now=at(4))  # ended while leased
+
+    def stats(now: datetime) -> dict[str, QueueStats]:
+        got_stats = must(t, "INV-12", lambda: s.queue_stats(now=now))
+        same(t, "INV-12", list(got_stats), sorted(got_stats), "queue_stats in queue order")
+        return got_stats
+
+    q1 = {TaskState.PENDING: 1, TaskState.RUNNING: 1, TaskState.COMPENSATING: 1}
+    q1 |= {TaskState.COMPLETED: 1}
+    counts = {"q1": q1, "q2": {TaskState.QUARANTINED: 1}, "q3": {TaskState.PENDING: 1}}
+    # (now, then per queue: stale, oldest available)
+    cases: list[tuple[datetime, dict[str, tuple[int, datetime | None]]]] = [
+        (at(5) - US, {"q1": (0, at(3)), "q2": (0, None), "q3": (0, None)}),
+        (at(5), {"q1": (0, at(3)), "q2": (0, None), "q3": (0, at(5))}),
+        (at(32) - US, {"q1": (0, at(3)), "q2": (0, None), "q3": (0, at(5))}),
+        (at(32), {"q1": (1, at(3)), "q2": (0, None), "q3": (0, at(5))}),
+    ]
+    for now, want in cases:
+        now_us = T0_US + (now - T0) // US
+        expected = {
+            queue: QueueStats.of(
+                queue,
+                now_us,
+                counts[queue],
+                stale=stale,
+                oldest_available_us=None if oldest is None else T0_US + (oldest - T0) // US,
+            )
+            for queue, (stale, oldest) in want.items()
+        }
+        got_stats = stats(now)
+        same(t, "INV-12", got_stats, expected, f"queue_stats(now={now.isoformat()})")
+    per_queue = stats(at(6))
+    for queue, one in per_queue.items():
+        same(t, "INV-12", one.counts, s.counts(queue=queue), f"queue_stats vs counts({queue!r})")
+    total = {state: sum(q.counts[state] for q in per_queue.values()) for state in TaskState}
+    same(t, "INV-12", total, s.counts(), "counts() vs the sum of queue_stats over queues")
+    stale = sum(q.stale for q in stats(at(40)).values())
+    same(t, "INV-12", stale, len(s.list_stale(now=at(40))), "queue_stats vs list_stale")
+
+
 def _replays(t: Trace, s: SagaStore, task_id: str) -> list[HistoryEntry]:
     """The history of ``task_id``, which must replay to the stored record (else INV-7)."""
     entries = s.history(task_id)
@@ -848,6 +909,7 @@ def naive_datetimes_are_refused(t: Trace) -> None:
         lambda: s.claim_next(owner="w2", ttl=TTL, now=naive),
         lambda: s.reap(now=naive),
         lambda: s.list_stale(now=naive),
+        lambda: s.queue_stats(now=naive),
         lambda: s.quarantine("p", reason="r", by="ops", now=naive),
         lambda: s.annotate("p", text="x", by="ops", now=naive),
         *holder_calls(s, "t", "w1", 1, naive, _FROM_RUNNING),
@@ -1244,6 +1306,7 @@ CONTRACT_CHECKS: tuple[ContractCheck, ...] = tuple(
         (release_reasons_and_requeue_links_are_recorded, "INV-7"),
         (listings_agree_with_records, "INV-12"),
         (listings_filter_by_state_queue_and_saga, "INV-12"),
+        (queue_stats_agree_with_records, "INV-12"),
         (guard_failures_change_nothing, "INV-8"),
         (naive_datetimes_are_refused, "INV-8"),
         (bad_input_is_refused, "INV-8"),

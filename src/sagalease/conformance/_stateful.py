@@ -469,6 +469,11 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             counts = self.sut.counts()
             if counts != self.ref.counts():
                 raise self._fail("INV-12", f"counts {counts} differ from {self.ref.counts()}")
+            s_stats, r_stats = self.sut.queue_stats(now=now), self.ref.queue_stats(now=now)
+            if s_stats != r_stats:
+                raise self._fail(
+                    "INV-12", f"queue_stats(now) gives {s_stats}, the reference {r_stats}"
+                )
             self.sut_state = (sut_tasks, histories, counts)
             # Where records change most: the leased states, and the touched task's queue.
             touched = self.ref.get(self.touched) if self.touched else None

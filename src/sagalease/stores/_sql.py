@@ -24,6 +24,7 @@ from sagalease.clock import Clock
 from sagalease.errors import SagaLeaseError, StoreUnavailableError, TaskNotFoundError
 from sagalease.lifecycle import CHART, ENDED_STATES, OPEN_STATES
 from sagalease.records import TaskSaga, TaskState
+from sagalease.store import QueueStats
 from sagalease.stores._base import Mutation, StoreBase
 from sagalease.stores._rows import ClaimCursor, Row, decode_task
 
@@ -124,6 +125,28 @@ def chunks(items: Sequence[_T], variables: int, per_item: int) -> list[Sequence[
     """
     size = max(1, variables // max(1, per_item))
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def queue_stats_from_rows(now_us: int, rows: Iterable[Sequence[Any]]) -> dict[str, QueueStats]:
+    """:meth:`~sagalease.store.SagaStore.queue_stats` from the rows of a SQL store's
+    one statement: ``(queue, state, count, None, None)`` per queue and state held,
+    and ``(queue, None, None, stale, oldest_available_us)`` per queue with open tasks.
+    Sorted by queue name here (a database's collation may order text otherwise).
+    """
+    counts: dict[str, dict[TaskState, int]] = {}
+    open_rows: dict[str, tuple[int, int | None]] = {}
+    for queue, state, number, stale, oldest in rows:
+        if state is None:
+            open_rows[queue] = (int(stale or 0), None if oldest is None else int(oldest))
+        else:
+            counts.setdefault(queue, {})[TaskState(state)] = int(number)
+    result = {}
+    for queue in sorted(counts):
+        stale, oldest = open_rows.get(queue, (0, None))
+        result[queue] = QueueStats.of(
+            queue, now_us, counts[queue], stale=stale, oldest_available_us=oldest
+        )
+    return result
 
 
 class SQLStoreBase(StoreBase):

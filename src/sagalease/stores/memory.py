@@ -12,12 +12,13 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Collection
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sagalease import core
 from sagalease.clock import Clock, duration_us
 from sagalease.errors import DuplicateTaskError, SagaLeaseError, TaskNotFoundError
 from sagalease.records import HistoryEntry, TaskSaga, TaskState
+from sagalease.store import QueueStats
 from sagalease.stores._base import Mutation, StoreBase
 
 __all__ = ["MemoryStore"]
@@ -205,6 +206,33 @@ class MemoryStore(StoreBase):
                 if queue is None or task.queue == queue:
                     result[task.state] += 1
         return result
+
+    def queue_stats(self, *, now: datetime | None = None) -> dict[str, QueueStats]:
+        """See :meth:`SagaStore.queue_stats`: one pass over the tasks under the lock."""
+        now_us = self._now(now)
+        counts: dict[str, dict[TaskState, int]] = {}
+        stale: Counter[str] = Counter()
+        oldest: dict[str, int] = {}
+        with self._lock:
+            for t in self._tasks.values():
+                by_state = counts.setdefault(t.queue, dict.fromkeys(TaskState, 0))
+                by_state[t.state] += 1
+                if t.state.is_terminal:
+                    continue
+                if t.lease is not None and now_us >= t.lease.expires_us:
+                    stale[t.queue] += 1
+                if t.state is TaskState.PENDING and t.available_us <= now_us:
+                    oldest[t.queue] = min(oldest.get(t.queue, t.available_us), t.available_us)
+        return {
+            queue: QueueStats.of(
+                queue,
+                now_us,
+                counts[queue],
+                stale=stale[queue],
+                oldest_available_us=oldest.get(queue),
+            )
+            for queue in sorted(counts)
+        }
 
     def close(self) -> None:
         """Nothing to release."""

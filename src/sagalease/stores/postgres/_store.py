@@ -120,6 +120,7 @@ from sagalease.errors import (
 )
 from sagalease.lifecycle import OPEN_STATES
 from sagalease.records import HistoryEntry, TaskSaga, TaskState, from_us
+from sagalease.store import QueueStats
 from sagalease.stores._base import Mutation
 from sagalease.stores._rows import (
     COLUMNS,
@@ -138,6 +139,7 @@ from sagalease.stores._sql import (
     DEADLINE_BARS_ACQUIRE,
     DEADLINE_REAPS,
     SQLStoreBase,
+    queue_stats_from_rows,
     read_migrations,
 )
 
@@ -272,6 +274,17 @@ _TEMPLATES: Final = {
     ),
     "counts": "SELECT state, count(*) FROM {schema}.tasks GROUP BY state",
     "counts_queue": "SELECT state, count(*) FROM {schema}.tasks WHERE queue = %s GROUP BY state",
+    # One statement, one snapshot (params: now twice). The counts from tasks_by_queue
+    # (queue, seq) INCLUDE (state) when the planner takes it; the open tasks, the
+    # only ones that can be stale or available, through open_seq's partial indexes.
+    "queue_stats": (
+        "SELECT queue, state, count(*), NULL::bigint, NULL::bigint FROM {schema}.tasks"
+        " GROUP BY queue, state"
+        " UNION ALL"
+        " SELECT queue, NULL, NULL, count(*) FILTER (WHERE lease_expires_us <= %s),"
+        " min(available_us) FILTER (WHERE state = 'pending' AND available_us <= %s)"
+        " FROM {schema}.tasks WHERE open_seq IS NOT NULL GROUP BY queue"
+    ),
     # Exact: extract(epoch ...) is numeric (microsecond precision) since PostgreSQL 14.
     "server_now": "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
 }
@@ -330,6 +343,7 @@ class _Statements:
         self.history = rendered["history"]
         self.counts = rendered["counts"]
         self.counts_queue = rendered["counts_queue"]
+        self.queue_stats = rendered["queue_stats"]
         self.server_now = rendered["server_now"]
 
     def claim_for(self, queues: tuple[str, ...] | None) -> tuple[bytes, tuple[Any, ...]]:
@@ -1177,6 +1191,13 @@ class PostgresStore(SQLStoreBase):
         for state, number in rows:
             result[TaskState(state)] = number
         return result
+
+    def queue_stats(self, *, now: datetime | None = None) -> dict[str, QueueStats]:
+        """See :meth:`SagaStore.queue_stats` (one statement: one snapshot)."""
+        now_us = self._now(now)
+        with self._connection("queue_stats") as conn:
+            rows = conn.execute(self._q.queue_stats, (now_us, now_us), prepare=True).fetchall()
+        return queue_stats_from_rows(now_us, rows)
 
     def wait_for_work(
         self, *, queues: str | Collection[str] | None = None, timeout: timedelta

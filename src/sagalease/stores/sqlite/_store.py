@@ -55,6 +55,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from functools import cache, lru_cache, partial
 from pathlib import Path
 from typing import Any, Final
@@ -71,6 +72,7 @@ from sagalease.errors import (
 )
 from sagalease.lifecycle import ENDED_STATES, OPEN_STATES
 from sagalease.records import HistoryEntry, TaskSaga, TaskState
+from sagalease.store import QueueStats
 from sagalease.stores._base import Mutation
 from sagalease.stores._rows import (
     COLUMNS,
@@ -94,6 +96,7 @@ from sagalease.stores._sql import (
     chunks,
     claim_after,
     marks,
+    queue_stats_from_rows,
     read_migrations,
     value_rows,
 )
@@ -179,6 +182,22 @@ _STALE = f"{_SELECT_OPEN} AND lease_expires_us <= ? ORDER BY seq"
 
 _BATCH: Final = 32
 """Candidates read per statement by claim_next (after the first) and reap."""
+
+_QUEUE_STATS = (
+    "SELECT queue, state, count(*), NULL, NULL FROM tasks INDEXED BY tasks_by_queue"
+    " GROUP BY queue, state"
+    " UNION ALL"
+    " SELECT queue, NULL, NULL, count(CASE WHEN lease_expires_us <= ? THEN 1 END),"
+    " min(CASE WHEN available_us <= ? AND lease_expires_us IS NULL AND state = 'pending'"
+    " THEN available_us END)"
+    " FROM tasks INDEXED BY tasks_claim_queue WHERE terminal_reason IS NULL GROUP BY queue"
+)
+"""queue_stats in one statement (one snapshot; params: ``now`` twice). The counts: a
+walk of the covering ``tasks_by_queue`` (queue, state, seq), grouped in its order.
+Stale leases and the oldest available task: a walk of ``tasks_claim_queue`` (the open
+tasks only, queue first; it covers ``available_us`` and ``lease_expires_us``), which
+reads a task's row (for its state) only when it is unleased and available.
+"""
 
 
 @cache
@@ -828,6 +847,13 @@ class SQLiteStore(SQLStoreBase):
             for state, number in rows.fetchall():
                 result[TaskState(state)] = number
         return result
+
+    def queue_stats(self, *, now: datetime | None = None) -> dict[str, QueueStats]:
+        """See :meth:`SagaStore.queue_stats` (one statement, see :data:`_QUEUE_STATS`)."""
+        now_us = self._now(now)
+        with self._boundary("queue_stats"):
+            rows = self._conn().execute(_QUEUE_STATS, (now_us, now_us)).fetchall()
+        return queue_stats_from_rows(now_us, rows)
 
     def close(self) -> None:
         """Close every connection and the writer lock; closing twice is harmless."""
