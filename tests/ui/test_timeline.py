@@ -257,8 +257,10 @@ Step = tuple[str, int, int]
 steps = st.lists(
     st.tuples(
         st.sampled_from(
-            ["acquire", "acquire", "acquire", "heartbeat", "heartbeat", "heartbeat"]
-            + ["release", "complete", "fail", "reap", "applied", "applied", "quar"]
+            [
+                *("acquire", "acquire", "acquire", "heartbeat", "heartbeat", "heartbeat"),
+                *("release", "complete", "fail", "reap", "applied", "applied", "quar"),
+            ]
         ),
         st.integers(0, 2),  # the owner acquiring
         st.sampled_from([0, 0, 0, 1, 1, 2, 3, 5, 8, 12]),  # seconds the clock moves first
