@@ -1,0 +1,158 @@
+"""The fleet's figures and their Prometheus text, against the store's own counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sagalease import MemoryStore, NewTask, SQLiteStore, TaskState
+from sagalease.errors import InvalidInputError
+from sagalease.store import SagaStore
+from sagalease.ui.metrics import METRIC_NAMES, Figures, collect, prometheus_text
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+TTL = timedelta(seconds=30)
+
+
+def at(seconds: float) -> datetime:
+    """``T0`` plus ``seconds``."""
+    return T0 + timedelta(seconds=seconds)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SagaStore]:
+    """An empty memory or SQLite store."""
+    s: SagaStore = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "m.db")
+    yield s
+    s.close()
+
+
+def scripted(s: SagaStore) -> None:
+    """Three queues: pending (some not yet available), running (live and expired
+    leases), completed, failed and quarantined tasks.
+    """
+    s.create_many([NewTask(f"e{i}", queue="emails") for i in range(5)], now=T0)
+    s.create("e-later", queue="emails", available_at=at(100), now=T0)
+    s.create_many([NewTask(f"b{i}", queue="billing") for i in range(4)], now=at(2))
+    s.create("r0", queue="reports", now=at(3))
+    s.acquire("e0", owner="w1", ttl=TTL, now=at(4))  # expires at 34
+    s.acquire("e1", owner="w2", ttl=timedelta(seconds=100), now=at(4))
+    s.complete("e1", owner="w2", token=1, now=at(5))
+    s.acquire("b0", owner="w1", ttl=timedelta(seconds=100), now=at(5))
+    s.fail("b0", owner="w1", token=1, reason="boom", now=at(6))
+    s.acquire("b1", owner="w3", ttl=TTL, now=at(6))  # expires at 36
+    s.quarantine("b2", reason="poison", by="ops", now=at(7))
+    s.acquire("r0", owner="w1", ttl=timedelta(seconds=1000), now=at(8))
+
+
+def samples(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Per family name: its samples by sorted labels, parsed by prometheus_client."""
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        assert family.type == "gauge", family.name
+        values = out.setdefault(family.name, {})
+        for sample in family.samples:
+            values[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_text_agrees_with_the_store_after_a_scripted_run(store: SagaStore) -> None:
+    """/metrics' text parses with the Prometheus client's parser into the three gauge
+    families; sagalease_tasks{queue, state} is counts(queue=) for every queue and
+    state, stale leases are list_stale's per queue, and the lag is now minus the
+    oldest available PENDING task's available_at (0 when none waits).
+    """
+    scripted(store)
+    now = at(40)
+    parsed = samples(prometheus_text(collect(store, now=now)))
+    assert list(parsed) == list(METRIC_NAMES)
+    queues = ("billing", "emails", "reports")
+    want_tasks = {
+        (("queue", q), ("state", s.value)): float(n)
+        for q in queues
+        for s, n in store.counts(queue=q).items()
+    }
+    assert parsed["sagalease_tasks"] == want_tasks
+    stale = {q: 0.0 for q in queues}
+    for task in store.list_stale(now=now):
+        stale[task.queue] += 1
+    assert parsed["sagalease_stale_leases"] == {(("queue", q),): n for q, n in stale.items()}
+    assert stale == {"billing": 1.0, "emails": 1.0, "reports": 0.0}
+    lag = parsed["sagalease_queue_lag_seconds"]
+    assert lag == {
+        (("queue", "billing"),): 38.0,  # b3, available since at(2)
+        (("queue", "emails"),): 40.0,  # e2..e4 since T0; e-later is not available yet
+        (("queue", "reports"),): 0.0,  # r0 is running: nothing waits
+    }
+
+
+def test_figures_are_the_queue_stats(store: SagaStore) -> None:
+    """The figures give, per queue holding a task, its counts by state (every state), its
+    stale leases and its lag in seconds (None when nothing waits), and their totals
+    are counts().
+    """
+    scripted(store)
+    figures = collect(store, now=at(40))
+    assert isinstance(figures, Figures)
+    assert figures.at == at(40)
+    assert list(figures.tasks) == ["billing", "emails", "reports"]
+    for queue, states in figures.tasks.items():
+        assert dict(states) == store.counts(queue=queue)
+    assert figures.totals == store.counts()
+    assert dict(figures.stale_leases) == {"billing": 1, "emails": 1, "reports": 0}
+    assert dict(figures.queue_lag_seconds) == {"billing": 38.0, "emails": 40.0, "reports": None}
+
+
+HOSTILE = [
+    'say "hi"',
+    "back\\slash\\n",
+    '}{,=" x',
+    "</script><script>alert(1)</script>",
+    "\u202eevil \u05e9\u05dc\u05d5\u05dd",
+    "q" * 200,
+]
+
+
+def test_hostile_queue_names_survive_as_label_values(store: SagaStore) -> None:
+    """Queue names with quotes, backslashes, braces, commas, markup, right-to-left text
+    or 200 characters come back from the parser as the exact label values.
+    """
+    for i, queue in enumerate(HOSTILE):
+        store.create(f"t{i}", queue=queue, now=T0)
+    parsed = samples(prometheus_text(collect(store, now=at(1))))
+    found = {dict(labels)["queue"] for labels in parsed["sagalease_tasks"]}
+    assert found == set(HOSTILE)
+    for queue in HOSTILE:
+        key = (("queue", queue), ("state", "pending"))
+        assert parsed["sagalease_tasks"][key] == 1.0
+        assert parsed["sagalease_queue_lag_seconds"][(("queue", queue),)] == 1.0
+
+
+def test_an_empty_store_has_the_families_and_no_samples(store: SagaStore) -> None:
+    """No task: the three families are still described, with no sample."""
+    text = prometheus_text(collect(store, now=T0))
+    families = list(text_string_to_metric_families(text))
+    assert [f.name for f in families] == list(METRIC_NAMES)
+    assert all(not f.samples for f in families)
+
+
+def test_naive_now_is_refused_and_changes_nothing(store: SagaStore) -> None:
+    """A naive ``now`` is the store's InvalidInputError; the store is as it was."""
+    scripted(store)
+    before = store.counts(), store.list_tasks(limit=1000)
+    with pytest.raises(InvalidInputError):
+        collect(store, now=datetime(2026, 1, 1))
+    assert (store.counts(), store.list_tasks(limit=1000)) == before
+
+
+def test_every_state_is_a_sample_of_every_queue(store: SagaStore) -> None:
+    """Each queue holding a task has one sagalease_tasks sample per state, zeros included."""
+    store.create("only", queue="q", now=T0)
+    parsed = samples(prometheus_text(collect(store, now=T0)))
+    states = {dict(labels)["state"] for labels in parsed["sagalease_tasks"]}
+    assert states == {s.value for s in TaskState}
+    assert sum(parsed["sagalease_tasks"].values()) == 1.0
