@@ -16,6 +16,7 @@ Commands::
     spec [--json]              the lifecycle spec generated from the code
     check [MODEL] [--workers N ...]   model-check the lifecycle
     conformance ARGS...        run the conformance suite (sagalease.conformance.main)
+    ui [--db URL] [--host H] [--port P] [--allow-actions]   the web view (the [ui] extra)
 
 The store is ``--db URL``, else ``$SAGALEASE_DB``, else ``sqlite:///sagalease.db``
 in the current directory. Only ``init`` creates a database; every other
@@ -29,7 +30,7 @@ Exit status:
 - 2: bad usage or input: unknown command or option, bad store URL, unknown
   task, a refused operation (e.g. quarantining a task that already ended,
   requeueing one that did not fail),
-  conformance suite not installed;
+  conformance suite not installed, the ``ui`` command without the ``[ui]`` extra;
 - 3: the store is unavailable: missing database or directory, a file that is
   not a sagalease database, a database locked past ``--timeout``, a schema
   newer than this sagalease.
@@ -66,6 +67,7 @@ from sagalease.operations import requeue as requeue_task
 from sagalease.records import TaskSaga, TaskState
 from sagalease.store import SagaStore
 from sagalease.stores import DEFAULT_URL, open_store, parse_url
+from sagalease.stores._open import redact_url
 
 __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "main"]
 
@@ -110,7 +112,7 @@ def _open(options: _Options, *, create: bool = False) -> SagaStore:
         )
     if not create and not path.exists():
         raise StoreUnavailableError(
-            f"no store at {str(path)!r} (create one with `sagalease --db {url} init`)"
+            f"no store at {str(path)!r} (create one with `sagalease --db {redact_url(url)} init`)"
         )
     return SQLiteStore(path, timeout=options.timeout)
 
@@ -195,11 +197,12 @@ def init(options: _Options, as_json: bool) -> int:
         total = sum(store.counts().values())
     finally:
         store.close()
+    shown = redact_url(options.db)
     if as_json:
-        print_json({"db": options.db, "created": not existed, "tasks": total})
+        print_json({"db": shown, "created": not existed, "tasks": total})
     else:
         verb = "store ready (already there)" if existed else "store created"
-        click.echo(f"{verb}: {options.db} ({total} tasks)")
+        click.echo(f"{verb}: {shown} ({total} tasks)")
     return EXIT_OK
 
 
@@ -622,6 +625,52 @@ def conformance(args: tuple[str, ...]) -> int:
         raise _Fail("conformance: sagalease.conformance has no main(argv)", EXIT_USAGE)
     code = run(list(args))
     return int(code) if isinstance(code, int) else EXIT_OK
+
+
+UI_EXTRA = "sagalease ui needs the [ui] extra: pip install 'sagalease[ui]'"
+"""The one line ``ui`` prints when the web stack is not installed."""
+
+_UI_PACKAGES = frozenset({"starlette", "jinja2", "markupsafe", "uvicorn", "multipart"})
+
+
+@cli.command("ui")
+@click.option(
+    "--db",
+    "ui_db",
+    default=None,
+    metavar="URL",
+    help="store URL (default: the group's --db, $SAGALEASE_DB, sqlite:///sagalease.db)",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option(
+    "--allow-actions",
+    is_flag=True,
+    help="enable quarantine, annotate and requeue (POST forms with CSRF tokens)",
+)
+@click.pass_obj
+def ui_command(
+    options: _Options, ui_db: str | None, host: str, port: int, allow_actions: bool
+) -> int:
+    """Serve the web view: dashboard, task pages with lease timelines, lists,
+    search, /metrics and /healthz; read-only unless --allow-actions.
+    """
+    try:
+        # Imported by name: the layers contract keeps sagalease.cli and sagalease.ui
+        # independent siblings (see the report of issue 16's UI helper).
+        app = importlib.import_module("sagalease.ui.app")
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] not in _UI_PACKAGES:
+            raise
+        raise _Fail(f"{UI_EXTRA} (missing: {exc.name})", EXIT_USAGE) from exc
+    if ui_db is not None:
+        options = _Options(ui_db, True, options.timeout)
+    store = _open(options)
+    try:
+        app.serve(store, host=host, port=port, allow_actions=allow_actions, url=options.db)
+    finally:
+        store.close()
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- entry point

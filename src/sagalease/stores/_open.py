@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from sagalease.clock import Clock
 from sagalease.errors import InvalidInputError
@@ -16,6 +16,12 @@ from sagalease.store import SagaStore
 DEFAULT_URL = "sqlite:///sagalease.db"
 
 _OURS = ("schema", "clock")  # the PostgreSQL URL's parameters that libpq never sees
+
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+"""libpq's URL parameters that hold a secret (masked by :func:`redact_url`)."""
+
+MASK = "***"
+"""What :func:`redact_url` shows instead of a secret."""
 
 
 class Backend(enum.StrEnum):
@@ -77,6 +83,40 @@ def parse_url(url: object) -> StoreURL:
     raise InvalidInputError(
         f"unsupported store scheme {scheme!r} (supported: memory, sqlite, postgresql)"
     )
+
+
+def redact_url(url: object) -> str:
+    """``url`` as it may be shown (pages, logs, errors): a password in the user
+    part (``postgresql://user:secret@host/db``) or in a ``password`` /
+    ``sslpassword`` parameter becomes ``***``; everything else is kept. A URL
+    that cannot be parsed is shown as its scheme only (``postgresql://***``), as
+    it might hold a secret where the parser could not find it. ``memory://``
+    and ``sqlite:///`` URLs hold no secret and are returned as given.
+    """
+    text = str(url)
+    scheme, sep, _rest = text.partition("://")
+    if not sep:
+        return MASK if "@" in text or "password" in text.lower() else text
+    if scheme in (Backend.MEMORY.value, Backend.SQLITE.value):
+        return text
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return f"{scheme}://{MASK}"
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{hosts}" if colon else netloc
+    query = "&".join(
+        f"{key}={MASK}"
+        if unquote(key.replace("+", " ")).strip().lower() in _SECRET_PARAMETERS
+        else pair
+        for pair in parts.query.split("&")
+        if pair
+        for key in [pair.partition("=")[0]]
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def open_store(url: str, *, clock: Clock | None = None) -> SagaStore:

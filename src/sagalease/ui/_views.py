@@ -1,0 +1,312 @@
+"""What the pages show, as plain data: read from the store through the public
+protocol (index-backed calls only: ``counts``, ``queue_stats``, ``list_tasks`` with
+a limit, ``list_stale``, ``get``, ``history``), turned into JSON-ready dicts that
+the templates render and the ``Accept: application/json`` answers return as they are.
+
+No web framework here: the functions take a store and explicit instants.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sagalease.errors import InvalidInputError
+from sagalease.records import HistoryEntry, TaskSaga, TaskState
+from sagalease.store import SagaStore
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "FAILURES_SHOWN",
+    "MAX_LIMIT",
+    "STALE_SHOWN",
+    "ListFilters",
+    "dashboard_data",
+    "entry_json",
+    "list_data",
+    "optional",
+    "parse_filters",
+    "task_data",
+    "task_json",
+    "timeline_svg",
+]
+
+DEFAULT_LIMIT = 50
+"""Tasks per list page unless ``limit`` says otherwise."""
+
+MAX_LIMIT = 500
+"""The most tasks one list page shows."""
+
+STALE_SHOWN = 50
+"""The most stale leases the dashboard lists (their number is shown in full)."""
+
+FAILURES_SHOWN = 20
+"""The most failed or quarantined tasks the dashboard lists."""
+
+_FAILURE_STATES = frozenset({TaskState.FAILED, TaskState.QUARANTINED})
+_STATE_NAMES = [s.value for s in TaskState]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def task_json(task: TaskSaga) -> dict[str, Any]:
+    """A task record as a JSON object (the fields ``sagalease show --json`` prints)."""
+    lease = task.lease
+    return {
+        "task_id": task.task_id,
+        "saga_id": task.saga_id,
+        "queue": task.queue,
+        "priority": task.priority,
+        "requeued_from": task.requeued_from,
+        "state": task.state.value,
+        "metadata": task.metadata,
+        "compensations": [{"index": i, **c.to_json()} for i, c in enumerate(task.compensations)],
+        "pending_compensations": list(task.pending_compensations),
+        "lease": None
+        if lease is None
+        else {
+            "owner": lease.owner,
+            "token": lease.token,
+            "acquired_at": _iso(lease.acquired_at),
+            "expires_at": _iso(lease.expires_at),
+            "heartbeat_at": _iso(lease.heartbeat_at),
+        },
+        "token": task.token,
+        "attempts": task.attempts,
+        "expirations": task.expirations,
+        "max_attempts": task.max_attempts,
+        "available_at": _iso(task.available_at),
+        "deadline": _iso(task.deadline),
+        "created_at": _iso(task.created_at),
+        "updated_at": _iso(task.updated_at),
+        "terminal_reason": task.terminal_reason,
+        "notes": [{"at": _iso(n.at), "author": n.author, "text": n.text} for n in task.notes],
+        "version": task.version,
+    }
+
+
+def entry_json(entry: HistoryEntry) -> dict[str, Any]:
+    """A history entry as a JSON object."""
+    return {
+        "seq": entry.seq,
+        "task_id": entry.task_id,
+        "event": entry.event,
+        "from_state": None if entry.from_state is None else entry.from_state.value,
+        "to_state": entry.to_state.value,
+        "at": _iso(entry.at),
+        "owner": entry.owner,
+        "token": entry.token,
+        "reason": entry.reason,
+        "args": entry.args,
+    }
+
+
+# ---------------------------------------------------------------- dashboard
+
+
+def optional(module: str) -> Any:
+    """A part of the UI written apart (timeline, metrics), or ``None`` while it is
+    not there: the pages then show a placeholder instead of failing.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return None
+
+
+def _figures(store: SagaStore, now: datetime) -> dict[str, Any]:
+    """Tasks per queue and state, stale leases and lag per queue: one
+    ``queue_stats`` call (index-backed on the SQL stores).
+    """
+    stats = store.queue_stats(now=now)
+    return {
+        "tasks": {q: {s.value: n for s, n in st.counts.items()} for q, st in stats.items()},
+        "stale": {q: st.stale for q, st in stats.items()},
+        "lag": {q: None if st.lag is None else st.lag.total_seconds() for q, st in stats.items()},
+    }
+
+
+def _summary(task: TaskSaga) -> dict[str, Any]:
+    lease = task.lease
+    return {
+        "task_id": task.task_id,
+        "saga_id": task.saga_id,
+        "queue": task.queue,
+        "state": task.state.value,
+        "owner": None if lease is None else lease.owner,
+        "token": task.token,
+        "expires_at": None if lease is None else _iso(lease.expires_at),
+        "terminal_reason": task.terminal_reason,
+        "updated_at": _iso(task.updated_at),
+        "owed": [
+            {"index": i, "kind": task.compensations[i].kind, "target": task.compensations[i].target}
+            for i in task.pending_compensations
+        ],
+    }
+
+
+def dashboard_data(store: SagaStore, *, now: datetime) -> dict[str, Any]:
+    """The dashboard: tasks per state and queue with totals, queue lag, stale
+    leases (the first :data:`STALE_SHOWN`) and failed or quarantined tasks with the
+    compensations they still owe (the first :data:`FAILURES_SHOWN` in creation
+    order), all read at ``now``.
+    """
+    figures = _figures(store, now)
+    tasks: dict[str, dict[str, int]] = figures["tasks"]
+    totals = {s: sum(per_queue[s] for per_queue in tasks.values()) for s in _STATE_NAMES}
+    stale = store.list_stale(now=now)
+    failures = store.list_tasks(state=_FAILURE_STATES, limit=FAILURES_SHOWN)
+    queues = sorted(set(tasks) | set(figures["lag"]) | set(figures["stale"]))
+    return {
+        "now": _iso(now),
+        "states": _STATE_NAMES,
+        "queues": queues,
+        "counts": tasks,
+        "totals": totals,
+        "total": sum(totals.values()),
+        "queue_lag_seconds": {q: figures["lag"].get(q) for q in queues},
+        "stale_leases": {q: figures["stale"].get(q, 0) for q in queues},
+        "stale_count": sum(figures["stale"].values()),
+        "stale": [_summary(t) for t in stale[:STALE_SHOWN]],
+        "failures": [_summary(t) for t in failures],
+    }
+
+
+# ---------------------------------------------------------------- lists
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilters:
+    """A list page's query: states (``None``: all), queue, saga, paging."""
+
+    states: frozenset[TaskState] | None = None
+    queue: str | None = None
+    saga: str | None = None
+    after: str | None = None
+    limit: int = DEFAULT_LIMIT
+
+    def query(self, *, after: str | None) -> list[tuple[str, str]]:
+        """The query string's pairs of this filter on the page after ``after``."""
+        pairs: list[tuple[str, str]] = []
+        if self.states is not None:
+            pairs.append(("state", ",".join(s.value for s in TaskState if s in self.states)))
+        if self.queue is not None:
+            pairs.append(("queue", self.queue))
+        if self.saga is not None:
+            pairs.append(("saga", self.saga))
+        if self.limit != DEFAULT_LIMIT:
+            pairs.append(("limit", str(self.limit)))
+        if after is not None:
+            pairs.append(("after", after))
+        return pairs
+
+    def to_json(self) -> dict[str, Any]:
+        """The filter as a JSON object."""
+        return {
+            "state": None
+            if self.states is None
+            else [s.value for s in TaskState if s in self.states],
+            "queue": self.queue,
+            "saga": self.saga,
+            "after": self.after,
+            "limit": self.limit,
+        }
+
+
+def parse_filters(params: Mapping[str, Sequence[str]]) -> ListFilters:
+    """A list page's filters from its query parameters (each name: its values).
+    ``state`` may repeat and hold comma-separated names; an empty value means
+    no filter. A bad state or limit: :class:`InvalidInputError` (ids are checked
+    by the store).
+    """
+    names = [n.strip() for v in params.get("state", ()) for n in v.split(",") if n.strip()]
+    for name in names:
+        if name not in _STATE_NAMES:
+            raise InvalidInputError(f"state {name!r} is not one of {', '.join(_STATE_NAMES)}")
+    raw_limit = _last(params, "limit")
+    limit = DEFAULT_LIMIT
+    if raw_limit is not None:
+        if (
+            not raw_limit.isascii()
+            or not raw_limit.isdigit()
+            or not 1 <= int(raw_limit) <= MAX_LIMIT
+        ):
+            raise InvalidInputError(f"limit must be an integer between 1 and {MAX_LIMIT}")
+        limit = int(raw_limit)
+    return ListFilters(
+        states=frozenset(TaskState(n) for n in names) or None,
+        queue=_last(params, "queue"),
+        saga=_last(params, "saga"),
+        after=_last(params, "after"),
+        limit=limit,
+    )
+
+
+def _last(params: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = [v for v in params.get(name, ()) if v != ""]
+    return values[-1] if values else None
+
+
+def list_data(store: SagaStore, filters: ListFilters) -> dict[str, Any]:
+    """One page of tasks in creation order (one ``list_tasks`` call of
+    ``limit + 1``: the extra one only tells whether a next page exists).
+    """
+    found = store.list_tasks(
+        state=filters.states,
+        saga_id=filters.saga,
+        queue=filters.queue,
+        limit=filters.limit + 1,
+        after=filters.after,
+    )
+    page = found[: filters.limit]
+    next_after = page[-1].task_id if len(found) > filters.limit else None
+    return {
+        "filters": filters.to_json(),
+        "tasks": [task_json(t) for t in page],
+        "next_after": next_after,
+    }
+
+
+# ---------------------------------------------------------------- task page
+
+
+def task_data(task: TaskSaga, history: Sequence[HistoryEntry], *, now: datetime) -> dict[str, Any]:
+    """The task page: the record, its history and its lease bars (when the
+    timeline part is there).
+    """
+    timeline = optional("sagalease.ui.timeline")
+    bars: list[dict[str, Any]] | None = None
+    if timeline is not None:
+        bars = [
+            {
+                "token": bar.token,
+                "owner": bar.owner,
+                "start": _iso(bar.start),
+                "end": _iso(bar.end),
+                "end_kind": bar.end_kind,
+                "heartbeats": [_iso(h) for h in bar.heartbeats],
+            }
+            for bar in timeline.lease_bars(list(history), now=now)
+        ]
+    return {
+        "now": _iso(now),
+        "task": task_json(task),
+        "history": [entry_json(e) for e in history],
+        "lease_bars": bars,
+    }
+
+
+def timeline_svg(history: Sequence[HistoryEntry], *, now: datetime) -> str | None:
+    """The lease timeline's SVG (``None`` while the timeline part is not there)."""
+    timeline = optional("sagalease.ui.timeline")
+    if timeline is None:
+        return None
+    svg: str = timeline.timeline_svg(list(history), now=now)
+    return svg
