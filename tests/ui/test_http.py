@@ -47,6 +47,7 @@ from sagalease.errors import StoreUnavailableError
 from sagalease.stores._open import redact_url
 from sagalease.ui._csrf import COOKIE, Csrf
 from sagalease.ui.app import CONTENT_SECURITY_POLICY, task_path
+from sagalease.ui.metrics import collect, prometheus_text
 
 JSON = {"accept": "application/json"}
 
@@ -282,7 +283,6 @@ def test_task_page_draws_the_lease_timeline(scenario: Scenario) -> None:
     """The task page embeds ``svg#lease-timeline`` with one ``rect.lease-bar`` per
     fencing token (reclaimed-1: worker-a's token 1, worker-b's token 2).
     """
-    pytest.importorskip("sagalease.ui.timeline")
     client = make_client(scenario.store)
     dom = parse(client.get(task_path("reclaimed-1")).text)
     svg = dom.one("svg", id="lease-timeline")
@@ -727,13 +727,17 @@ def test_redact_url_masks_passwords_only() -> None:
 
 
 def test_metrics_answers_the_prometheus_text_format(scenario: Scenario) -> None:
-    """``/metrics`` answers the figures of ``sagalease.ui.metrics`` as Prometheus text."""
-    pytest.importorskip("sagalease.ui.metrics")
+    """``/metrics`` answers ``prometheus_text(collect(store, now=<the app's clock>))``
+    in the Prometheus text format, with or without ``Accept: application/json``.
+    """
     client = make_client(scenario.store)
-    answer = client.get("/metrics")
-    assert answer.status_code == 200
-    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
-    assert "sagalease_tasks{" in answer.text
+    expected = prometheus_text(collect(scenario.store, now=VIEW_AT))
+    for headers in ({}, JSON):
+        answer = client.get("/metrics", headers=headers)
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert answer.text == expected
+    assert 'sagalease_stale_leases{queue="urgent"} 1.0' in expected
 
 
 # ------------------------------------------------------------------ the command

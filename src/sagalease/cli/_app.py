@@ -630,7 +630,9 @@ def conformance(args: tuple[str, ...]) -> int:
 UI_EXTRA = "sagalease ui needs the [ui] extra: pip install 'sagalease[ui]'"
 """The one line ``ui`` prints when the web stack is not installed."""
 
-_UI_PACKAGES = frozenset({"starlette", "jinja2", "markupsafe", "uvicorn", "multipart"})
+_UI_PACKAGES = frozenset(
+    {"starlette", "jinja2", "markupsafe", "uvicorn", "multipart", "prometheus_client"}
+)
 
 
 @cli.command("ui")

@@ -1,6 +1,6 @@
 """What the pages show, as plain data: read from the store through the public
-protocol (index-backed calls only: ``counts``, ``queue_stats``, ``list_tasks`` with
-a limit, ``list_stale``, ``get``, ``history``), turned into JSON-ready dicts that
+protocol (index-backed calls only: ``queue_stats``, ``list_tasks`` with a limit,
+``list_stale``, ``get``, ``history``), turned into JSON-ready dicts that
 the templates render and the ``Accept: application/json`` answers return as they are.
 
 No web framework here: the functions take a store and explicit instants.
@@ -8,7 +8,6 @@ No web framework here: the functions take a store and explicit instants.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +16,7 @@ from typing import Any
 from sagalease.errors import InvalidInputError
 from sagalease.records import HistoryEntry, TaskSaga, TaskState
 from sagalease.store import SagaStore
+from sagalease.ui import metrics, timeline
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -27,11 +27,9 @@ __all__ = [
     "dashboard_data",
     "entry_json",
     "list_data",
-    "optional",
     "parse_filters",
     "task_data",
     "task_json",
-    "timeline_svg",
 ]
 
 DEFAULT_LIMIT = 50
@@ -109,27 +107,18 @@ def entry_json(entry: HistoryEntry) -> dict[str, Any]:
 # ---------------------------------------------------------------- dashboard
 
 
-def optional(module: str) -> Any:
-    """A part of the UI written apart (timeline, metrics), or ``None`` while it is
-    not there: the pages then show a placeholder instead of failing.
-    """
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        return None
-
-
 def _figures(store: SagaStore, now: datetime) -> dict[str, Any]:
-    """Tasks per queue and state, stale leases and lag per queue: one
-    ``queue_stats`` call (index-backed on the SQL stores).
+    """Tasks per queue and state, stale leases and lag per queue: the figures of
+    ``/metrics`` (:func:`sagalease.ui.metrics.collect`, one ``queue_stats`` call).
     """
-    stats = store.queue_stats(now=now)
+    figures = metrics.collect(store, now=now)
     return {
-        "tasks": {q: {s.value: n for s, n in st.counts.items()} for q, st in stats.items()},
-        "stale": {q: st.stale for q, st in stats.items()},
-        "lag": {q: None if st.lag is None else st.lag.total_seconds() for q, st in stats.items()},
+        "tasks": {
+            q: {s.value: int(per_state.get(s, 0)) for s in TaskState}
+            for q, per_state in figures.tasks.items()
+        },
+        "stale": dict(figures.stale_leases),
+        "lag": dict(figures.queue_lag_seconds),
     }
 
 
@@ -278,35 +267,21 @@ def list_data(store: SagaStore, filters: ListFilters) -> dict[str, Any]:
 
 
 def task_data(task: TaskSaga, history: Sequence[HistoryEntry], *, now: datetime) -> dict[str, Any]:
-    """The task page: the record, its history and its lease bars (when the
-    timeline part is there).
-    """
-    timeline = optional("sagalease.ui.timeline")
-    bars: list[dict[str, Any]] | None = None
-    if timeline is not None:
-        bars = [
-            {
-                "token": bar.token,
-                "owner": bar.owner,
-                "start": _iso(bar.start),
-                "end": _iso(bar.end),
-                "end_kind": bar.end_kind,
-                "heartbeats": [_iso(h) for h in bar.heartbeats],
-            }
-            for bar in timeline.lease_bars(list(history), now=now)
-        ]
+    """The task page: the record, its history and its lease bars."""
+    bars = [
+        {
+            "token": bar.token,
+            "owner": bar.owner,
+            "start": _iso(bar.start),
+            "end": _iso(bar.end),
+            "end_kind": bar.end_kind,
+            "heartbeats": [_iso(h) for h in bar.heartbeats],
+        }
+        for bar in timeline.lease_bars(list(history), now=now)
+    ]
     return {
         "now": _iso(now),
         "task": task_json(task),
         "history": [entry_json(e) for e in history],
         "lease_bars": bars,
     }
-
-
-def timeline_svg(history: Sequence[HistoryEntry], *, now: datetime) -> str | None:
-    """The lease timeline's SVG (``None`` while the timeline part is not there)."""
-    timeline = optional("sagalease.ui.timeline")
-    if timeline is None:
-        return None
-    svg: str = timeline.timeline_svg(list(history), now=now)
-    return svg

@@ -28,6 +28,7 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, unquote, urlencode, urlsplit
@@ -56,7 +57,7 @@ from sagalease.operations import requeue
 from sagalease.records import TaskState
 from sagalease.store import SagaStore
 from sagalease.stores._open import MASK, redact_url
-from sagalease.ui import _views
+from sagalease.ui import _views, metrics, timeline
 from sagalease.ui._csrf import COOKIE, FIELD, Csrf
 
 __all__ = ["ACTOR", "CONTENT_SECURITY_POLICY", "create_app", "serve", "task_path"]
@@ -293,9 +294,8 @@ class _View:
     async def on_http_error(self, request: Request, exc: Exception) -> Response:
         """Starlette's own (unknown route, wrong method) and the actions' 403."""
         assert isinstance(exc, HTTPException)
-        return self.error(
-            request, exc.status_code, "HTTPException", str(exc.detail), headers=exc.headers
-        )
+        kind = HTTPStatus(exc.status_code).phrase
+        return self.error(request, exc.status_code, kind, str(exc.detail), headers=exc.headers)
 
     # ------------------------------------------------------------ pages
 
@@ -334,7 +334,7 @@ class _View:
         data = _views.task_data(task, history, now=now)
         if _wants_json(request):
             return self.page(request, "task.html", data)
-        svg = _views.timeline_svg(history, now=now)  # every text in it escaped by the part
+        svg = Markup(timeline.timeline_svg(history, now=now))  # escapes every text itself
         nonce = request.cookies.get(COOKIE)
         fresh = self.allow_actions and not self.csrf.usable_nonce(nonce)
         if fresh:
@@ -345,7 +345,7 @@ class _View:
             "task.html",
             data,
             extra={
-                "svg": None if svg is None else Markup(svg),
+                "svg": svg,
                 "csrf_field": FIELD,
                 "csrf_token": token,
                 "path": task_path(task_id),
@@ -371,10 +371,7 @@ class _View:
 
     def metrics(self, request: Request) -> Response:
         """``GET /metrics``: the Prometheus text format."""
-        parts = _views.optional("sagalease.ui.metrics")
-        if parts is None:
-            return Response("# sagalease.ui.metrics is missing\n", 503, media_type=_PROMETHEUS)
-        text: str = parts.prometheus_text(parts.collect(self.store, now=self.now()))
+        text = metrics.prometheus_text(metrics.collect(self.store, now=self.now()))
         return Response(text, media_type=_PROMETHEUS)
 
     def healthz(self, request: Request) -> Response:
