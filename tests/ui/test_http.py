@@ -458,24 +458,35 @@ def _pages(scenario: Scenario) -> list[str]:
     ]
 
 
+def markup_problems(page: str) -> list[str]:
+    """What in ``page`` is markup that no value may become: any ``<script`` but the
+    vendored one, an event-handler attribute, an ``<img``, another script source.
+    """
+    problems = []
+    if page.count("<script") != 1 or '<script src="/static/ui.js" defer></script>' not in page:
+        problems.append(f"{page.count('<script')} <script elements")
+    if "<img" in page:
+        problems.append("an <img element")
+    dom = parse(page)
+    for node in dom.walk():
+        problems += [f"{node.tag}[{a}]" for a in node.attrs if a.startswith("on")]
+    sources = [n.attrs.get("src") for n in dom.select("script")]
+    if sources != ["/static/ui.js"]:
+        problems.append(f"scripts {sources}")
+    return problems
+
+
 def test_hostile_values_are_shown_escaped(scenario: Scenario) -> None:
     """Hostile task ids, saga ids, queues, owners, metadata, compensations, notes and
     reasons (``<script>``, quotes, ``</svg>``, 10,000 characters, right-to-left text)
-    never appear as markup: the only ``<script`` of any page is the vendored one, no
-    element has an event-handler attribute, and the values come back as text.
+    never appear as markup (:func:`markup_problems` finds nothing on any page) and
+    come back as text.
     """
     client = make_client(scenario.store, allow_actions=True)
     for url in _pages(scenario):
         answer = client.get(url)
         assert answer.status_code in (200, 404), url
-        page = answer.text
-        assert page.count("<script") == 1, url
-        assert '<script src="/static/ui.js" defer></script>' in page
-        assert "<img" not in page, url
-        dom = parse(page)
-        for node in dom.walk():
-            assert not any(name.startswith("on") for name in node.attrs), (url, node.tag)
-        assert [n.attrs.get("src") for n in dom.select("script")] == ["/static/ui.js"]
+        assert markup_problems(answer.text) == [], url
 
     dom = parse(client.get(task_path(HOSTILE_ID)).text)
     assert dom.one(id="record").attrs["data-task-id"] == HOSTILE_ID
@@ -489,6 +500,28 @@ def test_hostile_values_are_shown_escaped(scenario: Scenario) -> None:
     rtl = parse(client.get(task_path(RTL_ID)).text)
     assert rtl.one(id="record").attrs["data-task-id"] == RTL_ID
     assert rtl.one("dd", data_field="task_id").one("bdi").text() == RTL_ID
+
+
+def test_the_escaping_check_catches_pages_rendered_without_autoescape(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deliberately broken app (Jinja autoescape off) lets the hostile values in
+    as markup, and :func:`markup_problems` reports it on the hostile task's page,
+    the dashboard and the list.
+    """
+    from sagalease.ui import app as app_module
+
+    real = app_module._environment
+
+    def broken() -> Any:
+        env = real()
+        env.autoescape = False
+        return env
+
+    monkeypatch.setattr(app_module, "_environment", broken)
+    client = make_client(scenario.store)
+    for url in [task_path(HOSTILE_ID), "/", "/tasks"]:
+        assert markup_problems(client.get(url).text) != [], url
 
 
 def test_every_answer_carries_a_strict_content_security_policy(scenario: Scenario) -> None:
@@ -576,6 +609,21 @@ def test_actions_answer_403_without_a_valid_csrf_token(scenario: Scenario) -> No
             assert answer.status_code == 403, (action, case)
             assert "CSRF" in answer.text, (action, case)
     assert _snapshot(store) == before
+
+
+def test_the_csrf_check_catches_a_server_that_accepts_any_token(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deliberately broken token check (every token valid) lets a POST without a
+    token through (303, the task quarantined): what the 403 tests above refuse.
+    """
+    monkeypatch.setattr(Csrf, "valid", lambda self, nonce, token: True)
+    client = make_client(scenario.store, allow_actions=True)
+    answer = client.post(f"{task_path('pending-1')}/quarantine", data={"reason": "forged"})
+    assert answer.status_code == 303
+    task = scenario.store.get("pending-1")
+    assert task is not None
+    assert task.state is TaskState.QUARANTINED
 
 
 def test_actions_work_with_allow_actions_and_a_token(scenario: Scenario) -> None:

@@ -150,7 +150,9 @@ def dashboard_data(store: SagaStore, *, now: datetime) -> dict[str, Any]:
     figures = _figures(store, now)
     tasks: dict[str, dict[str, int]] = figures["tasks"]
     totals = {s: sum(per_queue[s] for per_queue in tasks.values()) for s in _STATE_NAMES}
-    stale = store.list_stale(now=now)
+    stale_count = sum(figures["stale"].values())
+    # list_stale has no limit: asked only when queue_stats saw a stale lease at all.
+    stale = store.list_stale(now=now) if stale_count else []
     failures = store.list_tasks(state=_FAILURE_STATES, limit=FAILURES_SHOWN)
     queues = sorted(set(tasks) | set(figures["lag"]) | set(figures["stale"]))
     return {
@@ -162,7 +164,7 @@ def dashboard_data(store: SagaStore, *, now: datetime) -> dict[str, Any]:
         "total": sum(totals.values()),
         "queue_lag_seconds": {q: figures["lag"].get(q) for q in queues},
         "stale_leases": {q: figures["stale"].get(q, 0) for q in queues},
-        "stale_count": sum(figures["stale"].values()),
+        "stale_count": stale_count,
         "stale": [_summary(t) for t in stale[:STALE_SHOWN]],
         "failures": [_summary(t) for t in failures],
     }
