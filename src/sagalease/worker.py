@@ -86,7 +86,7 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
-from sagalease import core
+from sagalease import core, telemetry
 from sagalease.errors import (
     InvalidInputError,
     InvalidTransitionError,
@@ -261,6 +261,7 @@ class LeaseContext:
         self._expires_mono = time.monotonic() + _remaining(task, ttl)
         self._thread = threading.current_thread()
         self._in_user_code = False  # the handler or a compensator is running
+        self._attempt: telemetry.Attempt = telemetry.NO_ATTEMPT  # its span and metrics
 
     # ------------------------------------------------------------ for handlers
 
@@ -382,6 +383,7 @@ class _Heartbeat:
 
     def _run(self) -> None:
         ctx = self.ctx
+        due = time.monotonic() + self.interval  # when the next heartbeat is due (its lag)
         while not self.done.is_set():
             wait = min(self.interval, max(0.0, ctx._known_expiry() - time.monotonic()))
             if self.done.wait(wait):
@@ -403,6 +405,9 @@ class _Heartbeat:
                 # the known expiry, which ctx.lost watches.
                 continue
             ctx._extended(sent, task)
+            granted = time.monotonic()
+            ctx._attempt.heartbeat(max(0.0, granted - due))
+            due = granted + self.interval
 
     def _still_held(self) -> bool:
         ctx = self.ctx
@@ -557,28 +562,36 @@ class Worker:
         that cannot be acquired raises the store's error.
         """
         if task_id is None:
-            task = self.store.claim_next(owner=self.owner, ttl=self.ttl, queues=self.queues)
+            with telemetry.claim("claim_next") as claim:
+                task = self.store.claim_next(owner=self.owner, ttl=self.ttl, queues=self.queues)
+                claim.claimed(task)
             if task is None:
                 return None
         else:
-            task = self.store.acquire(task_id, owner=self.owner, ttl=self.ttl)
+            with telemetry.claim("acquire") as claim:
+                task = self.store.acquire(task_id, owner=self.owner, ttl=self.ttl)
+                claim.claimed(task)
         return self._work(task)
 
     def _work(self, task: TaskSaga) -> Outcome:
         ctx = LeaseContext(self.store, task, owner=self.owner, ttl=self.ttl, stopping=self._stop)
-        with self._active_lock:
-            self._active[task.task_id] = ctx
-        try:
-            with _Heartbeat(ctx, self.heartbeat_interval.total_seconds()):
-                if self._stop.is_set():  # claimed while shutting down: hand it back untouched
-                    outcome = self._release(ctx, timedelta(0), "shutdown")
-                elif task.state is TaskState.COMPENSATING:
-                    outcome = self._compensate(ctx)
-                else:
-                    outcome = self._forward(ctx)
-        finally:
+        # The attempt's span is current in this thread: the handler's spans are its children.
+        with telemetry.attempt(task, self.owner) as attempt:
+            ctx._attempt = attempt
             with self._active_lock:
-                self._active.pop(task.task_id, None)
+                self._active[task.task_id] = ctx
+            try:
+                with _Heartbeat(ctx, self.heartbeat_interval.total_seconds()):
+                    if self._stop.is_set():  # claimed while shutting down: hand it back untouched
+                        outcome = self._release(ctx, timedelta(0), "shutdown")
+                    elif task.state is TaskState.COMPENSATING:
+                        outcome = self._compensate(ctx)
+                    else:
+                        outcome = self._forward(ctx)
+            finally:
+                with self._active_lock:
+                    self._active.pop(task.task_id, None)
+            attempt.finish(outcome)
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         return outcome
@@ -745,7 +758,8 @@ class Worker:
         """
         ctx._in_user_code = True
         try:
-            yield
+            with ctx._attempt.user_code():  # its duration, and the exception it raised
+                yield
         finally:
             ctx._in_user_code = False
 

@@ -17,9 +17,9 @@ from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any, Final, Self
 
-from sagalease import core
+from sagalease import core, telemetry
 from sagalease.clock import Clock, SystemClock, duration_us, to_us
-from sagalease.errors import DuplicateTaskError, InvalidInputError
+from sagalease.errors import DuplicateTaskError, InvalidInputError, LeaseConflictError
 from sagalease.records import Compensation, HistoryEntry, NewTask, TaskSaga, TaskState
 
 Mutation = Callable[[TaskSaga], core.Step]
@@ -28,6 +28,33 @@ MAX_BATCH: Final = 1000
 """The most tasks one ``claim_batch``, ``complete_many`` or ``create_many`` call may touch."""
 
 _NEW_TASK_FIELDS: Final = frozenset(f.name for f in fields(NewTask))
+
+_HOLDER_EVENTS: Final = frozenset(
+    {
+        "heartbeat",
+        "release",
+        "register_compensation",
+        "complete",
+        "fail",
+        "compensation_applied",
+        "compensation_failed",
+    }
+)
+"""The events that present a lease's ``(owner, token)``: a LeaseConflictError refusing
+one is a fenced write (telemetry)."""
+
+
+def _noting_refusals(mutation: Mutation, queues: list[str]) -> Mutation:
+    """``mutation``, noting the queue of a task it refuses with LeaseConflictError."""
+
+    def noted(task: TaskSaga) -> core.Step:
+        try:
+            return mutation(task)
+        except LeaseConflictError:
+            queues.append(task.queue)
+            raise
+
+    return noted
 
 
 def check_states(state: object) -> frozenset[TaskState] | None:
@@ -64,6 +91,8 @@ class StoreBase(abc.ABC):
         self.clock: Clock = SystemClock() if clock is None else clock
         self.contracts = contracts_from_environment() if contracts is None else bool(contracts)
         self._core = core.handlers(contracts=self.contracts)
+        if telemetry.AVAILABLE:  # acquisitions that replace an expired lease are counted
+            self._core = telemetry.watch_reclaims(self._core)
         self._create = core.create if self.contracts else inspect.unwrap(core.create)
 
     # ------------------------------------------------------------ primitives
@@ -144,7 +173,18 @@ class StoreBase(abc.ABC):
     def _event(self, task_id: str, event: str, now_us: int, **args: Any) -> TaskSaga:
         """Apply the core's ``event`` to ``task_id`` at ``now_us`` (see :meth:`_mutate`)."""
         step = self._core[event]
-        return self._mutate(task_id, lambda t: step(t, now_us=now_us, **args))
+
+        def mutation(t: TaskSaga) -> core.Step:
+            return step(t, now_us=now_us, **args)
+
+        if not (telemetry.AVAILABLE and event in _HOLDER_EVENTS):
+            return self._mutate(task_id, mutation)
+        refused: list[str] = []
+        try:
+            return self._mutate(task_id, _noting_refusals(mutation, refused))
+        except LeaseConflictError:
+            telemetry.fenced_write(event, refused[-1] if refused else None)
+            raise
 
     # ------------------------------------------------------------ public API
     #
@@ -247,7 +287,11 @@ class StoreBase(abc.ABC):
         """See :meth:`SagaStore.acquire`."""
         now_us, ttl_us = self._now(now), duration_us(ttl, "ttl")
         core.check_id("owner", owner)
-        return self._event(task_id, "acquire", now_us, owner=owner, ttl_us=ttl_us)
+        if not telemetry.AVAILABLE:
+            return self._event(task_id, "acquire", now_us, owner=owner, ttl_us=ttl_us)
+        return telemetry.count_reclaims(
+            "acquire", lambda: [self._event(task_id, "acquire", now_us, owner=owner, ttl_us=ttl_us)]
+        )[0]
 
     def claim_next(
         self,
@@ -260,7 +304,10 @@ class StoreBase(abc.ABC):
         """See :meth:`SagaStore.claim_next`."""
         now_us, ttl_us = self._now(now), duration_us(ttl, "ttl")
         core.check_id("owner", owner)
-        claimed = self._claim(owner, ttl_us, now_us, 1, core.check_queues(queues))
+        names = core.check_queues(queues)
+        claimed = telemetry.count_reclaims(
+            "claim_next", lambda: self._claim(owner, ttl_us, now_us, 1, names)
+        )
         return claimed[0] if claimed else None
 
     def claim_batch(
@@ -277,7 +324,10 @@ class StoreBase(abc.ABC):
         core.check_id("owner", owner)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_BATCH:
             raise InvalidInputError(f"limit must be an integer between 1 and {MAX_BATCH}")
-        return self._claim(owner, ttl_us, now_us, limit, core.check_queues(queues))
+        names = core.check_queues(queues)
+        return telemetry.count_reclaims(
+            "claim_batch", lambda: self._claim(owner, ttl_us, now_us, limit, names)
+        )
 
     def heartbeat(
         self,
@@ -371,7 +421,15 @@ class StoreBase(abc.ABC):
         def completing(token: int) -> Mutation:
             return lambda t: event(t, owner=owner, token=token, reason=reason, now_us=now_us)
 
-        return self._mutate_many([(task_id, completing(token)) for task_id, token in items])
+        mutations = [(task_id, completing(token)) for task_id, token in items]
+        if not telemetry.AVAILABLE:
+            return self._mutate_many(mutations)
+        refused: list[str] = []
+        try:
+            return self._mutate_many([(i, _noting_refusals(m, refused)) for i, m in mutations])
+        except LeaseConflictError:
+            telemetry.fenced_write("complete_many", refused[-1] if refused else None)
+            raise
 
     def fail(
         self, task_id: str, *, owner: str, token: int, reason: str, now: datetime | None = None
@@ -398,7 +456,7 @@ class StoreBase(abc.ABC):
         now: datetime | None = None,
     ) -> TaskSaga:
         """See :meth:`SagaStore.compensation_failed`."""
-        return self._event(
+        task = self._event(
             task_id,
             "compensation_failed",
             self._now(now),
@@ -407,12 +465,16 @@ class StoreBase(abc.ABC):
             index=index,
             reason=reason,
         )
+        telemetry.quarantines("compensation_failed", (task,))
+        return task
 
     def quarantine(
         self, task_id: str, *, reason: str, by: str, now: datetime | None = None
     ) -> TaskSaga:
         """See :meth:`SagaStore.quarantine`."""
-        return self._event(task_id, "quarantine", self._now(now), reason=reason, by=by)
+        task = self._event(task_id, "quarantine", self._now(now), reason=reason, by=by)
+        telemetry.quarantines("quarantine", (task,))
+        return task
 
     def annotate(
         self, task_id: str, *, text: str, by: str, now: datetime | None = None
@@ -424,7 +486,9 @@ class StoreBase(abc.ABC):
         """See :meth:`SagaStore.reap`."""
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise InvalidInputError("limit must be a positive integer or None")
-        return self._reap(self._now(now), limit)
+        changed = self._reap(self._now(now), limit)
+        telemetry.quarantines("reap", changed)
+        return changed
 
     def list_stale(self, *, now: datetime | None = None) -> list[TaskSaga]:
         """See :meth:`SagaStore.list_stale`."""
