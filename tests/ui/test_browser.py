@@ -173,6 +173,8 @@ class Watch:
     """
 
     origin: str
+    refused: set[str] = field(default_factory=set)
+    """URLs a test expects to fail (the browser logs each failed load)."""
     dialogs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     console: list[str] = field(default_factory=list)
@@ -183,8 +185,11 @@ class Watch:
         dialog.dismiss()
 
     def on_console(self, message: ConsoleMessage) -> None:
+        url = message.location.get("url", "")
+        if url in self.refused or urlsplit(url).path == "/favicon.ico":
+            return  # refused on purpose; or the icon the browser asks for on its own
         if message.type == "error" or "pwned" in message.text:
-            self.console.append(message.text)
+            self.console.append(f"{message.text} ({message.location.get('url')})")
 
     def on_request(self, request: Request) -> None:
         parts = urlsplit(request.url)
@@ -280,6 +285,22 @@ def _not_pwned(page: Page) -> None:
     assert injected == 0, "an injected element became markup"
 
 
+def _next_refresh(page: Page) -> None:
+    """Run the dashboard's refresh once: move the page's (installed) clock past the
+    refresh interval, then wait for the script to have applied the JSON.
+    """
+    every = page.get_attribute("body", "data-refresh-seconds")
+    assert every is not None, "the dashboard names no refresh interval"
+    assert page.get_attribute("body", "data-refreshed") is None
+    page.clock.run_for(int(float(every) * 1000) + 1)
+    page.wait_for_function(
+        "() => document.body.hasAttribute('data-refreshed')"
+        " || document.body.hasAttribute('data-refresh-error')",
+        timeout=GUARD_MS,
+    )
+    assert page.get_attribute("body", "data-refresh-error") is None
+
+
 def _history_state(store: SQLiteStore, task_id: str) -> tuple[TaskSaga | None, list[HistoryEntry]]:
     return store.get(task_id), store.history(task_id)
 
@@ -288,6 +309,38 @@ def _csrf(page: Page) -> str:
     token = page.locator("form.action input[name=csrf_token]").first.get_attribute("value")
     assert token, "the action form carries no CSRF token"
     return token
+
+
+# ------------------------------------------------------------------ the checks catch
+
+
+@pytest.mark.parametrize(
+    "markup",
+    [
+        f"<p>{HOSTILE_IDS[0]}</p>",
+        f"<p>{HOSTILE_IDS[1]}</p>",
+        f"<table><tr><td>{HOSTILE_SAGA}</td></tr></table>",
+        f"<svg><text>{HOSTILE_OWNER}</text></svg>",
+        f"<svg>{HOSTILE_IDS[3]}</svg>",
+        f"<p>{HOSTILE_IDS[4]}</p>",
+        f"<p>{HOSTILE_TARGET}</p>",
+        f"<ul><li>{HOSTILE_AUTHOR}</li></ul>",
+    ],
+    ids=lambda markup: markup[:24],
+)
+def test_the_escaping_check_catches_values_left_unescaped(browser: Browser, markup: str) -> None:
+    """:func:`_not_pwned` fails on a page that put a hostile value in as markup (each
+    payload shape used above), and passes on the same page with it escaped.
+    """
+    page = browser.new_page()
+    try:
+        page.set_content(f"<html><body>{html.escape(markup)}</body></html>")
+        _not_pwned(page)
+        page.set_content(f"<html><body>{markup}</body></html>")
+        with pytest.raises(AssertionError):
+            _not_pwned(page)
+    finally:
+        page.close()
 
 
 # ------------------------------------------------------------------ dashboard
@@ -321,27 +374,25 @@ def test_dashboard_refreshes_in_place(readonly: Served, ro_tab: Tab) -> None:
     reload (the page's script polls the JSON and updates the cells).
     """
     page = ro_tab.page
+    page.clock.install()
     page.goto(readonly.url("/"))
     page.evaluate("() => { window.__sameDocument = true; }")
     navigations: list[str] = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url))
     before = readonly.store.counts(queue="urgent")[TaskState.PENDING]
-    cell = "table#counts td[data-state=pending][data-queue=urgent]"
-    assert page.locator(cell).text_content() == str(before)
+    cell = page.locator("table#counts td[data-state=pending][data-queue=urgent]")
+    total = page.locator("table#counts [data-total-state=pending]")
+    assert cell.text_content() == str(before)
     readonly.store.create("refresh-me", queue="urgent")
-    after = readonly.store.counts(queue="urgent")[TaskState.PENDING]
-    assert after == before + 1
-    page.wait_for_function(
-        "([sel, want]) => document.querySelector(sel).textContent.trim() === want",
-        arg=[cell, str(after)],
-        timeout=GUARD_MS,
-    )
-    total = readonly.store.counts()[TaskState.PENDING]
-    page.wait_for_function(
-        "want => document.querySelector('[data-total-state=pending]').textContent.trim() === want",
-        arg=str(total),
-        timeout=GUARD_MS,
-    )
+    assert readonly.store.counts(queue="urgent")[TaskState.PENDING] == before + 1
+    _next_refresh(page)
+    assert cell.text_content() == str(before + 1)
+    assert total.text_content() == str(readonly.store.counts()[TaskState.PENDING])
+    assert _count_cells(page) == {
+        (s.value, q): str(n)
+        for q in ("urgent", "bulk")
+        for s, n in readonly.store.counts(queue=q).items()
+    }
     assert page.evaluate("() => window.__sameDocument") is True, "the page was reloaded"
     assert navigations == []
 
@@ -454,17 +505,23 @@ def test_hostile_values_are_shown_as_text_and_run_nothing(actions: Served, act_t
     page.goto(actions.url("/"))
     _not_pwned(page)
     assert HOSTILE_QUEUE in {q for _, q in _count_cells(page)}
-    page.goto(actions.url("/tasks?saga=" + quote(HOSTILE_SAGA, safe="")))
+    failures = page.locator("#recent-failures").text_content() or ""
+    for task_id in HOSTILE_IDS[1::2]:  # the quarantined ones
+        assert task_id in failures
+    saga_list = actions.url("/tasks?saga=" + quote(HOSTILE_SAGA, safe=""))
+    page.goto(saga_list)
     listed = page.eval_on_selector_all(
         "table#tasks tr.task-row[data-task-id]", "rows => rows.map(r => r.dataset.taskId)"
     )
     assert listed == list(HOSTILE_IDS)
+    links: list[str] = page.eval_on_selector_all(
+        "table#tasks tr.task-row[data-task-id]", "rows => rows.map(r => r.querySelector('a').href)"
+    )
     _not_pwned(page)
-    for task_id in HOSTILE_IDS:
-        page.goto(actions.url("/tasks?saga=" + quote(HOSTILE_SAGA, safe="")))
-        row = page.locator("table#tasks tr.task-row").nth(HOSTILE_IDS.index(task_id))
-        assert row.get_attribute("data-task-id") == task_id
-        row.locator("a").first.click()
+    page.locator("table#tasks tr.task-row a").first.click()  # the others: their links' targets
+    for n, task_id in enumerate(HOSTILE_IDS):
+        if n:
+            page.goto(links[n])
         page.wait_for_selector("#record")
         assert urlsplit(page.url).path == urlsplit(actions.task_url(task_id)).path
         record = page.locator("#record").text_content() or ""
@@ -505,17 +562,14 @@ def test_search_finds_hostile_ids_and_sagas(actions: Served, act_tab: Tab) -> No
 def test_refresh_in_place_with_a_hostile_queue_runs_nothing(actions: Served, act_tab: Tab) -> None:
     """The refresh script writes the hostile queue's new count into its cell as text."""
     page = act_tab.page
+    page.clock.install()
     page.goto(actions.url("/"))
     store = actions.store
+    before = store.counts(queue=HOSTILE_QUEUE)[TaskState.PENDING]
+    assert _count_cells(page)[("pending", HOSTILE_QUEUE)] == str(before)
     store.create("hostile-refresh", queue=HOSTILE_QUEUE)
-    want = str(store.counts(queue=HOSTILE_QUEUE)[TaskState.PENDING])
-    page.wait_for_function(
-        """([queue, want]) => [...document.querySelectorAll(
-                 'table#counts td[data-state=pending][data-queue]')]
-             .some(td => td.dataset.queue === queue && td.textContent.trim() === want)""",
-        arg=[HOSTILE_QUEUE, want],
-        timeout=GUARD_MS,
-    )
+    _next_refresh(page)
+    assert _count_cells(page)[("pending", HOSTILE_QUEUE)] == str(before + 1)
     _not_pwned(page)
 
 
@@ -539,6 +593,7 @@ def test_actions_answer_403_without_allow_actions(readonly: Served, ro_tab: Tab)
         ("requeue", {}),
     ):
         url = readonly.task_url("ro-target") + "/" + action
+        ro_tab.watch.refused.add(url)
         answer = page.request.post(url, form={**fields, "csrf_token": "x"}, max_redirects=0)
         assert answer.status == 403, (action, answer.status)
         status = page.evaluate(
