@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -865,6 +866,42 @@ def test_ui_command_serves_the_store_it_is_given(
     assert main(["ui", "--db", f"sqlite:///{tmp_path}/none.db"]) == 3
     assert "no store at" in capsys.readouterr().err
     assert len(calls) == 3
+
+
+def test_ui_command_on_a_port_in_use_is_one_error_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A port another socket holds: uvicorn says why, then one ``sagalease: error:``
+    line and exit 2 (real uvicorn, no request served).
+    """
+    db = tmp_path / "s.db"
+    SQLiteStore(db).close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["ui", "--db", f"sqlite:///{db}", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"sagalease: error: ui: cannot serve on 127.0.0.1:{port}" in err
+
+
+def test_serve_masks_the_password_in_what_it_prints(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``serve`` prints the store URL with its password masked (uvicorn stubbed)."""
+    import uvicorn
+
+    from sagalease.ui.app import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    url = "postgresql://ops:hunter2-secret@db/prod?password=p4ss-word"
+    serve(MemoryStore(), url=url, host="10.0.0.1", allow_actions=True)
+    err = capsys.readouterr().err
+    assert "postgresql://ops:***@db/prod?password=*** at http://10.0.0.1:8765/" in err
+    assert "hunter2" not in err
+    assert "p4ss-word" not in err
+    assert "warning: actions are enabled on 10.0.0.1" in err
 
 
 def test_init_json_masks_the_password(capsys: pytest.CaptureFixture[str]) -> None:

@@ -670,6 +670,8 @@ def ui_command(
     store = _open(options)
     try:
         app.serve(store, host=host, port=port, allow_actions=allow_actions, url=options.db)
+    except OSError as exc:
+        raise _Fail(f"ui: {exc}", EXIT_USAGE) from exc
     finally:
         store.close()
     return EXIT_OK

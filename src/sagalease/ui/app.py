@@ -492,7 +492,8 @@ def serve(
 ) -> None:
     """Serve the web view of ``store`` with uvicorn until interrupted (the caller
     closes the store). Says where on ``out`` (default: stderr), and warns when
-    actions are enabled on an address other than the loopback.
+    actions are enabled on an address other than the loopback. An address that
+    cannot be bound (in use, not this machine's): :class:`OSError`.
     """
     import uvicorn
 
@@ -516,4 +517,9 @@ def serve(
                 file=out,
             )
     app = create_app(store, allow_actions=allow_actions, url=url)
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+    except SystemExit as exc:  # uvicorn exits when it cannot bind (it logged why)
+        if exc.code not in (None, 0):
+            raise OSError(f"cannot serve on {shown}:{port} (see the line above)") from None
+        raise
