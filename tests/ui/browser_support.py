@@ -150,10 +150,12 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def ui_server(db_url: str, *, allow_actions: bool = False, log_dir: Path) -> Iterator[UIServer]:
-    """Run ``sagalease ui --db DB_URL --port P [--allow-actions]`` until the block ends;
-    yields once ``/healthz`` answers 200. A server that exits or does not answer
-    within :data:`START_GUARD_S` fails with its output.
+def ui_server(
+    db_url: str, *, allow_actions: bool = False, log_dir: Path, cwd: Path | None = None
+) -> Iterator[UIServer]:
+    """Run ``sagalease ui --db DB_URL --port P [--allow-actions]`` (in ``cwd``) until
+    the block ends; yields once ``/healthz`` answers 200. A server that exits or does
+    not answer within :data:`START_GUARD_S` fails with its output.
     """
     for attempt in range(3):  # another process may take the free port first
         port = free_port()
@@ -163,7 +165,12 @@ def ui_server(db_url: str, *, allow_actions: bool = False, log_dir: Path) -> Ite
             command.append("--allow-actions")
         with log.open("w") as out:
             process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
             )
         server = UIServer(process, port, log)
         try:
@@ -193,8 +200,10 @@ def ui_server(db_url: str, *, allow_actions: bool = False, log_dir: Path) -> Ite
                     process.wait()
 
 
-def simulate(db: Path, *, workers: int, tasks: int, seed: int) -> None:
-    """Run ``sagalease simulate`` (the README's main job) into the SQLite file ``db``."""
+def simulate(db: Path, *, workers: int, tasks: int, seed: int, cwd: Path | None = None) -> None:
+    """Run ``sagalease simulate`` (the README's main job) into the SQLite file ``db``
+    (relative: to ``cwd``).
+    """
     command = [
         *sagalease_command(),
         "simulate",
@@ -208,7 +217,9 @@ def simulate(db: Path, *, workers: int, tasks: int, seed: int) -> None:
         str(seed),
         "--json",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, cwd=cwd
+    )
     assert done.returncode == 0, f"{' '.join(command)}: {done.returncode}\n{done.stderr}"
     assert json.loads(done.stdout), done.stdout
 
@@ -226,44 +237,74 @@ def copy_db(source: Path, target: Path) -> None:
 
 
 def _interesting_task(db: Path) -> str:
-    """The task whose history draws the richest timeline: most tokens, then most
-    heartbeats, then most entries.
+    """The task whose lease timeline shows the most: a lease lost (expired, reaped
+    or replaced) first, then the most tokens, then the longest leases in all.
     """
-    from sagalease import SQLiteStore
+    from datetime import UTC, datetime
 
+    from sagalease import SQLiteStore
+    from sagalease.ui.timeline import lease_bars
+
+    now = datetime.now(UTC)
     store = SQLiteStore(db)
     try:
-        best: tuple[int, int, int, str] | None = None
+        best: tuple[tuple[bool, int, float], str] | None = None
         after: str | None = None
         while page := store.list_tasks(limit=500, after=after):
             for task in page:
-                history = store.history(task.task_id)
-                tokens = len({e.token for e in history if e.token is not None})
-                beats = sum(e.event == "heartbeat" for e in history)
-                key = (tokens, beats, len(history), task.task_id)
-                if best is None or key[:3] > best[:3]:
-                    best = key
+                bars = lease_bars(store.history(task.task_id), now=now)
+                lost = any(b.end_kind in ("expired", "reaped", "replaced") for b in bars)
+                held = sum((b.end - b.start).total_seconds() for b in bars)
+                key = (lost, len(bars), held)
+                if best is None or key > best[0]:
+                    best = (key, task.task_id)
             after = page[-1].task_id
         assert best is not None, "the simulation made no tasks"
-        return best[3]
+        return best[1]
+    finally:
+        store.close()
+
+
+def _add_live_work(db: Path) -> None:
+    """What a fleet in flight adds to an ended run, so that the dashboard shows queue
+    lag and a stale lease: waiting tasks in ``bulk`` (the oldest 90 s old), one
+    running in ``urgent`` and one whose holder stopped answering.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from sagalease import SQLiteStore
+
+    now = datetime.now(UTC)
+    store = SQLiteStore(db)
+    try:
+        for n in range(6):
+            store.create(f"later-{n:02d}", queue="bulk", now=now - timedelta(seconds=90 - 10 * n))
+        store.create("live-urgent", queue="urgent", priority=10, now=now - timedelta(seconds=3))
+        store.acquire("live-urgent", owner="w101", ttl=timedelta(minutes=5), now=now)
+        gone = now - timedelta(seconds=40)
+        store.create("held-by-a-lost-worker", queue="urgent", priority=10, now=gone)
+        store.acquire("held-by-a-lost-worker", owner="w099", ttl=timedelta(seconds=10), now=gone)
     finally:
         store.close()
 
 
 def screenshots(directory: Path, *, workers: int, tasks: int, seed: int) -> list[Path]:
-    """Simulate a run, serve it and save ``ui-dashboard.png`` and ``ui-task.png``
-    (a task page with a rich lease timeline) into ``directory``.
+    """Simulate a run (plus :func:`_add_live_work`), serve it and save
+    ``ui-dashboard.png`` and ``ui-task.png`` (the task page with the richest lease
+    timeline of the run) into ``directory``.
     """
     from urllib.parse import quote
 
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "sagalease-sim.db"
-        simulate(db, workers=workers, tasks=tasks, seed=seed)
+        here = Path(tmp)
+        db = here / "sagalease-sim.db"  # served as the README says: sqlite:///sagalease-sim.db
+        simulate(Path(db.name), workers=workers, tasks=tasks, seed=seed, cwd=here)
         task_id = _interesting_task(db)
+        _add_live_work(db)
         saved = [directory / "ui-dashboard.png", directory / "ui-task.png"]
         with (
-            ui_server(f"sqlite:///{db}", log_dir=Path(tmp)) as server,
+            ui_server(f"sqlite:///{db.name}", log_dir=here, cwd=here) as server,
             chromium() as browser,
         ):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
