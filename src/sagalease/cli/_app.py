@@ -658,9 +658,7 @@ def ui_command(
     search, /metrics and /healthz; read-only unless --allow-actions.
     """
     try:
-        # Imported by name: the layers contract keeps sagalease.cli and sagalease.ui
-        # independent siblings (see the report of issue 16's UI helper).
-        app = importlib.import_module("sagalease.ui.app")
+        from sagalease.ui import app  # the [ui] extra: imported only for this command
     except ImportError as exc:
         if (exc.name or "").partition(".")[0] not in _UI_PACKAGES:
             raise
