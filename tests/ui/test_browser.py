@@ -333,12 +333,17 @@ def test_the_escaping_check_catches_values_left_unescaped(browser: Browser, mark
     payload shape used above), and passes on the same page with it escaped.
     """
     page = browser.new_page()
+    watch = Watch("about:")
+    page.on("dialog", watch.on_dialog)
     try:
         page.set_content(f"<html><body>{html.escape(markup)}</body></html>")
         _not_pwned(page)
+        assert watch.dialogs == []
         page.set_content(f"<html><body>{markup}</body></html>")
         with pytest.raises(AssertionError):
             _not_pwned(page)
+        if "<script>" in markup and "alert(" in markup:
+            assert watch.dialogs, "the watch missed a dialog"
     finally:
         page.close()
 
@@ -682,11 +687,14 @@ def test_quarantine_form_works(actions: Served, act_tab: Tab) -> None:
     _not_pwned(page)
 
 
-def test_annotate_form_works_and_shows_the_note_as_text(actions: Served, act_tab: Tab) -> None:
-    """The page's annotate form appends the (hostile) note; it shows under ``#notes``
-    and in the history as text, and runs nothing.
+@pytest.mark.parametrize("target", [HOSTILE_IDS[0], HOSTILE_IDS[5]], ids=["markup", "url-syntax"])
+def test_annotate_form_works_and_shows_the_note_as_text(
+    actions: Served, act_tab: Tab, target: str
+) -> None:
+    """The page's annotate form, on a task with a hostile id (markup; ``/ ? & # %``),
+    appends the (hostile) note; it shows under ``#notes`` and in the history as text,
+    and runs nothing.
     """
-    target = HOSTILE_IDS[0]
     before = len(actions.store.history(target))
     page = act_tab.page
     page.goto(actions.task_url(target))
