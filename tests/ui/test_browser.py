@@ -185,9 +185,8 @@ class Watch:
         dialog.dismiss()
 
     def on_console(self, message: ConsoleMessage) -> None:
-        url = message.location.get("url", "")
-        if url in self.refused or urlsplit(url).path == "/favicon.ico":
-            return  # refused on purpose; or the icon the browser asks for on its own
+        if message.location.get("url", "") in self.refused:
+            return  # a request the test made to be refused
         if message.type == "error" or "pwned" in message.text:
             self.console.append(f"{message.text} ({message.location.get('url')})")
 
