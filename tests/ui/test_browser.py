@@ -360,7 +360,7 @@ def test_dashboard_counts_equal_the_store_per_state_and_queue(
     page.goto(readonly.url("/"))
     cells = _count_cells(page)
     queues = {t.queue for t in _all_tasks(readonly.store)}
-    assert queues == {"urgent", "bulk"}  # what the simulation makes
+    assert {"urgent", "bulk"} <= queues  # what the simulation makes
     for queue in queues:
         counts = readonly.store.counts(queue=queue)
         for state in TaskState:
@@ -394,7 +394,7 @@ def test_dashboard_refreshes_in_place(readonly: Served, ro_tab: Tab) -> None:
     assert total.text_content() == str(readonly.store.counts()[TaskState.PENDING])
     assert _count_cells(page) == {
         (s.value, q): str(n)
-        for q in ("urgent", "bulk")
+        for q in {t.queue for t in _all_tasks(readonly.store)}
         for s, n in readonly.store.counts(queue=q).items()
     }
     assert page.evaluate("() => window.__sameDocument") is True, "the page was reloaded"
