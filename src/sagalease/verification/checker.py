@@ -12,14 +12,24 @@ horizon: a lease with 2 ticks left is the same state whatever the clock reads.
 Workers are interchangeable, so states are keyed up to a permutation of them.
 
 What is checked is listed in :data:`PROPERTIES` (the spec prints it).
+
+How it stays fast without restating anything: a state is the task's record
+(with the clock) and what each worker believes, and its key keeps of the
+record only what the lifecycle reads (:func:`_task_key`). States whose records
+share that key and the lease's owner behave alike (the key already says so), so
+the core is called once per such *task class* and call, on the first record
+seen in the class, and its step is reused by every state of the class: the
+workers' beliefs multiply the states, not the core calls. Classes, beliefs,
+crews of beliefs and keys are numbered, and the moves of a (class, worker,
+belief) are kept as lists of numbers. A trace replays, on the real records, the
+moves by which each of its states was first reached.
 """
 
 from __future__ import annotations
 
 import time
 import tomllib
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -176,27 +186,37 @@ def _owner(m: Model, index: int) -> str:
     return f"w{index // m.incarnations}"
 
 
-def _key(m: Model, s: _State) -> tuple[Any, ...]:
-    t = s.task
+def _task_key(t: TaskSaga, now: int) -> tuple[Any, ...]:
+    """What a state's key keeps of the record: the fields the lifecycle reads,
+    instants relative to ``now`` (clamped at zero).
+    """
     lease = t.lease
-    owner = None if lease is None else lease.owner
-    groups: dict[str, list[tuple[int, int]]] = {}
-    for i, w in enumerate(s.workers):
-        groups.setdefault(_owner(m, i), []).append(
-            (w.token if w.token is not None else -1, w.heartbeats)
-        )
-    workers = tuple(sorted((name == owner, tuple(sorted(g))) for name, g in groups.items()))
     return (
         t.state,
         t.token,
         t.attempts,
         t.expirations,
         tuple(c.status for c in t.compensations),
-        None if lease is None else (lease.token, _rel(lease.expires_us, s.now)),
-        _rel(t.deadline_us, s.now),
-        _rel(t.available_us, s.now),
-        workers,
+        None if lease is None else (lease.token, _rel(lease.expires_us, now)),
+        _rel(t.deadline_us, now),
+        _rel(t.available_us, now),
     )
+
+
+def _workers_key(m: Model, owner: str | None, workers: Sequence[_Worker]) -> tuple[Any, ...]:
+    """The workers' beliefs up to a permutation of worker ids (``owner``: the lease's)."""
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for i, w in enumerate(workers):
+        groups.setdefault(_owner(m, i), []).append(
+            (w.token if w.token is not None else -1, w.heartbeats)
+        )
+    return tuple(sorted((name == owner, tuple(sorted(g))) for name, g in groups.items()))
+
+
+def _key(m: Model, s: _State) -> tuple[Any, ...]:
+    lease = s.task.lease
+    owner = None if lease is None else lease.owner
+    return (*_task_key(s.task, s.now), _workers_key(m, owner, s.workers))
 
 
 # ------------------------------------------------------------------ actions
@@ -213,33 +233,35 @@ _Attempt = tuple[str, str, int | None, dict[str, Any]]
 """(label, event or move, worker index or None, core kwargs)."""
 
 
-def _calls(m: Model, s: _State) -> Iterator[_Attempt]:
-    """Every attempt from ``s``, in a fixed order."""
-    t = s.task
+def _worker_calls(m: Model, i: int, w: _Worker, registered: int) -> Iterator[_Attempt]:
+    """What worker ``i`` tries, believing ``w``, when ``registered`` compensations exist."""
+    owner = _owner(m, i)
     ttl = m.ttl * TICK
-    comp = Compensation("undo", f"step-{len(t.compensations)}")
-    for i, w in enumerate(s.workers):
-        owner = _owner(m, i)
-        if w.token is None:
-            yield f"{owner} acquire", "acquire", i, core_args("acquire", Chosen(owner, ttl_us=ttl))
-            continue
-        held = Chosen(owner, w.token, ttl, m.release_delay * TICK, comp, reason="boom")
-        tries = [("release", "release", held)]
-        if m.heartbeats < 0 or w.heartbeats < m.heartbeats:
-            tries.insert(0, ("heartbeat", "heartbeat", held))
-        if len(t.compensations) < m.compensations:
-            tries.append(("register", "register_compensation", held))
-        tries += [("complete", "complete", held), ("fail", "fail", held)]
-        for index in range(len(t.compensations)):
-            at = replace(held, index=index)
-            tries.append((f"applied[{index}]", "compensation_applied", at))
-            gone = replace(at, reason="gone")
-            tries.append((f"comp-failed[{index}]", "compensation_failed", gone))
-        for name, event, chosen in tries:
-            yield f"{owner} {name}", event, i, core_args(event, chosen)
-        yield f"{owner} crash", _Move.CRASH, i, {}
+    if w.token is None:
+        yield f"{owner} acquire", "acquire", i, core_args("acquire", Chosen(owner, ttl_us=ttl))
+        return
+    comp = Compensation("undo", f"step-{registered}")
+    held = Chosen(owner, w.token, ttl, m.release_delay * TICK, comp, reason="boom")
+    tries = [("release", "release", held)]
+    if m.heartbeats < 0 or w.heartbeats < m.heartbeats:
+        tries.insert(0, ("heartbeat", "heartbeat", held))
+    if registered < m.compensations:
+        tries.append(("register", "register_compensation", held))
+    tries += [("complete", "complete", held), ("fail", "fail", held)]
+    for index in range(registered):
+        at = replace(held, index=index)
+        tries.append((f"applied[{index}]", "compensation_applied", at))
+        gone = replace(at, reason="gone")
+        tries.append((f"comp-failed[{index}]", "compensation_failed", gone))
+    for name, event, chosen in tries:
+        yield f"{owner} {name}", event, i, core_args(event, chosen)
+    yield f"{owner} crash", _Move.CRASH, i, {}
+
+
+def _task_calls(m: Model, t: TaskSaga) -> Iterator[_Attempt]:
+    """What the impostor, the reaper, the operator and time try on ``t``."""
     if m.impostor and t.lease is not None:
-        forged = Chosen("impostor", t.token, ttl, 0, reason="forged")
+        forged = Chosen("impostor", t.token, m.ttl * TICK, 0, reason="forged")
         for event in ("heartbeat", "complete", "fail", "release"):
             yield f"impostor {event}", event, None, core_args(event, forged)
     yield "reaper", "reap", None, {}
@@ -247,6 +269,14 @@ def _calls(m: Model, s: _State) -> Iterator[_Attempt]:
         operator = Chosen(reason="operator", by="op")
         yield "operator quarantine", "quarantine", None, core_args("quarantine", operator)
     yield "tick", _Move.TICK, None, {}
+
+
+def _calls(m: Model, s: _State) -> Iterator[_Attempt]:
+    """Every attempt from ``s``, in a fixed order: each worker's, then the others'."""
+    registered = len(s.task.compensations)
+    for i, w in enumerate(s.workers):
+        yield from _worker_calls(m, i, w, registered)
+    yield from _task_calls(m, s.task)
 
 
 def _after_call(m: Model, w: _Worker, event: str, new: TaskSaga) -> _Worker:
@@ -259,19 +289,49 @@ def _after_call(m: Model, w: _Worker, event: str, new: TaskSaga) -> _Worker:
     return w
 
 
+def _successors(m: Model, s: _State, handlers: Mapping[str, Any]) -> Iterator[tuple[str, _State]]:
+    """The successors of a concrete state, in order (to rebuild traces: the
+    exploration has checked them).
+    """
+    for label, event, index, args in _calls(m, s):
+        if event is _Move.TICK:
+            if not s.task.state.is_terminal:
+                yield label, replace(s, now=s.now + TICK)
+            continue
+        workers = list(s.workers)
+        if event is _Move.CRASH:
+            assert index is not None
+            workers[index] = _Worker()
+            yield label, replace(s, workers=tuple(workers))
+            continue
+        try:
+            step = handlers[event](s.task, now_us=s.now, **args)
+        except SagaLeaseError:
+            continue
+        if index is not None:
+            workers[index] = _after_call(m, workers[index], event, step.task)
+        yield label, _State(step.task, s.now, tuple(workers))
+
+
+# ------------------------------------------------------------------ checks
+
+
 class _Violation(Exception):
-    """A property failed; ``step`` is the offending move, ``key`` the bad state."""
+    """A property failed. ``state`` is the state being expanded and ``ordinal``
+    the number of the offending successor among its successors (with ``label``);
+    ``reached``: the offending successor is a bad state (else a bad edge);
+    ``state`` alone: that state is bad.
+    """
 
     label: str | None = None
-    after: _State | None = None
-    key: tuple[Any, ...] | None = None
+    state: int | None = None
+    ordinal: int = 0
+    reached: bool = False
 
 
 def _edge_checks(
-    event: str, owner: str | None, args: dict[str, Any], s: _State, new: TaskSaga
+    event: str, owner: str | None, args: dict[str, Any], old: TaskSaga, now: int, new: TaskSaga
 ) -> None:
-    old = s.task
-    now = s.now
     if old.state.is_terminal:
         raise _Violation(f"terminal state {old.state} changed by {event}")
     if (old.state, event) not in CHART or new.state not in {
@@ -311,41 +371,15 @@ def _edge_checks(
         raise _Violation(f"{event} failed the task with compensations still pending")
 
 
-def _state_checks(s: _State) -> None:
-    if not core.well_formed(s.task):
-        raise _Violation(f"record not well formed: {s.task}")
-    holders = [w for w in s.workers if w.token is not None and w.token == s.task.token]
+def _record_checks(task: TaskSaga) -> None:
+    if not core.well_formed(task):
+        raise _Violation(f"record not well formed: {task}")
+
+
+def _holders_check(task: TaskSaga, workers: Sequence[_Worker]) -> None:
+    holders = [w for w in workers if w.token is not None and w.token == task.token]
     if len(holders) > 1:
         raise _Violation("two workers hold the current token")
-
-
-def _successors(m: Model, s: _State, handlers: dict[str, Any]) -> Iterator[tuple[str, str, _State]]:
-    for label, event, index, args in _calls(m, s):
-        if event is _Move.TICK:
-            if s.task.state.is_terminal:
-                continue
-            yield label, event, replace(s, now=s.now + TICK)
-            continue
-        if event is _Move.CRASH:
-            assert index is not None
-            workers = list(s.workers)
-            workers[index] = _Worker()
-            yield label, event, replace(s, workers=tuple(workers))
-            continue
-        try:
-            step = handlers[event](s.task, now_us=s.now, **args)
-        except SagaLeaseError:
-            continue  # refused: nothing changed (the core is pure)
-        workers = list(s.workers)
-        if index is not None:
-            workers[index] = _after_call(m, workers[index], event, step.task)
-        after = _State(step.task, s.now, tuple(workers))
-        try:
-            _edge_checks(event, args.get("owner"), args, s, step.task)
-        except _Violation as exc:
-            exc.label, exc.after = label, after
-            raise
-        yield label, event, after
 
 
 def _describe(label: str, s: _State, origin: int) -> str:
@@ -369,6 +403,372 @@ def _initial(m: Model) -> _State:
     return _State(task, now, tuple(_Worker() for _ in range(m.workers)))
 
 
+# ------------------------------------------------------------------ the space
+
+_Try = tuple[str, str, dict[str, Any], int]
+"""(label, event or move, core kwargs, number of the (event, kwargs) call)."""
+
+_Moved = tuple[str, int, int, int, int]
+"""A successful move: (label, new task class, the mover's new belief (-1: not a
+worker's move), the new class's key part shifted into a state key's high bits,
+its lease owner's number)."""
+
+_MISSING: Any = object()
+# Keys packed into integers (numbers of: a class, a worker id, a belief, a crew, an
+# owner, a key part); each field's width in bits:
+_SHIFT = 24  # class, worker id, belief in the keys of _Space._moves and ._swaps
+_OWNER_BITS = 8
+_HALF = 32  # a state key: key part << _HALF | crew key
+
+
+class _Space:
+    """The states found so far, numbered in the order found, with what they share.
+
+    A *task class* is a record and clock up to :func:`_task_key` and the lease's
+    owner: its first (record, now) pair stands for all, so each core call is
+    made once per class and call (:meth:`_step`). A *belief* is a worker's
+    (:class:`_Worker`), a *crew* a tuple of belief numbers, one per worker. A state
+    is (task class, crew); its key packs the numbers of :func:`_task_key` and
+    :func:`_workers_key`. The moves of a (class, worker id, belief) and of a
+    class are kept once found.
+    """
+
+    def __init__(self, m: Model, handlers: Mapping[str, Any]) -> None:
+        self.m = m
+        self.handlers = handlers
+        self.init = _initial(m)
+        # task classes
+        self.records: list[tuple[TaskSaga, int]] = []
+        self.part: list[int] = []  # number of the class's _task_key
+        self.owner: list[int] = []  # number of the class's lease owner (0: no lease)
+        self.ended: list[bool] = []
+        self._classes: dict[tuple[tuple[Any, ...], str | None], int] = {}
+        self._parts: dict[tuple[Any, ...], int] = {}
+        self._owners: dict[str | None, int] = {None: 0}
+        self._steps: dict[tuple[int, int], tuple[int, TaskSaga] | None] = {}
+        self._call_ids: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = {}
+        self._worker_tries: dict[tuple[int, int, int], list[_Try]] = {}
+        self._task_tries: dict[tuple[bool, int], list[_Try]] = {}
+        self.covered: set[tuple[TaskState, str, TaskState]] = set()
+        # beliefs and crews
+        self.beliefs: list[_Worker] = []
+        self._belief_ids: dict[_Worker, int] = {}
+        self.crews: list[tuple[int, ...]] = []
+        self._crew_ids: dict[tuple[int, ...], int] = {}
+        self._swaps: dict[int, int] = {}  # crew, worker, belief -> crew
+        self._swapped: dict[int, int] = {}  # crew, worker, belief, owner -> crew key
+        self._crew_keys: list[list[int]] = [[]]  # [owner][crew] -> number of its _workers_key
+        self._crew_key_ids: dict[tuple[Any, ...], int] = {}
+        self._holders_ok: set[tuple[int, int]] = set()
+        self._moves: dict[int, list[_Moved]] = {}  # class, worker id (or none), belief
+        # states
+        self.seen: dict[int, int] = {}
+        self.state_class: list[int] = []
+        self.state_crew: list[int] = []
+        self.parent: list[int] = []
+        self.label: list[str] = []
+        self.ordinal: list[int] = []
+        self.depth: list[int] = []
+        self.edges: list[dict[int, str]] = []
+        self._concrete: dict[int, _State] = {}
+
+    # -------------------------------------------------------------- numbering
+
+    def task_class(self, task: TaskSaga, now: int) -> int:
+        """The number of the class of (``task``, ``now``), new or not."""
+        part = _task_key(task, now)
+        lease = task.lease
+        owner = None if lease is None else lease.owner
+        cid = self._classes.get((part, owner))
+        if cid is None:
+            cid = self._classes[(part, owner)] = len(self.records)
+            self.records.append((task, now))
+            self.part.append(self._parts.setdefault(part, len(self._parts)))
+            if owner not in self._owners:
+                self._owners[owner] = len(self._owners)
+                if len(self._owners) >> _OWNER_BITS:
+                    raise ValueError("too many distinct lease owners for this checker")
+                self._crew_keys.append([-1] * len(self.crews))
+            self.owner.append(self._owners[owner])
+            self.ended.append(task.state.is_terminal)
+        return cid
+
+    def belief(self, w: _Worker) -> int:
+        """The number of belief ``w``."""
+        bid = self._belief_ids.get(w)
+        if bid is None:
+            bid = self._belief_ids[w] = len(self.beliefs)
+            self.beliefs.append(w)
+            if bid >> _SHIFT:
+                raise ValueError("too many distinct worker beliefs for this checker")
+        return bid
+
+    def crew(self, beliefs: tuple[int, ...]) -> int:
+        """The number of the crew ``beliefs``."""
+        kid = self._crew_ids.get(beliefs)
+        if kid is None:
+            kid = self._crew_ids[beliefs] = len(self.crews)
+            self.crews.append(beliefs)
+            for row in self._crew_keys:
+                row.append(-1)
+        return kid
+
+    def swap(self, kid: int, index: int, bid: int) -> int:
+        """The crew ``kid`` with worker ``index`` believing ``bid`` (kept)."""
+        key = (kid << _SHIFT | index) << _SHIFT | bid
+        new = self._swaps.get(key)
+        if new is None:
+            crew = list(self.crews[kid])
+            crew[index] = bid
+            new = self._swaps[key] = self.crew(tuple(crew))
+        return new
+
+    def crew_key(self, kid: int, owner: int) -> int:
+        """The number of crew ``kid``'s :func:`_workers_key` when ``owner`` holds the lease."""
+        name = next(n for n, number in self._owners.items() if number == owner)
+        key = _workers_key(self.m, name, self.workers(kid))
+        number = self._crew_keys[owner][kid] = self._crew_key_ids.setdefault(
+            key, len(self._crew_key_ids)
+        )
+        return number
+
+    def workers(self, kid: int) -> tuple[_Worker, ...]:
+        """The beliefs of crew ``kid``."""
+        return tuple(self.beliefs[b] for b in self.crews[kid])
+
+    # -------------------------------------------------------------- moves
+
+    def _numbered(self, tries: Iterator[_Attempt]) -> list[_Try]:
+        numbered = []
+        for label, event, _, args in tries:
+            call = self._call_ids.setdefault((event, tuple(args.items())), len(self._call_ids))
+            numbered.append((label, event, args, call))
+        return numbered
+
+    def worker_tries(self, index: int, bid: int, registered: int) -> list[_Try]:
+        """What worker ``index`` tries believing ``bid`` (:func:`_worker_calls`), kept."""
+        key = (index // self.m.incarnations, bid, registered)
+        tries = self._worker_tries.get(key)
+        if tries is None:
+            w = self.beliefs[bid]
+            tries = self._worker_tries[key] = self._numbered(
+                _worker_calls(self.m, index, w, registered)
+            )
+        return tries
+
+    def task_tries(self, task: TaskSaga) -> list[_Try]:
+        """What the others try on ``task`` (:func:`_task_calls`), kept."""
+        key = (task.lease is not None, task.token)
+        tries = self._task_tries.get(key)
+        if tries is None:
+            tries = self._task_tries[key] = self._numbered(_task_calls(self.m, task))
+        return tries
+
+    def _step(
+        self, cid: int, call: int, event: str, args: dict[str, Any]
+    ) -> tuple[int, TaskSaga] | None:
+        """The core's step for ``event`` from class ``cid``, checked once: the new
+        class and record, or None when refused.
+        """
+        done = self._steps.get((cid, call), _MISSING)
+        if done is not _MISSING:
+            return done  # type: ignore[no-any-return]
+        task, now = self.records[cid]
+        try:
+            step = self.handlers[event](task, now_us=now, **args)
+        except SagaLeaseError:
+            self._steps[(cid, call)] = None  # refused: nothing changed (the core is pure)
+            return None
+        new = step.task
+        _edge_checks(event, args.get("owner"), args, task, now, new)
+        try:
+            _record_checks(new)
+        except _Violation as exc:
+            exc.reached = True
+            raise
+        self.covered.add((task.state, event, new.state))
+        result = self._steps[(cid, call)] = (self.task_class(new, now), new)
+        return result
+
+    def moves(self, cid: int, index: int, bid: int) -> Iterator[_Moved]:
+        """The successful moves from class ``cid`` of worker ``index`` believing
+        ``bid`` (``index`` -1: of the impostor, reaper, operator and time), found
+        one by one (each checked before the next is tried), then kept.
+        """
+        task, now = self.records[cid]
+        if index < 0:
+            key = cid << 2 * _SHIFT
+            tries = self.task_tries(task)
+        else:
+            group = index // self.m.incarnations
+            key = (cid << _SHIFT | group + 1) << _SHIFT | bid + 1
+            tries = self.worker_tries(index, bid, len(task.compensations))
+        found: list[_Moved] = []
+        for label, event, args, call in tries:
+            if event is _Move.TICK:
+                if task.state.is_terminal:
+                    continue
+                ncid, nbid = self.task_class(task, now + TICK), -1
+            elif event is _Move.CRASH:
+                ncid, nbid = cid, self.belief(_Worker())
+            else:
+                try:
+                    step = self._step(cid, call, event, args)
+                except _Violation as exc:
+                    exc.label = label
+                    raise
+                if step is None:
+                    continue
+                ncid = step[0]
+                nbid = (
+                    -1
+                    if index < 0
+                    else self.belief(_after_call(self.m, self.beliefs[bid], event, step[1]))
+                )
+            move = (label, ncid, nbid, self.part[ncid] << _HALF, self.owner[ncid])
+            found.append(move)
+            yield move
+        self._moves[key] = found
+
+    # -------------------------------------------------------------- search
+
+    def explore(self, result: Result) -> None:
+        """Breadth first from the initial state; raises :class:`_Violation`."""
+        init = self.init
+        _record_checks(init.task)
+        _holders_check(init.task, init.workers)
+        c0 = self.task_class(init.task, init.now)
+        k0 = self.crew(tuple(self.belief(w) for w in init.workers))
+        self.seen[self.part[c0] << _HALF | self.crew_key(k0, self.owner[c0])] = 0
+        self.state_class.append(c0)
+        self.state_crew.append(k0)
+        self.parent.append(-1)
+        self.label.append("create")
+        self.ordinal.append(0)
+        self.depth.append(0)
+        seen, state_class, state_crew = self.seen, self.state_class, self.state_crew
+        parents, labels, ordinals, depths = self.parent, self.label, self.ordinal, self.depth
+        records, crews, edges = self.records, self.crews, self.edges
+        known, swapped, crew_keys = self._moves, self._swapped, self._crew_keys
+        holders_ok = self._holders_ok
+        # (worker index, its id's field in the keys of known); then the others'.
+        actors = [(i, i // self.m.incarnations + 1) for i in range(self.m.workers)]
+        actors.append((-1, 0))
+        transitions = 0
+        sid = 0
+        try:
+            while sid < len(state_class):
+                cid = state_class[sid]
+                kid = state_crew[sid]
+                crew = crews[kid]
+                depth = depths[sid] + 1
+                out: dict[int, str] = {}
+                edges.append(out)
+                ordinal = 0
+                try:
+                    for index, group in actors:
+                        bid = crew[index] if index >= 0 else -1
+                        moves = known.get((cid << _SHIFT | group) << _SHIFT | bid + 1)
+                        for label, ncid, nbid, high, nown in (
+                            self.moves(cid, index, bid) if moves is None else moves
+                        ):
+                            ordinal += 1
+                            if nbid == bid:  # the crew is unchanged
+                                ck = crew_keys[nown][kid]
+                                if ck < 0:
+                                    ck = self.crew_key(kid, nown)
+                                nkid = kid
+                            else:  # the crew's key, the crew itself only if new
+                                swap = (
+                                    (kid << _SHIFT | index) << _SHIFT | nbid
+                                ) << _OWNER_BITS | nown
+                                ck = swapped.get(swap, -1)
+                                if ck < 0:
+                                    ck = swapped[swap] = self.crew_key(
+                                        self.swap(kid, index, nbid), nown
+                                    )
+                                nkid = -1
+                            nk = high | ck
+                            nsid = seen.get(nk, -1)
+                            if nsid < 0:
+                                if nkid < 0:
+                                    nkid = self.swap(kid, index, nbid)
+                                nsid = seen[nk] = len(state_class)
+                                state_class.append(ncid)
+                                state_crew.append(nkid)
+                                parents.append(sid)
+                                labels.append(label)
+                                ordinals.append(ordinal - 1)
+                                depths.append(depth)
+                                token = records[ncid][0].token
+                                if (nkid, token) not in holders_ok:
+                                    try:
+                                        _holders_check(records[ncid][0], self.workers(nkid))
+                                    except _Violation as exc:
+                                        exc.state = nsid
+                                        raise
+                                    holders_ok.add((nkid, token))
+                            if nsid != sid:
+                                out.setdefault(nsid, label)
+                except _Violation as exc:
+                    if exc.state is None:
+                        exc.state, exc.ordinal = sid, ordinal
+                    raise
+                finally:
+                    transitions += ordinal
+                sid += 1
+        finally:
+            result.transitions = transitions
+            result.depth = depths[min(sid, len(depths) - 1)] if depths else 0
+
+    # -------------------------------------------------------------- traces
+
+    def concrete(self, sid: int) -> _State:
+        """The record, clock and beliefs by which state ``sid`` was first reached:
+        its moves replayed from the initial state on the real records.
+        """
+        path = []
+        node = sid
+        while node not in self._concrete and node > 0:
+            path.append(node)
+            node = self.parent[node]
+        s = self._concrete.get(node, self.init)
+        for node in reversed(path):
+            s = self._successor(s, self.ordinal[node], self.label[node])
+            self._concrete[node] = s
+        return s
+
+    def _successor(self, s: _State, ordinal: int, label: str) -> _State:
+        """Successor number ``ordinal`` of ``s``, which the exploration labelled ``label``."""
+        found = list(_successors(self.m, s, self.handlers))
+        if ordinal < len(found) and found[ordinal][0] == label:
+            return found[ordinal][1]
+        # The class's first record moved otherwise than this one: the key missed a
+        # field the lifecycle reads. Show the first move so labelled.
+        return next(after for name, after in found if name == label)
+
+    def trace(self, sid: int) -> list[str]:
+        """The shortest run to state ``sid``, one line per move."""
+        path = []
+        node = sid
+        while node >= 0:
+            path.append(node)
+            node = self.parent[node]
+        origin = self.init.now
+        return [_describe(self.label[n], self.concrete(n), origin) for n in reversed(path)]
+
+    def violation_trace(self, exc: _Violation) -> list[str]:
+        """The trace to the offending state or move of ``exc``."""
+        assert exc.state is not None
+        if exc.label is None:
+            return [*self.trace(exc.state), "  ^-- violates"]
+        after = self._successor(self.concrete(exc.state), exc.ordinal, exc.label)
+        step = _describe(exc.label, after, self.init.now)
+        if exc.reached:
+            return [*self.trace(exc.state), step, "  ^-- violates"]
+        return [*self.trace(exc.state), step + "  <-- violates"]
+
+
 def check(m: Model, *, contracts: bool = False) -> Result:
     """Explore ``m`` exhaustively and check every property (see the module doc).
 
@@ -379,61 +779,20 @@ def check(m: Model, *, contracts: bool = False) -> Result:
     # the same ground.
     handlers = dict(core.handlers(contracts=contracts))
     result = Result(m)
-    init = _initial(m)
-    k0 = _key(m, init)
-    seen: dict[tuple[Any, ...], tuple[tuple[Any, ...] | None, str, int]] = {k0: (None, "create", 0)}
-    reps: dict[tuple[Any, ...], _State] = {k0: init}
-    edges: dict[tuple[Any, ...], dict[tuple[Any, ...], str]] = {}
-    covered: set[tuple[TaskState, str, TaskState]] = set()
-    queue = deque([k0])
-
-    def trace(key: tuple[Any, ...] | None) -> list[str]:
-        steps: list[str] = []
-        while key is not None:
-            parent, label, _ = seen[key]
-            steps.append(_describe(label, reps[key], init.now))
-            key = parent
-        return steps[::-1]
-
+    space = _Space(m, handlers)
     try:
-        _state_checks(init)
-        while queue:
-            key = queue.popleft()
-            s = reps[key]
-            depth = seen[key][2]
-            result.depth = max(result.depth, depth)
-            out = edges.setdefault(key, {})
-            for label, event, nxt in _successors(m, s, handlers):
-                result.transitions += 1
-                if not isinstance(event, _Move):
-                    covered.add((s.task.state, event, nxt.task.state))
-                nk = _key(m, nxt)
-                if nk != key:
-                    out.setdefault(nk, label)
-                if nk not in seen:
-                    seen[nk] = (key, label, depth + 1)
-                    reps[nk] = nxt
-                    try:
-                        _state_checks(nxt)
-                    except _Violation as exc:
-                        exc.key = nk
-                        raise
-                    queue.append(nk)
+        space.explore(result)
     except _Violation as exc:
         result.violation = str(exc)
-        if exc.key is not None:
-            result.trace = [*trace(exc.key), "  ^-- violates"]
-        elif exc.label is not None and exc.after is not None:
-            result.trace = [
-                *trace(key),
-                _describe(exc.label, exc.after, init.now) + "  <-- violates",
-            ]
-    result.states = len(seen)
+        result.trace = space.violation_trace(exc)
+    result.states = len(space.state_class)
     if result.violation is None:
-        _liveness(result, reps, edges, trace)
+        _liveness(result, space)
     if result.violation is None:
         declared = {(t.source, t.event, t.target) for ts in CHART.values() for t in ts}
-        result.uncovered = sorted(f"{a.value} --{e}--> {b.value}" for a, e, b in declared - covered)
+        result.uncovered = sorted(
+            f"{a.value} --{e}--> {b.value}" for a, e, b in declared - space.covered
+        )
     if m.figures is not None and result.violation is None:
         result.drift = {
             k: (v, result.figures[k]) for k, v in m.figures.items() if result.figures.get(k) != v
@@ -442,26 +801,22 @@ def check(m: Model, *, contracts: bool = False) -> Result:
     return result
 
 
-def _liveness(
-    result: Result,
-    reps: dict[tuple[Any, ...], _State],
-    edges: dict[tuple[Any, ...], dict[tuple[Any, ...], str]],
-    trace: Any,
-) -> None:
+def _liveness(result: Result, space: _Space) -> None:
     """No non-terminal cycle, no stuck state; longest run to termination."""
     white, grey, black = 0, 1, 2
-    color = dict.fromkeys(edges, white)
-    longest: dict[tuple[Any, ...], int] = {}
-    for root in edges:
+    edges = space.edges
+    ended = [space.ended[c] for c in space.state_class]
+    color = bytearray(len(edges))
+    longest = [0] * len(edges)
+    for root in range(len(edges)):
         if color[root] != white:
             continue
-        stack: list[tuple[tuple[Any, ...], Iterator[tuple[Any, ...]]]] = [(root, iter(edges[root]))]
+        stack: list[tuple[int, Iterator[int]]] = [(root, iter(edges[root]))]
         color[root] = grey
         while stack:
             node, it = stack[-1]
-            advanced = False
             for nxt in it:
-                if reps[nxt].task.state.is_terminal:
+                if ended[nxt]:
                     continue
                 if color[nxt] == grey:
                     path = [n for n, _ in stack]
@@ -469,12 +824,12 @@ def _liveness(
                     result.violation = (
                         f"a run can go on forever without ending ({len(cycle)}-state cycle)"
                     )
-                    start = reps[nxt].now
+                    start = space.concrete(nxt).now
                     result.trace = [
-                        *trace(nxt),
+                        *space.trace(nxt),
                         "cycle (states repeat up to the clock):",
                         *(
-                            _describe(edges[a][b], reps[b], start)
+                            _describe(edges[a][b], space.concrete(b), start)
                             for a, b in zip(cycle, [*cycle[1:], nxt], strict=True)
                         ),
                     ]
@@ -482,16 +837,15 @@ def _liveness(
                 if color[nxt] == white:
                     color[nxt] = grey
                     stack.append((nxt, iter(edges[nxt])))
-                    advanced = True
                     break
-            if not advanced:
+            else:
                 stack.pop()
                 color[node] = black
-                state = reps[node].task.state
-                succ = [longest.get(n, 0) for n in edges[node]]
-                if not state.is_terminal and not edges[node]:
-                    result.violation = "a non-terminal state has no way forward"
-                    result.trace = trace(node)
-                    return
-                longest[node] = 0 if state.is_terminal else 1 + max(succ, default=0)
-    result.longest_run = max(longest.values(), default=0)
+                if not ended[node]:
+                    succ = edges[node]
+                    if not succ:
+                        result.violation = "a non-terminal state has no way forward"
+                        result.trace = space.trace(node)
+                        return
+                    longest[node] = 1 + max(longest[n] for n in succ)
+    result.longest_run = max(longest, default=0)
