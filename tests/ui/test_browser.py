@@ -41,9 +41,10 @@ HOSTILE_IDS = (
     f'</svg><svg onload="{PWNED}"><text>x</text>',
     "\u202ehcraes\u202c שלום עולם مرحبا <b>rtl</b>",
     "a/b?c=1&amp;d#e%2F f",
+    "ends/like/a/route/quarantine",
 )
 """Task ids (1..200 characters, no control characters): markup, quotes, the end of
-the timeline's SVG, right-to-left text and URL syntax."""
+the timeline's SVG, right-to-left text, URL syntax, an action's path."""
 
 HOSTILE_SAGA = f"</svg></td></table><script>{PWNED};alert('saga')</script>"
 HOSTILE_QUEUE = f"q\"'<script>{PWNED}</script>"
@@ -661,24 +662,25 @@ def test_actions_refuse_a_missing_or_wrong_csrf_token(
         stranger.close()
 
 
-def test_quarantine_form_works(actions: Served, act_tab: Tab) -> None:
-    """The page's quarantine form (with its token) quarantines the task: back on the
-    task page, the record says quarantined and the history's last entry is the
-    quarantine with its reason.
+@pytest.mark.parametrize("task_id", ["to-quarantine", "looks/like/a/route/annotate"])
+def test_quarantine_form_works(actions: Served, act_tab: Tab, task_id: str) -> None:
+    """The page's quarantine form (with its token) quarantines the task, also one whose
+    id ends like another action's path: back on the task page, the record says
+    quarantined and the history's last entry is the quarantine with its reason.
     """
     store = actions.store
-    store.create("to-quarantine", queue="bulk")
+    store.create(task_id, queue="bulk")
     page = act_tab.page
-    page.goto(actions.task_url("to-quarantine"))
+    page.goto(actions.task_url(task_id))
     form = page.locator("form.action[data-action=quarantine]")
     form.locator("[name=reason]").fill('operator says <stop> & "wait"')
     with page.expect_navigation():
         form.locator("[type=submit]").click()
-    assert urlsplit(page.url).path == urlsplit(actions.task_url("to-quarantine")).path
-    task = store.get("to-quarantine")
+    assert urlsplit(page.url).path == urlsplit(actions.task_url(task_id)).path
+    task = store.get(task_id)
     assert task is not None
     assert task.state is TaskState.QUARANTINED
-    history = store.history("to-quarantine")
+    history = store.history(task_id)
     assert history[-1].event == "quarantine"
     entries = page.locator("ol#history > li.history-entry")
     assert entries.count() == len(history)
@@ -686,7 +688,9 @@ def test_quarantine_form_works(actions: Served, act_tab: Tab) -> None:
     _not_pwned(page)
 
 
-@pytest.mark.parametrize("target", [HOSTILE_IDS[0], HOSTILE_IDS[5]], ids=["markup", "url-syntax"])
+@pytest.mark.parametrize(
+    "target", [HOSTILE_IDS[0], HOSTILE_IDS[5], HOSTILE_IDS[6]], ids=["markup", "url", "route"]
+)
 def test_annotate_form_works_and_shows_the_note_as_text(
     actions: Served, act_tab: Tab, target: str
 ) -> None:
