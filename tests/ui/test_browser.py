@@ -504,7 +504,8 @@ def test_hostile_values_are_shown_as_text_and_run_nothing(actions: Served, act_t
     """Each hostile task id, reached from the list of its saga, shows its id, saga,
     queue, metadata, compensation target and 10,000-character note as text (the
     exact strings) on a page where no payload ran; its lease bar names the hostile
-    owner. The dashboard and the saga list holding them run nothing either.
+    owner. The dashboard (the quarantined ones and what they owe) and the saga list
+    holding them run nothing either.
     """
     page = act_tab.page
     page.goto(actions.url("/"))
@@ -513,6 +514,7 @@ def test_hostile_values_are_shown_as_text_and_run_nothing(actions: Served, act_t
     failures = page.locator("#recent-failures").text_content() or ""
     for task_id in HOSTILE_IDS[1::2]:  # the quarantined ones
         assert task_id in failures
+    assert HOSTILE_TARGET in failures  # the compensation they still owe
     saga_list = actions.url("/tasks?saga=" + quote(HOSTILE_SAGA, safe=""))
     page.goto(saga_list)
     listed = page.eval_on_selector_all(
