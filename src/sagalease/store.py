@@ -47,8 +47,10 @@ class QueueStats:
     :class:`TaskState` in declaration order (see :attr:`counts`). ``stale``: the
     tasks that have not ended whose lease had expired at ``at_us`` (what
     :meth:`SagaStore.list_stale` lists). ``oldest_available_us``: the earliest
-    ``available_at`` of the PENDING tasks available at ``at_us`` (``None``: there
-    is none), so that :attr:`lag` is how long the oldest of them has waited.
+    ``available_at`` of the tasks waiting to be claimed at ``at_us``: not ended,
+    holding no lease and available (PENDING ones, and COMPENSATING ones between two
+    compensation attempts); ``None`` when none waits. :attr:`lag` is how long the
+    oldest of them has waited.
     Times are integer UTC microseconds, as in :mod:`sagalease.records`.
     """
 
@@ -94,13 +96,13 @@ class QueueStats:
 
     @property
     def oldest_available(self) -> datetime | None:
-        """The earliest ``available_at`` of the PENDING tasks available at :attr:`at`."""
+        """The earliest ``available_at`` of the tasks waiting at :attr:`at` (see above)."""
         return None if self.oldest_available_us is None else from_us(self.oldest_available_us)
 
     @property
     def lag(self) -> timedelta | None:
-        """``at - oldest_available``: how long the oldest available PENDING task has
-        waited (``None``: no PENDING task is available).
+        """``at - oldest_available``: how long the oldest waiting task has waited
+        (``None``: none waits).
         """
         if self.oldest_available_us is None:
             return None
@@ -330,8 +332,9 @@ class SagaStore(Protocol):
     def queue_stats(self, *, now: datetime | None = None) -> dict[str, QueueStats]:
         """Per queue that holds any task (sorted by name): its tasks by state (every
         state present), its stale leases at ``now`` (as :meth:`list_stale` counts
-        them) and the earliest ``available_at`` of its PENDING tasks available at
-        ``now`` (see :class:`QueueStats`), read at one instant.
+        them) and the earliest ``available_at`` of its tasks waiting to be claimed at
+        ``now`` (unended, unleased and available: see :class:`QueueStats`), all read
+        from one snapshot.
         """
         ...
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sagalease import MemoryStore, NewTask, SQLiteStore, TaskState
+from sagalease.conformance import run
+from sagalease.conformance.factories import temp_path
 from sagalease.errors import InvalidInputError
 from sagalease.store import SagaStore
 from sagalease.ui.metrics import METRIC_NAMES, Figures, collect, prometheus_text
@@ -156,3 +160,65 @@ def test_every_state_is_a_sample_of_every_queue(store: SagaStore) -> None:
     states = {dict(labels)["state"] for labels in parsed["sagalease_tasks"]}
     assert states == {s.value for s in TaskState}
     assert sum(parsed["sagalease_tasks"].values()) == 1.0
+
+
+def test_sqlite_figures_follow_writes_of_another_handle(tmp_path: Path) -> None:
+    """A SQLite store counts from its previous count (the finished tasks are not
+    walked again): writes made through another handle on the same file between two
+    counts (tasks created, tasks ending, tasks created and ended) are all in the next
+    figures, which equal those of a fresh handle and counts().
+    """
+    path = tmp_path / "two.db"
+    reader, writer = SQLiteStore(path), SQLiteStore(path)
+    try:
+        scripted(writer)
+        first = collect(reader, now=at(40))
+        writer.create_many([NewTask(f"n{i}", queue="emails") for i in range(3)], now=at(41))
+        writer.create("new-queue-task", queue="fresh", now=at(41))
+        for task_id in ("e2", "n0"):  # open at the first count / created since; both end
+            held = writer.acquire(task_id, owner="w9", ttl=TTL, now=at(42))
+            writer.complete(task_id, owner="w9", token=held.token, now=at(43))
+        writer.quarantine("e0", reason="stuck", by="ops", now=at(43))  # was stale
+        second = collect(reader, now=at(44))
+        fresh = SQLiteStore(path)
+        try:
+            assert second == collect(fresh, now=at(44))
+        finally:
+            fresh.close()
+        assert second.totals == writer.counts()
+        for queue in ("billing", "emails", "fresh", "reports"):
+            assert dict(second.tasks[queue]) == writer.counts(queue=queue)
+        assert (
+            second.tasks["emails"][TaskState.COMPLETED]
+            == first.tasks["emails"][TaskState.COMPLETED] + 2
+        )
+        assert second.stale_leases["emails"] == 0
+    finally:
+        reader.close()
+        writer.close()
+
+
+class ForgetsEndings(SQLiteStore):
+    """A broken SQLite store: its incremental count forgets the tasks open at the
+    previous count, so one that ends afterwards is never counted in its final state.
+    """
+
+    def _count_ended(self, conn: Any) -> Any:
+        return replace(super()._count_ended(conn), open_seqs=frozenset())
+
+
+def test_the_conformance_suite_rejects_a_broken_incremental_count() -> None:
+    """The contract check of queue_stats and the stateful comparison with the memory
+    reference each reject a SQLite store whose count from the previous one misses
+    the tasks that ended in between (INV-12), so they exercise that path.
+    """
+
+    def factory() -> SagaStore:
+        return ForgetsEndings(temp_path())
+
+    stages = ("contract/queue_stats_agree_with_records", "stateful/")
+    for stage in stages:
+        report = run(factory, examples=20, seed=1, only={stage}, shrink=False)
+        (result,) = report.results
+        assert result.failure is not None, stage
+        assert result.failure.invariant == "INV-12", (stage, result.failure)

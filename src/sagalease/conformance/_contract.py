@@ -712,15 +712,19 @@ def listings_agree_with_records(t: Trace) -> None:
 def queue_stats_agree_with_records(t: Trace) -> None:
     """queue_stats(now) gives, per queue holding a task (and no other), its counts by
     state (those of counts(queue=)), its stale leases (a lease is stale from its expiry
-    on, a task that ended never is) and the earliest available_at of its PENDING tasks
-    available at now (a future one from its instant on; an unleased COMPENSATING task
-    is not PENDING).
+    on, a task that ended never is) and the earliest available_at of its tasks waiting
+    at now: not ended, unleased (PENDING, or COMPENSATING between attempts) and
+    available (a future one from its instant on); a leased or ended task never waits.
     """
     s = t.store
     same(t, "INV-12", s.queue_stats(now=T0), {}, "queue_stats of an empty store")
     s.create("e", queue="q1", compensations=[COMP_A], now=T0)
     s.acquire("e", owner="w1", ttl=TTL, now=T0)
-    s.fail("e", owner="w1", token=1, reason="boom", now=at(1))  # COMPENSATING, unleased
+    s.fail("e", owner="w1", token=1, reason="boom", now=at(1))  # COMPENSATING, waits
+    s.create("h", queue="q2", compensations=[COMP_A], now=T0)
+    s.acquire("h", owner="w1", ttl=TTL, now=T0)
+    s.fail("h", owner="w1", token=1, reason="boom", now=at(1))
+    s.acquire("h", owner="c1", ttl=TTL, now=at(1))  # COMPENSATING, leased: not waiting
     s.create("c", queue="q1", now=at(2))
     s.acquire("c", owner="w1", ttl=TTL, now=at(2))  # its lease expires at at(32)
     s.create("a", queue="q1", now=at(3))
@@ -739,13 +743,15 @@ def queue_stats_agree_with_records(t: Trace) -> None:
 
     q1 = {TaskState.PENDING: 1, TaskState.RUNNING: 1, TaskState.COMPENSATING: 1}
     q1 |= {TaskState.COMPLETED: 1}
-    counts = {"q1": q1, "q2": {TaskState.QUARANTINED: 1}, "q3": {TaskState.PENDING: 1}}
-    # (now, then per queue: stale, oldest available)
+    q2 = {TaskState.COMPENSATING: 1, TaskState.QUARANTINED: 1}
+    counts = {"q1": q1, "q2": q2, "q3": {TaskState.PENDING: 1}}
+    # (now, then per queue: stale, oldest waiting); h's lease expires at at(31)
     cases: list[tuple[datetime, dict[str, tuple[int, datetime | None]]]] = [
-        (at(5) - US, {"q1": (0, at(3)), "q2": (0, None), "q3": (0, None)}),
-        (at(5), {"q1": (0, at(3)), "q2": (0, None), "q3": (0, at(5))}),
-        (at(32) - US, {"q1": (0, at(3)), "q2": (0, None), "q3": (0, at(5))}),
-        (at(32), {"q1": (1, at(3)), "q2": (0, None), "q3": (0, at(5))}),
+        (at(5) - US, {"q1": (0, at(1)), "q2": (0, None), "q3": (0, None)}),
+        (at(5), {"q1": (0, at(1)), "q2": (0, None), "q3": (0, at(5))}),
+        (at(31), {"q1": (0, at(1)), "q2": (1, None), "q3": (0, at(5))}),
+        (at(32) - US, {"q1": (0, at(1)), "q2": (1, None), "q3": (0, at(5))}),
+        (at(32), {"q1": (1, at(1)), "q2": (1, None), "q3": (0, at(5))}),
     ]
     for now, want in cases:
         now_us = T0_US + (now - T0) // US
@@ -761,7 +767,12 @@ def queue_stats_agree_with_records(t: Trace) -> None:
         }
         got_stats = stats(now)
         same(t, "INV-12", got_stats, expected, f"queue_stats(now={now.isoformat()})")
-    per_queue = stats(at(6))
+    s.acquire("e", owner="c2", ttl=TTL, now=at(33))  # leased: e waits no more, a does
+    s.quarantine("b", reason="poison", by="ops", now=at(33))  # ends after a count
+    per_queue = stats(at(34))
+    same(t, "INV-12", per_queue["q1"].oldest_available, at(3), "q1's oldest once e is leased")
+    q3 = dict.fromkeys(TaskState, 0) | {TaskState.QUARANTINED: 1}
+    same(t, "INV-12", per_queue["q3"].counts, q3, "q3's counts once b is quarantined")
     for queue, one in per_queue.items():
         same(t, "INV-12", one.counts, s.counts(queue=queue), f"queue_stats vs counts({queue!r})")
     total = {state: sum(q.counts[state] for q in per_queue.values()) for state in TaskState}

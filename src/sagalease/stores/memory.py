@@ -221,7 +221,7 @@ class MemoryStore(StoreBase):
                     continue
                 if t.lease is not None and now_us >= t.lease.expires_us:
                     stale[t.queue] += 1
-                if t.state is TaskState.PENDING and t.available_us <= now_us:
+                if t.lease is None and t.available_us <= now_us:
                     oldest[t.queue] = min(oldest.get(t.queue, t.available_us), t.available_us)
         return {
             queue: QueueStats.of(

@@ -282,7 +282,7 @@ _TEMPLATES: Final = {
         " GROUP BY queue, state"
         " UNION ALL"
         " SELECT queue, NULL, NULL, count(*) FILTER (WHERE lease_expires_us <= %s),"
-        " min(available_us) FILTER (WHERE state = 'pending' AND available_us <= %s)"
+        " min(available_us) FILTER (WHERE lease_expires_us IS NULL AND available_us <= %s)"
         " FROM {schema}.tasks WHERE open_seq IS NOT NULL GROUP BY queue"
     ),
     # Exact: extract(epoch ...) is numeric (microsecond precision) since PostgreSQL 14.
