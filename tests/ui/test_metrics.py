@@ -68,7 +68,7 @@ def test_text_agrees_with_the_store_after_a_scripted_run(store: SagaStore) -> No
     """/metrics' text parses with the Prometheus client's parser into the three gauge
     families; sagalease_tasks{queue, state} is counts(queue=) for every queue and
     state, stale leases are list_stale's per queue, and the lag is now minus the
-    oldest available PENDING task's available_at (0 when none waits).
+    oldest waiting task's available_at (0 when none waits).
     """
     scripted(store)
     now = at(40)

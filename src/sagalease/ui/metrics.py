@@ -6,8 +6,9 @@ call (index-backed on the bundled stores); :func:`prometheus_text` writes them a
 * ``sagalease_tasks{queue, state}``: tasks per queue and state (every state of every
   queue that holds a task, zeros included), a gauge;
 * ``sagalease_stale_leases{queue}``: tasks that have not ended whose lease expired;
-* ``sagalease_queue_lag_seconds{queue}``: how long the oldest PENDING task available
-  now has waited since its ``available_at`` (0 when none is waiting).
+* ``sagalease_queue_lag_seconds{queue}``: how long the oldest task waiting to be
+  claimed (not ended, unleased, available: PENDING, or COMPENSATING between
+  attempts) has waited since its ``available_at`` (0 when none waits).
 
 The text is made by ``prometheus_client`` (the ``[ui]`` extra) from a fresh registry
 per call, so label values (queue names are free text: quotes, backslashes, braces)
@@ -52,7 +53,8 @@ class Figures:
 
     ``tasks``: tasks by state (every state present); ``stale_leases``: tasks that have
     not ended whose lease had expired; ``queue_lag_seconds``: the age of the oldest
-    PENDING task available at ``at`` (``None``: none is waiting).
+    task waiting to be claimed at ``at`` (see :class:`~sagalease.store.QueueStats`;
+    ``None``: none waits).
     """
 
     at: datetime
@@ -117,7 +119,8 @@ class _FiguresCollector(Collector):
         yield stale
         lag = GaugeMetricFamily(
             "sagalease_queue_lag_seconds",
-            "Age of the oldest available PENDING task since its available_at (0: none).",
+            "Seconds the oldest task waiting to be claimed has waited since its"
+            " available_at (0: none waits).",
             labels=["queue"],
         )
         for queue, seconds in f.queue_lag_seconds.items():
