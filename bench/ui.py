@@ -2,6 +2,7 @@
 
     uv run python -m bench.ui                 # 1M tasks, 3 repetitions of 30 requests
     uv run python -m bench.ui --tasks 100000 --requests 10   # a smoke run
+    uv run python -m bench.ui --backend postgres   # the same on PostgreSQL ($SAGALEASE_BENCH_DSN)
 
 The store is a SQLite file (``$SAGALEASE_BENCH_DIR``, default /tmp/sagalease-bench)
 of ``--tasks`` tasks over 20 queues, interleaved in creation order: 97.7 % ended
@@ -34,11 +35,13 @@ import os
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import WORKDIR, median, percentile
+from bench.common import DEFAULT_DSN, WORKDIR, median, percentile
 
 RESULTS = Path(__file__).parent / "results"
 QUEUES = 20
@@ -70,11 +73,10 @@ def _kind_case() -> str:
     return "CASE " + " ".join(arms[:-1]) + f" ELSE 'tpl-{KINDS[-1][0]}' END"
 
 
-def _templates(path: Path, base: datetime) -> None:
-    """The six template tasks, written by the store at instants from ``base``."""
-    from sagalease import Compensation, SQLiteStore
+def _templates(s: Any, base: datetime) -> None:
+    """The six template tasks, written by store ``s`` at instants from ``base``."""
+    from sagalease import Compensation
 
-    s = SQLiteStore(path, synchronous="NORMAL")
     t = base
     minute, day = timedelta(minutes=1), timedelta(days=1)
     ttl = 10 * minute
@@ -122,7 +124,9 @@ def build(path: Path, tasks: int) -> dict[str, Any]:
     now = datetime.now(UTC)
     base = now - timedelta(days=2)  # the live leases run until now + 1 day
     t0 = time.monotonic()
-    _templates(path, base)
+    from sagalease import SQLiteStore
+
+    _templates(SQLiteStore(path, synchronous="NORMAL"), base)
     shifted = {"created_us", "updated_us", "available_us"}
     columns = []
     for column in TASK_COLUMNS:
@@ -176,6 +180,100 @@ def build(path: Path, tasks: int) -> dict[str, Any]:
     }
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     return meta
+
+
+def build_postgres(dsn: str, schema: str, tasks: int) -> dict[str, Any]:
+    """The same store in PostgreSQL schema ``schema`` of ``dsn`` (kept between runs
+    like the SQLite file: its layout is recorded in a ``bench_ui_meta`` table there),
+    ``VACUUM ANALYZE``d after the load as autovacuum would.
+    """
+    import psycopg
+    from psycopg import sql
+
+    from sagalease.stores._rows import HISTORY_COLUMNS, TASK_COLUMNS
+    from sagalease.stores.postgres import PostgresStore
+
+    wanted = {"tasks": tasks, "queues": QUEUES, "layout": LAYOUT}
+    ident = sql.Identifier(schema)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with contextlib.suppress(psycopg.errors.UndefinedTable):
+            row = conn.execute(
+                sql.SQL("SELECT meta FROM {}.bench_ui_meta").format(ident)
+            ).fetchone()
+            if row is not None:
+                meta: dict[str, Any] = json.loads(row[0])
+                if {k: meta.get(k) for k in wanted} == wanted:
+                    return meta
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
+    now = datetime.now(UTC)
+    base = now - timedelta(days=2)
+    t0 = time.monotonic()
+    _templates(PostgresStore(dsn, schema=schema), base)
+    columns = []
+    for column in TASK_COLUMNS:
+        if column == "task_id":
+            columns.append("'t' || lpad(x::text, 9, '0')")
+        elif column == "saga_id":
+            columns.append("'saga-' || lpad((x / 10)::text, 7, '0')")
+        elif column == "queue":
+            columns.append(f"'q' || lpad((x % {QUEUES})::text, 2, '0')")
+        elif column in ("created_us", "updated_us", "available_us"):
+            columns.append(f"{column} + x * {SPACING_US}")
+        else:
+            columns.append(column)
+    rewrite = {"task_id": "'t' || lpad(x::text, 9, '0')", "at_us": f"at_us + x * {SPACING_US}"}
+    history = [rewrite.get(c, c) for c in HISTORY_COLUMNS.split(", ")]
+    kind = _kind_case()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"SET search_path TO {ident.as_string(conn)}")
+        with conn.transaction():
+            conn.execute(
+                f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)})"
+                f" SELECT {', '.join(columns)} FROM generate_series(1, {int(tasks)}) AS g(x)"
+                f" JOIN tasks ON task_id = {kind} ORDER BY x",  # no parameters: % is modulo
+            )
+            conn.execute(
+                f"INSERT INTO history ({HISTORY_COLUMNS})"
+                f" SELECT {', '.join(history)} FROM generate_series(1, {int(tasks)}) AS g(x)"
+                f" JOIN history ON task_id = {kind}",
+            )
+        conn.execute("VACUUM ANALYZE tasks")
+        conn.execute("VACUUM ANALYZE history")
+        by_state = dict(conn.execute("SELECT state, count(*) FROM tasks GROUP BY state"))
+        (entries,) = conn.execute("SELECT count(*) FROM history").fetchone() or (0,)
+        (size,) = conn.execute(
+            "SELECT pg_total_relation_size('tasks') + pg_total_relation_size('history')"
+        ).fetchone() or (0,)
+        meta = {
+            **wanted,
+            "built_at": now.isoformat(),
+            "build_s": round(time.monotonic() - t0, 1),
+            "by_state": by_state,
+            "history_entries": entries,
+            "relations_mb": round(size / 1e6, 1),
+        }
+        conn.execute("CREATE TABLE bench_ui_meta (meta text NOT NULL)")
+        conn.execute("INSERT INTO bench_ui_meta VALUES (%s)", (json.dumps(meta),))
+    return meta
+
+
+def _ensure_database(dsn: str) -> None:
+    """Create the database named in ``dsn`` if it does not exist."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = conninfo_to_dict(dsn).get("dbname") or "postgres"
+    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _drop_schema(dsn: str, schema: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 def _warm_file(path: Path) -> None:
@@ -237,7 +335,12 @@ def store_calls(store: Any, tasks: int, reps: int) -> dict[str, float]:
 
 
 def measure(
-    client: Any, urls: dict[str, str], requests: int, reps: int, path: Path, timed: Timed
+    client: Any,
+    urls: dict[str, str],
+    requests: int,
+    reps: int,
+    warm: Callable[[], None],
+    timed: Timed,
 ) -> dict[str, dict[str, Any]]:
     """Median and p95 (ms) of every page, HTML and JSON, ``requests`` per repetition,
     and the median time of each store method per request.
@@ -254,7 +357,7 @@ def measure(
                     raise RuntimeError(f"{name} {kind}: {response.status_code} {url}")
     timed.take()
     for rep in range(reps):
-        _warm_file(path)
+        warm()
         this: dict[str, list[float]] = {name: [] for name in times}
         for _ in range(requests):
             for name, url in urls.items():
@@ -315,16 +418,15 @@ class Timed:
         return {name: seconds * 1000 for name, seconds in spent.items()}
 
 
-def cold_dashboard(path: Path) -> dict[str, float]:
-    """The first dashboard of a server just started (a fresh store: its first
-    ``queue_stats`` walks every task), and the second one, in milliseconds.
+def cold_dashboard(open_store: Callable[[], Any]) -> dict[str, float]:
+    """The first dashboard of a server just started (a fresh store: on SQLite its
+    first ``queue_stats`` walks every task), and the second one, in milliseconds.
     """
     from starlette.testclient import TestClient
 
-    from sagalease import SQLiteStore
     from sagalease.ui.app import create_app
 
-    store = SQLiteStore(path)
+    store = open_store()
     out = {}
     try:
         with TestClient(create_app(store)) as client:
@@ -345,37 +447,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=30, help="per page and repetition")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--rebuild", action="store_true", help="build the store afresh")
-    parser.add_argument("--out", type=Path, default=RESULTS / "ui.json")
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--dsn", default=DEFAULT_DSN, help="PostgreSQL (database: its own)")
+    parser.add_argument("--out", type=Path, default=None, help="default results/ui[-pg].json")
     args = parser.parse_args(argv)
+    out = args.out or RESULTS / ("ui.json" if args.backend == "sqlite" else "ui-postgres.json")
 
     from starlette.testclient import TestClient
 
     from sagalease import SQLiteStore
     from sagalease.ui.app import create_app
 
-    path = WORKDIR / f"ui-{args.tasks}.db"
-    if args.rebuild:
-        path.with_suffix(".json").unlink(missing_ok=True)
     load_before = os.getloadavg()
-    _log(f"store: {path} ({args.tasks:,} tasks)")
-    meta = build(path, args.tasks)
+    path = WORKDIR / f"ui-{args.tasks}.db"
+    open_store: Callable[[], Any]
+    if args.backend == "sqlite":
+        if args.rebuild:
+            path.with_suffix(".json").unlink(missing_ok=True)
+        _log(f"store: {path} ({args.tasks:,} tasks)")
+        meta = build(path, args.tasks)
+        open_store = partial(SQLiteStore, path)
+    else:
+        from sagalease.stores.postgres import PostgresStore
+
+        schema = f"bench_ui_{args.tasks}"
+        _ensure_database(args.dsn)
+        if args.rebuild:
+            _drop_schema(args.dsn, schema)
+        _log(f"store: schema {schema} of {args.dsn} ({args.tasks:,} tasks)")
+        meta = build_postgres(args.dsn, schema, args.tasks)
+        open_store = partial(PostgresStore, args.dsn, schema=schema)
     _log(f"store ready: {meta}")
-    _warm_file(path)
-    cold = cold_dashboard(path)
+
+    def warm() -> None:
+        if args.backend == "sqlite":
+            _warm_file(path)
+
+    warm()
+    cold = cold_dashboard(open_store)
     _log(f"a server just started: dashboard {cold} ms")
-    store = SQLiteStore(path)
+    store = open_store()
     timed = Timed(store)
     try:
         urls = pages(store, args.tasks)
         calls = store_calls(store, args.tasks, 10)
         _log(f"store calls (median ms): {calls}")
         with TestClient(create_app(timed)) as client:  # type: ignore[arg-type]
-            figures = measure(client, urls, args.requests, args.reps, path, timed)
+            figures = measure(client, urls, args.requests, args.reps, warm, timed)
     finally:
         store.close()
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "uv run python -m bench.ui " + " ".join(argv or sys.argv[1:]),
+        "command": " ".join(["uv run python -m bench.ui", *(argv or sys.argv[1:])]),
         "store": meta,
         "requests_per_rep": args.requests,
         "reps": args.reps,
@@ -386,10 +509,11 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "python": sys.version.split()[0],
+        "backend": args.backend,
         "sqlite": sqlite3.sqlite_version,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print(
         f"{'page':<20} {'median ms':>9} {'p95 ms':>7} {'max ms':>7}  {'goal <200':<9}"
         "  of the median: store calls (ms)"
