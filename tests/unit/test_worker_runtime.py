@@ -446,7 +446,7 @@ def _stop_once_started(started: threading.Event, worker: Worker) -> None:
 class SlowRelease(MemoryStore):
     """A memory store whose release commits, then answers after ``pause`` seconds."""
 
-    pause = 1.0
+    pause = 2.0
 
     def release(self, task_id: str, **kwargs: Any) -> TaskSaga:
         task = super().release(task_id, **kwargs)
@@ -467,7 +467,9 @@ def test_a_release_still_in_flight_after_the_grace_period_is_waited_for() -> Non
         started.set()
         ctx.sleep(GUARD)
 
-    worker = Worker(store, handler, owner="w1", shutdown_grace=timedelta(milliseconds=50))
+    # The grace period outlasts the handler's checkpoint (ctx.sleep looks every 50 ms),
+    # not its release.
+    worker = Worker(store, handler, owner="w1", shutdown_grace=timedelta(milliseconds=500))
     stopper = threading.Thread(target=_stop_once_started, args=(started, worker))
     stopper.start()
     outcomes = worker.run()
