@@ -168,3 +168,100 @@ def test_declaration_missing_a_transition_the_core_takes_is_caught(
     result = check(load_model("default", **SMALL))
     assert result.violation is not None
     assert "undeclared edge running --release--> pending" in result.violation
+
+
+def test_catches_a_malformed_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release that leaves the lease on the PENDING task is reported as a malformed record."""
+
+    def keep_lease(task: Any, step: core.Step) -> core.Step:
+        return core.Step(dataclasses.replace(step.task, lease=task.lease), step.entry)
+
+    _wrap_handler(monkeypatch, "release", keep_lease)
+    result = check(load_model("default", **SMALL))
+    assert result.violation is not None
+    assert result.violation.startswith("record not well formed")
+    assert result.trace[-1] == "  ^-- violates"
+    assert "release" in result.trace[-2]
+
+
+def test_catches_two_holders_of_one_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An acquisition that hands out the current token again leaves two workers holding
+    it: the state check reports it even with the edge checks (which see it first) off.
+    """
+    from sagalease.verification import checker
+
+    def reuse_token(task: Any, step: core.Step) -> core.Step:
+        token = max(task.token, 1)
+        lease = step.task.lease
+        assert lease is not None
+        new = dataclasses.replace(
+            step.task,
+            token=token,
+            attempts=task.attempts,
+            lease=dataclasses.replace(lease, token=token),
+        )
+        return core.Step(new, step.entry)
+
+    _wrap_handler(monkeypatch, "acquire", reuse_token)
+    monkeypatch.setattr(checker, "_edge_checks", lambda *args: None)
+    result = check(load_model("default", **SMALL))
+    assert result.violation == "two workers hold the current token"
+    assert result.trace[-1] == "  ^-- violates"
+    assert "workers believe [1,1]" in result.trace[-2]
+
+
+def test_catches_an_event_that_changes_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A heartbeat that moves the token on (lease and task alike) is reported."""
+
+    def bump(task: Any, step: core.Step) -> core.Step:
+        lease = step.task.lease
+        assert lease is not None
+        token = step.task.token + 1
+        new = dataclasses.replace(
+            step.task, token=token, lease=dataclasses.replace(lease, token=token)
+        )
+        return core.Step(new, step.entry)
+
+    _wrap_handler(monkeypatch, "heartbeat", bump)
+    result = check(load_model("default", **SMALL))
+    assert result.violation == "heartbeat changed the token"
+    assert result.trace[-1].endswith("<-- violates")
+
+
+def test_catches_a_heartbeat_that_does_not_extend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the `extends` guard, a heartbeat that keeps the expiry is reported."""
+    _broken_guard(monkeypatch, "extends", lambda c: True)
+    result = check(load_model("default", **SMALL))
+    assert result.violation == "heartbeat revived or shortened a lease"
+    assert "heartbeat" in result.trace[-1]
+
+
+def test_catches_the_reaper_dropping_a_live_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reaper that takes any lease for expired is reported as dropping a live one."""
+    _broken_guard(monkeypatch, "lease_expired", lambda c: c.task.lease is not None)
+    result = check(load_model("default", **SMALL))
+    assert result.violation == "the reaper dropped a live lease"
+    assert result.trace[-1].startswith("reaper")
+
+
+def test_catches_a_failure_with_compensations_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lifecycle that never sees pending compensations fails a task that owes them."""
+    _broken_guard(monkeypatch, "has_pending_compensation", lambda c: False)
+    result = check(load_model("default", **SMALL))
+    assert result.violation is not None
+    assert result.violation.endswith("failed the task with compensations still pending")
+    assert "register" in "\n".join(result.trace)
+
+
+def test_catches_a_state_without_a_way_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reaper blind to exhausted attempts leaves a task with no way forward (no deadline,
+    no operator): the liveness check reports the stuck state.
+    """
+    _broken_guard(monkeypatch, "attempts_exhausted", lambda c: False)
+    model = dataclasses.replace(
+        load_model("default", **SMALL), deadline=None, operator=False, figures=None
+    )
+    result = check(model)
+    assert result.violation == "a non-terminal state has no way forward"
+    assert result.trace
+    assert f"attempts={model.max_attempts}" in result.trace[-1]

@@ -317,16 +317,13 @@ def _successors(m: Model, s: _State, handlers: Mapping[str, Any]) -> Iterator[tu
 
 
 class _Violation(Exception):
-    """A property failed. ``state`` is the state being expanded and ``ordinal``
-    the number of the offending successor among its successors (with ``label``);
-    ``reached``: the offending successor is a bad state (else a bad edge);
-    ``state`` alone: that state is bad.
+    """A property failed: state ``state`` is bad, or (with ``label``) a move from
+    it, its successor number ``ordinal``, is.
     """
 
     label: str | None = None
     state: int | None = None
     ordinal: int = 0
-    reached: bool = False
 
 
 def _edge_checks(
@@ -442,10 +439,12 @@ class _Space:
         self.part: list[int] = []  # number of the class's _task_key
         self.owner: list[int] = []  # number of the class's lease owner (0: no lease)
         self.ended: list[bool] = []
-        self._classes: dict[tuple[tuple[Any, ...], str | None], int] = {}
+        self.sound: list[bool] = []  # whether the class's record is well formed
+        self._classes: dict[tuple[tuple[Any, ...], str | None, bool], int] = {}
         self._parts: dict[tuple[Any, ...], int] = {}
         self._owners: dict[str | None, int] = {None: 0}
-        self._steps: dict[tuple[int, int], tuple[int, TaskSaga] | None] = {}
+        self._steps: dict[int, tuple[int, TaskSaga] | None] = {}  # class, call
+        self._after: dict[tuple[int, str, int], int] = {}  # belief, event, new class
         self._call_ids: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = {}
         self._worker_tries: dict[tuple[int, int, int], list[_Try]] = {}
         self._task_tries: dict[tuple[bool, int], list[_Try]] = {}
@@ -454,12 +453,15 @@ class _Space:
         self.beliefs: list[_Worker] = []
         self._belief_ids: dict[_Worker, int] = {}
         self.crews: list[tuple[int, ...]] = []
+        # per crew: (worker index, its belief, the low bits of its key in _moves), the
+        # others' last
+        self.actors: list[list[tuple[int, int, int]]] = []
         self._crew_ids: dict[tuple[int, ...], int] = {}
         self._swaps: dict[int, int] = {}  # crew, worker, belief -> crew
         self._swapped: dict[int, int] = {}  # crew, worker, belief, owner -> crew key
         self._crew_keys: list[list[int]] = [[]]  # [owner][crew] -> number of its _workers_key
         self._crew_key_ids: dict[tuple[Any, ...], int] = {}
-        self._holders_ok: set[tuple[int, int]] = set()
+        self._holders_ok: set[int] = set()  # crew, token: at most one holder
         self._moves: dict[int, list[_Moved]] = {}  # class, worker id (or none), belief
         # states
         self.seen: dict[int, int] = {}
@@ -475,13 +477,17 @@ class _Space:
     # -------------------------------------------------------------- numbering
 
     def task_class(self, task: TaskSaga, now: int) -> int:
-        """The number of the class of (``task``, ``now``), new or not."""
+        """The number of the class of (``task``, ``now``), new or not (a record that
+        is not well formed is in a class of its own, reported when a state has it).
+        """
         part = _task_key(task, now)
         lease = task.lease
         owner = None if lease is None else lease.owner
-        cid = self._classes.get((part, owner))
+        sound = core.well_formed(task)
+        cid = self._classes.get((part, owner, sound))
         if cid is None:
-            cid = self._classes[(part, owner)] = len(self.records)
+            cid = self._classes[(part, owner, sound)] = len(self.records)
+            self.sound.append(sound)
             self.records.append((task, now))
             self.part.append(self._parts.setdefault(part, len(self._parts)))
             if owner not in self._owners:
@@ -509,9 +515,16 @@ class _Space:
         if kid is None:
             kid = self._crew_ids[beliefs] = len(self.crews)
             self.crews.append(beliefs)
+            actors = [(i, bid, self._actor(i, bid)) for i, bid in enumerate(beliefs)]
+            actors.append((-1, -1, 0))
+            self.actors.append(actors)
             for row in self._crew_keys:
                 row.append(-1)
         return kid
+
+    def _actor(self, index: int, bid: int) -> int:
+        """The low bits of the key in ``_moves`` of worker ``index`` believing ``bid``."""
+        return (index // self.m.incarnations + 1) << _SHIFT | bid + 1
 
     def swap(self, kid: int, index: int, bid: int) -> int:
         """The crew ``kid`` with worker ``index`` believing ``bid`` (kept)."""
@@ -570,24 +583,20 @@ class _Space:
         """The core's step for ``event`` from class ``cid``, checked once: the new
         class and record, or None when refused.
         """
-        done = self._steps.get((cid, call), _MISSING)
+        key = cid << _SHIFT | call
+        done = self._steps.get(key, _MISSING)
         if done is not _MISSING:
             return done  # type: ignore[no-any-return]
         task, now = self.records[cid]
         try:
             step = self.handlers[event](task, now_us=now, **args)
         except SagaLeaseError:
-            self._steps[(cid, call)] = None  # refused: nothing changed (the core is pure)
+            self._steps[key] = None  # refused: nothing changed (the core is pure)
             return None
         new = step.task
         _edge_checks(event, args.get("owner"), args, task, now, new)
-        try:
-            _record_checks(new)
-        except _Violation as exc:
-            exc.reached = True
-            raise
         self.covered.add((task.state, event, new.state))
-        result = self._steps[(cid, call)] = (self.task_class(new, now), new)
+        result = self._steps[key] = (self.task_class(new, now), new)
         return result
 
     def moves(self, cid: int, index: int, bid: int) -> Iterator[_Moved]:
@@ -600,10 +609,10 @@ class _Space:
             key = cid << 2 * _SHIFT
             tries = self.task_tries(task)
         else:
-            group = index // self.m.incarnations
-            key = (cid << _SHIFT | group + 1) << _SHIFT | bid + 1
+            key = cid << 2 * _SHIFT | self._actor(index, bid)
             tries = self.worker_tries(index, bid, len(task.compensations))
         found: list[_Moved] = []
+        steps, after, base = self._steps, self._after, cid << _SHIFT
         for label, event, args, call in tries:
             if event is _Move.TICK:
                 if task.state.is_terminal:
@@ -612,31 +621,47 @@ class _Space:
             elif event is _Move.CRASH:
                 ncid, nbid = cid, self.belief(_Worker())
             else:
-                try:
-                    step = self._step(cid, call, event, args)
-                except _Violation as exc:
-                    exc.label = label
-                    raise
+                step = steps.get(base | call, _MISSING)
+                if step is _MISSING:
+                    try:
+                        step = self._step(cid, call, event, args)
+                    except _Violation as exc:
+                        exc.label = label
+                        raise
                 if step is None:
                     continue
                 ncid = step[0]
-                nbid = (
-                    -1
-                    if index < 0
-                    else self.belief(_after_call(self.m, self.beliefs[bid], event, step[1]))
-                )
+                if index < 0:
+                    nbid = -1
+                else:
+                    nbid = after.get((bid, event, ncid), -1)
+                    if nbid < 0:
+                        w = _after_call(self.m, self.beliefs[bid], event, step[1])
+                        nbid = after[(bid, event, ncid)] = self.belief(w)
             move = (label, ncid, nbid, self.part[ncid] << _HALF, self.owner[ncid])
             found.append(move)
             yield move
         self._moves[key] = found
+
+    def state_checks(self, sid: int) -> None:
+        """The checks of every state, on new state ``sid``."""
+        cid, kid = self.state_class[sid], self.state_crew[sid]
+        task = self.records[cid][0]
+        try:
+            if not self.sound[cid]:
+                concrete = self.concrete(sid).task
+                _record_checks(concrete if not core.well_formed(concrete) else task)
+            _holders_check(task, self.workers(kid))
+        except _Violation as exc:
+            exc.state = sid
+            raise
+        self._holders_ok.add(kid << _HALF | task.token)
 
     # -------------------------------------------------------------- search
 
     def explore(self, result: Result) -> None:
         """Breadth first from the initial state; raises :class:`_Violation`."""
         init = self.init
-        _record_checks(init.task)
-        _holders_check(init.task, init.workers)
         c0 = self.task_class(init.task, init.now)
         k0 = self.crew(tuple(self.belief(w) for w in init.workers))
         self.seen[self.part[c0] << _HALF | self.crew_key(k0, self.owner[c0])] = 0
@@ -646,30 +671,27 @@ class _Space:
         self.label.append("create")
         self.ordinal.append(0)
         self.depth.append(0)
+        self.state_checks(0)
         seen, state_class, state_crew = self.seen, self.state_class, self.state_crew
         parents, labels, ordinals, depths = self.parent, self.label, self.ordinal, self.depth
-        records, crews, edges = self.records, self.crews, self.edges
+        records, edges = self.records, self.edges
         known, swapped, crew_keys = self._moves, self._swapped, self._crew_keys
-        holders_ok = self._holders_ok
-        # (worker index, its id's field in the keys of known); then the others'.
-        actors = [(i, i // self.m.incarnations + 1) for i in range(self.m.workers)]
-        actors.append((-1, 0))
+        holders_ok, actors, sound = self._holders_ok, self.actors, self.sound
         transitions = 0
         sid = 0
         try:
             while sid < len(state_class):
                 cid = state_class[sid]
                 kid = state_crew[sid]
-                crew = crews[kid]
+                high = cid << 2 * _SHIFT
                 depth = depths[sid] + 1
                 out: dict[int, str] = {}
                 edges.append(out)
                 ordinal = 0
                 try:
-                    for index, group in actors:
-                        bid = crew[index] if index >= 0 else -1
-                        moves = known.get((cid << _SHIFT | group) << _SHIFT | bid + 1)
-                        for label, ncid, nbid, high, nown in (
+                    for index, bid, low in actors[kid]:
+                        moves = known.get(high | low)
+                        for label, ncid, nbid, nhigh, nown in (
                             self.moves(cid, index, bid) if moves is None else moves
                         ):
                             ordinal += 1
@@ -688,7 +710,7 @@ class _Space:
                                         self.swap(kid, index, nbid), nown
                                     )
                                 nkid = -1
-                            nk = high | ck
+                            nk = nhigh | ck
                             nsid = seen.get(nk, -1)
                             if nsid < 0:
                                 if nkid < 0:
@@ -700,14 +722,11 @@ class _Space:
                                 labels.append(label)
                                 ordinals.append(ordinal - 1)
                                 depths.append(depth)
-                                token = records[ncid][0].token
-                                if (nkid, token) not in holders_ok:
-                                    try:
-                                        _holders_check(records[ncid][0], self.workers(nkid))
-                                    except _Violation as exc:
-                                        exc.state = nsid
-                                        raise
-                                    holders_ok.add((nkid, token))
+                                if (
+                                    not sound[ncid]
+                                    or (nkid << _HALF | records[ncid][0].token) not in holders_ok
+                                ):
+                                    self.state_checks(nsid)
                             if nsid != sid:
                                 out.setdefault(nsid, label)
                 except _Violation as exc:
@@ -764,8 +783,6 @@ class _Space:
             return [*self.trace(exc.state), "  ^-- violates"]
         after = self._successor(self.concrete(exc.state), exc.ordinal, exc.label)
         step = _describe(exc.label, after, self.init.now)
-        if exc.reached:
-            return [*self.trace(exc.state), step, "  ^-- violates"]
         return [*self.trace(exc.state), step + "  <-- violates"]
 
 
