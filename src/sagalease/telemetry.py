@@ -22,7 +22,7 @@ tells something, the operation and the outcome. Who reports what:
   the memory, SQLite and PostgreSQL stores share): reclaims, writes refused by
   fencing and quarantines, whoever made the call.
 
-The README's "OpenTelemetry" section lists every name with its unit and
+docs/telemetry.md lists every name with its unit and
 attributes (:data:`METRICS` is the same list, checked by the tests).
 """
 
@@ -239,7 +239,7 @@ METRICS: Final = (
     FENCED_WRITES,
     QUARANTINES,
 )
-"""Every instrument sagalease creates, as documented in the README."""
+"""Every instrument sagalease creates, as documented in docs/telemetry.md."""
 
 _SECONDS_BUCKETS: Final = (
     0.005,

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -624,3 +625,21 @@ def test_metric_names_are_unique_and_documented() -> None:
         "messaging.client.operation.duration",
         "messaging.process.duration",
     }
+
+
+def test_every_instrument_is_in_the_docs_table_with_its_unit() -> None:
+    """docs/telemetry.md has one table row per instrument naming its kind and unit, and
+    no row for an instrument that does not exist.
+    """
+    text = (Path(__file__).parents[2] / "docs" / "telemetry.md").read_text(encoding="utf-8")
+    rows = {
+        cells[1].strip("` "): cells
+        for line in text.splitlines()
+        if line.startswith("| `") and len(cells := line.split("|")) > 4
+    }
+    for metric in tm.METRICS:
+        assert metric.name in rows, metric.name
+        assert rows[metric.name][2].strip() == metric.kind
+        assert rows[metric.name][3].strip() == f"`{metric.unit}`"
+    spans = {name for name in rows if " " in name}
+    assert set(rows) - spans == {m.name for m in tm.METRICS}
