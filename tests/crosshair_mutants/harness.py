@@ -58,6 +58,21 @@ def _seeds() -> tuple[TaskSaga, ...]:
     half = core.compensation_applied(compensating, owner="w2", token=2, index=0, now_us=T0 + S).task
     completed = core.complete(bare_running, owner="w1", token=1, now_us=T0 + S).task
     quarantined = core.quarantine(running, reason="op", by="op", now_us=T0 + S).task
+    # The reaper's remaining moves: past the deadline with nothing to compensate
+    # (pending and running → FAILED), no attempt left (pending and compensating
+    # → QUARANTINED).
+    doomed = core.create("t", now_us=T0, max_attempts=1, deadline_us=T0 + 60 * S).task
+    doomed_running = core.acquire(doomed, owner="w1", ttl_us=TTL, now_us=T0).task
+    spent = core.release(bare_running, owner="w1", token=1, now_us=T0 + S).task
+    comp_spent = core.acquire(
+        core.release(compensating, owner="w2", token=2, now_us=T0 + S).task,
+        owner="w1",
+        ttl_us=TTL,
+        now_us=T0 + S,
+    ).task
+    # Every terminal state (annotate is allowed in each, nothing else is).
+    failed = core.fail(doomed_running, owner="w1", token=1, reason="boom", now_us=T0 + S).task
+    compensated = core.compensation_applied(half, owner="w2", token=2, index=1, now_us=T0 + S).task
     return (
         fresh,
         bare,
@@ -71,11 +86,31 @@ def _seeds() -> tuple[TaskSaga, ...]:
         half,
         completed,
         quarantined,
+        doomed,
+        doomed_running,
+        spent,
+        comp_spent,
+        failed,
+        compensated,
     )
 
 
 SEEDS = _seeds()
 N = len(SEEDS)
+
+DOMAIN: dict[str, range] = {
+    "seed": range(N),
+    "who": range(len(OWNERS)),
+    "token": range(4),  # 0 (never granted) .. 3 (the highest token a seed holds)
+    "ttl": range(len(TTLS)),
+    "delay": range(2),  # none, or 10 s
+    "index": range(-1, 3),  # one before and one past the two compensations
+    "clock": range(len(CLOCK)),
+    "micros": range(-1, 2),
+}
+"""Each driver parameter's bounds, as its preconditions state them
+(``tests/system/test_crosshair.py`` checks that they agree and runs every
+driver over the whole box concretely)."""
 
 
 def now_at(clock: int, micros: int) -> int:
