@@ -183,6 +183,42 @@ def test_svg_has_a_bar_per_token_coloured_by_owner_and_the_marks() -> None:
     assert [m.get("data-kind") for m in by_class(root, "mark")] == ["reclaim", "reap"]
 
 
+def _axis(root: ET.Element) -> tuple[str, float, float]:
+    """The ``axis-end`` label, the axis' right end and the last bar's right edge."""
+    (label,) = by_class(root, "axis-end")
+    (axis,) = by_class(root, "axis")
+    last = by_class(root, "lease-bar")[-1]
+    right = float(last.get("x", "nan")) + float(last.get("width", "nan"))
+    return label.text or "", float(axis.get("x2", "nan")), right
+
+
+def test_the_axis_ends_at_the_last_entry_once_the_task_has_ended() -> None:
+    """An ended task's axis runs from its first entry to its last however late ``now``
+    is (created at 0, completed at 35: ``+35.0 s``, the last bar reaching the axis'
+    right end, token 1's 18 s a matching share of it); an open task's runs to ``now``.
+    """
+    _s, history = scripted()
+    for now in (at(35), at(100), at(365 * 86_400)):
+        root = parse(timeline_svg(history, now=now))
+        label, axis_end, last_right = _axis(root)
+        assert label == "+35.0 s", now
+        assert last_right == pytest.approx(axis_end, abs=0.02), now
+        first = by_class(root, "lease-bar")[0]
+        left = float(first.get("x", "nan"))
+        share = float(first.get("width", "nan")) / (axis_end - left)
+        assert share == pytest.approx(18 / 35, abs=0.001), now
+
+    s = MemoryStore()
+    s.create("t", now=T0)
+    s.acquire("t", owner="w1", ttl=sec(10), now=at(0))
+    root = parse(timeline_svg(s.history("t"), now=at(100)))
+    label, axis_end, last_right = _axis(root)
+    assert label == "+100.0 s"
+    (bar,) = by_class(root, "lease-bar")  # 0 to its expiry at 10 s: a tenth of the axis
+    left = float(bar.get("x", "nan"))
+    assert last_right == pytest.approx(left + (axis_end - left) / 10, abs=0.02)
+
+
 def test_owner_colour_is_stable_and_from_the_palette() -> None:
     """An owner's colour is a palette colour fixed by its id (not by the process)."""
     assert owner_colour("w1") == owner_colour("w1") in PALETTE

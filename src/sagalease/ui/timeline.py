@@ -288,11 +288,16 @@ def timeline_svg(history: Sequence[HistoryEntry], *, now: datetime) -> str:
     filled with :func:`owner_colour`), its heartbeats as ``line.heartbeat`` ticks,
     and above the rows the reclaims and reaper actions as ``.mark`` triangles
     (``data-kind``); every element has a ``<title>`` tooltip. No bars: a one-line
-    note. Every text is escaped (see the module documentation).
+    note. Every text is escaped (see the module documentation). The axis runs from
+    the first entry to ``now`` while the task is open, to its last entry once it has
+    ended (``axis-end`` says how long that is).
     """
     now_us = to_us(now, "now")
     bars, found = _read(history, now_us)
-    instants = [e.at_us for e in history] + [now_us]
+    # The axis runs to ``now`` while the task is open; once it has ended, to its last
+    # entry (a task that ended long ago would otherwise shrink to slivers).
+    ended = bool(history) and history[-1].to_state.is_terminal
+    instants = [e.at_us for e in history] + ([] if ended else [now_us])
     start_us = min(instants)
     end_us = max(instants + [to_us(b.end, "end") for b in bars])
     span_us = max(end_us - start_us, 1)
