@@ -107,10 +107,21 @@ DOMAIN: dict[str, range] = {
     "index": range(-1, 3),  # one before and one past the two compensations
     "clock": range(len(CLOCK)),
     "micros": range(-1, 2),
+    "instant": range(3),
+    "attempts": range(3),
+    "deadline": range(4),
+    "comps": range(3),
 }
 """Each driver parameter's bounds, as its preconditions state them
 (``tests/system/test_crosshair.py`` checks that they agree and runs every
 driver over the whole box concretely)."""
+
+
+COMPS = (Compensation("refund", "order-1"), Compensation("release", "seat-7"))
+INSTANTS = (0, T0, core.MAX_INSTANT_US)
+"""The creation instants: the first, an ordinary one, and the last there is."""
+DEADLINES = (None, 0, 1, 60 * S)
+"""A creation deadline: none, or this long after creation (0: refused)."""
 
 
 def now_at(clock: int, micros: int) -> int:
@@ -135,7 +146,7 @@ def holds(real: Callable[..., Any], kwargs: dict[str, Any], result: Step) -> boo
 
 
 RAW: dict[str, Callable[..., Step]] = {
-    event: inspect.unwrap(fn) for event, fn in core._HANDLERS.items()
+    event: inspect.unwrap(fn) for event, fn in {**core._HANDLERS, "create": core.create}.items()
 }
 """The core's event functions without their icontract wrappers."""
 
@@ -160,9 +171,43 @@ def holder_args(seed: int, who: int, token: int, clock: int, micros: int) -> dic
     }
 
 
+def create_args(
+    attempts: int, deadline: int, comps: int, delay: int, instant: int
+) -> dict[str, Any]:
+    """Keyword arguments of a create call (``attempts`` 0 is refused; a deadline
+    or availability past year 9999 too).
+    """
+    now = INSTANTS[instant]
+    offset = DEADLINES[deadline]
+    return {
+        "task_id": "t",
+        "now_us": now,
+        "compensations": COMPS[:comps],
+        "max_attempts": attempts,
+        "deadline_us": None if offset is None else now + offset,
+        "available_us": None if delay == 0 else now + delay * 10 * S,
+    }
+
+
 def plain_args(seed: int, clock: int, micros: int) -> dict[str, Any]:
     """Keyword arguments of reap."""
     return {"task": SEEDS[seed], "now_us": now_at(clock, micros)}
+
+
+@icontract.require(lambda instant: 0 <= instant < len(INSTANTS))
+@icontract.require(lambda attempts, deadline: 0 <= attempts <= 2 and 0 <= deadline < len(DEADLINES))
+@icontract.require(lambda comps, delay: 0 <= comps <= len(COMPS) and 0 <= delay <= 1)
+@icontract.ensure(
+    lambda attempts, deadline, comps, delay, instant, result: holds(
+        core.create, create_args(attempts, deadline, comps, delay, instant), result
+    )
+)
+def drive_create(attempts: int, deadline: int, comps: int, delay: int, instant: int) -> Step:
+    """:func:`sagalease.core.create` from bounded arguments.
+
+    :raises SagaLeaseError: bad input (InvalidInputError).
+    """
+    return RAW["create"](**create_args(attempts, deadline, comps, delay, instant))
 
 
 @icontract.require(lambda seed: 0 <= seed < N)
