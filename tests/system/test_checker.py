@@ -1,7 +1,7 @@
 """The model checker's full runs: the bundled models end as their files say, the
 default one takes every declared transition, coverage failures on the small model,
-recorded figures, and `sagalease check` as a subprocess (the quick runs that catch
-broken lifecycles: tests/unit/test_checker_catches.py).
+recorded figures, `sagalease check` as a subprocess, and the shared core calls against a
+plain search (the quick runs that catch broken lifecycles: tests/unit/test_checker_catches.py).
 """
 
 from __future__ import annotations
@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from collections import deque
+from typing import Any
 
 import pytest
 
-from sagalease import lifecycle
+from sagalease import core, lifecycle
 from sagalease.records import TaskState
-from sagalease.verification.checker import Result, check, load_model, model_names
+from sagalease.verification import checker
+from sagalease.verification.checker import Model, Result, check, load_model, model_names
 
 SMALL = {"workers": 2, "ttl": 2, "max_attempts": 2, "deadline": 5, "compensations": 2}
 _RESULTS: dict[str, Result] = {}
@@ -95,3 +98,39 @@ def test_recorded_figures_that_differ_fail_the_check() -> None:
     assert result.violation is None
     assert result.drift == {"states": (1, _bundled("default").states)}
     assert not result.ok
+
+
+def _plain_figures(model: Model) -> tuple[int, int, int]:
+    """(states, transitions, depth) of a plain breadth-first search over the real
+    records, every state's own record and clock, no sharing of core calls.
+    """
+    handlers = core.handlers(contracts=False)
+    init = checker._initial(model)
+    seen = {checker._key(model, init)}
+    queue = deque([(init, 0)])
+    transitions = depth = 0
+    while queue:
+        state, at = queue.popleft()
+        depth = max(depth, at)
+        for _, after in checker._successors(model, state, handlers):
+            transitions += 1
+            key = checker._key(model, after)
+            if key not in seen:
+                seen.add(key)
+                queue.append((after, at + 1))
+    return len(seen), transitions, depth
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [SMALL, {**SMALL, "workers": 3, "deadline": 4, "compensations": 1}],
+    ids=["small", "three-workers"],
+)
+def test_shared_task_classes_find_what_a_plain_search_finds(overrides: dict[str, Any]) -> None:
+    """Calling the core once per task class and call (the checker's speed-up) finds the
+    same states, transitions and depth as exploring every state's own record.
+    """
+    model = load_model("default", **overrides)
+    result = check(model)
+    assert result.violation is None
+    assert (result.states, result.transitions, result.depth) == _plain_figures(model)

@@ -416,6 +416,7 @@ _MISSING: Any = object()
 _SHIFT = 24  # class, worker id, belief in the keys of _Space._moves and ._swaps
 _OWNER_BITS = 8
 _HALF = 32  # a state key: key part << _HALF | crew key
+_ORDINAL = 10  # an edge: successor state << _ORDINAL | number of the move among the state's
 
 
 class _Space:
@@ -471,7 +472,10 @@ class _Space:
         self.label: list[str] = []
         self.ordinal: list[int] = []
         self.depth: list[int] = []
-        self.edges: list[dict[int, str]] = []
+        # per state: its successors but itself, each once, packed with the number of
+        # the first move to it
+        self.edges: list[list[int]] = []
+        self._mark: list[int] = []  # per state: the last state whose edges list it
         self._concrete: dict[int, _State] = {}
 
     # -------------------------------------------------------------- numbering
@@ -671,10 +675,11 @@ class _Space:
         self.label.append("create")
         self.ordinal.append(0)
         self.depth.append(0)
+        self._mark.append(-1)
         self.state_checks(0)
         seen, state_class, state_crew = self.seen, self.state_class, self.state_crew
         parents, labels, ordinals, depths = self.parent, self.label, self.ordinal, self.depth
-        records, edges = self.records, self.edges
+        records, edges, mark = self.records, self.edges, self._mark
         known, swapped, crew_keys = self._moves, self._swapped, self._crew_keys
         holders_ok, actors, sound = self._holders_ok, self.actors, self.sound
         transitions = 0
@@ -685,7 +690,7 @@ class _Space:
                 kid = state_crew[sid]
                 high = cid << 2 * _SHIFT
                 depth = depths[sid] + 1
-                out: dict[int, str] = {}
+                out: list[int] = []
                 edges.append(out)
                 ordinal = 0
                 try:
@@ -716,6 +721,7 @@ class _Space:
                                 if nkid < 0:
                                     nkid = self.swap(kid, index, nbid)
                                 nsid = seen[nk] = len(state_class)
+                                mark.append(-1)
                                 state_class.append(ncid)
                                 state_crew.append(nkid)
                                 parents.append(sid)
@@ -727,14 +733,17 @@ class _Space:
                                     or (nkid << _HALF | records[ncid][0].token) not in holders_ok
                                 ):
                                     self.state_checks(nsid)
-                            if nsid != sid:
-                                out.setdefault(nsid, label)
+                            if mark[nsid] != sid and nsid != sid:
+                                mark[nsid] = sid
+                                out.append(nsid << _ORDINAL | ordinal - 1)
                 except _Violation as exc:
                     if exc.state is None:
                         exc.state, exc.ordinal = sid, ordinal
                     raise
                 finally:
                     transitions += ordinal
+                if ordinal >> _ORDINAL:
+                    raise ValueError("too many moves from one state for this checker")
                 sid += 1
         finally:
             result.transitions = transitions
@@ -775,6 +784,11 @@ class _Space:
             node = self.parent[node]
         origin = self.init.now
         return [_describe(self.label[n], self.concrete(n), origin) for n in reversed(path)]
+
+    def edge_label(self, sid: int, to: int) -> str:
+        """The label of the first move from state ``sid`` to state ``to``."""
+        ordinal = next(e & (1 << _ORDINAL) - 1 for e in self.edges[sid] if e >> _ORDINAL == to)
+        return list(_successors(self.m, self.concrete(sid), self.handlers))[ordinal][0]
 
     def violation_trace(self, exc: _Violation) -> list[str]:
         """The trace to the offending state or move of ``exc``."""
@@ -832,7 +846,8 @@ def _liveness(result: Result, space: _Space) -> None:
         color[root] = grey
         while stack:
             node, it = stack[-1]
-            for nxt in it:
+            for edge in it:
+                nxt = edge >> _ORDINAL
                 if ended[nxt]:
                     continue
                 if color[nxt] == grey:
@@ -846,7 +861,7 @@ def _liveness(result: Result, space: _Space) -> None:
                         *space.trace(nxt),
                         "cycle (states repeat up to the clock):",
                         *(
-                            _describe(edges[a][b], space.concrete(b), start)
+                            _describe(space.edge_label(a, b), space.concrete(b), start)
                             for a, b in zip(cycle, [*cycle[1:], nxt], strict=True)
                         ),
                     ]
@@ -864,5 +879,5 @@ def _liveness(result: Result, space: _Space) -> None:
                         result.violation = "a non-terminal state has no way forward"
                         result.trace = space.trace(node)
                         return
-                    longest[node] = 1 + max(longest[n] for n in succ)
+                    longest[node] = 1 + max(longest[e >> _ORDINAL] for e in succ)
     result.longest_run = max(longest, default=0)
