@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -222,3 +223,98 @@ def test_the_conformance_suite_rejects_a_broken_incremental_count() -> None:
         (result,) = report.results
         assert result.failure is not None, stage
         assert result.failure.invariant == "INV-12", (stage, result.failure)
+
+
+def _copy_in_flight(raw: Any, schema: str, source: str, task_id: str) -> None:
+    """Insert, on ``raw`` (inside its open transaction), a copy of task ``source``
+    under ``task_id``: the row takes the next seq but no other session sees it yet.
+    """
+    from psycopg import sql
+
+    from sagalease.stores._rows import TASK_COLUMNS
+
+    rest = sql.SQL(", ").join(sql.Identifier(c) for c in TASK_COLUMNS[1:])
+    raw.execute(
+        sql.SQL(
+            "INSERT INTO {s}.tasks ({cols}) SELECT %s, {rest} FROM {s}.tasks WHERE task_id = %s"
+        ).format(
+            s=sql.Identifier(schema),
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in TASK_COLUMNS),
+            rest=rest,
+        ),
+        (task_id, source),
+    )
+
+
+def _in_flight_run(reader: SagaStore, writer: SagaStore, schema: str) -> list[bool]:
+    """Counts taken by ``reader`` while inserts with lower seqs than committed ones are
+    in flight (one commits, one rolls back), then after tasks end: per count, whether
+    the figures equal ``counts()``.
+    """
+    import psycopg
+
+    from conftest import POSTGRES_URL
+
+    agree = []
+
+    def check(now: datetime) -> None:
+        agree.append(collect(reader, now=now).totals == writer.counts())
+
+    writer.create("a", now=T0)
+    held = writer.acquire("a", owner="w", ttl=TTL, now=T0)
+    writer.complete("a", owner="w", token=held.token, now=T0)
+    writer.create("p", now=T0)
+    check(at(1))  # the first count
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as raw:
+        with raw.transaction():
+            _copy_in_flight(raw, schema, "p", "late-open")
+            _copy_in_flight(raw, schema, "a", "late-done")
+            writer.create("b", now=at(2))  # a higher seq, committed first
+            check(at(3))  # the two rows are a gap here
+        with contextlib.suppress(RuntimeError), raw.transaction():
+            _copy_in_flight(raw, schema, "p", "ghost")
+            raise RuntimeError("roll back: the ghost's seq stays a gap for good")
+    writer.create("c", now=at(4))
+    check(at(5))  # the gap filled: late-done counted COMPLETED, late-open PENDING
+    held = writer.acquire("late-open", owner="w", ttl=TTL, now=at(6))
+    writer.complete("late-open", owner="w", token=held.token, now=at(7))
+    check(at(8))  # late-open ended since the last count
+    return agree
+
+
+class ForgetsGaps:
+    """Mixin of a broken PostgreSQL store: its incremental count drops the seqs that
+    had no row yet, so a task whose insert commits after a later one is never counted.
+    """
+
+    def _count_ended(self, conn: Any, open_now: frozenset[int]) -> Any:
+        counted = super()._count_ended(conn, open_now)  # type: ignore[misc]
+        self._counted = replace(counted, gaps=())
+        return self._counted
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["store", "broken-store"])
+def test_postgres_figures_count_inserts_committed_out_of_seq_order(broken: bool) -> None:
+    """On PostgreSQL a seq is taken before its row commits: rows that commit after a
+    later seq (a gap at one count) are counted once they commit, in their state then,
+    and ended later like any other; a rolled-back insert leaves nothing counted. A
+    store that forgets the gaps is caught by the same run.
+    """
+    from conftest import POSTGRES_URL, require_postgres
+
+    require_postgres()
+    from sagalease.stores.postgres import PostgresStore, scratch_store
+
+    writer = scratch_store(POSTGRES_URL)
+    cls = type("Broken", (ForgetsGaps, PostgresStore), {}) if broken else PostgresStore
+    reader = cls(POSTGRES_URL, schema=writer.schema, min_size=1, max_size=2)
+    try:
+        agree = _in_flight_run(reader, writer, writer.schema)
+    finally:
+        reader.close()
+        writer.close()
+    if broken:
+        assert agree[:2] == [True, True]
+        assert not all(agree)
+    else:
+        assert agree == [True, True, True, True]

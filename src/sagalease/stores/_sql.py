@@ -16,6 +16,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final, TypeVar
 
@@ -147,6 +148,53 @@ def queue_stats_from_rows(now_us: int, rows: Iterable[Sequence[Any]]) -> dict[st
             queue, now_us, counts[queue], stale=stale, oldest_available_us=oldest
         )
     return result
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a SQL store's ``queue_stats`` leaves for its next call: the ended tasks
+    with ``seq <= top`` by (queue, state), the seqs of the tasks then open, every
+    queue, and the seqs up to ``top`` that no row had then (``gaps``: inclusive
+    ranges; PostgreSQL only, where a seq is taken before its row commits).
+
+    Rows are never deleted, a task's seq and queue never change and an ended task
+    never changes state (INV-3), so the next call only reads the tasks created
+    since, those of ``open_seqs`` that have ended since and the rows that filled a
+    gap: its cost follows the open tasks and the changes, not the tasks kept.
+    """
+
+    top: int
+    ended: dict[tuple[str, str], int]
+    open_seqs: frozenset[int]
+    queues: frozenset[str]
+    gaps: tuple[tuple[int, int], ...] = ()
+
+
+_ENDED_VALUES: Final = frozenset(s.value for s in ENDED_STATES)
+
+
+def add_ended(ended: dict[tuple[str, str], int], rows: Iterable[Sequence[Any]]) -> None:
+    """Add the ``(queue, state, count)`` rows of ended states to ``ended``."""
+    for queue, state, number in rows:
+        if state in _ENDED_VALUES:
+            ended[(queue, state)] = ended.get((queue, state), 0) + int(number)
+
+
+def without(gaps: Iterable[tuple[int, int]], seqs: Iterable[int]) -> tuple[tuple[int, int], ...]:
+    """The inclusive ranges ``gaps`` less the seqs ``seqs`` (ranges split as needed)."""
+    taken = sorted(set(seqs))
+    result: list[tuple[int, int]] = []
+    for lo, hi in gaps:
+        start = lo
+        for seq in taken:
+            if seq < start or seq > hi:
+                continue
+            if seq > start:
+                result.append((start, seq - 1))
+            start = seq + 1
+        if start <= hi:
+            result.append((start, hi))
+    return tuple(result)
 
 
 class SQLStoreBase(StoreBase):

@@ -138,9 +138,12 @@ from sagalease.stores._rows import (
 from sagalease.stores._sql import (
     DEADLINE_BARS_ACQUIRE,
     DEADLINE_REAPS,
+    Counted,
     SQLStoreBase,
+    add_ended,
     queue_stats_from_rows,
     read_migrations,
+    without,
 )
 
 DEFAULT_SCHEMA: Final = "sagalease"
@@ -274,16 +277,36 @@ _TEMPLATES: Final = {
     ),
     "counts": "SELECT state, count(*) FROM {schema}.tasks GROUP BY state",
     "counts_queue": "SELECT state, count(*) FROM {schema}.tasks WHERE queue = %s GROUP BY state",
-    # One statement, one snapshot (params: now twice). The counts from tasks_by_queue
-    # (queue, seq) INCLUDE (state) when the planner takes it; the open tasks, the
-    # only ones that can be stale or available, through open_seq's partial indexes.
-    "queue_stats": (
-        "SELECT queue, state, count(*), NULL::bigint, NULL::bigint FROM {schema}.tasks"
+    # queue_stats: read in one REPEATABLE READ transaction (one snapshot); see
+    # PostgresStore.queue_stats. Every task by queue and state (the first call):
+    "qs_all": "SELECT queue, state, count(*) FROM {schema}.tasks GROUP BY queue, state",
+    "qs_top": "SELECT max(seq) FROM {schema}.tasks",
+    # The tasks created after a seq (a range of the primary key):
+    "qs_new": (
+        "SELECT queue, state, count(*) FROM {schema}.tasks WHERE seq > %s GROUP BY queue, state"
+    ),
+    # The seqs after a seq that no visible row has, as inclusive ranges (params: the
+    # seq twice): taken by a transaction still running, or by one rolled back.
+    "qs_gaps": (
+        "SELECT lo, hi FROM (SELECT lag(seq, 1, %s) OVER (ORDER BY seq) + 1 AS lo,"
+        " seq - 1 AS hi FROM {schema}.tasks WHERE seq > %s) AS g WHERE hi >= lo"
+    ),
+    # The rows that have filled gaps since (params: the ranges' bounds as two arrays):
+    "qs_filled": (
+        "SELECT t.seq, t.queue, t.state FROM {schema}.tasks AS t"
+        " JOIN unnest(%s::bigint[], %s::bigint[]) AS g (lo, hi) ON t.seq BETWEEN g.lo AND g.hi"
+    ),
+    "qs_finished": (
+        "SELECT queue, state, count(*) FROM {schema}.tasks WHERE seq = ANY(%s::bigint[])"
         " GROUP BY queue, state"
-        " UNION ALL"
-        " SELECT queue, NULL, NULL, count(*) FILTER (WHERE lease_expires_us <= %s),"
-        " min(available_us) FILTER (WHERE lease_expires_us IS NULL AND available_us <= %s)"
-        " FROM {schema}.tasks WHERE open_seq IS NOT NULL GROUP BY queue"
+    ),
+    # The open tasks (tasks_open): by queue and state, with their stale leases and
+    # oldest waiting task at now (params: now twice) and their seqs.
+    "qs_open": (
+        "SELECT queue, state, count(*), count(*) FILTER (WHERE lease_expires_us <= %s),"
+        " min(available_us) FILTER (WHERE lease_expires_us IS NULL AND available_us <= %s),"
+        " array_agg(open_seq) FROM {schema}.tasks WHERE open_seq IS NOT NULL"
+        " GROUP BY queue, state"
     ),
     # Exact: extract(epoch ...) is numeric (microsecond precision) since PostgreSQL 14.
     "server_now": "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
@@ -343,7 +366,7 @@ class _Statements:
         self.history = rendered["history"]
         self.counts = rendered["counts"]
         self.counts_queue = rendered["counts_queue"]
-        self.queue_stats = rendered["queue_stats"]
+        self.qs = {name: rendered[name] for name in _TEMPLATES if name.startswith("qs_")}
         self.server_now = rendered["server_now"]
 
     def claim_for(self, queues: tuple[str, ...] | None) -> tuple[bytes, tuple[Any, ...]]:
@@ -704,6 +727,9 @@ class PostgresStore(SQLStoreBase):
         self._close_lock = threading.Lock()
         self._before_write: Callable[[str], None] | None = None
         """Test hook: called between the optimistic read and the write."""
+        self._stats_lock = threading.Lock()
+        self._counted: Counted | None = None
+        """What the last queue_stats counted (see :meth:`queue_stats`)."""
         # Keyword arguments override the DSN's own parameters: only add what it lacks
         # (its options are kept, with a bound on every lock wait appended).
         given = self._dsn.params
@@ -1193,11 +1219,81 @@ class PostgresStore(SQLStoreBase):
         return result
 
     def queue_stats(self, *, now: datetime | None = None) -> dict[str, QueueStats]:
-        """See :meth:`SagaStore.queue_stats` (one statement: one snapshot)."""
+        """See :meth:`SagaStore.queue_stats`, read in one ``REPEATABLE READ, READ
+        ONLY`` transaction (one snapshot).
+
+        The first call counts every task (a scan of the table: linear in the tasks
+        kept); later calls of this store object start from what the previous one
+        counted (:class:`~sagalease.stores._sql.Counted`) and read the tasks created
+        since (a primary-key range), those open then and ended since, the rows that
+        filled a gap (a seq taken by a transaction not yet committed at the previous
+        count; a rolled-back one leaves its gap for good, checked again each time)
+        and the open tasks (``tasks_open``): their cost follows the open tasks and
+        the changes in between, not the finished tasks kept.
+        """
         now_us = self._now(now)
-        with self._connection("queue_stats") as conn:
-            rows = conn.execute(self._q.queue_stats, (now_us, now_us), prepare=True).fetchall()
+        q = self._q.qs
+        with (
+            self._stats_lock,
+            self._connection("queue_stats") as conn,
+            conn.transaction(),
+        ):
+            conn.execute(b"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            open_rows = conn.execute(q["qs_open"], (now_us, now_us), prepare=True).fetchall()
+            open_now = frozenset(seq for row in open_rows for seq in row[5])
+            counted = self._count_ended(conn, open_now)
+        rows: list[tuple[Any, ...]] = [
+            (queue, state, n, None, None) for (queue, state), n in counted.ended.items()
+        ]
+        waiting: dict[str, tuple[int, int | None]] = {}
+        for queue, state, number, stale, oldest, _seqs in open_rows:
+            rows.append((queue, state, number, None, None))
+            was_stale, was_oldest = waiting.get(queue, (0, None))
+            if oldest is not None and (was_oldest is None or oldest < was_oldest):
+                was_oldest = oldest
+            waiting[queue] = (was_stale + stale, was_oldest)
+        rows += [(queue, None, None, stale, oldest) for queue, (stale, oldest) in waiting.items()]
         return queue_stats_from_rows(now_us, rows)
+
+    def _count_ended(self, conn: psycopg.Connection[Row], open_now: frozenset[int]) -> Counted:
+        """The ended tasks by (queue, state) in this transaction's snapshot, from the
+        previous count when there is one; remembered for the next call.
+        """
+        q = self._q.qs
+        top = conn.execute(q["qs_top"], prepare=True).fetchone()
+        top_seq = int(top[0]) if top is not None and top[0] is not None else 0
+        last = self._counted
+        ended: dict[tuple[str, str], int] = {}
+        if last is None or top_seq < last.top:
+            rows = conn.execute(q["qs_all"], prepare=True).fetchall()
+            queues = {queue for queue, _state, _n in rows}
+            gaps: tuple[tuple[int, int], ...] = ()
+            if sum(n for _q, _s, n in rows) < top_seq:  # seqs with no row (yet)
+                found = conn.execute(q["qs_gaps"], (0, 0), prepare=True).fetchall()
+                gaps = tuple((int(lo), int(hi)) for lo, hi in found)
+        else:
+            ended, queues = dict(last.ended), set(last.queues)
+            new = conn.execute(q["qs_new"], (last.top,), prepare=True).fetchall()
+            queues.update(queue for queue, _state, _n in new)
+            rows = list(new)
+            gaps = last.gaps
+            if gaps:
+                filled = conn.execute(
+                    q["qs_filled"], ([lo for lo, _ in gaps], [hi for _, hi in gaps]), prepare=True
+                ).fetchall()
+                rows += [(queue, state, 1) for _seq, queue, state in filled]
+                queues.update(queue for _seq, queue, _state in filled)
+                gaps = without(gaps, (seq for seq, _queue, _state in filled))
+            if sum(n for _q, _s, n in new) < top_seq - last.top:  # seqs with no row yet
+                more = conn.execute(q["qs_gaps"], (last.top, last.top), prepare=True).fetchall()
+                gaps = (*gaps, *((int(lo), int(hi)) for lo, hi in more))
+            finished = sorted(last.open_seqs - open_now)  # open then, ended since
+            if finished:
+                rows += conn.execute(q["qs_finished"], (finished,), prepare=True).fetchall()
+        add_ended(ended, rows)
+        counted = Counted(top_seq, ended, open_now, frozenset(queues), gaps)
+        self._counted = counted
+        return counted
 
     def wait_for_work(
         self, *, queues: str | Collection[str] | None = None, timeout: timedelta

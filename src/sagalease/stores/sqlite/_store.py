@@ -55,7 +55,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, lru_cache, partial
 from pathlib import Path
@@ -93,7 +92,9 @@ from sagalease.stores._sql import (
     DEADLINE_REAPS,
     ENDED,
     OPEN,
+    Counted,
     SQLStoreBase,
+    add_ended,
     chunks,
     claim_after,
     marks,
@@ -184,8 +185,6 @@ _STALE = f"{_SELECT_OPEN} AND lease_expires_us <= ? ORDER BY seq"
 _BATCH: Final = 32
 """Candidates read per statement by claim_next (after the first) and reap."""
 
-_ENDED_VALUES: Final = frozenset(s.value for s in ENDED_STATES)
-
 _ALL_COUNTED = (
     "SELECT queue, state, count(*) FROM tasks INDEXED BY tasks_by_queue GROUP BY queue, state"
 )
@@ -214,21 +213,6 @@ _WAITING = (
 ``available_us`` of the unleased tasks available at ``now`` (params: ``now`` twice),
 from ``tasks_claim_queue`` alone (the open tasks; it covers both columns).
 """
-
-
-@dataclass(frozen=True)
-class _Counted:
-    """What a ``queue_stats`` read leaves for the next one: the ended tasks with
-    ``seq <= top`` by (queue, state), the seqs of the tasks then open, and every
-    queue. Rows are never deleted, a task's queue never changes and an ended task
-    never changes state (INV-3), so the next read only has to look at the tasks
-    created since and at those of ``open_seqs`` that have ended since.
-    """
-
-    top: int
-    ended: dict[tuple[str, str], int]
-    open_seqs: frozenset[int]
-    queues: frozenset[str]
 
 
 @cache
@@ -510,8 +494,8 @@ class SQLiteStore(SQLStoreBase):
         self._before_write: Callable[[str], None] | None = None
         """Test hook: called between the optimistic read and the write transaction."""
         self._stats_lock = threading.Lock()
-        self._counted: _Counted | None = None
-        """What the last queue_stats counted (see :class:`_Counted`)."""
+        self._counted: Counted | None = None
+        """What the last queue_stats counted."""
         self._lock: _WriterLock | None = None
         self._check_path()
         conn = self._connect()
@@ -887,11 +871,12 @@ class SQLiteStore(SQLStoreBase):
 
         The first call counts every task (one walk of ``tasks_by_queue``: linear in
         the tasks kept); later calls of this store object start from what the
-        previous one counted (:class:`_Counted`) and read only the tasks created since
-        and the open ones, so their cost follows the open tasks and the changes in
-        between, not the finished tasks kept. The open tasks are counted afresh by
-        queue and state with ``tasks_by_queue`` seeks (queue, state); stale leases
-        and the oldest waiting task come from ``tasks_claim_queue`` alone.
+        previous one counted (:class:`~sagalease.stores._sql.Counted`) and read
+        only the tasks created since and the open ones, so their cost follows the
+        open tasks and the changes in between, not the finished tasks kept. The
+        open tasks are counted afresh by queue and state with ``tasks_by_queue``
+        seeks (queue, state); stale leases and the oldest waiting task come from
+        ``tasks_claim_queue`` alone.
         """
         now_us = self._now(now)
         with self._boundary("queue_stats"), self._stats_lock:
@@ -923,9 +908,10 @@ class SQLiteStore(SQLStoreBase):
             self._counted = counted
         return queue_stats_from_rows(now_us, rows)
 
-    def _count_ended(self, conn: sqlite3.Connection) -> _Counted:
+    def _count_ended(self, conn: sqlite3.Connection) -> Counted:
         """The ended tasks by (queue, state) in this transaction's snapshot, from the
-        previous count when there is one (see :class:`_Counted`).
+        previous count when there is one (see :class:`~sagalease.stores._sql.Counted`;
+        SQLite has no gaps: one writer at a time, a seq is visible once taken).
         """
         top = conn.execute("SELECT max(seq) FROM tasks").fetchone()[0] or 0
         (seqs,) = conn.execute(_OPEN_SEQS).fetchone()
@@ -947,10 +933,8 @@ class SQLiteStore(SQLStoreBase):
                     f" WHERE seq IN ({marks(len(part))}) GROUP BY queue, state",
                     part,
                 ).fetchall()
-        for queue, state, number in rows:
-            if state in _ENDED_VALUES:
-                ended[(queue, state)] = ended.get((queue, state), 0) + number
-        return _Counted(top, ended, open_now, frozenset(queues))
+        add_ended(ended, rows)
+        return Counted(top, ended, open_now, frozenset(queues))
 
     def close(self) -> None:
         """Close every connection and the writer lock; closing twice is harmless."""
