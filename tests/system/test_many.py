@@ -7,16 +7,22 @@ that cannot end or cannot cover its actions).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import random
 from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import T0
 from sagalease import core
+from sagalease.clock import to_us
 from sagalease.errors import LeaseConflictError, SagaLeaseError
-from sagalease.records import TaskSaga, TaskState
+from sagalease.records import NewTask, TaskSaga, TaskState
+from sagalease.store import SagaStore
 from sagalease.stores import _rows, _sql
 from sagalease.verification import many
 from sagalease.verification.many import ManyResult, check_many, load_many
@@ -364,3 +370,97 @@ def test_every_property_has_a_mutant_here() -> None:
     source = Path(__file__).read_text(encoding="utf-8")
     for prop in many.PROPERTIES:
         assert f'"{prop}")' in source, prop
+
+
+# ------------------------------------------------------------------ the model is the stores
+
+
+def test_model_actions_are_what_the_stores_do(store: SagaStore) -> None:
+    """On every backend, along random runs over three tasks of two queues and
+    priorities (claims of 1..3 tasks over each queue list, complete_many with stale
+    tokens, reaps with and without a limit, the clock moving on), the model's claim,
+    complete_many and reap (``many.claim_steps``, ``complete_many_steps``,
+    ``reap_steps``, from the stored records) predict exactly the tasks the store's
+    call changes, the records it returns, and whether it refuses.
+    """
+    h = core.handlers(contracts=False)
+    ttl = timedelta(seconds=2)
+    specs = [("a", 0), ("b", 5), ("a", 5)]
+    for seed in range(8):
+        rng = random.Random(seed)
+        ids = [f"s{seed}-t{i}" for i in range(len(specs))]
+        now = T0
+        store.create_many(
+            [
+                NewTask(ids[i], queue=q, priority=p, max_attempts=3)
+                for i, (q, p) in enumerate(specs)
+            ],
+            now=now,
+        )
+        held: dict[str, dict[str, int]] = {"w0": {}, "w1": {}}  # owner -> task id -> token
+        for _ in range(40):
+            tasks = [store.get(task_id) for task_id in ids]
+            records = [t for t in tasks if t is not None]
+            assert len(records) == len(ids)
+            now_us = to_us(now, "now")
+            move = rng.choice(["tick", "claim", "claim", "complete_many", "release", "reap"])
+            owner = rng.choice(["w0", "w1"])
+            if move == "tick":
+                now += timedelta(seconds=1)
+            elif move == "claim":
+                limit = rng.randint(1, 3)
+                queues = rng.choice([None, ("a",), ("b",), ("a", "b")])
+                predicted = many.claim_steps(
+                    h["acquire"],
+                    records,
+                    owner=owner,
+                    ttl_us=2_000_000,
+                    now_us=now_us,
+                    limit=limit,
+                    queues=queues,
+                )
+                if limit == 1:
+                    one = store.claim_next(owner=owner, ttl=ttl, queues=queues, now=now)
+                    got = [] if one is None else [one]
+                else:
+                    got = store.claim_batch(
+                        owner=owner, ttl=ttl, limit=limit, queues=queues, now=now
+                    )
+                assert got == [step.task for _, step in predicted], (seed, move)
+                for t in got:
+                    held[owner][t.task_id] = t.token
+            elif move == "complete_many":
+                items = sorted(held[owner].items())
+                if len(items) < 2:
+                    continue
+                index = {task_id: i for i, task_id in enumerate(ids)}
+                pairs = [(index[task_id], token) for task_id, token in items]
+                try:
+                    expected: list[TaskSaga] | None = [
+                        step.task
+                        for _, step in many.complete_many_steps(
+                            h["complete"], records, pairs, owner=owner, now_us=now_us
+                        )
+                    ]
+                except SagaLeaseError:
+                    expected = None
+                try:
+                    done: list[TaskSaga] | None = store.complete_many(items, owner=owner, now=now)
+                except SagaLeaseError:
+                    done = None
+                assert done == expected, (seed, move)
+                assert [store.get(task_id) for task_id in ids] == tasks or done is not None
+                held[owner].clear()
+            elif move == "release":  # frees a task for the next claims
+                if held[owner]:
+                    task_id, token = rng.choice(sorted(held[owner].items()))
+                    del held[owner][task_id]
+                    with contextlib.suppress(SagaLeaseError):
+                        store.release(task_id, owner=owner, token=token, now=now)
+            else:
+                limit_ = rng.choice([None, 1])
+                reaped = many.reap_steps(h["reap"], records, now_us=now_us, limit=limit_)
+                assert store.reap(now=now, limit=limit_) == [s.task for _, s in reaped]
+        for task_id in ids:  # the next run's claims see its own tasks only
+            with contextlib.suppress(SagaLeaseError):
+                store.quarantine(task_id, reason="next run", by="test", now=now)
