@@ -15,7 +15,13 @@ import by concrete core calls) and make the rest symbolic and bounded: the
 seed, the caller (the holder, another worker, an impostor), the token it
 presents, the TTL, and the clock (one of the instants where a seed's guards
 change their answer, nudged by -1/0/+1 µs). The bounds make the path space
-finite, so "Confirmed over all paths" is a proof over that space.
+finite, so "Confirmed over all paths" is a proof over that space
+(:data:`DOMAIN`; ``tests/system/test_crosshair.py`` checks that the
+preconditions state exactly it and that it reaches every declared transition).
+:func:`drive_create` does the same for :func:`sagalease.core.create` from
+bounded arguments.
+
+Run with ``--analysis_kind=icontract`` (``.ci/crosshair`` says why).
 """
 
 from __future__ import annotations
