@@ -413,7 +413,7 @@ its lease owner's number)."""
 _MISSING: Any = object()
 # Keys packed into integers (numbers of: a class, a worker id, a belief, a crew, an
 # owner, a key part); each field's width in bits:
-_SHIFT = 24  # class, worker id, belief in the keys of _Space._moves and ._swaps
+_SHIFT = 24  # call, worker id, belief in the keys of _Space._steps, ._moves and ._swaps
 _OWNER_BITS = 8
 _HALF = 32  # a state key: key part << _HALF | crew key
 _ORDINAL = 10  # an edge: successor state << _ORDINAL | number of the move among the state's
@@ -547,6 +547,8 @@ class _Space:
         number = self._crew_keys[owner][kid] = self._crew_key_ids.setdefault(
             key, len(self._crew_key_ids)
         )
+        if number >> _HALF:
+            raise ValueError("too many distinct crews for this checker")
         return number
 
     def workers(self, kid: int) -> tuple[_Worker, ...]:
@@ -559,6 +561,8 @@ class _Space:
         numbered = []
         for label, event, _, args in tries:
             call = self._call_ids.setdefault((event, tuple(args.items())), len(self._call_ids))
+            if call >> _SHIFT:
+                raise ValueError("too many distinct calls for this checker")
             numbered.append((label, event, args, call))
         return numbered
 
