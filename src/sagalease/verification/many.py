@@ -134,7 +134,15 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class ManyModel:
-    """What the actors may do around several tasks. Times are in ticks."""
+    """What the actors may do around several tasks. Times are in ticks.
+
+    A worker process claims (``claim_next``, or ``claim_batch`` of ``batch``, over each
+    entry of ``claim_queues``) only when it believes it holds nothing; it then writes
+    to what it believes it holds (heartbeat, release, complete, fail,
+    compensation_applied, ``complete_many`` of any two or more) until a write drops
+    the lease or it crashes (forgets them all). Processes ``i`` share the worker id
+    ``w{i // incarnations}``: a restarted worker and its paused old self.
+    """
 
     name: str = "many"
     tasks: tuple[TaskSpec, ...] = (TaskSpec(), TaskSpec())
@@ -388,6 +396,7 @@ class _Space:
         # same records recur in the successors of a state and across states.
         self._memo: dict[tuple[Any, ...], tuple[Any, Any]] = {}
         self._needs_reap = core.needs_reap  # as the run starts (a test may replace it)
+        self.refusals = 0  # complete_many calls refused (coverage asks for one)
 
     def call(self, event: str, task: TaskSaga, **kw: Any) -> core.Step:
         """``handlers[event](task, **kw)``, memoised (a refusal raises again)."""
@@ -717,7 +726,7 @@ def _complete_many(
         )
     except SagaLeaseError:
         outcome = None
-    _REFUSALS[0] += outcome is None
+    sp.refusals += outcome is None
     if alone == len(items):
         if outcome is None or sorted(i for i, _ in outcome) != sorted(i for i, _ in items):
             raise _fail(
@@ -734,9 +743,6 @@ def _complete_many(
             label,
         )
     return outcome
-
-
-_REFUSALS = [0]  # complete_many refusals in the current run (for coverage)
 
 
 def _check_reap(
@@ -890,7 +896,6 @@ def check_many(m: ManyModel, *, contracts: bool = False) -> ManyResult:
     started = time.perf_counter()
     sp = _Space(m, dict(core.handlers(contracts=contracts)))
     result = ManyResult(m)
-    _REFUSALS[0] = 0
     init = _initial(m)
     k0 = sp.key(init)
     seen: dict[tuple[Any, ...], tuple[tuple[Any, ...] | None, str, int]] = {k0: (None, "create", 0)}
@@ -943,7 +948,7 @@ def check_many(m: ManyModel, *, contracts: bool = False) -> ManyResult:
         _liveness(sp, result, reps, edges, trace, init.now)
     if result.violation is None:
         result.uncovered = sorted(a for a, n in taken.items() if not n and _possible(m, a))
-        if _REFUSALS[0] == 0 and taken["complete_many"]:
+        if sp.refusals == 0 and taken["complete_many"]:
             result.uncovered.append("complete_many refused")
         if result.uncovered:
             result.property_name = "coverage"
