@@ -28,6 +28,8 @@ attributes (:data:`METRICS` is the same list, checked by the tests).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -38,17 +40,37 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from sagalease.errors import InvalidInputError
 from sagalease.records import TaskSaga, TaskState
 
-try:  # the [otel] extra: the API only (the application brings its SDK)
-    from opentelemetry import metrics, trace
-except ImportError:  # not installed: every hook below is a no-op
-    AVAILABLE = False
-else:
-    AVAILABLE = True
-
 if TYPE_CHECKING:
     from datetime import timedelta
 
+    from opentelemetry import metrics, trace
+
     from sagalease.core import Step
+
+
+def _importable(*names: str) -> bool:
+    """Whether every module of ``names`` can be imported: found, not imported (a
+    parent package that cannot be imported, or a ``None`` in ``sys.modules``: no).
+    """
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in names)
+    except (ImportError, ValueError):
+        return False
+
+
+AVAILABLE: bool = _importable("opentelemetry.metrics", "opentelemetry.trace")
+"""Whether the OpenTelemetry API (the [otel] extra) is importable. False: every hook
+is a no-op. It is imported when a hook first needs it (:func:`_load`), not by
+``import sagalease`` (it takes tens of milliseconds)."""
+
+
+@functools.cache
+def _load() -> None:
+    """Import the OpenTelemetry API's ``metrics`` and ``trace`` as this module's
+    globals of those names (once; every use of them comes after a call of this).
+    """
+    global metrics, trace
+    from opentelemetry import metrics, trace  # the [otel] extra (the app brings its SDK)
 
 
 class _Outcome(Protocol):
@@ -275,6 +297,7 @@ class _Live:
     """The instruments and the tracer of one configuration (built on first use)."""
 
     def __init__(self, meter_provider: Any, tracer_provider: Any) -> None:
+        _load()
         meter = metrics.get_meter(SYSTEM, _version(), meter_provider=meter_provider)
         self.tracer = trace.get_tracer(SYSTEM, _version(), tracer_provider=tracer_provider)
         counter, histogram = meter.create_counter, meter.create_histogram
@@ -334,6 +357,7 @@ def configure(*, meter_provider: Any = None, tracer_provider: Any = None) -> Non
         if meter_provider is not None or tracer_provider is not None:
             raise InvalidInputError(INSTALL_HINT)
         return
+    _load()
     if meter_provider is not None and not isinstance(meter_provider, metrics.MeterProvider):
         raise InvalidInputError(
             f"meter_provider must be an OpenTelemetry MeterProvider, not {meter_provider!r}"

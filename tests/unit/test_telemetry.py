@@ -561,6 +561,38 @@ def test_without_opentelemetry_sagalease_imports_and_works_and_telemetry_is_a_no
     ]
 
 
+def test_import_sagalease_defers_the_opentelemetry_api_to_the_first_hook() -> None:
+    """With the API installed, ``import sagalease`` (and making a store and a task)
+    imports neither ``opentelemetry.metrics`` nor ``opentelemetry.trace`` (they cost
+    tens of ms), yet telemetry.AVAILABLE is true; the first hook that records (a
+    worker's claim and attempt) imports both.
+    """
+    code = textwrap.dedent(
+        """
+        import sys
+        from datetime import timedelta
+        import sagalease
+        from sagalease import MemoryStore, Worker, telemetry
+        api = ("opentelemetry.metrics", "opentelemetry.trace")
+        print(telemetry.AVAILABLE, [m for m in api if m in sys.modules])
+        store = MemoryStore()
+        store.create("t")
+        print([m for m in api if m in sys.modules])
+        outcome = Worker(store, lambda ctx: None, owner="w", ttl=timedelta(seconds=30)).run_one()
+        print(outcome.result, [m for m in api if m in sys.modules])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=GUARD, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "True []",
+        "[]",
+        "completed ['opentelemetry.metrics', 'opentelemetry.trace']",
+    ]
+
+
 # ---------------------------------------------------------------- the checks catch broken hooks
 
 
