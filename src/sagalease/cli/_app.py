@@ -658,7 +658,7 @@ def ui_command(
     search, /metrics and /healthz; read-only unless --allow-actions.
     """
     try:
-        from sagalease.ui import app  # the [ui] extra: imported only for this command
+        import sagalease.ui.app as app  # the [ui] extra: imported only for this command
     except ImportError as exc:
         if (exc.name or "").partition(".")[0] not in _UI_PACKAGES:
             raise
