@@ -24,6 +24,7 @@ password (:func:`sagalease.stores._open.redact_url`; store errors are scrubbed t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -517,6 +518,11 @@ def serve(
                 file=out,
             )
     app = create_app(store, allow_actions=allow_actions, url=url)
+    # A store's first queue_stats counts every task (later ones start from it): pay
+    # that here, not on the first visitor's dashboard. A store that does not answer
+    # yet is the dashboard's and /healthz's to report.
+    with contextlib.suppress(SagaLeaseError):
+        store.queue_stats()
     try:
         uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
     except SystemExit as exc:  # uvicorn exits when it cannot bind (it logged why)
