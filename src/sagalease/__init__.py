@@ -36,6 +36,7 @@ from sagalease.records import NewTask as NewTask
 from sagalease.records import Note as Note
 from sagalease.records import TaskSaga as TaskSaga
 from sagalease.records import TaskState as TaskState
+from sagalease.store import QueueStats as QueueStats
 from sagalease.store import SagaStore as SagaStore
 from sagalease.stores import MemoryStore as MemoryStore
 from sagalease.stores import SQLiteStore as SQLiteStore
@@ -67,6 +68,7 @@ __all__ = [
     "Outcome",
     "PermanentCompensationError",
     "PermanentTaskError",
+    "QueueStats",
     "Retry",
     "RetryPolicy",
     "SQLiteStore",

@@ -22,6 +22,7 @@ EXPECTED = {
     "NewTask",
     "Note",
     "Outcome",
+    "QueueStats",
     "PermanentCompensationError",
     "PermanentTaskError",
     "Retry",
