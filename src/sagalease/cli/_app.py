@@ -589,6 +589,7 @@ def check(
     print(
         f"states {result.states:,}  transitions {result.transitions:,}  depth {result.depth}"
         f"  longest run to termination {result.longest_run}  time {result.seconds:.1f}s"
+        f" ({result.states / max(result.seconds, 1e-9):,.0f} states/s)"
     )
     if result.violation is not None:
         print(f"VIOLATION: {result.violation}")

@@ -89,7 +89,7 @@ def _model_checking() -> list[str]:
     out += [
         "",
         "Recorded figures are checked on every run of the model: a difference fails"
-        " `sagalease check` (CI runs `ci`).",
+        " `sagalease check` (CI runs `ci` and `deep`).",
         "",
     ]
     return out
