@@ -752,11 +752,10 @@ def _check_reap(
     done = [i for i, _ in steps]
     if done != sorted(done):
         raise _fail("reaper", f"the reaper changed {done} out of creation order", label)
-    for i, step in steps:
+    for i, _ in steps:
         old = s.tasks[i].lease
         if old is not None and s.now < old.expires_us:
             raise _fail("reaper", f"the reaper dropped the live lease of t{i}", label)
-        del step
     if limit is None:
         after = list(s.tasks)
         for i, step in steps:
@@ -945,7 +944,7 @@ def check_many(m: ManyModel, *, contracts: bool = False) -> ManyResult:
     result.states = len(seen)
     result.taken = {k: v for k, v in taken.items() if v}
     if result.violation is None:
-        _liveness(sp, result, reps, edges, trace, init.now)
+        _liveness(sp, result, reps, edges, trace)
     if result.violation is None:
         result.uncovered = sorted(a for a, n in taken.items() if not n and _possible(m, a))
         if sp.refusals == 0 and taken["complete_many"]:
@@ -979,7 +978,6 @@ def _liveness(
     reps: dict[tuple[Any, ...], _State],
     edges: dict[tuple[Any, ...], dict[tuple[Any, ...], str]],
     trace: Callable[[tuple[Any, ...] | None], list[str]],
-    origin: int,
 ) -> None:
     """No cycle among states with an open task, no such state stuck; longest run."""
 
@@ -1036,7 +1034,6 @@ def _liveness(
                     0 if done else 1 + max((longest.get(n, 0) for n in edges[node]), default=0)
                 )
     result.longest_run = max(longest.values(), default=0)
-    del origin
 
 
 # ------------------------------------------------------------------ mapping
