@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -464,3 +466,35 @@ def test_model_actions_are_what_the_stores_do(store: SagaStore) -> None:
         for task_id in ids:  # the next run's claims see its own tasks only
             with contextlib.suppress(SagaLeaseError):
                 store.quarantine(task_id, reason="next run", by="test", now=now)
+
+
+def test_check_command_runs_the_many_task_models(tmp_path: Path) -> None:
+    """`sagalease check many --workers 2` runs the multi-task checker (exit 0, PASS); a
+    model file with [[tasks]] and unbounded heartbeats exits 1 naming the liveness
+    violation and its trace; an option the model does not have is a usage error (2).
+    """
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sagalease.cli", "check", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    ok = check("many", "--workers", "2")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "many: PASS" in ok.stdout
+    source = (many._many_dir() / "many.toml").read_text(encoding="utf-8")
+    broken = tmp_path / "endless.toml"
+    broken.write_text(
+        source.replace("heartbeats = 1", "heartbeats = -1").split("[figures]")[0],
+        encoding="utf-8",
+    )
+    bad = check(str(broken), "--workers", "2")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "VIOLATION: liveness" in bad.stdout
+    assert "shortest trace" in bad.stdout
+    usage = check("many", "--deadline", "3")
+    assert usage.returncode == 2
+    assert "cannot load model 'many'" in usage.stderr

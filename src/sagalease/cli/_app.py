@@ -43,8 +43,10 @@ from __future__ import annotations
 import importlib
 import random
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -226,20 +228,27 @@ def _list(
     stale: bool = False,
     limit: int,
     after: str | None = None,
+    newest_first: bool = False,
     as_json: bool,
 ) -> int:
     def body(store: SagaStore) -> int:
         if stale:
+            found = store.list_stale()
             tasks = [
                 t
-                for t in store.list_stale()
+                for t in (found[::-1] if newest_first else found)
                 if (states is None or t.state in states)
                 and (saga is None or t.saga_id == saga)
                 and (queue is None or t.queue == queue)
             ][:limit]
         else:
             tasks = store.list_tasks(
-                state=states, saga_id=saga, queue=queue, limit=limit, after=after
+                state=states,
+                saga_id=saga,
+                queue=queue,
+                limit=limit,
+                after=after,
+                newest_first=newest_first,
             )
         if as_json:
             print_json([task_json(t) for t in tasks])
@@ -248,7 +257,8 @@ def _list(
         console = new_console()
         console.print(tasks_table(tasks, title))
         if len(tasks) == limit and not stale:
-            console.print(f"more: --after {tasks[-1].task_id}")
+            order = "--newest-first " if newest_first else ""
+            console.print(f"more: {order}--after {tasks[-1].task_id}")
         return EXIT_OK
 
     return _with_store(options, body)
@@ -268,6 +278,9 @@ def _list(
 @click.option("--stale", is_flag=True, help="only non-terminal tasks whose lease expired")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option("--after", help="the last task id of the previous page")
+@click.option(
+    "--newest-first", is_flag=True, help="the newest tasks first (--after: in that order too)"
+)
 @_JSON
 @click.pass_obj
 def ls_command(
@@ -278,9 +291,10 @@ def ls_command(
     stale: bool,
     limit: int,
     after: str | None,
+    newest_first: bool,
     as_json: bool,
 ) -> int:
-    """List tasks in creation order."""
+    """List tasks in creation order (--newest-first: the reverse)."""
     return _list(
         options,
         states=states,
@@ -289,6 +303,7 @@ def ls_command(
         stale=stale,
         limit=limit,
         after=after,
+        newest_first=newest_first,
         as_json=as_json,
     )
 
@@ -568,7 +583,10 @@ def check(
     compensations: int | None,
     heartbeats: int | None,
 ) -> int:
-    """Model-check the lifecycle (MODEL: a name in models/ or a .toml path)."""
+    """Model-check the lifecycle (MODEL: a name in models/ or models/many/, or a .toml
+    path; a model with [[tasks]] runs the multi-task checker).
+    """
+    from sagalease.verification import many
     from sagalease.verification.checker import check as run_check
     from sagalease.verification.checker import load_model
 
@@ -580,6 +598,8 @@ def check(
         "compensations": compensations,
         "heartbeats": heartbeats,
     }
+    if model in many.many_model_names() or _has_tasks(model):
+        return _check_many(model, {k: v for k, v in overrides.items() if v is not None})
     try:
         loaded = load_model(model, **overrides)
     except (OSError, TypeError, ValueError) as exc:
@@ -598,6 +618,41 @@ def check(
             print(f"  {line}")
     for edge in result.uncovered:
         print(f"NOT EXERCISED: declared transition {edge}")
+    for name, (recorded, found) in result.drift.items():
+        print(f"FIGURES DRIFTED: {name} recorded {recorded:,}, found {found:,}")
+    print(f"{'PASS' if result.ok else 'FAIL'} (expected: {loaded.expect})")
+    return EXIT_OK if result.ok else EXIT_FAIL
+
+
+def _has_tasks(model: str) -> bool:
+    """Whether ``model`` is a .toml path whose model lists its tasks ([[tasks]])."""
+    path = Path(model)
+    if path.suffix != ".toml" or not path.is_file():
+        return False
+    try:
+        return "tasks" in tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False  # load_model reports it
+
+
+def _check_many(model: str, overrides: dict[str, int]) -> int:
+    """Run the multi-task checker on ``model`` and print what it found."""
+    from sagalease.verification.many import check_many, load_many
+
+    try:
+        loaded = load_many(model, **overrides)
+    except (OSError, TypeError, ValueError) as exc:
+        raise _Fail(f"check: cannot load model {model!r}: {exc}", EXIT_USAGE) from exc
+    print(f"model {loaded.name}: {loaded.description}")
+    result = check_many(loaded)
+    print(result.summary())
+    if result.violation is not None:
+        print(f"VIOLATION: {result.violation}")
+        print("shortest trace:")
+        for line in result.trace:
+            print(f"  {line}")
+    for action in result.uncovered:
+        print(f"NOT EXERCISED: {action}")
     for name, (recorded, found) in result.drift.items():
         print(f"FIGURES DRIFTED: {name} recorded {recorded:,}, found {found:,}")
     print(f"{'PASS' if result.ok else 'FAIL'} (expected: {loaded.expect})")
