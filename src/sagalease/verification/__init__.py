@@ -4,6 +4,8 @@ Each reads the one declaration in :mod:`sagalease.lifecycle`:
 
 - :mod:`~sagalease.verification.checker`: the explicit-state model checker
   (``sagalease check``);
+- :mod:`~sagalease.verification.many`: the same over several tasks, queues and
+  priorities (``sagalease check many``);
 - :mod:`~sagalease.verification.history`: verifies recorded histories against
   the invariants (``sagalease verify``);
 - :mod:`~sagalease.verification.invariants`: the invariants and their IDs;

@@ -65,6 +65,7 @@ def _guard_cell(names: tuple[str, ...], *, validators: bool) -> str:
 
 
 def _model_checking() -> list[str]:
+    from sagalease.verification import many
     from sagalease.verification.checker import PROPERTIES, load_model, model_names
 
     out = [
@@ -90,6 +91,30 @@ def _model_checking() -> list[str]:
         "",
         "Recorded figures are checked on every run of the model: a difference fails"
         " `sagalease check` (CI runs `ci` and `deep`).",
+        "",
+        "### Many tasks",
+        "",
+        "`sagalease check many` explores several tasks in different queues and"
+        " priorities, worker processes (two may share an id) and the clock, with"
+        " claim_next and claim_batch through the stores' own claim choice, complete_many"
+        " and the reaper, and verifies, by name:",
+        "",
+        *(f"- **{name}**: {text}" for name, text in many.PROPERTIES.items()),
+        "",
+        "| model | what it runs | expected | states | transitions | depth | longest run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in many.many_model_names():
+        mm = many.load_many(name)
+        f = mm.figures or {}
+        cells = [f"{f[k]:,}" if k in f else "-" for k in ("states", "transitions", "depth")]
+        longest = f"{f['longest_run']:,}" if "longest_run" in f else "-"
+        out.append(
+            f"| `{name}` | {mm.description} | {mm.expect} | {' | '.join(cells)} | {longest} |"
+        )
+    out += [
+        "",
+        "[model-mapping.md](model-mapping.md) names the store method behind each model action.",
         "",
     ]
     return out
