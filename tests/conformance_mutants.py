@@ -347,6 +347,21 @@ class PriorityIgnored(MemoryStore):
         return taken
 
 
+class NewestFirstIgnored(MemoryStore):
+    """list_tasks ignores newest_first: always creation order (``after`` read forwards)."""
+
+    def _list(
+        self,
+        states: frozenset[TaskState] | None,
+        saga_id: str | None,
+        queue: str | None,
+        limit: int,
+        after: str | None,
+        newest_first: bool,
+    ) -> list[TaskSaga]:
+        return super()._list(states, saga_id, queue, limit, after, False)
+
+
 class CreateManyOneByOne(MemoryStore):
     """create_many creates its items one call at a time: a duplicate (stored, or given
     twice) or a bad item part-way leaves the items before it stored.
@@ -458,6 +473,11 @@ def priority_ignored() -> MemoryStore:
     return PriorityIgnored()
 
 
+def newest_first_ignored() -> MemoryStore:
+    """Factory: list_tasks ignores newest_first."""
+    return NewestFirstIgnored()
+
+
 def create_many_half_writes() -> MemoryStore:
     """Factory: create_many stores the items before a duplicate."""
     return CreateManyOneByOne()
@@ -496,4 +516,5 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("claim_ignores_queues", "INV-9", "claims ignore the queues they name"),
     Mutant("priority_ignored", "INV-10", "claims ignore priorities (creation order only)"),
     Mutant("create_many_half_writes", "INV-11", "create_many stores the items before a duplicate"),
+    Mutant("newest_first_ignored", "INV-12", "list_tasks ignores newest_first (creation order)"),
 )

@@ -314,10 +314,12 @@ class SagaStore(Protocol):
         queue: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        newest_first: bool = False,
     ) -> list[TaskSaga]:
-        """A page of tasks in creation order, in ``state`` (one state or several;
-        ``None``: all), of ``saga_id`` and of ``queue`` when given; ``after`` is the
-        last task_id of the previous page (exclusive; unknown: :class:`TaskNotFoundError`).
+        """A page of tasks in creation order (``newest_first``: the newest first), in
+        ``state`` (one state or several; ``None``: all), of ``saga_id`` and of ``queue``
+        when given; ``after`` is the last task_id of the previous page in the order
+        asked (exclusive; unknown: :class:`TaskNotFoundError`).
         """
         ...
 

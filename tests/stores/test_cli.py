@@ -206,13 +206,17 @@ def test_ls_json_agrees_with_the_library(populated: tuple[str, SQLiteStore]) -> 
         (["--state", "pending,running", "--queue", "default"], ["stale-1"]),
         (["--stale", "--queue", "urgent"], []),
         (["--stale", "--state", "running,pending"], ["stale-1"]),
+        (["--newest-first"], ["stale-1", "comp-1", "done-1", "pending-1"]),
+        (["--newest-first", "--limit", "2"], ["stale-1", "comp-1"]),
+        (["--newest-first", "--after", "comp-1"], ["done-1", "pending-1"]),
+        (["--newest-first", "--state", "pending,running"], ["stale-1", "pending-1"]),
     ],
 )
 def test_ls_filters(
     populated: tuple[str, SQLiteStore], args: list[str], expected: list[str]
 ) -> None:
     """`ls` filters by states (repeated or comma-separated), queue, saga and staleness and
-    pages with --limit/--after like the library.
+    pages with --limit/--after like the library, oldest or newest first.
     """
     url, store = populated
     out = sagalease("ls", *args, "--json", db=url)
@@ -233,6 +237,20 @@ def test_ls_multi_state_is_one_listing_of_the_library(populated: tuple[str, SQLi
     assert json.loads(out.stdout) == [
         _lib_json(t) for t in store.list_tasks(state=wanted, queue="default")
     ]
+
+
+def test_ls_newest_first_names_the_next_page_in_that_order(
+    populated: tuple[str, SQLiteStore],
+) -> None:
+    """`ls --newest-first --limit 2` prints the two newest tasks and the next page's
+    options, --newest-first included.
+    """
+    url, _store = populated
+    out = sagalease("ls", "--newest-first", "--limit", "2", db=url)
+    assert out.returncode == 0, out.stderr
+    assert "more: --newest-first --after comp-1" in out.stdout
+    assert "stale-1" in out.stdout
+    assert "pending-1" not in out.stdout
 
 
 def test_ls_table_for_people(populated: tuple[str, SQLiteStore]) -> None:

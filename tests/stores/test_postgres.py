@@ -387,7 +387,9 @@ def test_create_many_is_one_statement_with_one_insert_per_table(
 
 
 def test_listings_and_counts_filter_by_queue_and_states(schema: str) -> None:
-    """list_tasks(queue=, state=several) and counts(queue=) on the stored rows, paged."""
+    """list_tasks(queue=, state=several) and counts(queue=) on the stored rows, paged,
+    oldest and newest first.
+    """
     with PostgresStore(POSTGRES_URL, schema=schema) as store:
         store.create_many([NewTask(f"t{i}", queue=f"q{i % 2}") for i in range(6)], now=T0)
         held = _claimed(store, queues="q0")
@@ -409,6 +411,13 @@ def test_listings_and_counts_filter_by_queue_and_states(schema: str) -> None:
         done = [TaskState.COMPLETED, TaskState.FAILED]
         assert [t.task_id for t in store.list_tasks(state=done)] == ["t0"]
         assert [t.task_id for t in store.list_tasks(state=in_flight, after="t3")] == ["t4", "t5"]
+        newest = [t.task_id for t in store.list_tasks(state=in_flight, newest_first=True)]
+        assert newest == ["t5", "t4", "t3", "t2", "t1"]
+        q1_newest = store.list_tasks(queue="q1", limit=2, after="t5", newest_first=True)
+        assert [t.task_id for t in q1_newest] == ["t3", "t1"]
+        assert [t.task_id for t in store.list_tasks(state=done, newest_first=True)] == ["t0"]
+        before_t3 = store.list_tasks(state=in_flight, after="t3", newest_first=True)
+        assert [t.task_id for t in before_t3] == ["t2", "t1"]
         q0 = store.counts(queue="q0")
         assert (q0[TaskState.PENDING], q0[TaskState.COMPLETED], sum(q0.values())) == (2, 1, 3)
         q1 = store.counts(queue="q1")

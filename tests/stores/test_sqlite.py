@@ -124,6 +124,10 @@ def _dump(store: SagaStore) -> object:
         store.list_tasks(queue="fast lane", state=[TaskState.PENDING, TaskState.QUARANTINED]),
         store.list_tasks(state={TaskState.RUNNING, TaskState.COMPLETED, TaskState.QUARANTINED}),
         store.list_tasks(saga_id="s1", queue="fast lane", state=[TaskState.PENDING]),
+        store.list_tasks(newest_first=True),
+        store.list_tasks(state=TaskState.PENDING, after="plain", limit=2, newest_first=True),
+        store.list_tasks(state={TaskState.QUARANTINED, TaskState.FAILED}, newest_first=True),
+        store.list_tasks(queue="fast lane", state=[TaskState.PENDING], newest_first=True),
     )
 
 
@@ -438,10 +442,10 @@ def test_claim_query_walks_a_claim_index_in_claim_order(
         assert "MERGE (UNION ALL)" in plan, plan
 
 
-def _one_plan(store: SQLiteStore, **listing: object) -> str:
+def _one_plan(store: SQLiteStore, *, newest_first: bool = False, **listing: object) -> str:
     from sagalease.stores.sqlite._store import _listing
 
-    sql, params = _listing(after=0, **listing)  # type: ignore[arg-type]
+    sql, params = _listing(after=None, newest_first=newest_first, **listing)  # type: ignore[arg-type]
     return _plan(store._conn(), f"{sql} LIMIT ?", (*params, 10))
 
 
@@ -473,15 +477,19 @@ OPEN = frozenset({TaskState.PENDING, TaskState.RUNNING, TaskState.COMPENSATING})
         ({"states": OPEN, "saga_id": "s", "queue": "q"}, {"tasks_by_saga": 1}),
     ],
 )
+@pytest.mark.parametrize("newest_first", [False, True], ids=["oldest-first", "newest-first"])
 def test_listings_read_index_ranges_in_creation_order(
-    store: SQLiteStore, listing: dict[str, object], indexes: dict[str, int]
+    store: SQLiteStore, listing: dict[str, object], indexes: dict[str, int], newest_first: bool
 ) -> None:
     """list_tasks by queue and/or several states reads one index range per state (or
-    the open-task walk), merged in creation order: no sort, no table scan.
+    the open-task walk), merged in creation order: no sort, no table scan; newest
+    first, the same ranges read backwards (``seq<?``).
     """
-    plan = _one_plan(store, **listing)
+    plan = _one_plan(store, newest_first=newest_first, **listing)
     for index, ranges in indexes.items():
         assert len(re.findall(rf"INDEX {index}\b", plan)) == ranges, plan
+    assert ("seq<?" in plan) is newest_first, plan
+    assert ("seq>?" in plan) is not newest_first, plan
     assert "TEMP B-TREE" not in plan, plan
     assert "SCAN tasks" not in plan, plan
 

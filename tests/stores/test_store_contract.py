@@ -1427,6 +1427,71 @@ def test_list_tasks_pages_and_filters(store: SagaStore) -> None:
     assert err.task_id == "missing"
 
 
+def test_list_tasks_newest_first_pages_backwards(store: SagaStore) -> None:
+    """list_tasks(newest_first=True) is the creation-order listing reversed, for every
+    filter (states, queue, saga, combined); `after` is the last id of the previous page
+    in that order (exclusive, any task, whether the filter takes it or not); an unknown
+    `after` is TaskNotFoundError and a newest_first that is not a bool InvalidInputError,
+    both changing nothing.
+    """
+    layout = [("q1", "even"), ("q2", "odd"), ("q1", "even"), ("q2", "odd")]
+    layout += [("q1", "even"), ("q1", "odd"), ("q2", "even")]
+    for i, (queue, saga) in enumerate(layout):
+        store.create(f"t{i}", queue=queue, saga_id=saga, now=T0 + i * US)
+    for tid in ("t1", "t2", "t3"):
+        store.acquire(tid, owner="w", ttl=TTL, now=at(1))
+    store.fail("t1", owner="w", token=1, reason="boom", now=at(2))
+    store.quarantine("t5", reason="poison", by="ops", now=at(2))
+
+    pages: list[list[str]] = []
+    after: str | None = None
+    while page := store.list_tasks(limit=3, after=after, newest_first=True):
+        pages.append([t.task_id for t in page])
+        after = page[-1].task_id
+    assert pages == [["t6", "t5", "t4"], ["t3", "t2", "t1"], ["t0"]]
+
+    ended = {TaskState.FAILED, TaskState.QUARANTINED}
+    filters: list[dict[str, Any]] = [
+        {},
+        {"state": TaskState.RUNNING},
+        {"state": ended},
+        {"state": {TaskState.PENDING, TaskState.FAILED}},
+        {"queue": "q1"},
+        {"queue": "q2", "state": [TaskState.RUNNING, TaskState.FAILED]},
+        {"saga_id": "odd"},
+        {"saga_id": "even", "queue": "q1", "state": TaskState.PENDING},
+    ]
+    for kwargs in filters:
+        oldest = [t.task_id for t in store.list_tasks(**kwargs)]
+        newest = [t.task_id for t in store.list_tasks(newest_first=True, **kwargs)]
+        assert newest == oldest[::-1], kwargs
+        assert store.list_tasks(newest_first=True, **kwargs) == store.list_tasks(**kwargs)[::-1]
+    newest_ended = store.list_tasks(state=ended, limit=1, newest_first=True)
+    assert [t.task_id for t in newest_ended] == ["t5"]
+    assert [t.task_id for t in store.list_tasks(newest_first=True, after="t4")] == [
+        "t3",
+        "t2",
+        "t1",
+        "t0",
+    ]
+    running_before_t5 = store.list_tasks(state=TaskState.RUNNING, after="t5", newest_first=True)
+    assert [t.task_id for t in running_before_t5] == ["t3", "t2"]
+    odd_q1 = store.list_tasks(saga_id="odd", after="t3", limit=1, newest_first=True)
+    assert [t.task_id for t in odd_q1] == ["t1"]
+    assert store.list_tasks(newest_first=True, after="t0") == []
+    assert store.list_tasks(queue="nobody", newest_first=True) == []
+    err = expect_error(
+        store, TaskNotFoundError, lambda: store.list_tasks(after="missing", newest_first=True)
+    )
+    assert err.task_id == "missing"
+    for bad in ("yes", 1, None):
+        expect_error(
+            store,
+            InvalidInputError,
+            lambda bad=bad: store.list_tasks(newest_first=bad),  # type: ignore[misc]
+        )
+
+
 def test_history_records_every_change(store: SagaStore) -> None:
     """History: seq 1.., event, from/to state, owner, token, time; one entry per change."""
     store.create("t", compensations=[COMP_A], now=T0)

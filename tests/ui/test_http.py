@@ -42,6 +42,7 @@ from ui_scenario import (
     populate,
 )
 
+from conftest import T0
 from sagalease import MemoryStore, SagaStore, SQLiteStore, TaskState
 from sagalease.cli import main
 from sagalease.errors import StoreUnavailableError
@@ -246,6 +247,47 @@ def test_dashboard_shows_lag_stale_leases_and_owed_compensations(scenario: Scena
     assert owed["failed-1"] == []
 
 
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_dashboard_failures_are_the_most_recent_newest_first(backend: str, tmp_path: Path) -> None:
+    """With more failed and quarantined tasks than ``#recent-failures`` shows, it lists
+    the 20 most recently created, newest first (not the 20 oldest), in HTML and JSON;
+    ``a#all-failures`` leads to the whole list newest first, whose first page is the
+    same 20 and whose next page goes on with the older ones.
+    """
+    store: SagaStore = MemoryStore() if backend == "memory" else SQLiteStore(tmp_path / "f.db")
+    try:
+        ended: list[str] = []
+        for i in range(45):
+            task_id = f"t{i:02d}"
+            store.create(task_id, now=T0)
+            if i % 3 == 1:
+                store.quarantine(task_id, reason="poison", by="ops", now=T0)
+                ended.append(task_id)
+            elif i % 3 == 2:
+                held = store.acquire(task_id, owner="w", ttl=timedelta(seconds=30), now=T0)
+                store.fail(task_id, owner="w", token=held.token, reason="boom", now=T0)
+                ended.append(task_id)
+        newest = ended[::-1][:20]
+        assert len(ended) == 30
+        client = make_client(store)
+        dom = parse(client.get("/").text)
+        rows = dom.one("table", id="recent-failures").select("tr", data_task_id=None)
+        assert [r.attrs["data-task-id"] for r in rows] == newest
+        data = client.get("/", headers=JSON).json()
+        assert [t["task_id"] for t in data["failures"]] == newest
+
+        link = html.unescape(dom.one("a", id="all-failures").attrs["href"])
+        assert link == "/tasks?state=failed%2Cquarantined&order=newest"
+        listed = client.get(link + "&limit=20", headers=JSON).json()
+        assert [t["task_id"] for t in listed["tasks"]] == newest
+        assert listed["filters"]["order"] == "newest"
+        rest = client.get(listed["next_url"], headers=JSON).json()
+        assert [t["task_id"] for t in rest["tasks"]] == ended[::-1][20:]
+        assert rest["next_url"] is None
+    finally:
+        store.close()
+
+
 # ------------------------------------------------------------------ task page
 
 
@@ -360,6 +402,52 @@ def test_list_pages_in_creation_order_with_next_page(scenario: Scenario) -> None
     assert first["next_url"] == f"/tasks?limit=4&after={quote(expected[3], safe='')}"
 
 
+def test_list_pages_newest_first_with_order_newest(scenario: Scenario) -> None:
+    """``/tasks?order=newest`` lists the newest first; ``a#next-page`` keeps the order
+    (following it to the end shows every task once, newest first); filters combine
+    with it as ``store.list_tasks(newest_first=True)``; ``a#order-toggle`` flips the
+    order keeping the filters; the filter form's ``order`` checkbox is checked.
+    """
+    store = scenario.store
+    client = make_client(store)
+    expected = scenario.task_ids()[::-1]
+    seen: list[str] = []
+    url: str | None = "/tasks?order=newest&limit=4"
+    pages = 0
+    while url is not None:
+        dom = parse(client.get(url).text)
+        rows = dom.one("table", id="tasks").select("tr", class_="task-row")
+        seen += [r.attrs["data-task-id"] for r in rows]
+        links = dom.select("a", id="next-page")
+        url = html.unescape(links[0].attrs["href"]) if links else None
+        if url is not None:
+            assert "order=newest" in url
+        pages += 1
+        assert pages < 10
+    assert seen == expected
+
+    first = parse(client.get("/tasks?order=newest&queue=default").text)
+    assert first.one(id="order").attrs["data-order"] == "newest"
+    assert first.one("input", name="order").attrs.get("checked") is not None
+    toggle = html.unescape(first.one("a", id="order-toggle").attrs["href"])
+    assert toggle == "/tasks?queue=default"
+    oldest = parse(client.get("/tasks?queue=default").text)
+    assert "checked" not in oldest.one("input", name="order").attrs
+    assert html.unescape(oldest.one("a", id="order-toggle").attrs["href"]) == (
+        "/tasks?queue=default&order=newest"
+    )
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("state=pending,compensating", {"state": {TaskState.PENDING, TaskState.COMPENSATING}}),
+        ("queue=urgent", {"queue": "urgent"}),
+        ("saga=order-1", {"saga_id": "order-1"}),
+    ]
+    for query, kwargs in cases:
+        want = [t.task_id for t in store.list_tasks(limit=10_000, newest_first=True, **kwargs)]
+        got = client.get(f"/tasks?order=newest&{query}", headers=JSON).json()
+        assert [t["task_id"] for t in got["tasks"]] == want, query
+    assert client.get("/tasks?order=oldest", headers=JSON).json()["filters"]["order"] == "oldest"
+
+
 def test_list_filters_by_states_queue_and_saga(scenario: Scenario) -> None:
     """``state`` (comma-separated or repeated), ``queue`` and ``saga`` filter the list
     as ``store.list_tasks`` does.
@@ -395,8 +483,9 @@ def test_list_filters_by_states_queue_and_saga(scenario: Scenario) -> None:
 
 
 def test_list_refuses_bad_filters_with_400(scenario: Scenario) -> None:
-    """A state that does not exist, a limit out of range and an unknown ``after``
-    answer 400 / 400 / 404 with the typed message.
+    """A state that does not exist, a limit out of range, an unknown ``after`` (in
+    either order) and an order that is neither newest nor oldest answer 400 / 400 /
+    404 / 400 with the typed message.
     """
     client = make_client(scenario.store)
     for url, status, text in [
@@ -405,6 +494,8 @@ def test_list_refuses_bad_filters_with_400(scenario: Scenario) -> None:
         ("/tasks?limit=501", 400, "limit must be"),
         ("/tasks?limit=ten", 400, "limit must be"),
         ("/tasks?after=nobody", 404, "unknown 'after' task"),
+        ("/tasks?order=sideways", 400, "order must be 'newest' or 'oldest'"),
+        ("/tasks?order=newest&after=nobody", 404, "unknown 'after' task"),
         (f"/tasks?queue={'q' * 201}", 400, "queue is 201 characters long"),
     ]:
         answer = client.get(url, headers=JSON)

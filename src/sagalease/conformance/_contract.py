@@ -1017,6 +1017,7 @@ def queues_and_priorities_refuse_bad_input(t: Trace) -> None:
         partial(loose.list_tasks, state=[]),
         partial(loose.list_tasks, state=["nope"]),
         partial(loose.list_tasks, state=[TaskState.RUNNING, "nope"]),
+        *(partial(loose.list_tasks, newest_first=v) for v in ("yes", 1, None)),
         partial(loose.counts, queue=""),
         partial(loose.counts, queue="x" * 201),
         *(
@@ -1239,8 +1240,9 @@ def create_many_is_all_or_nothing(t: Trace) -> None:
 def listings_filter_by_state_queue_and_saga(t: Trace) -> None:
     """list_tasks filters by one state or a collection of them (set, list, tuple), by
     queue and by saga, combined, paged with after and limit, in creation order whatever
-    the priorities; counts(queue=) counts that queue's tasks by state (every state
-    present, all zero for a queue no task is in).
+    the priorities, and newest first (``after`` then the last id of the previous page
+    in that order; unknown: TaskNotFoundError); counts(queue=) counts that queue's
+    tasks by state (every state present, all zero for a queue no task is in).
     """
     s = t.store
     layout = (
@@ -1278,11 +1280,25 @@ def listings_filter_by_state_queue_and_saga(t: Trace) -> None:
         ({"queue": "nobody"}, []),
         ({"queue": "q2", "state": TaskState.PENDING}, []),
     ]
+    newest: list[tuple[dict[str, Any], list[str]]] = [
+        ({}, [r[0] for r in reversed(layout)]),
+        ({"state": live}, ["t6", "t4", "t3", "t1", "t0"]),
+        ({"state": live, "limit": 2}, ["t6", "t4"]),
+        ({"state": (TaskState.COMPLETED, TaskState.QUARANTINED)}, ["t5", "t2"]),
+        ({"state": [TaskState.RUNNING], "after": "t4"}, ["t3", "t1"]),
+        ({"queue": "q1", "state": live}, ["t4", "t0"]),
+        ({"queue": "q1", "after": "t4"}, ["t2", "t0"]),
+        ({"queue": "q1", "saga_id": "s1", "after": "t5", "limit": 1}, ["t4"]),
+        ({"queue": "q1", "after": "t0"}, []),
+        ({"saga_id": "s1", "after": "t6", "limit": 2}, ["t5", "t4"]),
+    ]
+    cases += [({**kwargs, "newest_first": True}, want) for kwargs, want in newest]
     for kwargs, want in cases:
         listed = s.list_tasks(**kwargs)
         same(t, "INV-12", [r.task_id for r in listed], want, f"list_tasks({kwargs})")
         for rec in listed:
             same(t, "INV-12", rec, s.get(rec.task_id), "a listed record vs get()")
+    expect(t, "INV-12", TaskNotFoundError, lambda: s.list_tasks(after="nope", newest_first=True))
     zero = dict.fromkeys(TaskState, 0)
     q1 = zero | {
         TaskState.PENDING: 1,

@@ -484,6 +484,11 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
                 s_page = [t.task_id for t in self.sut.list_tasks(after=ref_ids[0], limit=2)]
                 if s_page != ref_ids[1:3]:
                     raise self._fail("INV-12", f"the page after {ref_ids[0]!r} is {s_page}")
+                s_newest = [t.task_id for t in self.sut.list_tasks(newest_first=True, limit=2)]
+                if s_newest != ref_ids[::-1][:2]:
+                    raise self._fail(
+                        "INV-12", f"the newest-first page is {s_newest}, not {ref_ids[::-1][:2]}"
+                    )
 
         def _same_listing(self, kwargs: dict[str, Any], *, count: bool = False) -> None:
             """list_tasks(**kwargs) (and counts of its queue) on both stores agree (INV-12)."""
@@ -656,12 +661,23 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             saga=st.booleans(),
             limit=st.integers(1, 3),
             paged=st.booleans(),
+            newest=st.booleans(),
         )
         def listing(
-            self, states: set[TaskState], queue: str | None, saga: bool, limit: int, paged: bool
+            self,
+            states: set[TaskState],
+            queue: str | None,
+            saga: bool,
+            limit: int,
+            paged: bool,
+            newest: bool,
         ) -> None:
-            """list_tasks filtered by states, queue and saga, paged; counts of the queue."""
+            """list_tasks filtered by states, queue and saga, paged, oldest or newest
+            first; counts of the queue.
+            """
             kwargs: dict[str, Any] = {"limit": limit}
+            if newest:
+                kwargs["newest_first"] = True
             if states:
                 kwargs["state"] = states if len(states) > 1 else next(iter(states))
             if queue is not None:
@@ -669,7 +685,9 @@ def make_machine(factory: StoreFactory) -> type[RuleBasedStateMachine]:
             if saga:
                 kwargs["saga_id"] = "saga"
             if paged and self.ids:
-                kwargs["after"] = self.ids[0]
+                # Newest first, the page after the newest task (the reference's).
+                newest_ref = self.ref.list_tasks(limit=1, newest_first=True) if newest else []
+                kwargs["after"] = newest_ref[0].task_id if newest_ref else self.ids[0]
             self.steps.append(describe("list_tasks", (), kwargs))
             self._same_listing(kwargs, count=True)
 

@@ -145,8 +145,11 @@ class StoreBase(abc.ABC):
         queue: str | None,
         limit: int,
         after: str | None,
+        newest_first: bool,
     ) -> list[TaskSaga]:
-        """A page of tasks in creation order."""
+        """A page of tasks in creation order, or newest first; ``after`` (exclusive)
+        in the order asked.
+        """
 
     @abc.abstractmethod
     def history(self, task_id: str) -> list[HistoryEntry]:
@@ -502,18 +505,21 @@ class StoreBase(abc.ABC):
         queue: str | None = None,
         limit: int = 100,
         after: str | None = None,
+        newest_first: bool = False,
     ) -> list[TaskSaga]:
         """See :meth:`SagaStore.list_tasks`."""
         states = check_states(state)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
             raise InvalidInputError("limit must be an integer between 1 and 10000")
+        if not isinstance(newest_first, bool):
+            raise InvalidInputError("newest_first must be True or False")
         if saga_id is not None:
             core.check_id("saga_id", saga_id)
         if queue is not None:
             core.check_id("queue", queue)
         if after is not None:
             core.check_id("after", after)
-        return self._list(states, saga_id, queue, limit, after)
+        return self._list(states, saga_id, queue, limit, after, newest_first)
 
     def counts(self, *, queue: str | None = None) -> dict[TaskState, int]:
         """See :meth:`SagaStore.counts`."""

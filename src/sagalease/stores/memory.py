@@ -173,11 +173,14 @@ class MemoryStore(StoreBase):
         queue: str | None,
         limit: int,
         after: str | None,
+        newest_first: bool,
     ) -> list[TaskSaga]:
         with self._lock:
             tasks = list(self._tasks.values())
+            if newest_first:
+                tasks.reverse()
             if after is not None:
-                ids = list(self._tasks)
+                ids = [t.task_id for t in tasks]
                 try:
                     tasks = tasks[ids.index(after) + 1 :]
                 except ValueError:

@@ -9,7 +9,7 @@ No web framework here: the functions take a store and explicit instants.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_LIMIT",
     "FAILURES_SHOWN",
     "MAX_LIMIT",
+    "NEWEST",
     "STALE_SHOWN",
     "ListFilters",
     "dashboard_data",
@@ -42,7 +43,11 @@ STALE_SHOWN = 50
 """The most stale leases the dashboard lists (their number is shown in full)."""
 
 FAILURES_SHOWN = 20
-"""The most failed or quarantined tasks the dashboard lists."""
+"""The most failed or quarantined tasks the dashboard lists (the most recent)."""
+
+NEWEST = "newest"
+"""The list pages' ``order`` value for newest first (absent, empty or ``oldest``:
+creation order)."""
 
 _FAILURE_STATES = frozenset({TaskState.FAILED, TaskState.QUARANTINED})
 _STATE_NAMES = [s.value for s in TaskState]
@@ -144,8 +149,8 @@ def _summary(task: TaskSaga) -> dict[str, Any]:
 def dashboard_data(store: SagaStore, *, now: datetime) -> dict[str, Any]:
     """The dashboard: tasks per state and queue with totals, queue lag, stale
     leases (the first :data:`STALE_SHOWN`) and failed or quarantined tasks with the
-    compensations they still owe (the first :data:`FAILURES_SHOWN` in creation
-    order), all read at ``now``.
+    compensations they still owe (the :data:`FAILURES_SHOWN` most recent, newest
+    first: the newest created, as the store pages), all read at ``now``.
     """
     figures = _figures(store, now)
     tasks: dict[str, dict[str, int]] = figures["tasks"]
@@ -153,7 +158,7 @@ def dashboard_data(store: SagaStore, *, now: datetime) -> dict[str, Any]:
     stale_count = sum(figures["stale"].values())
     # list_stale has no limit: asked only when queue_stats saw a stale lease at all.
     stale = store.list_stale(now=now) if stale_count else []
-    failures = store.list_tasks(state=_FAILURE_STATES, limit=FAILURES_SHOWN)
+    failures = store.list_tasks(state=_FAILURE_STATES, limit=FAILURES_SHOWN, newest_first=True)
     queues = sorted(set(tasks) | set(figures["lag"]) | set(figures["stale"]))
     return {
         "now": _iso(now),
@@ -175,13 +180,14 @@ def dashboard_data(store: SagaStore, *, now: datetime) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class ListFilters:
-    """A list page's query: states (``None``: all), queue, saga, paging."""
+    """A list page's query: states (``None``: all), queue, saga, order, paging."""
 
     states: frozenset[TaskState] | None = None
     queue: str | None = None
     saga: str | None = None
     after: str | None = None
     limit: int = DEFAULT_LIMIT
+    newest_first: bool = False
 
     def query(self, *, after: str | None) -> list[tuple[str, str]]:
         """The query string's pairs of this filter on the page after ``after``."""
@@ -194,6 +200,8 @@ class ListFilters:
             pairs.append(("saga", self.saga))
         if self.limit != DEFAULT_LIMIT:
             pairs.append(("limit", str(self.limit)))
+        if self.newest_first:
+            pairs.append(("order", NEWEST))
         if after is not None:
             pairs.append(("after", after))
         return pairs
@@ -208,13 +216,15 @@ class ListFilters:
             "saga": self.saga,
             "after": self.after,
             "limit": self.limit,
+            "order": NEWEST if self.newest_first else "oldest",
         }
 
 
 def parse_filters(params: Mapping[str, Sequence[str]]) -> ListFilters:
     """A list page's filters from its query parameters (each name: its values).
     ``state`` may repeat and hold comma-separated names; an empty value means
-    no filter. A bad state or limit: :class:`InvalidInputError` (ids are checked
+    no filter; ``order=newest`` lists the newest first (``oldest`` or none: creation
+    order). A bad state, limit or order: :class:`InvalidInputError` (ids are checked
     by the store).
     """
     names = [n.strip() for v in params.get("state", ()) for n in v.split(",") if n.strip()]
@@ -231,12 +241,16 @@ def parse_filters(params: Mapping[str, Sequence[str]]) -> ListFilters:
         ):
             raise InvalidInputError(f"limit must be an integer between 1 and {MAX_LIMIT}")
         limit = int(raw_limit)
+    order = _last(params, "order")
+    if order not in (None, "oldest", NEWEST):
+        raise InvalidInputError(f"order must be {NEWEST!r} or 'oldest', not {order!r}")
     return ListFilters(
         states=frozenset(TaskState(n) for n in names) or None,
         queue=_last(params, "queue"),
         saga=_last(params, "saga"),
         after=_last(params, "after"),
         limit=limit,
+        newest_first=order == NEWEST,
     )
 
 
@@ -246,8 +260,8 @@ def _last(params: Mapping[str, Sequence[str]], name: str) -> str | None:
 
 
 def list_data(store: SagaStore, filters: ListFilters) -> dict[str, Any]:
-    """One page of tasks in creation order (one ``list_tasks`` call of
-    ``limit + 1``: the extra one only tells whether a next page exists).
+    """One page of tasks in creation order, or newest first (one ``list_tasks`` call
+    of ``limit + 1``: the extra one only tells whether a next page exists).
     """
     found = store.list_tasks(
         state=filters.states,
@@ -255,13 +269,16 @@ def list_data(store: SagaStore, filters: ListFilters) -> dict[str, Any]:
         queue=filters.queue,
         limit=filters.limit + 1,
         after=filters.after,
+        newest_first=filters.newest_first,
     )
     page = found[: filters.limit]
     next_after = page[-1].task_id if len(found) > filters.limit else None
+    flipped = replace(filters, newest_first=not filters.newest_first, after=None)
     return {
         "filters": filters.to_json(),
         "tasks": [task_json(t) for t in page],
         "next_after": next_after,
+        "other_order": flipped.query(after=None),
     }
 
 

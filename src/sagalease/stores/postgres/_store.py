@@ -316,6 +316,8 @@ _BATCH: Final = 32
 """Candidates read per statement by reap (one transaction per batch)."""
 
 _OPEN: Final = frozenset(OPEN_STATES)
+_LAST_SEQ: Final = 2**63 - 1
+"""Above every ``seq`` (bigint's largest): where a newest-first listing starts."""
 
 
 def _cursor(cursor: ClaimCursor) -> tuple[int, int, int]:
@@ -438,20 +440,54 @@ class _Statements:
             self._writes[key] = query
         return query
 
-    def listing(self, clauses: list[str], order: Literal["seq", "open_seq"]) -> sql.Composed:
-        """``list_tasks``: fixed clause texts only, every value a bound parameter;
-        ``order`` is ``seq``, or ``open_seq`` (the same values) when only open states
-        are listed, so that the walk can take tasks_open.
+    def listing(
+        self,
+        states: frozenset[TaskState] | None,
+        saga_id: str | None,
+        queue: str | None,
+        after_seq: int | None,
+        limit: int,
+        *,
+        newest_first: bool,
+    ) -> tuple[sql.Composed, list[Any]]:
+        """``list_tasks``' query and parameters: past ``after_seq`` (``None``: from the
+        start) in creation order, or newest first (descending: the same indexes read
+        backwards). Fixed clause texts only, every value a bound parameter; ordered by
+        ``seq``, or by ``open_seq`` (the same values) when only open states are listed,
+        so that the walk can take tasks_open.
         """
+        # Only open states: open_seq is seq on exactly those rows (tasks_open).
+        order: Literal["seq", "open_seq"] = (
+            "open_seq" if states is not None and states <= _OPEN else "seq"
+        )
+        if after_seq is None:
+            after_seq = _LAST_SEQ if newest_first else 0
+        clauses = [f"{order} {'<' if newest_first else '>'} %s"]
+        params: list[Any] = [after_seq]
+        if states is not None and len(states) == 1:
+            clauses.append("state = %s")
+            params.append(next(iter(states)).value)
+        elif states is not None:
+            clauses.append("state = ANY(%s)")
+            params.append(sorted(s.value for s in states))
+        if saga_id is not None:
+            clauses.append("saga_id = %s")
+            params.append(saga_id)
+        if queue is not None:
+            clauses.append("queue = %s")
+            params.append(queue)
+        params.append(limit)
         where = sql.SQL(" AND ").join(sql.SQL(c) for c in clauses)
-        return sql.SQL(
-            "SELECT {cols} FROM {schema}.tasks WHERE {where} ORDER BY {order} LIMIT %s"
+        query = sql.SQL(
+            "SELECT {cols} FROM {schema}.tasks WHERE {where} ORDER BY {order}{direction} LIMIT %s"
         ).format(
             cols=sql.SQL(COLUMNS),
             schema=self.schema,
             where=where,
             order=sql.Identifier(order),
+            direction=sql.SQL(" DESC" if newest_first else ""),
         )
+        return query, params
 
 
 # ---------------------------------------------------------------- DSN handling
@@ -1168,34 +1204,19 @@ class PostgresStore(SQLStoreBase):
         queue: str | None,
         limit: int,
         after: str | None,
+        newest_first: bool,
     ) -> list[TaskSaga]:
         with self._connection("list_tasks") as conn:
-            after_seq = 0
+            after_seq = None
             if after is not None:
                 row = conn.execute(self._q.seq_of, (after,), prepare=True).fetchone()
                 if row is None:
                     raise TaskNotFoundError("unknown 'after' task", task_id=after)
                 after_seq = row[0]
-            # Only open states: open_seq is seq on exactly those rows (tasks_open).
-            order: Literal["seq", "open_seq"] = (
-                "open_seq" if states is not None and states <= _OPEN else "seq"
+            query, params = self._q.listing(
+                states, saga_id, queue, after_seq, limit, newest_first=newest_first
             )
-            clauses = [f"{order} > %s"]
-            params: list[Any] = [after_seq]
-            if states is not None and len(states) == 1:
-                clauses.append("state = %s")
-                params.append(next(iter(states)).value)
-            elif states is not None:
-                clauses.append("state = ANY(%s)")
-                params.append(sorted(s.value for s in states))
-            if saga_id is not None:
-                clauses.append("saga_id = %s")
-                params.append(saga_id)
-            if queue is not None:
-                clauses.append("queue = %s")
-                params.append(queue)
-            params.append(limit)
-            rows = conn.execute(self._q.listing(clauses, order), params).fetchall()
+            rows = conn.execute(query, params).fetchall()
         return [decode_task(row) for row in rows]
 
     def history(self, task_id: str) -> list[HistoryEntry]:

@@ -265,46 +265,59 @@ def _insert_rows(table: str, columns: str, width: int, rows: int) -> str:
     return f"INSERT INTO {table} ({columns}) VALUES {value_rows(rows, width)}"
 
 
+_LAST_SEQ: Final = 2**63 - 1
+"""Above every ``seq`` (SQLite's largest integer): where a newest-first listing starts."""
+
+
 def _listing(
-    states: frozenset[TaskState] | None, saga_id: str | None, queue: str | None, after: int
+    states: frozenset[TaskState] | None,
+    saga_id: str | None,
+    queue: str | None,
+    after: int | None,
+    newest_first: bool = False,
 ) -> tuple[str, list[Any]]:
-    """A listing's query in creation order, without its ``LIMIT ?``, and its
-    parameters.
+    """A listing's query in creation order (``newest_first``: the reverse), without
+    its ``LIMIT ?``, and its parameters; ``after``: the ``seq`` the page starts past
+    in that order (``None``: from the start).
 
     A saga's tasks are few: its index, the other filters on the rows. Otherwise one
-    index range per state, merged by SQLite in ``seq`` order (no sort): of
-    ``tasks_by_queue`` for a queue, else of ``tasks_ended`` per ended state and one
-    walk of ``tasks_open`` for the open ones (whose partial-index predicates are
-    written out, to the letter, so that the planner takes them).
+    index range per state, merged by SQLite in ``seq`` order (no sort; newest first,
+    each range read backwards): of ``tasks_by_queue`` for a queue, else of
+    ``tasks_ended`` per ended state and one walk of ``tasks_open`` for the open ones
+    (whose partial-index predicates are written out, to the letter, so that the
+    planner takes them).
     """
+    past, order = ("seq < ?", "seq DESC") if newest_first else ("seq > ?", "seq")
+    if after is None:
+        after = _LAST_SEQ if newest_first else 0
     if saga_id is not None:
-        clauses, params = ["saga_id = ?", "seq > ?"], [saga_id, after]
+        clauses, params = ["saga_id = ?", past], [saga_id, after]
         if queue is not None:
             clauses.append("queue = ?")
             params.append(queue)
         if states is not None:
             clauses.append(f"state IN ({marks(len(states))})")
             params.extend(sorted(s.value for s in states))
-        return f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY seq", params
+        return f"{_SELECT} WHERE {' AND '.join(clauses)} ORDER BY {order}", params
     arms: list[tuple[str, list[Any]]] = []
     if queue is not None:
         for state in TaskState if states is None else _in_order(states):
-            arms.append(("queue = ? AND state = ? AND seq > ?", [queue, state.value, after]))
+            arms.append((f"queue = ? AND state = ? AND {past}", [queue, state.value, after]))
     elif states is None:
-        arms.append(("seq > ?", [after]))
+        arms.append((past, [after]))
     else:
         open_ones = [s.value for s in OPEN_STATES if s in states]
         if len(open_ones) == len(OPEN_STATES):
-            arms.append((f"{OPEN} AND seq > ?", [after]))
+            arms.append((f"{OPEN} AND {past}", [after]))
         elif open_ones:
             arms.append(
-                (f"{OPEN} AND state IN ({marks(len(open_ones))}) AND seq > ?", [*open_ones, after])
+                (f"{OPEN} AND state IN ({marks(len(open_ones))}) AND {past}", [*open_ones, after])
             )
         for state in ENDED_STATES:
             if state in states:
-                arms.append((f"{ENDED} AND state = ? AND seq > ?", [state.value, after]))
+                arms.append((f"{ENDED} AND state = ? AND {past}", [state.value, after]))
     sql = " UNION ALL ".join(f"{_SELECT} WHERE {where}" for where, _params in arms)
-    return f"{sql} ORDER BY seq", [value for _where, params in arms for value in params]
+    return f"{sql} ORDER BY {order}", [value for _where, params in arms for value in params]
 
 
 def _in_order(states: frozenset[TaskState]) -> list[TaskState]:
@@ -821,16 +834,17 @@ class SQLiteStore(SQLStoreBase):
         queue: str | None,
         limit: int,
         after: str | None,
+        newest_first: bool,
     ) -> list[TaskSaga]:
         with self._boundary("list_tasks"):
             conn = self._conn()
-            after_seq = 0
+            after_seq = None
             if after is not None:
                 row = conn.execute("SELECT seq FROM tasks WHERE task_id = ?", (after,)).fetchone()
                 if row is None:
                     raise TaskNotFoundError("unknown 'after' task", task_id=after)
                 after_seq = row[0]
-            sql, params = _listing(states, saga_id, queue, after_seq)
+            sql, params = _listing(states, saga_id, queue, after_seq, newest_first)
             rows = conn.execute(f"{sql} LIMIT ?", (*params, limit)).fetchall()
         return [decode_task(row) for row in rows]
 
