@@ -318,3 +318,88 @@ def test_postgres_figures_count_inserts_committed_out_of_seq_order(broken: bool)
         assert not all(agree)
     else:
         assert agree == [True, True, True, True]
+
+
+def test_postgres_gap_of_a_rolled_back_insert_is_retired_after_two_later_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rolled-back insert's seq never gets a row: its gap is confirmed by the next
+    count whose snapshot shows every transaction of the first sight ended, retired by
+    the one after (not checked again on every count for ever); the figures stay right.
+    """
+    import psycopg
+
+    from conftest import POSTGRES_URL, require_postgres
+
+    require_postgres()
+    from sagalease.stores.postgres import _store as pg
+    from sagalease.stores.postgres import scratch_store
+
+    monkeypatch.setattr(pg, "GAP_SETTLE", 0.0)
+    store = scratch_store(POSTGRES_URL)
+    try:
+        store.create("a", now=T0)
+        store.queue_stats(now=at(1))  # the first count
+        with (
+            psycopg.connect(POSTGRES_URL, autocommit=True) as raw,
+            contextlib.suppress(RuntimeError),
+            raw.transaction(),
+        ):
+            _copy_in_flight(raw, store.schema, "a", "ghost")
+            raise RuntimeError("roll back")
+        store.create("b", now=at(2))
+        stages = []
+        for step in range(3):
+            figures = collect(store, now=at(3 + step))
+            assert figures.totals == store.counts()
+            counted = store._counted
+            assert counted is not None
+            stages.append([(g.ranges, g.confirmed_xmax is not None) for g in counted.gaps])
+        assert [len(s) for s in stages] == [1, 1, 0]
+        assert stages[0][0][1] is False  # seen
+        assert stages[1][0][1] is True  # confirmed
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["store", "retires-at-once"])
+def test_postgres_gap_of_an_open_transaction_is_kept_until_its_row_commits(
+    monkeypatch: pytest.MonkeyPatch, broken: bool
+) -> None:
+    """A gap whose inserting transaction is still open is never retired, however many
+    counts pass: once it commits, its task is counted. A store that retires gaps at
+    once loses that task from the figures.
+    """
+    import psycopg
+
+    from conftest import POSTGRES_URL, require_postgres
+
+    require_postgres()
+    from sagalease.stores import _sql
+    from sagalease.stores.postgres import _store as pg
+    from sagalease.stores.postgres import scratch_store
+
+    monkeypatch.setattr(pg, "GAP_SETTLE", 0.0)
+    if broken:
+        monkeypatch.setattr(_sql.Gaps, "aged", lambda self, **_: None)
+    store = scratch_store(POSTGRES_URL)
+    try:
+        store.create("a", now=T0)
+        held = store.acquire("a", owner="w", ttl=TTL, now=T0)
+        store.complete("a", owner="w", token=held.token, now=T0)
+        store.queue_stats(now=at(1))
+        # An ended row (a copy of a): only the gap can bring it into the count.
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as raw, raw.transaction():
+            _copy_in_flight(raw, store.schema, "a", "late")
+            store.create("b", now=at(2))
+            kept = []
+            for step in range(4):
+                store.queue_stats(now=at(3 + step))
+                counted = store._counted
+                assert counted is not None
+                kept.append(len(counted.gaps))
+        assert kept == ([1, 0, 0, 0] if broken else [1, 1, 1, 1])
+        agree = collect(store, now=at(8)).totals == store.counts()
+        assert agree is not broken
+    finally:
+        store.close()

@@ -16,7 +16,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, Final, TypeVar
 
@@ -154,8 +154,9 @@ def queue_stats_from_rows(now_us: int, rows: Iterable[Sequence[Any]]) -> dict[st
 class Counted:
     """What a SQL store's ``queue_stats`` leaves for its next call: the ended tasks
     with ``seq <= top`` by (queue, state), the seqs of the tasks then open, every
-    queue, and the seqs up to ``top`` that no row had then (``gaps``: inclusive
-    ranges; PostgreSQL only, where a seq is taken before its row commits).
+    queue, and the seqs up to ``top`` that no row had then (``gaps``, in the
+    :class:`Gaps` of the count that first saw them; PostgreSQL only, where a seq is
+    taken before its row commits).
 
     Rows are never deleted, a task's seq and queue never change and an ended task
     never changes state (INV-3), so the next call only reads the tasks created
@@ -167,7 +168,47 @@ class Counted:
     ended: dict[tuple[str, str], int]
     open_seqs: frozenset[int]
     queues: frozenset[str]
-    gaps: tuple[tuple[int, int], ...] = ()
+    gaps: tuple[Gaps, ...] = ()
+
+
+@dataclass(frozen=True)
+class Gaps:
+    """Seqs (inclusive ranges) that no visible row had when a count first saw them,
+    with what retires them. A gap's seq was taken by a transaction T that had not
+    committed then: still running, or rolled back (a duplicate id, a failed batch),
+    in which case no row ever fills it and checking it again on every count would
+    cost more and more.
+
+    So gaps are retired in two steps, on the snapshots of later counts: *confirmed*
+    once a snapshot's ``xmin`` reaches ``seen_xmax`` (every transaction that had an
+    id when they were seen has ended) and ``settle`` seconds have passed; *retired*
+    once a later snapshot's ``xmin`` reaches the ``xmax`` of the confirming one and
+    ``settle`` more seconds have passed. T takes its seq and its transaction id in
+    one INSERT statement, so it had an id by the confirming snapshot unless that one
+    statement stalled between the two for ``settle`` seconds; and then it has ended
+    by the retiring snapshot: a row it committed would be visible, and the gap would
+    have been filled.
+    """
+
+    ranges: tuple[tuple[int, int], ...]
+    seen_xmax: int
+    seen_at: float  # monotonic seconds
+    confirmed_xmax: int | None = None
+    confirmed_at: float | None = None
+
+    def aged(self, *, xmin: int, xmax: int, at: float, settle: float) -> Gaps | None:
+        """These gaps after a count whose snapshot has ``xmin`` and ``xmax`` at the
+        monotonic instant ``at``: confirmed, retired (``None``) or as they were.
+        """
+        if not self.ranges:
+            return None
+        if self.confirmed_xmax is None or self.confirmed_at is None:
+            if xmin >= self.seen_xmax and at - self.seen_at >= settle:
+                return replace(self, confirmed_xmax=xmax, confirmed_at=at)
+            return self
+        if xmin >= self.confirmed_xmax and at - self.confirmed_at >= settle:
+            return None
+        return self
 
 
 _ENDED_VALUES: Final = frozenset(s.value for s in ENDED_STATES)

@@ -95,6 +95,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Final, Literal, Self
@@ -139,6 +140,7 @@ from sagalease.stores._sql import (
     DEADLINE_BARS_ACQUIRE,
     DEADLINE_REAPS,
     Counted,
+    Gaps,
     SQLStoreBase,
     add_ended,
     queue_stats_from_rows,
@@ -151,6 +153,9 @@ TEST_URL_ENV: Final = "SAGALEASE_TEST_POSTGRES_URL"
 DEFAULT_TEST_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+GAP_SETTLE = 1.0
+"""Seconds each of a gap's two retirement steps waits at least (see ``_sql.Gaps``)."""
+
 _LOCK_NAMESPACE: Final = 0x5A6A  # pg_advisory_xact_lock(int, int): (namespace, hash of schema)
 
 
@@ -280,7 +285,11 @@ _TEMPLATES: Final = {
     # queue_stats: read in one REPEATABLE READ transaction (one snapshot); see
     # PostgresStore.queue_stats. Every task by queue and state (the first call):
     "qs_all": "SELECT queue, state, count(*) FROM {schema}.tasks GROUP BY queue, state",
-    "qs_top": "SELECT max(seq) FROM {schema}.tasks",
+    # The top seq and this snapshot's xmin and xmax (to retire gaps: see _sql.Gaps):
+    "qs_top": (
+        "SELECT max(seq), pg_snapshot_xmin(pg_current_snapshot())::text::bigint,"
+        " pg_snapshot_xmax(pg_current_snapshot())::text::bigint FROM {schema}.tasks"
+    ),
     # The tasks created after a seq (a range of the primary key):
     "qs_new": (
         "SELECT queue, state, count(*) FROM {schema}.tasks WHERE seq > %s GROUP BY queue, state"
@@ -1248,7 +1257,8 @@ class PostgresStore(SQLStoreBase):
         counted (:class:`~sagalease.stores._sql.Counted`) and read the tasks created
         since (a primary-key range), those open then and ended since, the rows that
         filled a gap (a seq taken by a transaction not yet committed at the previous
-        count; a rolled-back one leaves its gap for good, checked again each time)
+        count; a rolled-back one's gap is retired after two later snapshots show
+        that its transaction ended, see :class:`~sagalease.stores._sql.Gaps`)
         and the open tasks (``tasks_open``): their cost follows the open tasks and
         the changes in between, not the finished tasks kept.
         """
@@ -1282,36 +1292,46 @@ class PostgresStore(SQLStoreBase):
         """
         q = self._q.qs
         top = conn.execute(q["qs_top"], prepare=True).fetchone()
-        top_seq = int(top[0]) if top is not None and top[0] is not None else 0
+        assert top is not None  # an aggregate without GROUP BY returns one row
+        top_seq = int(top[0]) if top[0] is not None else 0
+        xmin, xmax, at = int(top[1]), int(top[2]), time.monotonic()
         last = self._counted
         ended: dict[tuple[str, str], int] = {}
+        found: list[tuple[Any, ...]] = []  # gaps first seen by this count
+        cohorts: tuple[Gaps, ...] = ()
         if last is None or top_seq < last.top:
             rows = conn.execute(q["qs_all"], prepare=True).fetchall()
             queues = {queue for queue, _state, _n in rows}
-            gaps: tuple[tuple[int, int], ...] = ()
             if sum(n for _q, _s, n in rows) < top_seq:  # seqs with no row (yet)
                 found = conn.execute(q["qs_gaps"], (0, 0), prepare=True).fetchall()
-                gaps = tuple((int(lo), int(hi)) for lo, hi in found)
         else:
             ended, queues = dict(last.ended), set(last.queues)
             new = conn.execute(q["qs_new"], (last.top,), prepare=True).fetchall()
             queues.update(queue for queue, _state, _n in new)
             rows = list(new)
-            gaps = last.gaps
-            if gaps:
+            cohorts = last.gaps
+            if cohorts:
+                bounds = [r for cohort in cohorts for r in cohort.ranges]
                 filled = conn.execute(
-                    q["qs_filled"], ([lo for lo, _ in gaps], [hi for _, hi in gaps]), prepare=True
+                    q["qs_filled"],
+                    ([lo for lo, _ in bounds], [hi for _, hi in bounds]),
+                    prepare=True,
                 ).fetchall()
                 rows += [(queue, state, 1) for _seq, queue, state in filled]
                 queues.update(queue for _seq, queue, _state in filled)
-                gaps = without(gaps, (seq for seq, _queue, _state in filled))
+                seqs = [seq for seq, _queue, _state in filled]
+                cohorts = tuple(replace(c, ranges=without(c.ranges, seqs)) for c in cohorts)
             if sum(n for _q, _s, n in new) < top_seq - last.top:  # seqs with no row yet
-                more = conn.execute(q["qs_gaps"], (last.top, last.top), prepare=True).fetchall()
-                gaps = (*gaps, *((int(lo), int(hi)) for lo, hi in more))
+                found = conn.execute(q["qs_gaps"], (last.top, last.top), prepare=True).fetchall()
             finished = sorted(last.open_seqs - open_now)  # open then, ended since
             if finished:
                 rows += conn.execute(q["qs_finished"], (finished,), prepare=True).fetchall()
         add_ended(ended, rows)
+        aged = (c.aged(xmin=xmin, xmax=xmax, at=at, settle=GAP_SETTLE) for c in cohorts)
+        gaps = tuple(c for c in aged if c is not None)
+        if found:
+            seen = tuple((int(lo), int(hi)) for lo, hi in found)
+            gaps = (*gaps, Gaps(seen, seen_xmax=xmax, seen_at=at))
         counted = Counted(top_seq, ended, open_now, frozenset(queues), gaps)
         self._counted = counted
         return counted
