@@ -158,9 +158,11 @@ INVARIANTS: tuple[Invariant, ...] = (
     Invariant(
         "INV-12",
         "Listings show the records",
-        "list_tasks shows, in creation order, exactly the stored records in the states"
-        " (one or several), saga and queue it is asked for, paged by after and limit;"
-        " counts, of every queue or of one, counts exactly those records by state.",
+        "list_tasks shows, in creation order (or newest first), exactly the stored"
+        " records in the states (one or several), saga and queue it is asked for, paged"
+        " by after and limit; counts, of every queue or of one, counts exactly those"
+        " records by state; queue_stats gives, per queue, those counts, its stale leases"
+        " and its oldest task waiting to be claimed, from one snapshot.",
         (
             "tests/stores/test_store_contract.py::TestShippedContractChecks::test_conformance"
             "[memory-contract/listings_filter_by_state_queue_and_saga]",
