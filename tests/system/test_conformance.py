@@ -152,15 +152,21 @@ def test_stateful_stage_alone_catches_the_expiry_boundary() -> None:
 
 @pytest.mark.parametrize(
     "mutant",
-    [m for m in conformance_mutants.MUTANTS if m.invariant in ("INV-9", "INV-10", "INV-11")],
+    [
+        m
+        for m in conformance_mutants.MUTANTS
+        if m.invariant in ("INV-9", "INV-10", "INV-11")
+        or m.factory in ("newest_first_ignored", "queue_stats_stale_without_expiry")
+    ],
     ids=lambda m: m.factory,
 )
 def test_stateful_stage_alone_catches_queue_priority_and_bulk_mutants(
     mutant: conformance_mutants.Mutant,
 ) -> None:
-    """Without the contract checks, the state machine's queues, priorities and
-    create_many batches catch claims that ignore queues or priorities and a create_many
-    that half-writes, naming the invariant, in 5 of 5 seeds.
+    """Without the contract checks, the state machine's queues, priorities,
+    create_many batches and listings catch claims that ignore queues or priorities, a
+    create_many that half-writes, newest-first ignored and stale leases counted without
+    their expiry, naming the invariant, in 5 of 5 seeds.
     """
     factory = getattr(conformance_mutants, mutant.factory)
     for seed in MUTANT_SEEDS:
