@@ -226,7 +226,9 @@ def test_pytest_base_class_and_plugin_for_a_third_party(tmp_path: Path) -> None:
         check=False,
     )
     assert mine.returncode == 0, mine.stdout + mine.stderr
-    assert "26 passed, 1 skipped" in mine.stdout
+    # Every check runs but the process stage (a memory store is not shared across
+    # processes: skipped with its reason).
+    assert f"{len(checks()) - 1} passed, 1 skipped" in mine.stdout
     broken = subprocess.run(
         [
             *base,
@@ -253,4 +255,4 @@ def test_pytest_base_class_and_plugin_for_a_third_party(tmp_path: Path) -> None:
         check=False,
     )
     assert idle.returncode == 0, idle.stdout + idle.stderr
-    assert "27 skipped" in idle.stdout
+    assert f"{len(checks())} skipped" in idle.stdout
