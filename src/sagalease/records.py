@@ -36,6 +36,10 @@ def from_us(instant_us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=instant_us)
 
 
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
 def _from_us_opt(instant_us: int | None) -> datetime | None:
     return None if instant_us is None else from_us(instant_us)
 
@@ -175,6 +179,23 @@ class HistoryEntry:
         result: dict[str, Any] = json.loads(self.args_json)
         return result
 
+    def to_json(self) -> dict[str, Any]:
+        """The entry as a JSON object (what ``sagalease show --json`` and the web
+        view print).
+        """
+        return {
+            "seq": self.seq,
+            "task_id": self.task_id,
+            "event": self.event,
+            "from_state": None if self.from_state is None else self.from_state.value,
+            "to_state": self.to_state.value,
+            "at": _iso(self.at),
+            "owner": self.owner,
+            "token": self.token,
+            "reason": self.reason,
+            "args": self.args,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class TaskSaga:
@@ -242,6 +263,45 @@ class TaskSaga:
         return tuple(
             i for i, c in enumerate(self.compensations) if c.status is CompensationStatus.PENDING
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON object (what ``sagalease show --json`` and the web
+        view print).
+        """
+        lease = self.lease
+        return {
+            "task_id": self.task_id,
+            "saga_id": self.saga_id,
+            "queue": self.queue,
+            "priority": self.priority,
+            "requeued_from": self.requeued_from,
+            "state": self.state.value,
+            "metadata": self.metadata,
+            "compensations": [
+                {"index": i, **c.to_json()} for i, c in enumerate(self.compensations)
+            ],
+            "pending_compensations": list(self.pending_compensations),
+            "lease": None
+            if lease is None
+            else {
+                "owner": lease.owner,
+                "token": lease.token,
+                "acquired_at": _iso(lease.acquired_at),
+                "expires_at": _iso(lease.expires_at),
+                "heartbeat_at": _iso(lease.heartbeat_at),
+            },
+            "token": self.token,
+            "attempts": self.attempts,
+            "expirations": self.expirations,
+            "max_attempts": self.max_attempts,
+            "available_at": _iso(self.available_at),
+            "deadline": _iso(self.deadline),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "terminal_reason": self.terminal_reason,
+            "notes": [{"at": _iso(n.at), "author": n.author, "text": n.text} for n in self.notes],
+            "version": self.version,
+        }
 
 
 @dataclass(frozen=True, slots=True)

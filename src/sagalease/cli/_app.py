@@ -51,12 +51,10 @@ from pathlib import Path
 import click
 
 from sagalease.cli._render import (
-    entry_json,
     new_console,
     print_json,
     print_report,
     show_task,
-    task_json,
     tasks_table,
 )
 from sagalease.errors import (
@@ -140,7 +138,7 @@ def _operator_call(
     def body(store: SagaStore) -> int:
         task = call(store)
         if as_json:
-            print_json(task_json(task))
+            print_json(task.to_json())
         else:
             click.echo(summary(task))
         return EXIT_OK
@@ -251,7 +249,7 @@ def _list(
                 newest_first=newest_first,
             )
         if as_json:
-            print_json([task_json(t) for t in tasks])
+            print_json([t.to_json() for t in tasks])
             return EXIT_OK
         title = f"{len(tasks)} {'stale ' if stale else ''}task(s)"
         console = new_console()
@@ -327,7 +325,7 @@ def show(options: _Options, task_id: str, as_json: bool) -> int:
         task = _get(store, task_id)
         history = store.history(task_id)
         if as_json:
-            print_json({"task": task_json(task), "history": [entry_json(e) for e in history]})
+            print_json({"task": task.to_json(), "history": [e.to_json() for e in history]})
             return EXIT_OK
         show_task(task, history)
         return EXIT_OK
@@ -345,7 +343,7 @@ def reap(options: _Options, limit: int | None, as_json: bool) -> int:
     def body(store: SagaStore) -> int:
         changed = store.reap(limit=limit)
         if as_json:
-            print_json([task_json(t) for t in changed])
+            print_json([t.to_json() for t in changed])
         else:
             new_console().print(tasks_table(changed, f"reaped {len(changed)} task(s)"))
         return EXIT_OK

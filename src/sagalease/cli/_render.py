@@ -13,71 +13,18 @@ import click
 from sagalease.records import HistoryEntry, TaskSaga
 
 __all__ = [
-    "entry_json",
     "iso",
     "new_console",
     "print_json",
     "print_report",
     "short_time",
     "show_task",
-    "task_json",
     "tasks_table",
 ]
 
 
 def iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
-
-
-def task_json(task: TaskSaga) -> dict[str, Any]:
-    """A task record as a JSON object (what ``--json`` prints)."""
-    lease = task.lease
-    return {
-        "task_id": task.task_id,
-        "saga_id": task.saga_id,
-        "queue": task.queue,
-        "priority": task.priority,
-        "requeued_from": task.requeued_from,
-        "state": task.state.value,
-        "metadata": task.metadata,
-        "compensations": [c.to_json() for c in task.compensations],
-        "lease": None
-        if lease is None
-        else {
-            "owner": lease.owner,
-            "token": lease.token,
-            "acquired_at": iso(lease.acquired_at),
-            "expires_at": iso(lease.expires_at),
-            "heartbeat_at": iso(lease.heartbeat_at),
-        },
-        "token": task.token,
-        "attempts": task.attempts,
-        "expirations": task.expirations,
-        "max_attempts": task.max_attempts,
-        "available_at": iso(task.available_at),
-        "deadline": iso(task.deadline),
-        "created_at": iso(task.created_at),
-        "updated_at": iso(task.updated_at),
-        "terminal_reason": task.terminal_reason,
-        "notes": [{"at": iso(n.at), "author": n.author, "text": n.text} for n in task.notes],
-        "version": task.version,
-    }
-
-
-def entry_json(entry: HistoryEntry) -> dict[str, Any]:
-    """A history entry as a JSON object."""
-    return {
-        "seq": entry.seq,
-        "task_id": entry.task_id,
-        "event": entry.event,
-        "from_state": None if entry.from_state is None else entry.from_state.value,
-        "to_state": entry.to_state.value,
-        "at": iso(entry.at),
-        "owner": entry.owner,
-        "token": entry.token,
-        "reason": entry.reason,
-        "args": entry.args,
-    }
 
 
 def print_json(value: object) -> None:

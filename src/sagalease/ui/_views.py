@@ -26,11 +26,9 @@ __all__ = [
     "STALE_SHOWN",
     "ListFilters",
     "dashboard_data",
-    "entry_json",
     "list_data",
     "parse_filters",
     "task_data",
-    "task_json",
 ]
 
 DEFAULT_LIMIT = 50
@@ -55,58 +53,6 @@ _STATE_NAMES = [s.value for s in TaskState]
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
-
-
-def task_json(task: TaskSaga) -> dict[str, Any]:
-    """A task record as a JSON object (the fields ``sagalease show --json`` prints)."""
-    lease = task.lease
-    return {
-        "task_id": task.task_id,
-        "saga_id": task.saga_id,
-        "queue": task.queue,
-        "priority": task.priority,
-        "requeued_from": task.requeued_from,
-        "state": task.state.value,
-        "metadata": task.metadata,
-        "compensations": [{"index": i, **c.to_json()} for i, c in enumerate(task.compensations)],
-        "pending_compensations": list(task.pending_compensations),
-        "lease": None
-        if lease is None
-        else {
-            "owner": lease.owner,
-            "token": lease.token,
-            "acquired_at": _iso(lease.acquired_at),
-            "expires_at": _iso(lease.expires_at),
-            "heartbeat_at": _iso(lease.heartbeat_at),
-        },
-        "token": task.token,
-        "attempts": task.attempts,
-        "expirations": task.expirations,
-        "max_attempts": task.max_attempts,
-        "available_at": _iso(task.available_at),
-        "deadline": _iso(task.deadline),
-        "created_at": _iso(task.created_at),
-        "updated_at": _iso(task.updated_at),
-        "terminal_reason": task.terminal_reason,
-        "notes": [{"at": _iso(n.at), "author": n.author, "text": n.text} for n in task.notes],
-        "version": task.version,
-    }
-
-
-def entry_json(entry: HistoryEntry) -> dict[str, Any]:
-    """A history entry as a JSON object."""
-    return {
-        "seq": entry.seq,
-        "task_id": entry.task_id,
-        "event": entry.event,
-        "from_state": None if entry.from_state is None else entry.from_state.value,
-        "to_state": entry.to_state.value,
-        "at": _iso(entry.at),
-        "owner": entry.owner,
-        "token": entry.token,
-        "reason": entry.reason,
-        "args": entry.args,
-    }
 
 
 # ---------------------------------------------------------------- dashboard
@@ -276,7 +222,7 @@ def list_data(store: SagaStore, filters: ListFilters) -> dict[str, Any]:
     flipped = replace(filters, newest_first=not filters.newest_first, after=None)
     return {
         "filters": filters.to_json(),
-        "tasks": [task_json(t) for t in page],
+        "tasks": [t.to_json() for t in page],
         "next_after": next_after,
         "other_order": flipped.query(after=None),
     }
@@ -300,7 +246,7 @@ def task_data(task: TaskSaga, history: Sequence[HistoryEntry], *, now: datetime)
     ]
     return {
         "now": _iso(now),
-        "task": task_json(task),
-        "history": [entry_json(e) for e in history],
+        "task": task.to_json(),
+        "history": [e.to_json() for e in history],
         "lease_bars": bars,
     }
