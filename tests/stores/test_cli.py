@@ -114,9 +114,7 @@ def _lib_json(task: TaskSaga) -> dict[str, Any]:
         "requeued_from": task.requeued_from,
         "state": task.state.value,
         "metadata": task.metadata,
-        "compensations": [
-            {"index": i, **c.to_json()} for i, c in enumerate(task.compensations)
-        ],
+        "compensations": [{"index": i, **c.to_json()} for i, c in enumerate(task.compensations)],
         "pending_compensations": [
             i for i, c in enumerate(task.compensations) if c.status.value == "pending"
         ],
