@@ -57,9 +57,10 @@ past its lease) is reported as the outcome ``"fenced"`` and changes nothing.
 ``Worker.run()`` loops with ``concurrency`` threads until stopped; SIGTERM
 and SIGINT (see :meth:`Worker.install_signal_handlers`) stop it gracefully:
 no new claims, handlers see :class:`ShutdownRequestedError` at their next
-checkpoint, and every lease still held after ``shutdown_grace`` seconds is
-released by the runtime itself. An idle thread (nothing claimable) waits
-for the store's wake-ups when it offers them
+checkpoint, the lease of every handler still running after ``shutdown_grace``
+seconds is released by the runtime itself, and a store call still in flight
+then (a claim, a finishing write) is waited for, up to the TTL. An idle
+thread (nothing claimable) waits for the store's wake-ups when it offers them
 (:class:`~sagalease.store.WakeUps`: a write that may have made a task of its
 queues claimable), else sleeps; either way for at most ``poll_interval``,
 which also bounds how long an idle thread takes to notice :meth:`Worker.stop`.
