@@ -20,6 +20,7 @@ from typing import Any, Final, Self
 from sagalease import core, telemetry
 from sagalease.clock import Clock, SystemClock, duration_us, to_us
 from sagalease.errors import DuplicateTaskError, InvalidInputError, LeaseConflictError
+from sagalease.lifecycle import HOLDER_EVENTS
 from sagalease.records import Compensation, HistoryEntry, NewTask, TaskSaga, TaskState
 
 Mutation = Callable[[TaskSaga], core.Step]
@@ -29,19 +30,9 @@ MAX_BATCH: Final = 1000
 
 _NEW_TASK_FIELDS: Final = frozenset(f.name for f in fields(NewTask))
 
-_HOLDER_EVENTS: Final = frozenset(
-    {
-        "heartbeat",
-        "release",
-        "register_compensation",
-        "complete",
-        "fail",
-        "compensation_applied",
-        "compensation_failed",
-    }
-)
-"""The events that present a lease's ``(owner, token)``: a LeaseConflictError refusing
-one is a fenced write (telemetry)."""
+_HOLDER_EVENTS: Final = frozenset(HOLDER_EVENTS)
+"""The events that present a lease's ``(owner, token)`` (from the declaration): a
+LeaseConflictError refusing one is a fenced write (telemetry)."""
 
 
 def _noting_refusals(mutation: Mutation, queues: list[str]) -> Mutation:
