@@ -20,10 +20,10 @@ from sagalease.verification import checker
 from sagalease.verification.checker import Model, Result, check, load_model, model_names
 
 SMALL = {"workers": 2, "ttl": 2, "max_attempts": 2, "deadline": 5, "compensations": 2}
-_RESULTS: dict[str, Result] = {}
+_RESULTS: dict[str, Result[Model]] = {}
 
 
-def _bundled(name: str) -> Result:
+def _bundled(name: str) -> Result[Model]:
     if name not in _RESULTS:
         _RESULTS[name] = check(load_model(name))
     return _RESULTS[name]

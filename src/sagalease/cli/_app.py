@@ -47,6 +47,7 @@ import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -68,6 +69,9 @@ from sagalease.records import TaskSaga, TaskState
 from sagalease.store import SagaStore
 from sagalease.stores import DEFAULT_URL, open_store, parse_url
 from sagalease.stores._open import redact_url
+
+if TYPE_CHECKING:
+    from sagalease.verification.checker import Result
 
 __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "main"]
 
@@ -609,17 +613,7 @@ def check(
         f"  longest run to termination {result.longest_run}  time {result.seconds:.1f}s"
         f" ({result.states / max(result.seconds, 1e-9):,.0f} states/s)"
     )
-    if result.violation is not None:
-        print(f"VIOLATION: {result.violation}")
-        print("shortest trace:")
-        for line in result.trace:
-            print(f"  {line}")
-    for edge in result.uncovered:
-        print(f"NOT EXERCISED: declared transition {edge}")
-    for name, (recorded, found) in result.drift.items():
-        print(f"FIGURES DRIFTED: {name} recorded {recorded:,}, found {found:,}")
-    print(f"{'PASS' if result.ok else 'FAIL'} (expected: {loaded.expect})")
-    return EXIT_OK if result.ok else EXIT_FAIL
+    return _findings(result, loaded.expect, "declared transition ")
 
 
 def _has_tasks(model: str) -> bool:
@@ -644,16 +638,23 @@ def _check_many(model: str, overrides: dict[str, int]) -> int:
     print(f"model {loaded.name}: {loaded.description}")
     result = check_many(loaded)
     print(result.summary())
+    return _findings(result, loaded.expect)
+
+
+def _findings(result: Result[Any], expect: str, uncovered: str = "") -> int:
+    """Print what a model-checker run found (a violation and its shortest trace, what
+    no run exercised, drifted figures) and its verdict; the exit status.
+    """
     if result.violation is not None:
         print(f"VIOLATION: {result.violation}")
         print("shortest trace:")
         for line in result.trace:
             print(f"  {line}")
-    for action in result.uncovered:
-        print(f"NOT EXERCISED: {action}")
+    for item in result.uncovered:
+        print(f"NOT EXERCISED: {uncovered}{item}")
     for name, (recorded, found) in result.drift.items():
         print(f"FIGURES DRIFTED: {name} recorded {recorded:,}, found {found:,}")
-    print(f"{'PASS' if result.ok else 'FAIL'} (expected: {loaded.expect})")
+    print(f"{'PASS' if result.ok else 'FAIL'} (expected: {expect})")
     return EXIT_OK if result.ok else EXIT_FAIL
 
 

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sagalease import core
 from sagalease.errors import SagaLeaseError
@@ -107,12 +107,15 @@ class _State:
     workers: tuple[_Worker, ...]
 
 
+ModelT = TypeVar("ModelT")
+
+
 @dataclass
-class Result:
-    """What a run found."""
+class Result(Generic[ModelT]):
+    """What a run of a model (:class:`Model`, or the multi-task checker's) found."""
 
     # Fields of the same shape as records.TaskSaga's, naming other things: no copy.
-    model: Model
+    model: ModelT
     states: int = 0
     transitions: int = 0
     depth: int = 0
@@ -667,7 +670,7 @@ class _Space:
 
     # -------------------------------------------------------------- search
 
-    def explore(self, result: Result) -> None:
+    def explore(self, result: Result[Model]) -> None:
         """Breadth first from the initial state; raises :class:`_Violation`."""
         init = self.init
         c0 = self.task_class(init.task, init.now)
@@ -804,7 +807,7 @@ class _Space:
         return [*self.trace(exc.state), step + "  <-- violates"]
 
 
-def check(m: Model, *, contracts: bool = False) -> Result:
+def check(m: Model, *, contracts: bool = False) -> Result[Model]:
     """Explore ``m`` exhaustively and check every property (see the module doc).
 
     ``contracts`` runs the core with its icontract pre/postconditions on.
@@ -813,7 +816,7 @@ def check(m: Model, *, contracts: bool = False) -> Result:
     # Without icontract's checks unless asked: the state and edge checks here cover
     # the same ground.
     handlers = dict(core.handlers(contracts=contracts))
-    result = Result(m)
+    result = Result[Model](m)
     space = _Space(m, handlers)
     try:
         space.explore(result)
@@ -836,7 +839,7 @@ def check(m: Model, *, contracts: bool = False) -> Result:
     return result
 
 
-def _liveness(result: Result, space: _Space) -> None:
+def _liveness(result: Result[Model], space: _Space) -> None:
     """No non-terminal cycle, no stuck state; longest run to termination."""
     white, grey, black = 0, 1, 2
     edges = space.edges

@@ -42,7 +42,7 @@ from sagalease.lifecycle import CHART, EVENTS, HOLDER_EVENTS
 from sagalease.records import Compensation, CompensationStatus, TaskSaga
 from sagalease.store import READERS, SagaStore
 from sagalease.stores import _rows, _sql
-from sagalease.verification.checker import Verdict
+from sagalease.verification.checker import Result, Verdict
 
 __all__ = [
     "ACTIONS",
@@ -315,41 +315,13 @@ class _State:
 
 
 @dataclass
-class ManyResult:
-    """What a run of :func:`check_many` found."""
+class ManyResult(Result[ManyModel]):
+    """What a run of :func:`check_many` found: :class:`~sagalease.verification.checker.Result`'s
+    figures and findings, the property violated and the actions taken.
+    """
 
-    model: ManyModel
-    states: int = 0
-    transitions: int = 0
-    depth: int = 0
-    longest_run: int = 0
-    seconds: float = 0.0
-    violation: str | None = None
     property_name: str | None = None  # the name (in PROPERTIES) of the property violated
-    trace: list[str] = field(default_factory=list)
-    uncovered: list[str] = field(default_factory=list)
     taken: dict[str, int] = field(default_factory=dict)  # successful actions, by name
-    drift: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """Whether every check passed (and the recorded figures, if any, match)."""
-        return self.violation is None and not self.uncovered and not self.drift
-
-    @property
-    def verdict(self) -> Verdict:
-        """PASS when every check passed."""
-        return Verdict.PASS if self.ok else Verdict.FAIL
-
-    @property
-    def figures(self) -> dict[str, int]:
-        """The deterministic figures of this run (everything but the time)."""
-        return {
-            "states": self.states,
-            "transitions": self.transitions,
-            "depth": self.depth,
-            "longest_run": self.longest_run,
-        }
 
     def summary(self) -> str:
         """One line: the verdict and the figures, as printed by the CLI."""
