@@ -251,10 +251,13 @@ class FencingByOwnerOnly(MemoryStore):
 
 
 class NoCompareAndSet(SQLiteStore):
-    """Select-then-update: the write does not check the row's version (races lose)."""
+    """Select-then-update: the write does not check the row's version (races lose).
+    Every event takes that path (not the engine's one-statement writes).
+    """
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
+        self._fast_events = frozenset()
         self._before_write = lambda _task_id: time.sleep(0.001)
 
     @staticmethod

@@ -62,6 +62,7 @@ __all__ = [
     "compensation_failed",
     "complete",
     "create",
+    "dump_args",
     "encode_metadata",
     "fail",
     "handlers",
@@ -332,7 +333,8 @@ def _add(now_us: int, duration_us: int, task: TaskSaga) -> int:
 # ---------------------------------------------------------------- helpers
 
 
-def _dump(args: Mapping[str, Any]) -> str:
+def dump_args(args: Mapping[str, Any]) -> str:
+    """A history entry's ``args_json``: canonical JSON (sorted keys, no spaces)."""
     return json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -374,7 +376,7 @@ def _advance(
         owner=actor,
         token=actor_token,
         reason=reason,
-        args_json=_dump(args),
+        args_json=dump_args(args),
     )
     return Step(new, entry)
 
@@ -543,7 +545,7 @@ def create(
         from_state=None,
         to_state=TaskState.PENDING,
         at_us=now_us,
-        args_json=_dump(args),
+        args_json=dump_args(args),
     )
     return Step(task, entry)
 
@@ -899,7 +901,7 @@ def annotate(task: TaskSaga, *, text: str, by: str, now_us: int) -> Step:
         at_us=now_us,
         owner=by,
         reason=text,
-        args_json=_dump({"text": text, "by": by}),
+        args_json=dump_args({"text": text, "by": by}),
     )
     return Step(new, entry)
 

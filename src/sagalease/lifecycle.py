@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Final
 
 from statemachine import State, StateChart
 
@@ -35,6 +36,21 @@ from sagalease.errors import (
     LeaseConflictError,
     SagaLeaseError,
     TerminalTaskError,
+)
+from sagalease.expr import (
+    Expr,
+    all_of,
+    any_of,
+    case,
+    col,
+    concat,
+    const,
+    greatest,
+    has_pending,
+    least,
+    param,
+    py_repr,
+    substitute,
 )
 from sagalease.records import CompensationStatus, TaskSaga, TaskState
 
@@ -207,6 +223,9 @@ class Guard:
     test: Callable[[GuardContext], bool]
     error: type[SagaLeaseError] | None = None
     message: Callable[[GuardContext], str] | None = None
+    sql: Expr | None = None
+    """The same predicate over a task row (:mod:`sagalease.expr`), for the SQL
+    stores; ``None`` where it reads what no hot event needs in SQL."""
 
     def check(self, c: GuardContext) -> None:
         """Raise this validator's error when its test fails."""
@@ -239,6 +258,12 @@ def _index_message(c: GuardContext) -> str:
     return f"compensation {c.index} is already {comps[c.index].status.value}"
 
 
+NOW: Final = param("now_us")
+"""The instant of the event (the guards' ``c.now_us``)."""
+
+_LEASE_EXPIRED: Final = col("lease_expires_us").not_null() & (col("lease_expires_us") <= NOW)
+_NO_LIVE_LEASE: Final = col("lease_expires_us").is_null() | (col("lease_expires_us") <= NOW)
+
 _GUARD_LIST = (
     # validators
     Guard(
@@ -247,6 +272,7 @@ _GUARD_LIST = (
         lambda c: c.now_us >= c.task.available_us,
         InvalidTransitionError,
         lambda c: f"not available before {_when(c.task.available_us)}",
+        col("available_us") <= NOW,
     ),
     Guard(
         "before_deadline",
@@ -254,6 +280,7 @@ _GUARD_LIST = (
         lambda c: not _past_deadline(c),
         InvalidTransitionError,
         lambda c: f"deadline {_when(c.task.deadline_us or 0)} has passed",
+        col("deadline_us").is_null() | (col("deadline_us") > NOW),
     ),
     Guard(
         "attempts_left",
@@ -261,6 +288,7 @@ _GUARD_LIST = (
         lambda c: c.task.attempts < c.task.max_attempts,
         AttemptsExhaustedError,
         lambda c: f"all {c.task.max_attempts} attempts of this phase were used",
+        col("attempts") < col("max_attempts"),
     ),
     Guard(
         "no_live_lease",
@@ -268,6 +296,7 @@ _GUARD_LIST = (
         lambda c: not _lease_live(c),
         LeaseConflictError,
         _live_lease_message,
+        _NO_LIVE_LEASE,
     ),
     Guard(
         "holder",
@@ -275,6 +304,10 @@ _GUARD_LIST = (
         lambda c: _holder_problem(c) is None,
         LeaseConflictError,
         lambda c: _holder_problem(c) or "",
+        col("lease_owner").not_null()
+        & col("lease_owner").eq(param("owner", "text"))
+        & col("lease_token").eq(param("token"))
+        & (col("lease_expires_us") > NOW),
     ),
     Guard(
         "extends",
@@ -282,6 +315,7 @@ _GUARD_LIST = (
         _extends,
         LeaseConflictError,
         _extends_message,
+        col("lease_expires_us").not_null() & (param("new_expiry_us") > col("lease_expires_us")),
     ),
     Guard(
         "index_pending",
@@ -295,23 +329,32 @@ _GUARD_LIST = (
         "has_pending_compensation",
         "some compensation is pending",
         lambda c: bool(c.task.pending_compensations),
+        sql=has_pending(col("compensations_json")),
     ),
     Guard("last_pending", "`index` is the only pending compensation", _last_pending),
-    Guard("past_deadline", "a deadline is set and `now >= deadline`", _past_deadline),
+    Guard(
+        "past_deadline",
+        "a deadline is set and `now >= deadline`",
+        _past_deadline,
+        sql=col("deadline_us").not_null() & (col("deadline_us") <= NOW),
+    ),
     Guard(
         "lease_expired",
         "a lease is set and `now >= expires_at`",
         lambda c: c.task.lease is not None and c.now_us >= c.task.lease.expires_us,
+        sql=_LEASE_EXPIRED,
     ),
     Guard(
         "no_lease_or_expired",
         "no lease, or the lease expired",
         lambda c: not _lease_live(c),
+        sql=_NO_LIVE_LEASE,
     ),
     Guard(
         "attempts_exhausted",
         "`attempts >= max_attempts`",
         lambda c: c.task.attempts >= c.task.max_attempts,
+        sql=col("attempts") >= col("max_attempts"),
     ),
 )
 
@@ -393,6 +436,258 @@ HOLDER_EVENTS: tuple[str, ...] = tuple(
 )
 """The holder calls (every transition requires the caller's live lease and the
 current token), in declaration order."""
+
+
+# ---------------------------------------------------------------- effects
+
+LEASE_COLUMNS: Final = (
+    "lease_owner",
+    "lease_token",
+    "lease_acquired_us",
+    "lease_expires_us",
+    "lease_heartbeat_us",
+)
+"""A lease as a row holds it: all five set, or all ``NULL``."""
+
+TARGET: Final = param("target", "text")
+"""The state a transition enters; an effect that depends on it reads this, and
+each transition's rendering puts its own target in its place."""
+
+_OWNER = param("owner", "text")
+_TOKEN = param("token")
+_REASON = param("reason", "text")
+_NO_LEASE: Final[Mapping[str, Expr]] = {c: const(None) for c in LEASE_COLUMNS}
+
+
+def _expiry() -> Expr:
+    """``now + ttl``, capped at the deadline when the task is (or enters) RUNNING."""
+    ends = NOW + param("ttl_us")
+    capped = TARGET.eq(TaskState.RUNNING.value) & col("deadline_us").not_null()
+    return case(((capped, least(ends, col("deadline_us"))),), ends)
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What one event does to a task row, besides what every move does (see
+    :data:`EFFECTS`), written over the row *before* the event.
+
+    ``columns``: the event's own assignments; ``owner``, ``token`` and
+    ``reason``: its history entry's; ``args``: the event arguments the entry
+    records (with the caller's ``owner`` and ``token`` for a holder call);
+    ``optional_args``: recorded only when given; ``binds``: guard parameters that
+    are computed (a heartbeat's new expiry).
+    """
+
+    description: str
+    columns: Mapping[str, Expr]
+    owner: Expr
+    token: Expr
+    reason: Expr
+    args: tuple[str, ...]
+    optional_args: tuple[str, ...] = ()
+    binds: Mapping[str, Expr] = field(default_factory=dict)
+
+
+EFFECTS: Mapping[str, Effect] = {
+    "acquire": Effect(
+        "the next token, one more attempt, a new lease to the caller until now + ttl"
+        " (capped at the deadline in the forward phase); an expired lease taken over"
+        " counts one expiration and is named in the entry",
+        {
+            "token": col("token") + 1,
+            "attempts": col("attempts") + 1,
+            "expirations": col("expirations") + case(((_LEASE_EXPIRED, const(1)),), const(0)),
+            "lease_owner": _OWNER,
+            "lease_token": col("token") + 1,
+            "lease_acquired_us": NOW,
+            "lease_expires_us": _expiry(),
+            "lease_heartbeat_us": NOW,
+        },
+        owner=_OWNER,
+        token=col("token") + 1,
+        reason=case(
+            (
+                (
+                    _LEASE_EXPIRED,
+                    concat(
+                        "lease of ",
+                        py_repr(col("lease_owner")),
+                        " (token ",
+                        col("lease_token"),
+                        ") expired",
+                    ),
+                ),
+            ),
+            const(None),
+        ),
+        args=("owner", "ttl_us"),
+    ),
+    "heartbeat": Effect(
+        "the lease extended to now + ttl (capped at the deadline in the forward phase);"
+        " the last heartbeat never moves back",
+        {
+            "lease_expires_us": _expiry(),
+            "lease_heartbeat_us": greatest(NOW, col("lease_heartbeat_us")),
+        },
+        owner=_OWNER,
+        token=_TOKEN,
+        reason=const(None),
+        args=("owner", "token", "ttl_us"),
+        binds={"new_expiry_us": _expiry()},
+    ),
+    "release": Effect(
+        "the lease dropped; available again at now + delay",
+        {**_NO_LEASE, "available_us": NOW + param("delay_us")},
+        owner=_OWNER,
+        token=_TOKEN,
+        reason=_REASON,
+        args=("owner", "token", "delay_us"),
+        optional_args=("reason",),
+    ),
+    "complete": Effect(
+        "nothing of its own (the move ends the task; reason 'completed' unless given)",
+        {},
+        owner=_OWNER,
+        token=_TOKEN,
+        reason=case(((_REASON.is_null(), const("completed")),), _REASON),
+        args=("owner", "token", "reason"),
+    ),
+    "fail": Effect(
+        "nothing of its own (the move: COMPENSATING when a compensation is pending)",
+        {},
+        owner=_OWNER,
+        token=_TOKEN,
+        reason=_REASON,
+        args=("owner", "token", "reason"),
+    ),
+}
+"""The hot events' effects, beside the Python of :mod:`sagalease.core` (proven equal
+on random rows, in SQLite and PostgreSQL, by ``tests/stores/test_sql_equivalence.py``).
+
+What every move does on top (the core's ``_advance``, :func:`move_effects`): the
+state becomes the target, ``updated_us`` the instant, ``version`` one more; a
+terminal target drops the lease and records the reason (the target's name if
+none); PENDING drops the lease; entering COMPENSATING from the forward phase
+drops the lease and starts a fresh attempt count, available at once.
+"""
+
+
+def move_effects(source: TaskState, target: TaskState, reason: Expr) -> dict[str, Expr]:
+    """What every move from ``source`` to ``target`` does, given the entry's ``reason``."""
+    effects: dict[str, Expr] = {
+        "state": const(target.value),
+        "updated_us": NOW,
+        "version": col("version") + 1,
+    }
+    if target.is_terminal:
+        effects.update(_NO_LEASE)
+        effects["terminal_reason"] = case(((reason.is_null(), const(target.value)),), reason)
+    elif target is TaskState.PENDING:
+        effects.update(_NO_LEASE)
+    elif target is TaskState.COMPENSATING and source is not TaskState.COMPENSATING:
+        effects.update(_NO_LEASE)
+        effects["attempts"] = const(0)
+        effects["available_us"] = NOW
+    return effects
+
+
+@dataclass(frozen=True, slots=True)
+class EventWrite:
+    """An event rendered from the declaration as one write over a task row.
+
+    ``applies``: the event succeeds on the row (some transition from its state
+    is taken: that transition's validators and those of the ones before it pass,
+    its conditions hold and theirs do not), the only rows written; ``columns``:
+    every column the event may change, as its new value; ``entry``: the history
+    entry's columns (``task_id`` aside). Everything is over the row before the
+    event; a row on which ``applies`` is false is left to the Python core, which
+    names the error.
+    """
+
+    event: str
+    applies: Expr
+    columns: Mapping[str, Expr]
+    entry: Mapping[str, Expr]
+
+
+def _guard_sql(name: str, binds: Mapping[str, Expr]) -> Expr:
+    negate = name.startswith("!")
+    sql_ = GUARDS[name.lstrip("!")].sql
+    if sql_ is None:
+        raise ValueError(f"guard {name!r} has no SQL predicate")
+    sql_ = substitute(sql_, binds)
+    return ~sql_ if negate else sql_
+
+
+def _choices(event: str, binds: Mapping[str, Expr]) -> list[tuple[CompiledTransition, Expr, Expr]]:
+    """Each transition of ``event`` with its condition of being taken given that the
+    event applies (its state, its conditions, not those of an earlier one) and of
+    applying (the same with every validator up to it).
+    """
+    found = []
+    for (state, name), transitions in CHART.items():
+        if name != event:
+            continue
+        passed: list[Expr] = [col("state").eq(state.value)]
+        earlier: list[Expr] = []
+        for t in transitions:
+            at = {"target": const(t.target.value)}
+            bound = {k: substitute(v, at) for k, v in binds.items()}
+            passed += [_guard_sql(v, bound) for v in t.validators]
+            conds = all_of(*(_guard_sql(c, bound) for c in t.conds))
+            chosen = all_of(col("state").eq(state.value), *(~e for e in earlier), conds)
+            found.append((t, chosen, all_of(*passed, *(~e for e in earlier), conds)))
+            earlier.append(conds)
+    return found
+
+
+@cache
+def event_write(event: str) -> EventWrite:
+    """:class:`EventWrite` of a hot event (one of :data:`EFFECTS`), derived from
+    :data:`CHART`, :data:`GUARDS` and :data:`EFFECTS`.
+    """
+    effect = EFFECTS[event]
+    choices = _choices(event, effect.binds)
+    per_move = []
+    for t, chosen, _applies in choices:
+        at = {"target": const(t.target.value)}
+        cols = {c: substitute(e, at) for c, e in effect.columns.items()}
+        cols.update(move_effects(t.source, t.target, substitute(effect.reason, at)))
+        per_move.append((chosen, cols))
+    names = [c for _, cols in per_move for c in cols]
+    columns: dict[str, Expr] = {}
+    for name in dict.fromkeys(names):
+        values = [(chosen, cols.get(name, col(name))) for chosen, cols in per_move]
+        last = values[-1][1]
+        if all(v == last for _, v in values):
+            columns[name] = last
+        else:
+            columns[name] = case(values[:-1], last)
+    target = case(
+        [(chosen, const(t.target.value)) for t, chosen, _ in choices[:-1]],
+        const(choices[-1][0].target.value),
+    )
+    reasons = [
+        (chosen, substitute(effect.reason, {"target": const(t.target.value)}))
+        for t, chosen, _ in choices
+    ]
+    reason = (
+        reasons[-1][1]
+        if all(r == reasons[-1][1] for _, r in reasons)
+        else case(reasons[:-1], reasons[-1][1])
+    )
+    entry = {
+        "seq": col("version") + 1,
+        "event": const(event),
+        "from_state": col("state"),
+        "to_state": target,
+        "at_us": NOW,
+        "owner": effect.owner,
+        "token": effect.token,
+        "reason": reason,
+        "args_json": param("args_json", "text"),
+    }
+    return EventWrite(event, any_of(*(applies for _, _, applies in choices)), columns, entry)
 
 
 def _cond_holds(name: str, c: GuardContext) -> bool:

@@ -54,7 +54,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from functools import cache, lru_cache, partial
 from pathlib import Path
@@ -70,9 +70,11 @@ from sagalease.errors import (
     StoreUnavailableError,
     TaskNotFoundError,
 )
+from sagalease.expr import sqlite_repr
 from sagalease.lifecycle import ENDED_STATES, OPEN_STATES
 from sagalease.records import HistoryEntry, TaskSaga, TaskState
 from sagalease.store import QueueStats
+from sagalease.stores import _engine
 from sagalease.stores._base import Mutation
 from sagalease.stores._rows import (
     COLUMNS,
@@ -510,6 +512,7 @@ class SQLiteStore(SQLStoreBase):
         self._counted: Counted | None = None
         """What the last queue_stats counted."""
         self._lock: _WriterLock | None = None
+        self._fast_events = _engine.FAST_EVENTS
         self._check_path()
         conn = self._connect()
         try:
@@ -567,6 +570,8 @@ class SQLiteStore(SQLStoreBase):
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # What the engine's statements call for Python's repr (sagalease.expr.py_repr).
+            conn.create_function("sagalease_repr", 1, sqlite_repr, deterministic=True)
         except sqlite3.Error as exc:
             conn.close()
             raise StoreUnavailableError(f"cannot open {str(self.path)!r}: {exc}") from exc
@@ -756,6 +761,31 @@ class SQLiteStore(SQLStoreBase):
                 "the row changed inside a write transaction", task_id=task.task_id
             )
         return step
+
+    def _fast(
+        self, task_id: str, event: str, now_us: int, args: Mapping[str, Any]
+    ) -> TaskSaga | None:
+        """``event`` as the engine's two statements in one write transaction (no
+        read first; with contracts on, the row is read and the result checked
+        against the core). ``None``: it did not apply; the slow path decides.
+        """
+        values = _engine.params(event, task_id, now_us, args)
+        if values is None:
+            return None
+        insert, update = _engine.sqlite_write(event)
+        with self._boundary("update"):
+            conn = self._conn()
+            hook = self._before_write
+            if hook is not None:
+                hook(task_id)
+            with self._writing(conn):
+                old = self._read(conn, task_id) if self.contracts else None
+                entry = conn.execute(insert, values).fetchone()
+                row = None if entry is None else conn.execute(update, values).fetchone()
+                if self.contracts:
+                    written = None if row is None else (decode_task(row), decode_entry(entry))
+                    _engine.check_against_core(old, event, now_us, args, written, self._core)
+        return None if row is None else self._remember(decode_task(row))
 
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)
