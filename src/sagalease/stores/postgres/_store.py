@@ -82,12 +82,22 @@ twice to the same version. Two events whose repeat is itself a valid event,
 ``annotate`` and ``register_compensation``, would be recorded twice by a blind
 retry: read the task (``get``) before retrying those. A connection password is
 never shown: not in error messages, log lines or ``repr()``.
+
+Opening retries a server that is briefly unavailable (refused or dropped
+connections, "starting up", "shutting down", "too many clients") with a growing
+pause for up to ``connect_timeout`` seconds, then raises one
+:class:`StoreUnavailableError` naming the host; wrong credentials, a missing
+database or a missing privilege fail at once. Nothing is printed: psycopg's and
+psycopg_pool's warnings about a store's connections are taken off their loggers
+and reported as one WARNING line per incident on the ``sagalease.postgres``
+logger (their text at DEBUG): see :class:`_Incidents` and docs/logging.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -543,6 +553,210 @@ class _Dsn:
         return text
 
 
+# ---------------------------------------------------------------- driver messages
+
+LOGGER_NAME: Final = "sagalease.postgres"
+"""The logger of the PostgreSQL store: one WARNING per connection incident (see
+:class:`_Incidents`), the driver's own messages of the incident at DEBUG.
+"""
+
+_log = logging.getLogger(LOGGER_NAME)
+
+INCIDENT_QUIET: Final = 2.0
+"""Seconds without a driver message, after a call that worked, that end an incident."""
+
+_DRIVER_LOGGERS: Final = ("psycopg", "psycopg.pool")
+"""The loggers psycopg and psycopg_pool write their warnings to (psycopg_pool's is a
+child of psycopg's, but a logger's filters only see the records logged on it).
+"""
+
+
+def _quiet_by_default() -> None:
+    """Give the library's logger a :class:`logging.NullHandler`, so that with no
+    logging configured nothing reaches Python's last-resort handler (stderr). A
+    handler the application configures (on the root logger, say) still gets every
+    line.
+    """
+    root = logging.getLogger("sagalease")
+    if not any(isinstance(h, logging.NullHandler) for h in root.handlers):
+        root.addHandler(logging.NullHandler())
+
+
+class _Incidents:
+    """The driver messages of one store's connections, as incidents.
+
+    An incident opens with the first WARNING psycopg or its pool logs about one of
+    this store's connections (a connection found broken and discarded, a pipeline
+    that could not be ended on a dead connection, a failed reconnection) and is
+    reported as one WARNING line on ``sagalease.postgres``; its later messages go
+    there at DEBUG (scrubbed of the password) and are counted. It ends once a call
+    on the store has worked and :data:`INCIDENT_QUIET` seconds have passed without
+    a driver message: the next message opens a new incident. ``clock`` is a
+    monotonic clock in seconds (tests pass their own).
+    """
+
+    def __init__(
+        self, where: str, scrub: Callable[[str], str], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.where = where
+        self._scrub = scrub
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open = False
+        self._worked = False  # a call worked since the last message
+        self._last = 0.0
+        self.incidents = 0
+        """Incidents reported so far (one WARNING line each)."""
+        self.messages = 0
+        """Driver messages taken over so far (every incident's)."""
+
+    def noise(self, record: logging.LogRecord) -> None:
+        """Take over one of the driver's records: the incident's line, or DEBUG."""
+        text = " ".join(self._scrub(record.getMessage()).split())
+        with self._lock:
+            now = self._clock()
+            first = not self._open or (self._worked and now - self._last >= INCIDENT_QUIET)
+            if first:
+                self._open = True
+                self.incidents += 1
+            self.messages += 1
+            self._worked = False
+            self._last = now
+        if first:
+            _log.warning(
+                "%s: connection trouble, the store reconnects by itself (%s: %s);"
+                " further driver messages of this incident at DEBUG",
+                self.where,
+                record.name,
+                text,
+            )
+        else:
+            _log.debug("%s: %s: %s", self.where, record.name, text)
+
+    def worked(self) -> None:
+        """A call on the store worked (cheap: called after every call)."""
+        if self._open and not self._worked:
+            with self._lock:
+                self._worked = True
+
+
+_current = threading.local()
+"""``store``: the :class:`_Incidents` of the store whose connection this thread is
+using (inside ``_connection``, opening or closing), else absent.
+"""
+
+_pools: dict[str, _Incidents] = {}
+"""The incidents of each open store's pool, by pool name: the pool's own threads
+(``<name>-worker-<i>``, ``<name>-scheduler``) log under it.
+"""
+_pools_lock = threading.Lock()
+_pool_numbers = iter(range(1, 2**63))
+
+
+@contextlib.contextmanager
+def _using(incidents: _Incidents) -> Iterator[None]:
+    """Attribute the driver's messages logged by this thread meanwhile to ``incidents``."""
+    previous = getattr(_current, "store", None)
+    _current.store = incidents
+    try:
+        yield
+    finally:
+        _current.store = previous
+
+
+def _incidents_here() -> _Incidents | None:
+    """The store the current thread logs for: a store call's, or a pool thread's."""
+    incidents: _Incidents | None = getattr(_current, "store", None)
+    if incidents is not None:
+        return incidents
+    name = threading.current_thread().name
+    if not name.startswith("sagalease-"):
+        return None
+    pool, _sep, role = name.rpartition("-worker-")
+    if not _sep or not role.isdigit():
+        pool = name.removesuffix("-scheduler") if name.endswith("-scheduler") else ""
+    with _pools_lock:
+        return _pools.get(pool)
+
+
+class _DriverFilter(logging.Filter):
+    """On psycopg's loggers: a WARNING (or worse) about a sagalease store's
+    connection is taken over by that store's :class:`_Incidents` (and not logged
+    where psycopg logged it); every other record passes unchanged, so the
+    application's own psycopg pools log as before.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        incidents = _incidents_here()
+        if incidents is None:
+            return True
+        try:
+            incidents.noise(record)
+        except Exception:  # pragma: no cover - a logging failure must not break a call
+            return False
+        return False
+
+
+_FILTER = _DriverFilter("sagalease")
+
+
+def _install_driver_filter() -> None:
+    """Install :class:`_DriverFilter` on psycopg's loggers, once per process."""
+    for name in _DRIVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DriverFilter) for f in logger.filters):
+            logger.addFilter(_FILTER)
+
+
+_quiet_by_default()
+_install_driver_filter()
+
+
+_FIRST_RETRY: Final = 0.1
+"""Seconds before opening tries an unavailable server again (doubling after each
+attempt, at most :data:`_LAST_RETRY`, never past ``connect_timeout``)."""
+
+_LAST_RETRY: Final = 1.0
+
+_TRANSIENT_STATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
+"""SQLSTATEs that a server about to come back answers with: admin_shutdown,
+crash_shutdown, cannot_connect_now (starting up), too_many_connections; and
+every connection exception (class 08)."""
+
+_TRANSIENT_REFUSALS: Final = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is not yet accepting connections",
+    "the database system is in recovery mode",
+    "too many clients already",
+    "remaining connection slots are reserved",
+    "terminating connection due to administrator command",
+)
+"""What a server that refuses a connection *for now* says (libpq reports a refused
+connection without its SQLSTATE; a server with other ``lc_messages`` is not
+recognised, and its refusal then fails at once)."""
+
+
+def _transient(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (a driver error met while opening) may go away by itself: the
+    server was unreachable, refused connections for now, or dropped the connection.
+    Wrong credentials, a missing database or role, a missing privilege: not.
+    """
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is not None:
+        return state in _TRANSIENT_STATES or state.startswith("08")
+    if not isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return False
+    text = str(exc)
+    if "FATAL:" not in text:  # no answer from a server: refused, timed out, reset, lost
+        return True
+    return any(refusal in text for refusal in _TRANSIENT_REFUSALS)
+
+
 # ---------------------------------------------------------------- clocks
 
 
@@ -723,14 +937,33 @@ class PostgresStore(SQLStoreBase):
     agree on when a lease expires (see the module documentation; integer
     microseconds are stored, exactly as the core computes them).
 
-    ``connect_timeout`` (seconds) bounds every connection attempt;
-    ``timeout`` bounds the wait for a pooled connection and every lock wait.
+    ``connect_timeout`` (seconds, default 5) is how long opening keeps trying a
+    server that is briefly unavailable (restarting, starting up, refusing for too
+    many clients, unreachable), with a growing pause between attempts, before it
+    raises one :class:`StoreUnavailableError` naming the host (never the
+    password); an answer that will not change (wrong credentials, no such
+    database or role, no privilege) fails at once. It also bounds each connection
+    attempt of the pool. ``timeout`` bounds the wait for a pooled connection and
+    every lock wait.
     ``min_size``/``max_size`` size the pool. ``contracts``: check the core's
     contracts on every event (``None``: as ``$SAGALEASE_CONTRACTS`` says).
     Every failure to reach the server is a :class:`StoreUnavailableError`; the
     outcome of a call that failed that way is unknown and the call is safe to
     retry (module documentation).
+
+    Logging (docs/logging.md): nothing is printed. The store logs to
+    ``logging.getLogger("sagalease.postgres")`` (a child of ``"sagalease"``, which
+    has a :class:`logging.NullHandler`): one WARNING line per connection incident
+    (a server restart, killed connections, failed reconnections), however many
+    messages psycopg and psycopg_pool log about this store's connections meanwhile;
+    those are taken off the ``"psycopg"`` and ``"psycopg.pool"`` loggers and logged
+    at DEBUG on ``"sagalease.postgres"`` instead, the password scrubbed. A
+    connection that broke mid-call (its pipeline aborted, say) is discarded by the
+    pool and replaced; the call raises :class:`StoreUnavailableError`.
     """
+
+    DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+    """Seconds opening waits for a briefly unavailable server by default."""
 
     def __init__(
         self,
@@ -738,7 +971,7 @@ class PostgresStore(SQLStoreBase):
         *,
         schema: str = DEFAULT_SCHEMA,
         clock: Clock | Literal["database"] | None = None,
-        connect_timeout: float = 5.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         timeout: float = 10.0,
         min_size: int = 1,
         max_size: int = 8,
@@ -753,7 +986,11 @@ class PostgresStore(SQLStoreBase):
                 f" 63 characters), not {schema!r}"
             )
         for name, value in (("connect_timeout", connect_timeout), ("timeout", timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 < value < float("inf")
+            ):
                 raise InvalidInputError(f"{name} must be a positive number of seconds")
         if not (isinstance(min_size, int) and isinstance(max_size, int) and min_size >= 0):
             raise InvalidInputError("min_size and max_size must be integers")
@@ -793,7 +1030,12 @@ class PostgresStore(SQLStoreBase):
         self._listener = _Listener(
             partial(psycopg.connect, self._dsn.dsn, **listener_kwargs), self.channel
         )
-        self._open_schema()
+        self._incidents = _Incidents(f"{self._dsn.display} (schema {schema!r})", self._dsn.scrub)
+        """This store's connection incidents (see :class:`_Incidents`)."""
+        deadline = time.monotonic() + self.connect_timeout
+        with _using(self._incidents):
+            self._open_schema(deadline)
+        self._pool_name = f"sagalease-{schema}-{next(_pool_numbers)}"
         self._pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
             self._dsn.dsn,
             kwargs=self._kwargs,
@@ -801,13 +1043,18 @@ class PostgresStore(SQLStoreBase):
             max_size=max_size,
             open=False,
             timeout=self.timeout,
-            name=f"sagalease-{schema}",
+            name=self._pool_name,
         )
+        with _pools_lock:
+            _pools[self._pool_name] = self._incidents
         try:
-            self._pool.open(wait=min_size > 0, timeout=self.connect_timeout + self.timeout)
+            with _using(self._incidents):
+                self._pool.open(
+                    wait=min_size > 0,
+                    timeout=max(0.0, deadline - time.monotonic()) + self.timeout,
+                )
         except (PoolTimeout, psycopg.Error) as exc:
-            with contextlib.suppress(Exception):
-                self._pool.close(timeout=1.0)
+            self._close_pool(timeout=1.0)
             raise StoreUnavailableError(
                 f"cannot open a connection pool to {self._dsn.display}: {self._scrub(exc)}"
             ) from exc
@@ -825,8 +1072,39 @@ class PostgresStore(SQLStoreBase):
     def _scrub(self, exc: BaseException) -> str:
         return self._dsn.scrub(str(exc).strip() or type(exc).__name__)
 
-    def _open_schema(self) -> None:
-        """Create or migrate the schema under an advisory lock; refuse a newer one."""
+    def _open_schema(self, deadline: float) -> None:
+        """Create or migrate the schema under an advisory lock; refuse a newer one.
+
+        A server that cannot be reached, or that refuses connections for now
+        (starting up, shutting down, too many clients), or a connection lost on the
+        way, is tried again with a growing pause until ``deadline`` (monotonic
+        seconds: ``connect_timeout`` from the start); then, or at once for an answer
+        that will not change (wrong credentials, no such database, no privilege, a
+        schema that is not a store's or is newer), :class:`StoreUnavailableError`
+        (or :class:`SchemaVersionError`).
+        """
+        pause = _FIRST_RETRY
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._open_schema_once()
+                return
+            except StoreUnavailableError as exc:
+                cause = exc.__cause__
+                left = deadline - time.monotonic()
+                if not _transient(cause) or left <= 0:
+                    if _transient(cause):
+                        raise StoreUnavailableError(
+                            f"{exc.reason} (still unavailable after {self.connect_timeout:g} s"
+                            f" and {attempts} attempt{'s' if attempts > 1 else ''};"
+                            " connect_timeout sets how long opening waits)"
+                        ) from cause
+                    raise
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, _LAST_RETRY)
+
+    def _open_schema_once(self) -> None:
         where = f"{self._dsn.display} (schema {self.schema!r})"
         try:
             conn = psycopg.connect(self._dsn.dsn, **self._kwargs)
@@ -856,6 +1134,10 @@ class PostgresStore(SQLStoreBase):
             ) from exc
         except psycopg.Error as exc:
             raise StoreUnavailableError(f"cannot open {where}: {self._scrub(exc)}") from exc
+        finally:
+            if not conn.closed:  # the with block closes it, unless the server dropped it
+                with contextlib.suppress(Exception):
+                    conn.close()
 
     def _schema_version(self, conn: psycopg.Connection[Row]) -> int:
         ident = self._q.schema
@@ -931,8 +1213,9 @@ class PostgresStore(SQLStoreBase):
         """A pooled connection; driver errors become :class:`SagaLeaseError` subclasses."""
         self._check_usable()
         try:
-            with self._pool.connection(timeout=self.timeout) as conn:
+            with _using(self._incidents), self._pool.connection(timeout=self.timeout) as conn:
                 yield conn
+            self._incidents.worked()
         except SagaLeaseError:
             raise
         except PoolTimeout as exc:
@@ -952,7 +1235,7 @@ class PostgresStore(SQLStoreBase):
         except psycopg.Error as exc:
             if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
                 # Other pooled connections may have died too (server restart): drop them now.
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception), _using(self._incidents):
                     self._pool.check()
             raise StoreUnavailableError(
                 f"{action} on {self._dsn.display} failed (outcome unknown; safe to retry):"
@@ -1364,9 +1647,16 @@ class PostgresStore(SQLStoreBase):
                 return
             self._closed = True
         if os.getpid() == self._pid:
-            self._listener.close(self._wake_listener)
-            with contextlib.suppress(Exception):
-                self._pool.close(timeout=5.0)
+            with _using(self._incidents):
+                self._listener.close(self._wake_listener)
+            self._close_pool(timeout=5.0)
+
+    def _close_pool(self, *, timeout: float) -> None:
+        """Close the pool (its messages are this store's) and forget its name."""
+        with contextlib.suppress(Exception), _using(self._incidents):
+            self._pool.close(timeout=timeout)
+        with _pools_lock:
+            _pools.pop(self._pool_name, None)
 
     def _wake_listener(self) -> None:
         with self._pool.connection(timeout=1.0) as conn:
