@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,16 @@ import pytest
 
 from _pg_proxy import Proxy
 from conftest import POSTGRES_URL, T0, require_postgres
-from sagalease import NewTask, StoreUnavailableError, TaskSaga, TaskState, core
+from sagalease import (
+    InvalidInputError,
+    NewTask,
+    StoreUnavailableError,
+    TaskSaga,
+    TaskState,
+    core,
+    open_store,
+)
+from sagalease.cli import EXIT_UNAVAILABLE, main
 
 psycopg = pytest.importorskip("psycopg")
 from sagalease.stores.postgres import PostgresStore  # noqa: E402
@@ -333,3 +343,154 @@ def test_the_filter_is_installed_once_and_the_library_logger_has_a_null_handler(
         assert sum(isinstance(f, postgres._DriverFilter) for f in filters) == 1
     handlers = logging.getLogger("sagalease").handlers
     assert any(isinstance(h, logging.NullHandler) for h in handlers)
+
+
+# ---------------------------------------------------------------- opening: connect_timeout
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (bound, then closed)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def _restore_after(proxy: Proxy, turned_away: int) -> threading.Thread:
+    """Bring the proxy's server back once it turned ``turned_away`` connections away."""
+
+    def restore() -> None:
+        proxy.wait_turned_away(turned_away)
+        proxy.set_mode("forward")
+
+    thread = threading.Thread(target=restore, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_open_store_waits_for_a_restarting_server(schema: str) -> None:
+    """Opened while the server is away (connections closed at once): open_store keeps
+    trying, and once the server is back the store opens and works.
+    """
+    with Proxy() as proxy:
+        proxy.set_mode("drop")
+        restorer = _restore_after(proxy, 2)
+        url = f"{proxy.url(POSTGRES_URL)}&schema={schema}"
+        store = open_store(url, connect_timeout=120)
+        try:
+            restorer.join()
+            assert proxy.turned_away >= 2
+            store.create("t", now=T0)
+            task = store.get("t")
+            assert task is not None
+            assert task.state is TaskState.PENDING
+        finally:
+            store.close()
+
+
+def test_a_server_refusing_for_now_is_retried_then_one_clear_error(schema: str) -> None:
+    """A server that answers "too many clients" (max_connections reached) is tried
+    again until connect_timeout, then StoreUnavailableError: one line naming the host
+    and the wait, never the password; no schema was created.
+    """
+    with Proxy() as proxy:
+        proxy.set_mode("fatal")
+        url = proxy.url(f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/test")
+        with pytest.raises(StoreUnavailableError) as info:
+            PostgresStore(url, schema=schema, connect_timeout=2)
+        message = str(info.value)
+        assert proxy.turned_away >= 2
+        assert proxy.forwarded == 0
+    assert "\n" not in message
+    assert f"127.0.0.1:{proxy.port}" in message
+    assert "too many clients" in message
+    assert "still unavailable after 2 s" in message
+    assert PASSWORD not in message
+    with psycopg.connect(POSTGRES_URL) as conn:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        assert found.fetchone() is None
+
+
+def test_a_refusal_that_will_not_change_fails_at_once(schema: str) -> None:
+    """Wrong credentials (a FATAL 28P01): one attempt, then StoreUnavailableError,
+    however long connect_timeout is.
+    """
+    with Proxy() as proxy:
+        proxy.set_mode("fatal")
+        proxy.sqlstate = "28P01"
+        proxy.message = 'password authentication failed for user "postgres"'
+        url = proxy.url(f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/test")
+        with pytest.raises(StoreUnavailableError, match="password authentication failed") as info:
+            PostgresStore(url, schema=schema, connect_timeout=600)
+        assert proxy.turned_away == 1
+    assert "still unavailable" not in str(info.value)
+    assert PASSWORD not in str(info.value)
+
+
+def test_a_closed_port_fails_after_connect_timeout_naming_the_host() -> None:
+    """Nothing listening: StoreUnavailableError after connect_timeout, one line."""
+    port = _closed_port()
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/test"
+    with pytest.raises(StoreUnavailableError) as info:
+        open_store(url, connect_timeout=0.3)
+    message = str(info.value)
+    assert message.startswith(f"cannot connect to postgresql://postgres@127.0.0.1:{port}/test")
+    assert "still unavailable after 0.3 s" in message
+    assert "\n" not in message
+    assert PASSWORD not in message
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf"), True, "5"])
+def test_connect_timeout_that_cannot_work_is_refused(value: object) -> None:
+    """connect_timeout must be a positive, finite number of seconds, for every URL."""
+    for url in ("memory://", "postgresql://postgres@127.0.0.1:1/test"):
+        with pytest.raises(InvalidInputError, match="connect_timeout"):
+            open_store(url, connect_timeout=value)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="connect_timeout"):
+        PostgresStore("postgresql://postgres@127.0.0.1:1/test", connect_timeout=value)  # type: ignore[arg-type]
+
+
+def test_the_transient_rule() -> None:
+    """What opening retries: no answer from a server, or a refusal for now."""
+    op = psycopg.OperationalError
+    assert postgres._transient(op("connection failed: ... failed: Connection refused"))
+    assert postgres._transient(op("failed: FATAL:  the database system is starting up"))
+    assert postgres._transient(op("failed: FATAL:  sorry, too many clients already"))
+    assert postgres._transient(psycopg.errors.AdminShutdown("terminating connection"))
+    assert postgres._transient(psycopg.errors.CannotConnectNow("starting up"))
+    assert not postgres._transient(op('failed: FATAL:  role "x" does not exist'))
+    assert not postgres._transient(op('failed: FATAL:  database "x" does not exist'))
+    assert not postgres._transient(psycopg.errors.InsufficientPrivilege("no"))
+    assert not postgres._transient(psycopg.ProgrammingError("syntax"))
+    assert not postgres._transient(None)
+    assert not postgres._transient(ValueError("x"))
+
+
+# ---------------------------------------------------------------- the CLI's --connect-timeout
+
+
+def test_cli_connect_timeout_gives_one_line_and_exit_3(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A server still away after --connect-timeout: exit 3, one line, no password."""
+    port = _closed_port()
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/test"
+    assert main(["--db", url, "--connect-timeout", "0.3", "stats"]) == EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("sagalease: error: cannot connect to postgresql://postgres@127.0.0.1:")
+    assert "still unavailable after 0.3 s" in err
+    assert PASSWORD not in err
+
+
+def test_cli_waits_for_a_restarting_server(schema: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --connect-timeout long enough, a command run during a restart succeeds."""
+    with Proxy() as proxy:
+        proxy.set_mode("drop")
+        restorer = _restore_after(proxy, 2)
+        url = f"{proxy.url(POSTGRES_URL)}&schema={schema}"
+        assert main(["--db", url, "--connect-timeout", "120", "stats", "--json"]) == 0
+        restorer.join()
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.strip()

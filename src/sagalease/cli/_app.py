@@ -32,8 +32,9 @@ Exit status:
   requeueing one that did not fail),
   conformance suite not installed, the ``ui`` command without the ``[ui]`` extra;
 - 3: the store is unavailable: missing database or directory, a file that is
-  not a sagalease database, a database locked past ``--timeout``, a schema
-  newer than this sagalease.
+  not a sagalease database, a database locked past ``--timeout``, a PostgreSQL
+  server still unreachable after ``--connect-timeout`` seconds (default 5: a
+  restarting server is waited for), a schema newer than this sagalease.
 
 Every error is one line on stderr (``sagalease: error: ...``), never a traceback.
 """
@@ -96,6 +97,7 @@ class _Options:
     db: str
     db_given: bool
     timeout: float
+    connect_timeout: float | None = None
 
 
 # ---------------------------------------------------------------- the store
@@ -105,7 +107,7 @@ def _open(options: _Options, *, create: bool = False) -> SagaStore:
     url = options.db
     parsed = parse_url(url)
     if parsed.path is None:
-        return open_store(url)
+        return open_store(url, connect_timeout=options.connect_timeout)
     from sagalease.stores.sqlite import SQLiteStore
 
     path = parsed.path.absolute()
@@ -182,11 +184,20 @@ _BY = click.option("--by", default="operator", show_default=True, help="who")
     show_default=True,
     help="seconds to wait for a locked database",
 )
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0.01, max=86400.0),
+    default=None,
+    help="seconds to keep trying a PostgreSQL server that is briefly unavailable"
+    " (restarting, refusing connections for now) before giving up  [default: 5]",
+)
 @click.pass_context
-def cli(ctx: click.Context, db: str, timeout: float) -> None:
+def cli(ctx: click.Context, db: str, timeout: float, connect_timeout: float | None) -> None:
     """The command group."""
     source = ctx.get_parameter_source("db")
-    ctx.obj = _Options(db, source is click.core.ParameterSource.COMMANDLINE, timeout)
+    ctx.obj = _Options(
+        db, source is click.core.ParameterSource.COMMANDLINE, timeout, connect_timeout
+    )
 
 
 @cli.command()
@@ -719,7 +730,7 @@ def ui_command(
             raise
         raise _Fail(f"{UI_EXTRA} (missing: {exc.name})", EXIT_USAGE) from exc
     if ui_db is not None:
-        options = _Options(ui_db, True, options.timeout)
+        options = _Options(ui_db, True, options.timeout, options.connect_timeout)
     store = _open(options)
     try:
         app.serve(store, host=host, port=port, allow_actions=allow_actions, url=options.db)

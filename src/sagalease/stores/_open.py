@@ -5,6 +5,7 @@ entry point that picks a backend.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -119,7 +120,9 @@ def redact_url(url: object) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def open_store(url: str, *, clock: Clock | None = None) -> SagaStore:
+def open_store(
+    url: str, *, clock: Clock | None = None, connect_timeout: float | None = None
+) -> SagaStore:
     """A store for ``url`` (see :func:`parse_url`): ``memory://``,
     ``sqlite:///path/to/file.db``, ``postgresql://user@host:5432/dbname`` (needs
     the ``postgres`` extra; ``?schema=name`` picks the PostgreSQL schema, default
@@ -127,8 +130,23 @@ def open_store(url: str, *, clock: Clock | None = None) -> SagaStore:
     server's clock).
 
     A bad URL: :class:`InvalidInputError`. ``clock`` (default: the system's UTC
-    clock) is read when a call passes no ``now``.
+    clock) is read when a call passes no ``now``. ``connect_timeout`` (seconds,
+    PostgreSQL only; default
+    :attr:`PostgresStore.connect_timeout <sagalease.stores.postgres.PostgresStore>`'s
+    5 s): how long opening keeps trying a server that is briefly unavailable
+    (restarting, refusing connections for now, unreachable); then one
+    :class:`~sagalease.errors.StoreUnavailableError` that names the host (never the
+    password). Wrong credentials or a missing database fail at once. The other
+    stores open a local file or nothing, and ignore it.
     """
+    if connect_timeout is not None and (
+        isinstance(connect_timeout, bool)
+        or not isinstance(connect_timeout, (int, float))
+        or not 0 < connect_timeout < math.inf
+    ):
+        raise InvalidInputError(
+            f"connect_timeout must be a positive number of seconds, not {connect_timeout!r}"
+        )
     parsed = parse_url(url)
     if parsed.backend is Backend.MEMORY:
         from sagalease.stores.memory import MemoryStore
@@ -152,4 +170,9 @@ def open_store(url: str, *, clock: Clock | None = None) -> SagaStore:
         parsed.dsn,
         schema=parsed.schema or DEFAULT_SCHEMA,
         clock="database" if parsed.database_clock else clock,
+        connect_timeout=(
+            PostgresStore.DEFAULT_CONNECT_TIMEOUT
+            if connect_timeout is None
+            else float(connect_timeout)
+        ),
     )

@@ -104,7 +104,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -132,6 +132,7 @@ from sagalease.errors import (
 from sagalease.lifecycle import OPEN_STATES
 from sagalease.records import HistoryEntry, TaskSaga, TaskState, from_us
 from sagalease.store import QueueStats
+from sagalease.stores import _engine
 from sagalease.stores._base import Mutation
 from sagalease.stores._rows import (
     COLUMNS,
@@ -389,6 +390,33 @@ class _Statements:
         self.counts_queue = rendered["counts_queue"]
         self.qs = {name: rendered[name] for name in _TEMPLATES if name.startswith("qs_")}
         self.server_now = rendered["server_now"]
+
+    def fast(self, event: str) -> bytes:
+        """The engine's one-statement write of ``event`` (:func:`_engine.postgres_write`)."""
+        key = ("fast", event)
+        query = self._writes.get(key)
+        if query is None:
+            text = _engine.postgres_write(event)
+            query = self._writes[key] = sql.SQL(text).format(schema=self.schema).as_bytes(None)
+        return query
+
+    def fast_claim(self, queues: tuple[str, ...] | None) -> tuple[bytes, dict[str, Any]]:
+        """The engine's one-statement claim for ``queues`` (``None``: every queue) and
+        its queue parameters (always bound).
+        """
+        values: dict[str, Any]
+        if queues is None:
+            scope, values = "", {}
+        elif len(queues) == 1:  # equality: an ordered walk of that queue's index range
+            scope, values = "queue = %(queue)s::text AND ", {"queue": queues[0]}
+        else:
+            scope, values = "queue = ANY(%(queues)s::text[]) AND ", {"queues": list(queues)}
+        key = ("claim", scope)
+        query = self._writes.get(key)
+        if query is None:
+            text = _engine.postgres_claim(scope)
+            query = self._writes[key] = sql.SQL(text).format(schema=self.schema).as_bytes(None)
+        return query, values
 
     def claim_for(self, queues: tuple[str, ...] | None) -> tuple[bytes, tuple[Any, ...]]:
         """The claim statement for ``queues`` (``None``: every queue) and its leading
@@ -1004,6 +1032,7 @@ class PostgresStore(SQLStoreBase):
         self.connect_timeout = float(connect_timeout)
         self.timeout = float(timeout)
         self._q = _Statements(schema)
+        self._fast_events = _engine.FAST_EVENTS
         self._pid = os.getpid()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -1070,7 +1099,8 @@ class PostgresStore(SQLStoreBase):
     # ------------------------------------------------------------ opening
 
     def _scrub(self, exc: BaseException) -> str:
-        return self._dsn.scrub(str(exc).strip() or type(exc).__name__)
+        """The driver's message as one line, without the password."""
+        return " ".join(self._dsn.scrub(str(exc)).split()) or type(exc).__name__
 
     def _open_schema(self, deadline: float) -> None:
         """Create or migrate the schema under an advisory lock; refuse a newer one.
@@ -1325,6 +1355,32 @@ class PostgresStore(SQLStoreBase):
             )
         return step
 
+    def _fast(
+        self, task_id: str, event: str, now_us: int, args: Mapping[str, Any]
+    ) -> TaskSaga | None:
+        """``event`` as the engine's one statement (one round trip, no read first;
+        with contracts on, the row is read in the same transaction and the result
+        checked against the core). ``None``: it did not apply; the slow path decides.
+        """
+        values = _engine.params(event, task_id, now_us, args)
+        if values is None:
+            return None
+        values["channel"] = self.channel
+        query = self._q.fast(event)
+        with self._connection("update") as conn:
+            hook = self._before_write
+            if hook is not None:
+                hook(task_id)
+            if not self.contracts:
+                rows = conn.execute(query, values, prepare=True).fetchall()
+            else:
+                with conn.transaction():
+                    old = self._read(conn, task_id, lock=True)
+                    rows = conn.execute(query, values, prepare=True).fetchall()
+                    written = _engine.split_row(rows[0]) if rows else None
+                    _engine.check_against_core(old, event, now_us, args, written, self._core)
+        return self._remember(_engine.split_row(rows[0])[0]) if rows else None
+
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)
         with self._connection("update") as conn:
@@ -1428,6 +1484,37 @@ class PostgresStore(SQLStoreBase):
     def _claim(
         self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
     ) -> list[TaskSaga]:
+        """The engine's one-statement claim; the rows it locked but left to the core
+        (see :func:`_engine.postgres_claim`), if any, are claimed by :meth:`_claim_slowly`.
+        """
+        values = _engine.claim_params(owner, ttl_us, now_us, limit)
+        if values is None:
+            return self._claim_slowly(owner, ttl_us, now_us, limit, queues)
+        query, scope = self._q.fast_claim(queues)
+        with self._connection("claim_next") as conn:
+            rows = conn.execute(query, {**values, **scope}, prepare=True).fetchall()
+        claimed = [_engine.split_row(row[1:]) for row in rows if row[1] is not None]
+        if self.contracts:
+            for task, entry in claimed:
+                old = core.replay([e for e in self.history(task.task_id) if e.seq < entry.seq])
+                _engine.check_against_core(
+                    old,
+                    "acquire",
+                    now_us,
+                    {"owner": owner, "ttl_us": ttl_us},
+                    (task, entry),
+                    self._core,
+                )
+        tasks = [self._remember(task) for task, _entry in claimed]
+        locked = rows[0][0]
+        if locked > len(tasks) and len(tasks) < limit:  # some left to the core
+            tasks += self._claim_slowly(owner, ttl_us, now_us, limit - len(tasks), queues)
+        return tasks
+
+    def _claim_slowly(
+        self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
+    ) -> list[TaskSaga]:
+        """A claim through the core: lock candidates, acquire in Python, write each."""
         acquire = self._core["acquire"]
         query, scope = self._q.claim_for(queues)
         with self._connection("claim_next") as conn:
