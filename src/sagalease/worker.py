@@ -50,6 +50,20 @@ the task's history (an entry of that event by this owner and token): found,
 the write counts as done; not found, it was fenced. The store's fencing
 means it never applies twice.
 
+A store that goes away and comes back (a database server restarting, killed
+connections) is ridden out in every phase. A claim that meets
+:class:`~sagalease.errors.StoreUnavailableError` is retried after a backoff
+(``poll_interval`` doubling with each failed claim in a row, up to 5 s, jittered);
+the outage is logged once, as a WARNING on the ``sagalease.worker`` logger, and
+its end as one INFO line (nothing is printed: docs/logging.md). A heartbeat that
+meets it is tried again soon (a pause from 20 ms doubling to at most 1 s and the
+heartbeat interval) until one works or the lease's known expiry passes on this
+machine's monotonic clock: then ``ctx.lost`` is set, as the lease may have been
+taken meanwhile. A finishing write is repeated as described above.
+:func:`run_worker` is the body of a worker process: it opens the store (waiting
+``connect_timeout`` for a server that is restarting) and, if it cannot, says so
+in one line on stderr instead of a traceback.
+
 The runtime always presents the lease's ``(owner, token)``; the store is the
 judge. A write refused because the lease was lost (a zombie that paused
 past its lease) is reported as the outcome ``"fenced"`` and changes nothing.
@@ -73,11 +87,13 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import logging
 import math
 import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -97,6 +113,7 @@ from sagalease.errors import (
     PermanentTaskError,
     Retry,
     SagaLeaseError,
+    SchemaVersionError,
     ShutdownRequestedError,
     StoreUnavailableError,
     TerminalTaskError,
@@ -104,7 +121,15 @@ from sagalease.errors import (
 from sagalease.records import Compensation, TaskSaga, TaskState
 from sagalease.store import SagaStore, WakeUps
 
-__all__ = ["Compensator", "Handler", "LeaseContext", "Outcome", "RetryPolicy", "Worker"]
+__all__ = [
+    "Compensator",
+    "Handler",
+    "LeaseContext",
+    "Outcome",
+    "RetryPolicy",
+    "Worker",
+    "run_worker",
+]
 
 Handler = Callable[["LeaseContext"], object]
 """The forward work: called with the lease context; returning means success."""
@@ -120,6 +145,18 @@ _FIRST_PAUSE = 0.02
 
 _LAST_PAUSE = 1.0
 
+_CLAIM_BACKOFF_CAP = 5.0
+"""Seconds: the longest pause between claims while the store is unavailable (or
+``poll_interval``, if that is longer)."""
+
+LOGGER_NAME = "sagalease.worker"
+"""The worker runtime's logger: one WARNING when the store becomes unavailable to
+its claims, one INFO when they work again (docs/logging.md)."""
+
+_log = logging.getLogger(LOGGER_NAME)
+if not any(isinstance(h, logging.NullHandler) for h in logging.getLogger("sagalease").handlers):
+    logging.getLogger("sagalease").addHandler(logging.NullHandler())  # nothing on stderr
+
 
 def _text(text: str) -> str:
     """``text`` cut to the reason limit, and storable: a NUL or a lone surrogate
@@ -131,6 +168,10 @@ def _text(text: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     return _text(f"{type(exc).__name__}: {exc}".strip()) or type(exc).__name__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _seconds(delay: timedelta) -> str:
@@ -385,8 +426,10 @@ class _Heartbeat:
     def _run(self) -> None:
         ctx = self.ctx
         due = time.monotonic() + self.interval  # when the next heartbeat is due (its lag)
+        failures = 0  # heartbeats in a row that met an unavailable store
         while not self.done.is_set():
-            wait = min(self.interval, max(0.0, ctx._known_expiry() - time.monotonic()))
+            pause = _retry_pause(failures, self.interval)
+            wait = min(pause, max(0.0, ctx._known_expiry() - time.monotonic()))
             if self.done.wait(wait):
                 return
             if ctx.lost:  # checks the local expiry too
@@ -397,23 +440,33 @@ class _Heartbeat:
                     ctx.task_id, owner=ctx.owner, token=ctx.token, ttl=ctx.ttl
                 )
             except StoreUnavailableError:
-                continue  # retried until the known expiry passes
+                # The store is away (or the answer was lost): try again soon, with a
+                # growing pause, until a heartbeat works or the known expiry passes
+                # (then ctx.lost is set: the lease may have been taken meanwhile).
+                failures += 1
+                continue
             except SagaLeaseError as exc:
-                if not self._still_held():
+                held = self._still_held()
+                if held is False:
                     ctx._mark_lost(f"heartbeat refused: {exc}")
                     return
-                # Held but not extensible (capped at the deadline): it ends at
-                # the known expiry, which ctx.lost watches.
+                # Held but not extensible (capped at the deadline), or not known: it
+                # ends at the known expiry at the latest, which ctx.lost watches.
+                failures = 0 if held else failures + 1
                 continue
+            failures = 0
             ctx._extended(sent, task)
             granted = time.monotonic()
             ctx._attempt.heartbeat(max(0.0, granted - due))
             due = granted + self.interval
 
-    def _still_held(self) -> bool:
+    def _still_held(self) -> bool | None:
+        """Whether the store still holds this lease, live; ``None``: the store is away."""
         ctx = self.ctx
         try:
             task = ctx.store.get(ctx.task_id)
+        except StoreUnavailableError:
+            return None
         except SagaLeaseError:
             return False
         lease = None if task is None else task.lease
@@ -423,6 +476,16 @@ class _Heartbeat:
             and lease.token == ctx.token
             and _store_now(ctx.store) < lease.expires_at
         )
+
+
+def _retry_pause(failures: int, interval: float) -> float:
+    """The wait before the next heartbeat after ``failures`` in a row met an
+    unavailable store: the interval after none; else :data:`_FIRST_PAUSE`, doubling
+    with each failure, at most :data:`_LAST_PAUSE` and never more than the interval.
+    """
+    if failures <= 0:
+        return interval
+    return min(interval, _LAST_PAUSE, _FIRST_PAUSE * 2.0 ** min(failures - 1, 32))
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,6 +590,9 @@ class Worker:
         self._active: dict[str, LeaseContext] = {}
         self._active_lock = threading.Lock()
         self._due: list[float] = []  # monotonic instants this worker's retries come due
+        self._outage_lock = threading.Lock()
+        self._claim_failures = 0  # claims in a row that met an unavailable store
+        self._outage_since = 0.0  # when the first of them failed (monotonic)
 
     # ------------------------------------------------------------ control
 
@@ -850,10 +916,14 @@ class Worker:
                 while not self._stop.is_set():
                     if not take():
                         return
+                    pause: float | None = None
                     try:
                         outcome = self.run_one()
-                    except StoreUnavailableError:
-                        outcome = None  # the store is busy or away: retry after a pause
+                    except StoreUnavailableError as exc:
+                        outcome = None  # the store is busy or away: retry after a backoff
+                        pause = self._claim_failed(exc)
+                    else:
+                        self._claim_worked()
                     if outcome is None:
                         with lock:
                             if budget[0] is not None:
@@ -861,7 +931,10 @@ class Worker:
                         if until is not None and until():
                             self._stop.set()
                             return
-                        self._idle()
+                        if pause is None:
+                            self._idle()
+                        else:
+                            self._stop.wait(pause)
                         continue
                     with lock:
                         outcomes.append(outcome)
@@ -895,6 +968,45 @@ class Worker:
         if errors:
             raise errors[0]
         return outcomes
+
+    def _claim_failed(self, exc: StoreUnavailableError) -> float:
+        """A claim met an unavailable store: the pause before this thread's next
+        claim (``poll_interval`` doubling with each failed claim in a row, of any
+        thread, up to 5 s or ``poll_interval`` if longer; jittered by a fifth).
+        The first failure of an outage is logged: one WARNING.
+        """
+        with self._outage_lock:
+            self._claim_failures += 1
+            failures = self._claim_failures
+            if failures == 1:
+                self._outage_since = time.monotonic()
+        poll = self.poll_interval.total_seconds()
+        cap = max(poll, _CLAIM_BACKOFF_CAP)
+        if failures == 1:
+            _log.warning(
+                "worker %s: the store is unavailable, claims are retried with a backoff"
+                " of up to %gs: %s",
+                self.owner,
+                cap,
+                _one_line(str(exc)),
+            )
+        base = min(cap, poll * 2.0 ** min(failures - 1, 32))
+        return base * self.rng.uniform(0.8, 1.2)
+
+    def _claim_worked(self) -> None:
+        """A claim was answered: the end of an outage is logged (one INFO)."""
+        if not self._claim_failures:  # the usual case: no lock
+            return
+        with self._outage_lock:
+            failures, self._claim_failures = self._claim_failures, 0
+            since = self._outage_since
+        if failures:
+            _log.info(
+                "worker %s: the store answers claims again after %.1fs (%d failed claims)",
+                self.owner,
+                time.monotonic() - since,
+                failures,
+            )
 
     def _idle(self) -> None:
         """Wait for work: the store's wake-ups when it offers them, else a sleep;
@@ -934,3 +1046,74 @@ class Worker:
                     reason="shutdown: the handler did not stop within the grace period",
                 )
         return {ctx._thread for ctx in stuck}
+
+
+def run_worker(
+    store: str | Callable[[], SagaStore],
+    handler: Handler,
+    *,
+    connect_timeout: float = 30.0,
+    max_tasks: int | None = None,
+    until: Callable[[], bool] | None = None,
+    signals: bool = True,
+    **options: Any,
+) -> int:
+    """The body of a worker process: open the store, run a :class:`Worker` over it
+    until it is stopped (SIGTERM/SIGINT with ``signals``, in the main thread),
+    ``max_tasks`` outcomes or ``until()``, close the store; returns the exit status.
+
+    ``store`` is a store URL, opened with
+    :func:`~sagalease.stores.open_store` and ``connect_timeout`` (seconds: a
+    PostgreSQL server that is restarting is waited for that long), or a
+    zero-argument callable that opens one. ``options`` go to :class:`Worker`
+    (``compensator``, ``ttl``, ``concurrency``, ...).
+
+    A store that cannot be opened (still unavailable after ``connect_timeout``, a
+    schema newer than this library) is one line on stderr
+    (``sagalease worker: error: ...``, the password never shown) and status 3; a
+    bad URL or setting, one line and status 2; never a traceback. Once running,
+    the worker rides out a store that goes away and comes back (see the module
+    documentation) and returns 0 when it stops.
+
+    Example (a worker process)::
+
+        raise SystemExit(run_worker(os.environ["SAGALEASE_DB"], charge, ttl=timedelta(seconds=30)))
+    """
+    try:
+        if isinstance(store, str):
+            from sagalease.stores import open_store
+
+            opened = open_store(store, connect_timeout=connect_timeout)
+        else:
+            opened = store()
+    except (StoreUnavailableError, SchemaVersionError) as exc:
+        _fail(f"cannot open the store: {exc}")
+        return 3
+    except InvalidInputError as exc:
+        _fail(str(exc))
+        return 2
+    try:
+        try:
+            worker = Worker(opened, handler, **options)
+        except InvalidInputError as exc:
+            _fail(str(exc))
+            return 2
+        handled = signals and threading.current_thread() is threading.main_thread()
+        previous = [(s, signal.getsignal(s)) for s in (signal.SIGTERM, signal.SIGINT)]
+        if handled:
+            worker.install_signal_handlers()
+        try:
+            worker.run(max_tasks=max_tasks, until=until)
+        finally:
+            if handled:  # the process's own handlers again
+                for signum, handler_before in previous:
+                    signal.signal(signum, handler_before)
+    finally:
+        with contextlib.suppress(SagaLeaseError):
+            opened.close()
+    return 0
+
+
+def _fail(message: str) -> None:
+    """One line on stderr (the CLI's form), for a worker process that cannot start."""
+    print(f"sagalease worker: error: {_one_line(message)}", file=sys.stderr)
