@@ -3,8 +3,10 @@
 A cycle is ``claim_next`` + ``heartbeat`` + ``complete`` (mode ``full``) or
 ``claim_next`` + ``complete`` (mode ``cc``); raw SQL does the same work with the
 minimal statements on a minimal table (``jobs``): one conditional ``UPDATE`` per
-operation, no history, no library. ``batch10`` (raw PostgreSQL only) claims ten
-jobs in one statement and completes them in one.
+operation, no history, no library. ``batch10`` claims ten jobs in one statement and
+completes them in one; with history (``raw-hist``) each of the two also appends the
+ten history rows in the same transaction (SQLite: ``BEGIN IMMEDIATE`` under the
+``flock``; PostgreSQL: the same statement, a CTE).
 
 Tasks for the library are bulk-inserted with raw SQL into the store's own schema:
 copies of a task the library itself created (row and history entry), so every
@@ -276,18 +278,42 @@ def sqlite_raw_worker(
 
     done = 0
 
+    def logged_many(sql: str, params: tuple[object, ...], event: str, rows: Any) -> Any:
+        """``sql`` and one history row per job in ``rows`` (or, for the claim, per row
+        it returns) in one ``BEGIN IMMEDIATE`` transaction; returns the claimed rows or
+        the number of rows ``sql`` changed.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(sql, params)
+            result = cur.fetchall() if rows is None else cur.rowcount
+            changed = result if rows is None else rows
+            if changed:
+                at = _now_us()
+                conn.executemany(_RAW_HISTORY, [(j, event, at, owner, t) for j, t in changed])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return result
+
     def batch10() -> bool:
         nonlocal done
         now = _now_us()
         with guard:
-            rows = conn.execute(_RAW_CLAIM10, (owner, now + TTL_US, now)).fetchall()
+            if hist:
+                rows = logged_many(_RAW_CLAIM10, (owner, now + TTL_US, now), "claim", None)
+            else:
+                rows = conn.execute(_RAW_CLAIM10, (owner, now + TTL_US, now)).fetchall()
         if not rows:
             return False
+        params = (json.dumps([r[0] for r in rows]), owner, _now_us())
         with guard:
-            cur = conn.execute(
-                _RAW_COMPLETE10, (json.dumps([r[0] for r in rows]), owner, _now_us())
-            )
-        if cur.rowcount != len(rows):
+            if hist:
+                count = logged_many(_RAW_COMPLETE10, params, "complete", rows)
+            else:
+                count = conn.execute(_RAW_COMPLETE10, params).rowcount
+        if count != len(rows):
             raise RuntimeError("raw batch complete lost a lease")
         done += len(rows)
         return True
@@ -462,6 +488,8 @@ def pg_raw_worker(dsn: str, schema: str, owner: str, mode: str, hist: bool = Fal
         claim = logged(claim, "claim")
         heartbeat = logged(heartbeat, "heartbeat")
         complete = logged(complete, "complete")
+        claim10 = logged(claim10, "claim")
+        complete10 = logged(complete10, "complete")
     extra = (owner,) if hist else ()
     done = 0
 
@@ -469,10 +497,14 @@ def pg_raw_worker(dsn: str, schema: str, owner: str, mode: str, hist: bool = Fal
         nonlocal done
         now = _now_us()
         if mode == "batch10":
-            rows = conn.execute(claim10, (owner, now + TTL_US, now), prepare=True).fetchall()
+            rows = conn.execute(
+                claim10, (owner, now + TTL_US, now, *extra), prepare=True
+            ).fetchall()
             if not rows:
                 return False
-            cur = conn.execute(complete10, ([r[0] for r in rows], owner, _now_us()), prepare=True)
+            cur = conn.execute(
+                complete10, ([r[0] for r in rows], owner, _now_us(), *extra), prepare=True
+            )
             if cur.rowcount != len(rows):
                 raise RuntimeError("raw batch complete lost a lease")
             done += len(rows)

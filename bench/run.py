@@ -4,6 +4,8 @@
     uv run --group bench python -m bench.run --quick    # a smoke run (a few minutes)
     uv run --group bench python -m bench.run --part cycles   # one part; the report
                                                               # is rebuilt from all parts
+    uv run --group bench python -m bench.run --part cycles --part batches --part creates \
+        --workers 1,8                                         # issue 14's figures (~7 min)
 
 Each part saves its raw figures as ``bench/results/<part>.json``; the Markdown
 report (``README.md``) and the plot (``plot.png``) are rebuilt from whatever
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import cycles, fleet, queues, tablesize
+from bench import creates, cycles, fleet, queues, tablesize
 from bench.common import DEFAULT_DSN
 
 RESULTS = Path(__file__).parent / "results"
@@ -36,6 +38,7 @@ PARTS = (
     "batches",
     "profile",
     "fleet",
+    "creates",
 )
 WORKERS = (1, 2, 4, 8)
 TASKS = {"sqlite-NORMAL": 3000, "sqlite-FULL": 600, "postgres": 1000}
@@ -97,7 +100,7 @@ def run_cycles(args: argparse.Namespace) -> None:
         "sqlite-FULL": ["lib", "raw", "raw-lock", "raw-hist"],
         "postgres": ["lib", "raw", "raw-hist"],
     }
-    rows = part_cycles(args, list(TASKS), impls, WORKERS)
+    rows = part_cycles(args, _backends(args), impls, _workers(args, WORKERS))
     _save("cycles", {"rows": rows, "load_before": load, "optimize": sys.flags.optimize})
 
 
@@ -146,21 +149,48 @@ def run_postgres_extra(args: argparse.Namespace) -> None:
     _save("postgres-extra", {"rows": rows, "load_before": load})
 
 
+def _backends(args: argparse.Namespace) -> list[str]:
+    return [b for b in TASKS if not args.backends or b in args.backends]
+
+
+def _workers(args: argparse.Namespace, default: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(args.workers) if args.workers else default
+
+
 def run_batches(args: argparse.Namespace) -> None:
-    """claim_batch(10) + complete_many against raw claim 10 + complete 10, every backend."""
+    """claim_batch(10) + complete_many against raw claim 10 + complete 10, without and
+    with history (``raw-hist``: the ten history rows in the same transaction).
+    """
     load = os.getloadavg()
     tasks = QUICK_TASKS if args.quick else TASKS
     rows = []
     for rep in range(args.reps):
-        for backend in TASKS:
-            for w in (1, 8):
-                for impl in ("lib", "raw"):
+        for backend in _backends(args):
+            for w in _workers(args, (1, 8)):
+                for impl in ("lib", "raw", "raw-hist"):
                     n = tasks[backend] * (10 if backend == "sqlite-NORMAL" else 5)
                     row = cycles.measure(backend, impl, w, n, "batch10", args.dsn)
                     row["rep"] = rep
                     _log(f"rep {rep} {backend} {impl} batch10 x{w}: {row['rate']:.0f} jobs/s")
                     rows.append(row)
     _save("batches", {"rows": rows, "load_before": load})
+
+
+def run_creates(args: argparse.Namespace) -> None:
+    """Issue 14: ``create_many`` against a raw multi-row insert with history rows."""
+    load = os.getloadavg()
+    batches = {100: 6, 1000: 3} if args.quick else {100: 30, 1000: 6}
+    rows = []
+    for backend in _backends(args):
+        got = creates.measure(backend, batches, args.reps, args.dsn)
+        for row in got:
+            _log(
+                f"creates {backend} rep {row['rep']} batch {row['batch']}: library"
+                f" {row['lib_us']:.1f} µs/task, raw {row['raw_us']:.1f} µs/task,"
+                f" lib/raw {row['ratio']:.2f}"
+            )
+        rows += got
+    _save("creates", {"rows": rows, "load_before": load})
 
 
 def run_tablesize(args: argparse.Namespace) -> None:
@@ -323,6 +353,18 @@ def main() -> None:
     parser.add_argument("--part", action="append", choices=PARTS, help="run only these parts")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
     parser.add_argument("--dsn", default=DEFAULT_DSN, help="PostgreSQL (a bench database)")
+    parser.add_argument(
+        "--backends",
+        type=lambda v: v.split(","),
+        default=None,
+        help="cycles/batches/creates: only these, e.g. sqlite-FULL,postgres",
+    )
+    parser.add_argument(
+        "--workers",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=None,
+        help="cycles/batches: only these worker counts, e.g. 1,8",
+    )
     parser.add_argument("--no-report", action="store_true", help="do not rebuild the report")
     args = parser.parse_args()
     if args.reps is None:
@@ -339,6 +381,7 @@ def main() -> None:
         "batches": run_batches,
         "profile": run_profile,
         "fleet": run_fleet,
+        "creates": run_creates,
     }
     started = datetime.now(UTC)
     for part in args.part or PARTS:
