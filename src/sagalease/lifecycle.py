@@ -608,6 +608,8 @@ class EventWrite:
     applies: Expr
     columns: Mapping[str, Expr]
     entry: Mapping[str, Expr]
+    frees: bool
+    """Some transition leaves the task open and unleased (a claim may take it)."""
 
 
 def _guard_sql(name: str, binds: Mapping[str, Expr]) -> Expr:
@@ -649,11 +651,13 @@ def event_write(event: str) -> EventWrite:
     effect = EFFECTS[event]
     choices = _choices(event, effect.binds)
     per_move = []
+    frees = False
     for t, chosen, _applies in choices:
         at = {"target": const(t.target.value)}
         cols = {c: substitute(e, at) for c, e in effect.columns.items()}
         cols.update(move_effects(t.source, t.target, substitute(effect.reason, at)))
         per_move.append((chosen, cols))
+        frees |= not t.target.is_terminal and cols.get("lease_owner") == const(None)
     names = [c for _, cols in per_move for c in cols]
     columns: dict[str, Expr] = {}
     for name in dict.fromkeys(names):
@@ -687,7 +691,8 @@ def event_write(event: str) -> EventWrite:
         "reason": reason,
         "args_json": param("args_json", "text"),
     }
-    return EventWrite(event, any_of(*(applies for _, _, applies in choices)), columns, entry)
+    applies = any_of(*(applies for _, _, applies in choices))
+    return EventWrite(event, applies, columns, entry, frees)
 
 
 def _cond_holds(name: str, c: GuardContext) -> bool:

@@ -34,6 +34,8 @@ from sagalease import (
 )
 
 psycopg = pytest.importorskip("psycopg")
+from sagalease.clock import duration_us, to_us  # noqa: E402
+from sagalease.stores._engine import SqlMismatchError  # noqa: E402
 from sagalease.stores.postgres import PostgresStore  # noqa: E402
 from sagalease.stores.postgres import _store as postgres  # noqa: E402
 
@@ -313,9 +315,10 @@ def test_claims_follow_queues_then_priority_then_creation(schema: str) -> None:
 def test_claim_walks_on_past_refused_candidates_in_claim_order(
     schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Candidates the core refuses (forced here: the SQL prefilter leaves none) are
-    stepped over with the (priority, seq) cursor: the batch continues with the next
-    ones in order, and the refused tasks are left as they were.
+    """The slow claim (through the core: rows the engine's statement leaves to it)
+    steps over candidates the core refuses (forced here: the SQL prefilter leaves
+    none) with the (priority, seq) cursor: the batch continues with the next ones in
+    order, and the refused tasks are left as they were.
     """
     with PostgresStore(POSTGRES_URL, schema=schema) as store:
         for task_id, priority in [("a", 7), ("b", 7), ("c", 5), ("d", 5), ("e", 1)]:
@@ -329,11 +332,33 @@ def test_claim_walks_on_past_refused_candidates_in_claim_order(
             return acquire(task, **kwargs)
 
         monkeypatch.setattr(store, "_core", {**store._core, "acquire": refusing})
-        batch = store.claim_batch(owner="w", ttl=TTL, limit=3, now=T0)
+        now_us, ttl_us = to_us(T0, "now"), duration_us(TTL, "ttl")
+        batch = store._claim_slowly("w", ttl_us, now_us, 3, None)
         assert [t.task_id for t in batch] == ["a", "d", "e"]
         for task_id in sorted(refused):
             assert _got(store, task_id).state is TaskState.PENDING
             assert len(store.history(task_id)) == 1
+
+
+def test_a_claim_the_core_would_refuse_is_a_mismatch_with_contracts_on(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the core's contracts on, every claim the engine's statement makes is
+    checked against the core: where they differ (forced here: a core that refuses
+    ``b``), SqlMismatchError names the event and both results.
+    """
+    with PostgresStore(POSTGRES_URL, schema=schema, contracts=True) as store:
+        store.create("b", now=T0)
+        acquire = store._core["acquire"]
+
+        def refusing(task: TaskSaga, **kwargs: Any) -> core.Step:
+            if task.task_id == "b":
+                raise LeaseConflictError("refused by the test", task_id=task.task_id)
+            return acquire(task, **kwargs)
+
+        monkeypatch.setattr(store, "_core", {**store._core, "acquire": refusing})
+        with pytest.raises(SqlMismatchError, match=r"acquire on 'b'.*the core refused"):
+            store.claim_next(owner="w", ttl=TTL, now=T0)
 
 
 def test_create_many_with_a_stored_duplicate_stores_nothing(schema: str) -> None:

@@ -223,7 +223,7 @@ class PostgresDatabase(Database):
     def write(self, event: str, values: dict[str, Any]) -> tuple[TaskSaga, Any] | None:
         import psycopg
 
-        text = _engine.postgres_write(event, False)
+        text = _engine.postgres_write(event)
         try:
             with self.conn.transaction(force_rollback=True):
                 rows = self.conn.execute(self._q(text), values).fetchall()
@@ -282,6 +282,10 @@ def check_guards(
     """Every guard with an SQL predicate has the Python's value on ``task``, never NULL."""
     ctx = GuardContext(task, now_us, owner=owner, token=token, new_expiry_us=new_expiry)
     values = {"now_us": now_us, "owner": owner, "token": token, "new_expiry_us": new_expiry}
+    if db.dialect.name == "postgres" and not task.state.is_terminal:
+        applies = lifecycle.event_write("acquire").applies.sql(db.dialect)
+        pick = db.value(f"({_engine.CLAIM_PREFILTER}) = ({applies})", values)
+        assert pick, f"the claim prefilter and acquire's guard differ on {task} at {now_us}"
     for name, guard in GUARDS.items():
         if guard.sql is None:
             continue

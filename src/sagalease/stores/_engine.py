@@ -33,11 +33,13 @@ from sagalease.expr import Dialect, Expr, all_of
 from sagalease.lifecycle import EFFECTS, HOLDER_EVENTS, EventWrite, event_write
 from sagalease.records import HistoryEntry, TaskSaga
 from sagalease.stores._rows import COLUMNS, HISTORY_COLUMNS, Row, decode_entry, decode_task
+from sagalease.stores._sql import DEADLINE_BARS_ACQUIRE
 
 __all__ = [
     "FAST_EVENTS",
     "SqlMismatchError",
     "check_against_core",
+    "claim_params",
     "params",
     "postgres_claim",
     "postgres_write",
@@ -105,6 +107,22 @@ def params(event: str, task_id: str, now_us: int, args: Mapping[str, Any]) -> di
     recorded.update({n: args[n] for n in effect.optional_args if args.get(n) is not None})
     values["args_json"] = core.dump_args(recorded)
     return values
+
+
+def claim_params(owner: str, ttl_us: int, now_us: int, limit: int) -> dict[str, Any] | None:
+    """The parameters of a claim statement (:func:`postgres_claim`; the queues are
+    added by the store), or ``None`` when the lease would end past the range (the
+    core then raises).
+    """
+    if now_us + ttl_us > core.MAX_INSTANT_US:
+        return None
+    return {
+        "owner": owner,
+        "ttl_us": ttl_us,
+        "now_us": now_us,
+        "limit": limit,
+        "args_json": core.dump_args({"owner": owner, "ttl_us": ttl_us}),
+    }
 
 
 # ---------------------------------------------------------------- SQLite
@@ -175,39 +193,54 @@ def _pg_tail(notify: bool) -> str:
 
 
 @cache
-def postgres_write(event: str, notify: bool) -> str:
+def postgres_write(event: str) -> str:
     """``event`` by task id on PostgreSQL as one statement (one round trip, its own
     transaction): lock the row (``FOR UPDATE``: a concurrent writer is waited for,
     then its row is the one judged), update it where the event applies, insert the
-    entry, return both. ``{schema}`` is left for the store to fill in.
+    entry, return both; an event that may free the task (:attr:`EventWrite.frees`)
+    also sends its queue to ``%(channel)s`` when it did. ``{schema}`` is left for the
+    store to fill in.
     """
     where, sets, returning = _pg_parts(event)
     return (
         f"WITH o AS (SELECT {COLUMNS} FROM {{schema}}.tasks WHERE task_id = %(task_id)s::text"
         " FOR UPDATE),"
         f" u AS (UPDATE {{schema}}.tasks AS t SET {sets} FROM o"
-        f" WHERE t.task_id = o.task_id AND {where} RETURNING {returning})" + _pg_tail(notify)
+        f" WHERE t.task_id = o.task_id AND {where} RETURNING {returning})"
+        + _pg_tail(event_write(event).frees)
     )
+
+
+CLAIM_PREFILTER: Final = (
+    "available_us <= %(now_us)s::bigint"
+    " AND (lease_expires_us IS NULL OR lease_expires_us <= %(now_us)s::bigint)"
+    " AND attempts < max_attempts"
+    " AND (deadline_us IS NULL OR deadline_us > %(now_us)s::bigint"
+    f" OR NOT ({DEADLINE_BARS_ACQUIRE}))"
+)
+"""The claim's candidate scan on PostgreSQL: on an open row, the same as ``acquire``'s
+rendered guard (``tests/stores/test_sql_equivalence.py`` checks it), but written
+without the per-state terms, so that the planner walks the claim index in claim
+order instead of gathering the open rows by state and sorting them.
+"""
 
 
 @cache
 def postgres_claim(scope: str) -> str:
     """A claim on PostgreSQL as one statement: the first ``%(limit)s`` open rows of
     ``scope`` (``""``, ``"queue = %(queue)s::text AND "`` or ``"queue = ANY(%(queues)s::text[])
-    AND "``) on which ``acquire`` applies, in claim order, locked with ``SKIP
-    LOCKED``; each acquired, its entry inserted; returned in claim order, after the
-    number of rows locked (a row locked but not acquired is one the rendering left
-    to the Python core). Always at least one row: ``(locked, NULL, ...)`` when none
-    was acquired.
+    AND "``) that :data:`CLAIM_PREFILTER` keeps, in claim order, locked with ``SKIP
+    LOCKED``; each acquired where the rendered guard applies, its entry inserted;
+    returned in claim order, after the number of rows locked (a row locked but not
+    acquired is one the rendering left to the Python core). Always at least one row:
+    ``(locked, NULL, ...)`` when none was acquired.
     """
-    write = event_write("acquire")
-    pick = write.applies.sql(Dialect("postgres"))
     where, sets, returning = _pg_parts("acquire")
     cols = ", ".join(f"u.{c}" for c in _TASK_COLUMNS)
     entries = ", ".join(f"u.e_{c}" for c in _ENTRY_COLUMNS)
     return (
         f"WITH o AS (SELECT {COLUMNS} FROM {{schema}}.tasks WHERE {scope}open_seq IS NOT NULL"
-        f" AND {pick} ORDER BY priority DESC, open_seq LIMIT %(limit)s::bigint"
+        f" AND {CLAIM_PREFILTER} ORDER BY priority DESC, open_seq LIMIT %(limit)s::bigint"
         " FOR UPDATE SKIP LOCKED),"
         f" u AS (UPDATE {{schema}}.tasks AS t SET {sets} FROM o"
         f" WHERE t.task_id = o.task_id AND {where} RETURNING {returning}),"

@@ -1758,17 +1758,16 @@ class PostgresStore(SQLStoreBase):
         now: datetime | None = None,
         analyze: bool = False,
     ) -> str:
-        """The plan PostgreSQL uses for ``claim_next``'s candidate query of ``queues``
-        (``EXPLAIN``, with ``analyze`` ``EXPLAIN (ANALYZE, BUFFERS)``: the query runs,
-        its locks are rolled back).
+        """The plan PostgreSQL uses for ``claim_next``'s statement for ``queues`` (the
+        engine's one statement; ``EXPLAIN``, with ``analyze`` ``EXPLAIN (ANALYZE,
+        BUFFERS)``: the statement runs, and is rolled back).
         """
-        now_us = self._now(now)
-        query, scope = self._q.claim_for(core.check_queues(queues))
+        values = _engine.claim_params("explain", 1, self._now(now), 1)
+        assert values is not None
+        query, scope = self._q.fast_claim(core.check_queues(queues))
         explain = b"EXPLAIN (ANALYZE, BUFFERS) " if analyze else b"EXPLAIN "
         with self._connection("explain") as conn, conn.transaction(force_rollback=True):
-            rows = conn.execute(
-                explain + query, (*scope, *_cursor(None), now_us, now_us, now_us, 1)
-            ).fetchall()
+            rows = conn.execute(explain + query, {**values, **scope}).fetchall()
         return "\n".join(str(r[0]) for r in rows)
 
     def reopener(self) -> Callable[[], PostgresStore]:
