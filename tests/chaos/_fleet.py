@@ -189,8 +189,12 @@ def _compensator(_ctx: LeaseContext, _comp: Compensation) -> None:
     time.sleep(0.01)
 
 
-def _all_ended(store: SagaStore) -> Callable[[], bool]:
+def _all_ended(store: SagaStore, done_file: str) -> Callable[[], bool]:
+    """Whether the parent said the run is over and every task ended."""
+
     def ended() -> bool:
+        if not os.path.exists(done_file):
+            return False
         try:
             counts = store.counts()
         except SagaLeaseError:
@@ -255,7 +259,7 @@ def _child(spec: dict[str, Any]) -> int:
             rng=random.Random(spec.get("seed", 0)),
         )
         worker.install_signal_handlers()
-        worker.run(until=_all_ended(inner))
+        worker.run(until=_all_ended(inner, spec["done_file"]))
         _emit(ev="exit")
         return 0
     finally:
@@ -266,7 +270,7 @@ def _child(spec: dict[str, Any]) -> int:
 def _reaper(store: Any, spec: dict[str, Any]) -> int:
     from chaos import broken
 
-    ended = _all_ended(store.inner)
+    ended = _all_ended(store.inner, spec["done_file"])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     reap = broken.reap_call(spec.get("variant"), spec["ttl"])
@@ -333,7 +337,8 @@ class Fleet:
         seed: int = 0,
     ) -> None:
         self.name = name
-        self.base = {**base_spec, "ttl": ttl}
+        self.done_file = logs / "DONE"
+        self.base = {**base_spec, "ttl": ttl, "done_file": str(self.done_file)}
         self.ttl = ttl
         self.variant = variant
         self.work = work
@@ -534,6 +539,7 @@ class Fleet:
         """Wait for every task to end and every child to exit."""
         ok = self.wait_ended(timeout)
         self._done_cached = True
+        self.done_file.touch()
         self._stop.set()
         self._monitor.join()
         end = time.monotonic() + 30
@@ -575,6 +581,8 @@ class ChaosResult:
     early_drops: list[str]
     crashes: list[str]
     recoveries: list[float]
+    stderr: list[str] = field(default_factory=list)
+    """Lines the children printed to stderr (driver noise, tracebacks: none expected)."""
 
     @property
     def lost(self) -> int:
@@ -600,6 +608,7 @@ class ChaosResult:
         found += [f"lost write: {w}" for w in self.lost_writes[:20]]
         found += [f"stale write accepted: {w}" for w in self.stale_accepted[:20]]
         found += [f"worker crashed: {c}" for c in self.crashes[:5]]
+        found += [f"stderr: {line}" for line in self.stderr[:10]]
         if not early_ok:
             found += [f"lease dropped while live: {d}" for d in self.early_drops[:20]]
         return found
@@ -693,6 +702,12 @@ def check(fleet: Fleet, scenario: str) -> ChaosResult:
         early,
         crashes,
         recoveries(fleet, events),
+        [
+            f"{path.stem}: {line}"
+            for path in sorted(fleet.logs.glob("*.stderr"))
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if line.strip()
+        ],
     )
 
 

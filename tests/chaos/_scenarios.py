@@ -117,6 +117,119 @@ def skew(fleet: Fleet) -> None:
     """Workers 10 s behind and 10 s ahead: work that outlasts the pending tasks so
     that every worker meets leases of the others.
     """
-    fleet.feed(25 * SCALE)
+    for skew in sorted({c.spec["skew"] for c in fleet.live() if c.spec["skew"]}):
+        # Not a transient fault: no recovery to time (no task matches an empty set).
+        fleet.faults.append(Fault(f"clock {skew:+g}s", wall_us(), frozenset()))
+    fleet.feed(15 * SCALE)
     fleet.wait_progress(5)
-    fleet.feed(10 * SCALE)
+    fleet.feed(8 * SCALE)
+
+
+# ---------------------------------------------------------------- PostgreSQL server faults
+
+
+def pg_restarts(server: Any, stop_seconds: float = 10.0) -> Any:
+    """Restart the server three times mid-run, then stop it for ``stop_seconds`` once
+    (ten times as many in the long form).
+    """
+
+    def plan(fleet: Fleet) -> None:
+        fleet.feed(40 * SCALE)
+        for _ in range(3 * SCALE):
+            fleet.wait_progress(5)
+            server.restart("fast")
+            fleet.faults.append(Fault("restart", wall_us()))
+            fleet.feed(10)
+        for _ in range(SCALE):
+            fleet.wait_progress(5)
+            server.stop("fast")
+            time.sleep(stop_seconds)
+            server.start()
+            fleet.faults.append(Fault(f"stopped {stop_seconds:g}s", wall_us()))
+            fleet.feed(20)
+
+    return plan
+
+
+_TERMINATE = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+    " WHERE application_name LIKE 'sagalease%' AND pid <> pg_backend_pid()"
+)
+
+
+def terminate_fleet(server: Any, conn: Any = None) -> int:
+    """``pg_terminate_backend`` every connection of the fleet (application name
+    ``sagalease*``), through ``conn`` or a new connection; how many it ended.
+    """
+    import psycopg
+
+    if conn is not None:
+        return sum(1 for (ok,) in conn.execute(_TERMINATE).fetchall() if ok)
+    with psycopg.connect(server.dsn, autocommit=True, connect_timeout=5) as own:
+        return sum(1 for (ok,) in own.execute(_TERMINATE).fetchall() if ok)
+
+
+def terminate_storm(server: Any, seconds: float) -> Any:
+    """``pg_terminate_backend`` of the fleet's connections twice a second."""
+
+    def plan(fleet: Fleet) -> None:
+        fleet.feed(60 * SCALE)
+        fleet.wait_progress(5)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if terminate_fleet(server):
+                fleet.faults.append(Fault("pg_terminate_backend", wall_us()))
+            if len(fleet.faults) % 4 == 0:
+                fleet.feed(5)
+            time.sleep(0.5)
+
+    return plan
+
+
+class Hog:
+    """Idle connections that take every free slot of the server (max_connections)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conns: list[Any] = []
+
+    def fill(self) -> int:
+        import psycopg
+
+        while True:
+            try:
+                self.conns.append(psycopg.connect(self.dsn, autocommit=True, connect_timeout=3))
+            except psycopg.OperationalError:
+                return len(self.conns)
+
+    def release(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        self.conns.clear()
+
+
+def pool_exhaustion(server: Any, probe: Any, hold: float = 3.0) -> Any:
+    """Fill every connection slot with idle connections and cut the fleet's own, so
+    that nothing reconnects; ``probe()`` (a store opening now) must fail typed within
+    its timeout; then the slots are freed and the fleet recovers.
+    """
+
+    def plan(fleet: Fleet) -> None:
+        fleet.feed(40 * SCALE)
+        for _ in range(SCALE):
+            fleet.wait_progress(5)
+            hog = Hog(server.dsn)
+            try:
+                hog.fill()
+                for _ in range(3):  # the fleet's slots, taken as they free up
+                    terminate_fleet(server, hog.conns[0])
+                    time.sleep(0.05)
+                    hog.fill()
+                probe()
+                time.sleep(hold)
+            finally:
+                hog.release()
+            fleet.faults.append(Fault("max_connections reached", wall_us()))
+            fleet.feed(10)
+
+    return plan
