@@ -73,7 +73,7 @@ def test_disk_full(small_disk: tuple[Path, str], tmp_path: Path, chaos_table: li
                 filler = _fill(where)
             else:
                 for child in f.live("worker"):
-                    os.prlimit(child.proc.pid, resource.RLIMIT_FSIZE, (0, 0))
+                    resource.prlimit(child.proc.pid, resource.RLIMIT_FSIZE, (0, 0))
                     limited.append(child.proc.pid)
             end = time.monotonic() + 30
             while f.count("unavailable") <= before and time.monotonic() < end:
@@ -84,7 +84,7 @@ def test_disk_full(small_disk: tuple[Path, str], tmp_path: Path, chaos_table: li
             else:
                 for pid in limited:
                     with contextlib.suppress(ProcessLookupError):
-                        os.prlimit(pid, resource.RLIMIT_FSIZE, (-1, -1))
+                        resource.prlimit(pid, resource.RLIMIT_FSIZE, (-1, -1))
             f.faults.append(Fault(f"disk full ({method})", wall_us()))
             assert f.count("unavailable") > before, "no write met the full disk"
             f.feed(10)
