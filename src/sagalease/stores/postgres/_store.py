@@ -748,6 +748,11 @@ attempt, at most :data:`_LAST_RETRY`, never past ``connect_timeout``)."""
 
 _LAST_RETRY: Final = 1.0
 
+_RECONNECT_WINDOW: Final = 4.0
+"""Seconds the pool retries a lost connection before it gives up on it (and opens a
+new one when a call next needs it): bounds how long after a server's return the
+store still waits for the pool's backoff."""
+
 _TRANSIENT_STATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
 """SQLSTATEs that a server about to come back answers with: admin_shutdown,
 crash_shutdown, cannot_connect_now (starting up), too_many_connections; and
@@ -1073,6 +1078,11 @@ class PostgresStore(SQLStoreBase):
             open=False,
             timeout=self.timeout,
             name=self._pool_name,
+            # A lost connection is retried with psycopg_pool's doubling backoff (1 s,
+            # 2 s, 4 s, ... for reconnect_timeout): a long outage would leave the next
+            # attempt up to its length after the server is back. Given up after a few
+            # seconds instead, the pool grows again at the next call's request, at once.
+            reconnect_timeout=_RECONNECT_WINDOW,
         )
         with _pools_lock:
             _pools[self._pool_name] = self._incidents
