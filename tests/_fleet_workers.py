@@ -182,7 +182,7 @@ class CuttingProxy:
     """A TCP proxy in front of PostgreSQL that cuts one client connection for real.
 
     The cut comes at the first ``Bind`` message whose parameters hold ``marker`` (say
-    the event name ``complete`` of the history entry the write inserts):
+    a text only the arguments of the write to cut hold):
 
     - ``commits=True``: the message goes through; the server's answers are held back
       until its ``ReadyForQuery`` (the statement's implicit transaction has ended, so

@@ -651,12 +651,19 @@ def watch_reclaims(
     def observed(task: TaskSaga, **kwargs: Any) -> Step:
         step = acquire(task, **kwargs)
         if step.task.expirations != task.expirations:
-            noted: list[TaskSaga] | None = getattr(_acquired, "steps", None)
-            if noted is not None:
-                noted.append(step.task)
+            note_reclaim(step.task)
         return step
 
     return MappingProxyType({**handlers, "acquire": observed})
+
+
+def note_reclaim(task: TaskSaga) -> None:
+    """Note, for :func:`count_reclaims`, that ``task`` was acquired over an expired
+    lease (by the core, or by a statement rendered from it).
+    """
+    noted: list[TaskSaga] | None = getattr(_acquired, "steps", None)
+    if noted is not None:
+        noted.append(task)
 
 
 def count_reclaims(operation: str, run: Callable[[], list[TaskSaga]]) -> list[TaskSaga]:

@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, Final, TypeVar
 
-from sagalease import core
+from sagalease import core, telemetry
 from sagalease.clock import Clock
 from sagalease.errors import SagaLeaseError, StoreUnavailableError, TaskNotFoundError
 from sagalease.lifecycle import CHART, ENDED_STATES, OPEN_STATES
-from sagalease.records import TaskSaga, TaskState
+from sagalease.records import HistoryEntry, TaskSaga, TaskState
 from sagalease.store import QueueStats
 from sagalease.stores._base import Mutation, StoreBase
 from sagalease.stores._rows import ClaimCursor, Row, decode_task
@@ -258,6 +258,15 @@ class SQLStoreBase(StoreBase):
                 with contextlib.suppress(KeyError):  # another thread emptied it first
                     known.popitem(last=False)
         return task
+
+    def _rendered(self, event: str, task: TaskSaga, entry: HistoryEntry) -> TaskSaga:
+        """Remember ``task``, which a statement rendered from the declaration wrote
+        with ``entry``, and note a reclaim for telemetry as the core's acquire would
+        be noted (its entry gives a reason only when it replaced an expired lease).
+        """
+        if event == "acquire" and entry.reason is not None:
+            telemetry.note_reclaim(task)
+        return self._remember(task)
 
     def _start(
         self, task_id: str, mutation: Mutation, read: Callable[[], TaskSaga | None]

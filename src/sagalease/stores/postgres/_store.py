@@ -1389,7 +1389,7 @@ class PostgresStore(SQLStoreBase):
                     rows = conn.execute(query, values, prepare=True).fetchall()
                     written = _engine.split_row(rows[0]) if rows else None
                     _engine.check_against_core(old, event, now_us, args, written, self._core)
-        return self._remember(_engine.split_row(rows[0])[0]) if rows else None
+        return self._rendered(event, *_engine.split_row(rows[0])) if rows else None
 
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)
@@ -1515,7 +1515,7 @@ class PostgresStore(SQLStoreBase):
                     (task, entry),
                     self._core,
                 )
-        tasks = [self._remember(task) for task, _entry in claimed]
+        tasks = [self._rendered("acquire", task, entry) for task, entry in claimed]
         locked = rows[0][0]
         if locked > len(tasks) and len(tasks) < limit:  # some left to the core
             tasks += self._claim_slowly(owner, ttl_us, now_us, limit - len(tasks), queues)

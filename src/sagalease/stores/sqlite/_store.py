@@ -782,10 +782,10 @@ class SQLiteStore(SQLStoreBase):
                 old = self._read(conn, task_id) if self.contracts else None
                 entry = conn.execute(insert, values).fetchone()
                 row = None if entry is None else conn.execute(update, values).fetchone()
+                written = None if row is None else (decode_task(row), decode_entry(entry))
                 if self.contracts:
-                    written = None if row is None else (decode_task(row), decode_entry(entry))
                     _engine.check_against_core(old, event, now_us, args, written, self._core)
-        return None if row is None else self._remember(decode_task(row))
+        return None if written is None else self._rendered(event, *written)
 
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)
