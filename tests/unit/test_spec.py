@@ -9,7 +9,7 @@ from pathlib import Path
 from statemachine.io import load
 
 from sagalease.conformance import checks
-from sagalease.lifecycle import Lifecycle
+from sagalease.lifecycle import EFFECTS, GUARDS, Lifecycle
 from sagalease.verification.invariants import INVARIANTS
 from sagalease.verification.spec import render_json, render_markdown
 
@@ -87,3 +87,22 @@ def test_json_statechart_loads_back_equal_to_the_declaration() -> None:
     assert _shape(loaded) == _shape(Lifecycle)
     names = {n for _, _, _, ts in _shape(Lifecycle) for _, _, conds in ts for n in conds}
     assert names == set(doc["guards"])
+
+
+def test_the_spec_prints_every_declared_effect_and_guard_sql() -> None:
+    """Each hot event's section lists every column its declared effect assigns, as
+    the dialect-free reading of the expression the SQL stores render, and each
+    guard with SQL shows it; the JSON carries the same effects.
+    """
+    text = render_markdown()
+    doc = json.loads(render_json())
+    for event, effect in EFFECTS.items():
+        section = text.split(f"### {event}\n", 1)[1].split("\n### ", 1)[0]
+        for column, value in effect.columns.items():
+            assert f"| `{column}` | `{value.text()}` |" in section, (event, column)
+        assert f"| history `reason` | `{effect.reason.text()}` |" in section
+        assert doc["effects"][event]["columns"] == {c: v.text() for c, v in effect.columns.items()}
+    for guard in GUARDS.values():
+        if guard.sql is not None:
+            assert f"`{guard.sql.text()}` |" in text, guard.name
+            assert doc["guards"][guard.name]["sql"] == guard.sql.text()

@@ -2,17 +2,28 @@
 
 Nothing here is written by hand about transitions: states, events, targets and
 guards are read from :data:`sagalease.lifecycle.CHART` (compiled from
-:class:`~sagalease.lifecycle.Lifecycle`), the diagram is python-statemachine's
-own Mermaid export of the same class, and the invariants come from
+:class:`~sagalease.lifecycle.Lifecycle`), the guards' SQL and the hot events'
+effects from :data:`~sagalease.lifecycle.GUARDS` and
+:data:`~sagalease.lifecycle.EFFECTS` (what the SQL stores render), the diagram
+is python-statemachine's own Mermaid export of the same class, and the invariants come from
 :data:`sagalease.verification.invariants.INVARIANTS`.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
-from sagalease.lifecycle import CHART, EVENTS, GUARDS, STATE_DOCS, Lifecycle
+from sagalease.expr import Expr, param
+from sagalease.lifecycle import (
+    CHART,
+    EFFECTS,
+    EVENTS,
+    GUARDS,
+    STATE_DOCS,
+    Lifecycle,
+    move_effects,
+)
 from sagalease.records import TaskState
 from sagalease.verification.invariants import INVARIANTS
 
@@ -62,6 +73,79 @@ def _guard_cell(names: tuple[str, ...], *, validators: bool) -> str:
             label += f" ({guard.error.__name__})"
         parts.append(label)
     return ", ".join(parts)
+
+
+def _cell(expr: Expr | str | None) -> str:
+    """``expr`` read without a dialect, for a table cell."""
+    if expr is None:
+        return "—"
+    text = expr if isinstance(expr, str) else expr.text()
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+_ENTRY_REASON: Final = param("entry_reason", "text")
+"""What the spec calls a move's history-entry reason (the event's own ``reason``)."""
+
+_MOVES: Final = (
+    ("any move", TaskState.RUNNING, TaskState.RUNNING),
+    ("into a terminal state", TaskState.RUNNING, TaskState.COMPLETED),
+    ("into `pending`", TaskState.RUNNING, TaskState.PENDING),
+    ("into `compensating` from the forward phase", TaskState.RUNNING, TaskState.COMPENSATING),
+)
+"""One move of each kind :func:`move_effects` tells apart (its target is read as
+``:target``)."""
+
+
+def _move_rows() -> list[tuple[str, str, str]]:
+    """What every move does, by the kind of move: (kind, column, value as text)."""
+    base = move_effects(TaskState.RUNNING, TaskState.RUNNING, _ENTRY_REASON)
+    rows: list[tuple[str, str, str]] = []
+    for kind, source, target in _MOVES:
+        for column, value in move_effects(source, target, _ENTRY_REASON).items():
+            if kind == "any move" or column not in base:
+                rows.append((kind, column, value.text().replace(f"'{target.value}'", ":target")))
+    return rows
+
+
+def _effects() -> list[str]:
+    out = [
+        "## Effects",
+        "",
+        "What the hot events write, declared once (`sagalease.lifecycle.EFFECTS`): the"
+        " Python core computes the same record, and the SQL stores render these"
+        " expressions into one statement per event (`tests/stores/test_sql_equivalence.py`"
+        " proves both equal on random rows in SQLite and PostgreSQL). Columns are the row"
+        " before the event; `:name` is a parameter of the call (`:target` the state the"
+        " transition goes to, `:entry_reason` the history entry's reason); every value"
+        " is bound, never interpolated.",
+        "",
+        "What every move does besides the event's own effects:",
+        "",
+        "| move | column | becomes |",
+        "|---|---|---|",
+    ]
+    out += [f"| {kind} | `{column}` | {_cell(value)} |" for kind, column, value in _move_rows()]
+    for event, effect in EFFECTS.items():
+        out += [
+            "",
+            f"### {event}",
+            "",
+            effect.description[0].upper() + effect.description[1:] + ".",
+            "",
+        ]
+        out += ["| column | becomes |", "|---|---|"]
+        out += [f"| `{column}` | {_cell(value)} |" for column, value in effect.columns.items()]
+        out += [
+            f"| history `owner` | {_cell(effect.owner)} |",
+            f"| history `token` | {_cell(effect.token)} |",
+            f"| history `reason` | {_cell(effect.reason)} |",
+        ]
+        recorded = ", ".join(f"`{a}`" for a in effect.args)
+        if effect.optional_args:
+            recorded += " (and " + ", ".join(f"`{a}`" for a in effect.optional_args) + " if given)"
+        out += ["", f"The history entry records {recorded}."]
+    out.append("")
+    return out
 
 
 def _model_checking() -> list[str]:
@@ -167,14 +251,19 @@ def render_markdown() -> str:
         "",
         "## Guards",
         "",
-        "| guard | kind | holds when | error when it fails |",
-        "|---|---|---|---|",
+        "`sql` is the same predicate over a task row, as the SQL stores render it"
+        " (— : read only by the Python core).",
+        "",
+        "| guard | kind | holds when | error when it fails | sql |",
+        "|---|---|---|---|---|",
     ]
     for guard in GUARDS.values():
         kind = "validator" if guard.error is not None else "condition"
         error = guard.error.__name__ if guard.error is not None else ""
-        out.append(f"| `{guard.name}` | {kind} | {guard.description} | {error} |")
-    out += ["", "## Invariants", ""]
+        out.append(
+            f"| `{guard.name}` | {kind} | {guard.description} | {error} | {_cell(guard.sql)} |"
+        )
+    out += ["", *_effects(), "## Invariants", ""]
     for inv in INVARIANTS:
         out.append(f"- **{inv.id} {inv.title}.** {inv.statement}")
         for check in inv.checked_by:
@@ -239,9 +328,28 @@ def render_json() -> str:
                 "kind": "validator" if g.error is not None else "condition",
                 "holds_when": g.description,
                 "error": None if g.error is None else g.error.__name__,
+                "sql": None if g.sql is None else g.sql.text(),
             }
             for g in GUARDS.values()
         },
+        "effects": {
+            event: {
+                "description": e.description,
+                "columns": {c: v.text() for c, v in e.columns.items()},
+                "entry": {
+                    "owner": e.owner.text(),
+                    "token": e.token.text(),
+                    "reason": e.reason.text(),
+                },
+                "records": list(e.args),
+                "records_if_given": list(e.optional_args),
+            }
+            for event, e in EFFECTS.items()
+        },
+        "move_effects": [
+            {"move": kind, "column": column, "becomes": value}
+            for kind, column, value in _move_rows()
+        ],
         "invariants": [
             {"id": i.id, "title": i.title, "statement": i.statement} for i in INVARIANTS
         ],
