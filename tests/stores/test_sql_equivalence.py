@@ -38,6 +38,7 @@ from sagalease.stores._rows import (
     task_values,
 )
 from sagalease.stores.sqlite import SQLiteStore
+from sagalease.stores.sqlite import _store as sqlite_store
 
 NOW = 1_000_000
 OWNERS = ("w", "v", "it's", 'say "hi"', "back\\slash", 'o\'k "both"', "é", "tab\u00a0space")
@@ -286,6 +287,10 @@ def check_guards(
         applies = lifecycle.event_write("acquire").applies.sql(db.dialect)
         pick = db.value(f"({_engine.CLAIM_PREFILTER}) = ({applies})", values)
         assert pick, f"the claim prefilter and acquire's guard differ on {task} at {now_us}"
+    if db.dialect.name == "sqlite" and not task.state.is_terminal:
+        applies = _engine.sqlite_claim_guard()
+        kept = db.value(f"NOT ({applies}) OR (1{sqlite_store._claimable(':now_us')})", values)
+        assert kept, f"the SQLite claim prefilter drops a row acquire admits: {task} at {now_us}"
     for name, guard in GUARDS.items():
         if guard.sql is None:
             continue

@@ -22,6 +22,7 @@ from sagalease import (
     Compensation,
     DuplicateTaskError,
     InvalidInputError,
+    LeaseConflictError,
     LeaseContext,
     MemoryStore,
     SagaLeaseError,
@@ -35,6 +36,7 @@ from sagalease import (
     open_store,
 )
 from sagalease.records import NewTask, TaskSaga
+from sagalease.stores._engine import SqlMismatchError
 from sagalease.stores.sqlite import latest_schema_version, migrations, schema_sql
 
 TTL = timedelta(seconds=30)
@@ -563,8 +565,9 @@ def test_claims_take_priority_then_creation_among_the_named_queues(
 def test_claim_batch_takes_the_claim_order_across_cursor_fetches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """claim_batch over several queues walks past candidates the core refuses, fetching
-    again after the (priority, seq) cursor, and takes the others in claim order.
+    """The claim through the core (``_claim_slowly``, taken when the engine leaves a
+    claim to it) walks past candidates the core refuses, fetching again after the
+    (priority, seq) cursor, and takes the others in claim order.
     """
     from sagalease.stores.sqlite import _store as mod
 
@@ -591,7 +594,9 @@ def test_claim_batch_takes_the_claim_order_across_cursor_fetches(
 
         monkeypatch.setattr(store, "_core", {**store._core, "acquire": picky})
         monkeypatch.setattr(mod, "_claim_query", spy)
-        batch = store.claim_batch(owner="w", ttl=TTL, limit=30, queues=["x", "y"], now=T0)
+        batch = store._claim_slowly(
+            "w", int(TTL.total_seconds() * 1e6), store._now(T0), 30, ("x", "y")
+        )
         assert cursors[0] is None
         assert len(cursors) >= 2
         order = _claim_order(single, ["x", "y"])
@@ -777,3 +782,55 @@ def test_run_with_concurrency_works_every_task_once(tmp_path: Path) -> None:
         assert store.counts()[TaskState.COMPLETED] == 12
     finally:
         store.close()
+
+
+def test_a_claim_is_two_statements_in_one_write_transaction_without_a_read(
+    tmp_path: Path,
+) -> None:
+    """claim_batch on the engine: BEGIN IMMEDIATE, the history INSERT ... SELECT of
+    the acquisitions, the UPDATE of those rows, COMMIT; no SELECT of a task row; the
+    claimed tasks and entries are the memory reference's, in claim order.
+    """
+    reference = MemoryStore()
+    with SQLiteStore(tmp_path / "c.db", contracts=False) as store:
+        for each in (store, reference):
+            for i in range(12):
+                each.create(f"t{i:02d}", queue=("x", "y")[i % 2], priority=i % 3, now=T0)
+        claimed: list[TaskSaga] = []
+        sql = _statements_of(
+            store,
+            lambda: claimed.extend(
+                store.claim_batch(owner="w", ttl=TTL, limit=5, queues=["x", "y"], now=T0)
+            ),
+        )
+        expected = reference.claim_batch(owner="w", ttl=TTL, limit=5, queues=["x", "y"], now=T0)
+        assert [q.split(" ")[0] for q in sql] == ["BEGIN", "INSERT", "UPDATE", "COMMIT"]
+        assert claimed == expected
+        assert [store.history(t.task_id) for t in claimed] == [
+            reference.history(t.task_id) for t in expected
+        ]
+
+
+def test_a_sqlite_claim_the_core_would_refuse_is_a_mismatch_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the core's contracts on, each row the engine's claim acquires is checked
+    against the core inside the write transaction: where they differ (forced here: a
+    core that refuses ``b``), SqlMismatchError names the event, and neither ``a`` nor
+    ``b`` nor their histories changed (the transaction rolled back).
+    """
+    with SQLiteStore(tmp_path / "m.db", contracts=True) as store:
+        store.create("a", priority=1, now=T0)
+        store.create("b", now=T0)
+        before = [(store.get(t), store.history(t)) for t in ("a", "b")]
+        acquire = store._core["acquire"]
+
+        def refusing(task: TaskSaga, **kwargs: Any) -> core.Step:
+            if task.task_id == "b":
+                raise LeaseConflictError("refused by the test", task_id=task.task_id)
+            return acquire(task, **kwargs)
+
+        monkeypatch.setattr(store, "_core", {**store._core, "acquire": refusing})
+        with pytest.raises(SqlMismatchError, match=r"acquire on 'b'.*the core refused"):
+            store.claim_batch(owner="w", ttl=TTL, limit=2, now=T0)
+        assert [(store.get(t), store.history(t)) for t in ("a", "b")] == before

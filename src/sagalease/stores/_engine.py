@@ -43,6 +43,8 @@ __all__ = [
     "params",
     "postgres_claim",
     "postgres_write",
+    "sqlite_claim",
+    "sqlite_claim_guard",
     "sqlite_write",
 ]
 
@@ -146,6 +148,40 @@ def sqlite_write(event: str) -> tuple[str, str]:
     )
     sets = ", ".join(f"{c} = {e.sql(_SQLITE)}" for c, e in write.columns.items())
     update = f"UPDATE tasks SET {sets} WHERE task_id = :task_id AND {where} RETURNING {COLUMNS}"
+    return insert, update
+
+
+def sqlite_claim_guard() -> str:
+    """``acquire``'s rendered guard on SQLite, over an unqualified task row (what a
+    claim's candidate scan adds to its index-friendly prefilter).
+    """
+    return event_write("acquire").applies.sql(_SQLITE)
+
+
+@cache
+def sqlite_claim(candidates: str) -> tuple[str, str]:
+    """A claim on SQLite as two statements in one write transaction (the writer
+    lock held): the history ``INSERT ... SELECT`` of the acquisitions of the rows
+    ``candidates`` selects (a ``SELECT task_id`` in claim order, already limited and
+    guarded by :func:`sqlite_claim_guard`; named parameters), ``RETURNING`` the
+    entries; then the ``UPDATE ... RETURNING`` of exactly those rows, given as the
+    JSON array ``:ids`` of the entries' task ids. SQLite's renderings are exact on
+    every row (its ``py_repr`` is a registered function), so no candidate is left
+    to the core.
+    """
+    write = event_write("acquire")
+    if _exact(write, _SQLITE):  # pragma: no cover - a rendering that needs a fallback
+        raise AssertionError("a SQLite claim needs every acquire expression exact")
+    entry = ", ".join(write.entry[c].sql(_SQLITE) for c in _ENTRY_COLUMNS)
+    insert = (
+        f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT task_id, {entry} FROM tasks"
+        f" WHERE task_id IN ({candidates}) RETURNING {HISTORY_COLUMNS}"
+    )
+    sets = ", ".join(f"{c} = {e.sql(_SQLITE)}" for c, e in write.columns.items())
+    update = (
+        f"UPDATE tasks SET {sets} WHERE task_id IN (SELECT value FROM json_each(:ids))"
+        f" RETURNING {COLUMNS}"
+    )
     return insert, update
 
 

@@ -160,12 +160,20 @@ _HISTORY_WIDTH: Final = len(HISTORY_COLUMNS.split(","))
 _TASK_WIDTH: Final = len(TASK_COLUMNS)
 _INSERT_HISTORY = f"INSERT INTO history ({HISTORY_COLUMNS}) VALUES ({marks(_HISTORY_WIDTH)})"
 
-_CLAIMABLE = (
-    " AND available_us <= ? AND (lease_expires_us IS NULL OR lease_expires_us <= ?)"
-    " AND attempts < max_attempts"
-    f" AND (deadline_us IS NULL OR deadline_us > ? OR NOT ({DEADLINE_BARS_ACQUIRE}))"
-)
-"""What a claim candidate passes besides being open (params: now three times); the
+
+def _claimable(now: str) -> str:
+    """What a claim candidate passes besides being open, from the ``tasks_claim``
+    index's columns where it can (``now``: the placeholder of the instant).
+    """
+    return (
+        f" AND available_us <= {now} AND (lease_expires_us IS NULL OR lease_expires_us <= {now})"
+        " AND attempts < max_attempts"
+        f" AND (deadline_us IS NULL OR deadline_us > {now} OR NOT ({DEADLINE_BARS_ACQUIRE}))"
+    )
+
+
+_CLAIMABLE = _claimable("?")
+"""The prefilter of the claim through the core (params: now three times); the
 core's acquire still decides.
 """
 
@@ -241,6 +249,43 @@ def _claim_sql(arms: int | None, after: bool) -> str:
         where = ["INDEXED BY tasks_claim_queue WHERE terminal_reason IS NULL AND queue = ?"] * arms
     selects = [f"{_SELECT} {w}{cursor}{_CLAIMABLE}" for w in where]
     return f"{' UNION ALL '.join(selects)} ORDER BY {CLAIM_ORDER} LIMIT ?"
+
+
+@cache
+def _claim_ids(arms: int | None) -> str:
+    """The engine claim's candidates (:func:`_engine.sqlite_claim`): the ids of the
+    first ``:limit`` open rows in claim order that the prefilter keeps and
+    ``acquire``'s rendered guard admits, by the walks of :func:`_claim_sql` (``arms``
+    as there; named parameters: ``:now_us``, ``:limit``, ``:q0``... or ``:queues``).
+    """
+    tail = f"{_claimable(':now_us')} AND {_engine.sqlite_claim_guard()}"
+    scan = "SELECT task_id, priority, seq FROM tasks"
+    if arms is None:
+        where = ["INDEXED BY tasks_claim WHERE terminal_reason IS NULL"]
+    elif arms == 0:
+        where = [
+            "INDEXED BY tasks_claim WHERE terminal_reason IS NULL"
+            " AND queue IN (SELECT value FROM json_each(:queues))"
+        ]
+    else:
+        where = [
+            f"INDEXED BY tasks_claim_queue WHERE terminal_reason IS NULL AND queue = :q{i}"
+            for i in range(arms)
+        ]
+    selects = " UNION ALL ".join(f"{scan} {w}{tail}" for w in where)
+    return f"SELECT task_id FROM ({selects} ORDER BY {CLAIM_ORDER} LIMIT :limit)"
+
+
+def _claim_scope(queues: tuple[str, ...] | None) -> tuple[int | None, dict[str, str]]:
+    """The ``arms`` of :func:`_claim_ids` for ``queues`` and their parameters."""
+    if queues is None:
+        return None, {}
+    if len(queues) > _MERGED_QUEUES:
+        return 0, {"queues": json.dumps(list(queues))}
+    return len(queues), {f"q{i}": queue for i, queue in enumerate(queues)}
+
+
+_PRIORITY: Final = 1 + TASK_COLUMNS.index("priority")  # after seq
 
 
 def _claim_query(
@@ -815,6 +860,39 @@ class SQLiteStore(SQLStoreBase):
     def _claim(
         self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
     ) -> list[TaskSaga]:
+        """The engine's claim (:func:`_engine.sqlite_claim`): two statements in one
+        write transaction, no row read (with contracts on, each claimed row is read
+        before its update and the result checked against the core).
+        """
+        values = _engine.claim_params(owner, ttl_us, now_us, limit)
+        if values is None:
+            return self._claim_slowly(owner, ttl_us, now_us, limit, queues)
+        arms, scope = _claim_scope(queues)
+        insert, update = _engine.sqlite_claim(_claim_ids(arms))
+        with self._boundary("claim_next"):
+            conn = self._conn()
+            with self._writing(conn):
+                entries = {e[0]: decode_entry(e) for e in conn.execute(insert, values | scope)}
+                if not entries:
+                    return []
+                ids = json.dumps(list(entries))
+                old = {i: self._read(conn, i) for i in entries} if self.contracts else {}
+                rows = conn.execute(update, values | {"ids": ids}).fetchall()
+                rows.sort(key=lambda row: (-row[_PRIORITY], row[0]))
+                claimed = [(task, entries[task.task_id]) for task in map(decode_task, rows)]
+                if self.contracts:
+                    args = {"owner": owner, "ttl_us": ttl_us}
+                    for written in claimed:
+                        before = old[written[0].task_id]
+                        _engine.check_against_core(
+                            before, "acquire", now_us, args, written, self._core
+                        )
+        return [self._rendered("acquire", task, entry) for task, entry in claimed]
+
+    def _claim_slowly(
+        self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
+    ) -> list[TaskSaga]:
+        """A claim through the core: walk the candidates, acquire in Python, write each."""
         acquire = self._core["acquire"]
         with self._boundary("claim_next"):
             conn = self._conn()
