@@ -16,9 +16,11 @@ touches it, and a SIGKILL loses at most a half line), one JSON object a line:
   that could not be opened.
 
 The checks (:func:`check`) read these logs against the history: every write a worker
-believes done is in the history under its (owner, token) -- one that is not while a
-later token exists is a *stale write accepted*, else a *lost write*; a refusal before
-the lease's last granted expiry (in its own frame) is a *lease dropped early*.
+believes done is in the history under its (owner, token) -- one that is not, when a
+later token of the task had been granted before the worker was answered (the later
+claim's log line comes first), is a *stale write accepted*; else (its lease was still
+the task's last one) a *lost write*. A refusal before the lease's last granted expiry
+(in its own frame) is a *lease dropped early*.
 """
 
 from __future__ import annotations
@@ -495,8 +497,8 @@ class Fleet:
             return False
         return not any(counts[s] for s in TaskState if not s.is_terminal)
 
-    def wait_ended(self, timeout: float = GUARD) -> bool:
-        end = time.monotonic() + timeout
+    def wait_ended(self, timeout: float | None = None) -> bool:
+        end = time.monotonic() + (GUARD if timeout is None else timeout)
         while time.monotonic() < end:
             if self.ended():
                 self._done_cached = True
@@ -504,10 +506,12 @@ class Fleet:
             time.sleep(0.1)
         return False
 
-    def wait_progress(self, events: int, timeout: float = GUARD) -> None:
-        """Wait until ``events`` more holder writes succeeded (the fleet is working)."""
+    def wait_progress(self, events: int, timeout: float | None = None) -> None:
+        """Wait until ``events`` more holder writes succeeded (the fleet is working),
+        at most ``timeout`` seconds (``None``: :data:`GUARD`).
+        """
         start = self.count("ok")
-        end = time.monotonic() + timeout
+        end = time.monotonic() + (GUARD if timeout is None else timeout)
         while self.count("ok") < start + events and time.monotonic() < end:
             time.sleep(0.02)
 
@@ -535,7 +539,7 @@ class Fleet:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.proc.pid, signal.SIGKILL)
 
-    def finish(self, timeout: float = GUARD) -> bool:
+    def finish(self, timeout: float | None = None) -> bool:
         """Wait for every task to end and every child to exit."""
         ok = self.wait_ended(timeout)
         self._done_cached = True
@@ -650,13 +654,18 @@ def check(fleet: Fleet, scenario: str) -> ChaosResult:
     events = fleet.events()
     lost: list[str] = []
     stale: list[str] = []
-    beliefs: list[tuple[str, str, str, int, Any]] = []
+    beliefs: list[tuple[str, str, str, int, Any, int]] = []
+    claimed: dict[str, list[tuple[int, int]]] = {}
     for e in events:
         if e["ev"] == "ok":
-            beliefs.append((e["task"], e["event"], e["owner"], e["token"], e.get("index")))
+            what = (e["task"], e["event"], e["owner"], e["token"], e.get("index"), e["wall_us"])
+            beliefs.append(what)
         elif e["ev"] == "outcome" and e["result"] in _BELIEF:
-            beliefs.append((e["task"], _BELIEF[e["result"]], e["owner"], e["token"], None))
-    for tid, event, owner, token, index in beliefs:
+            what = (e["task"], _BELIEF[e["result"]], e["owner"], e["token"], None, e["wall_us"])
+            beliefs.append(what)
+        elif e["ev"] == "claim":
+            claimed.setdefault(e["task"], []).append((e["token"], e["wall_us"]))
+    for tid, event, owner, token, index, at_us in beliefs:
         entries = history.get(tid, [])
         if any(
             h.event == event
@@ -667,7 +676,10 @@ def check(fleet: Fleet, scenario: str) -> ChaosResult:
         ):
             continue
         what = f"{tid}: {event} by {owner} under token {token}"
-        if any(h.event == "acquire" and (h.token or 0) > token for h in entries):
+        later = [w for t, w in claimed.get(tid, []) if t > token]
+        if later and min(later) <= at_us:
+            stale.append(what + " (answered after a later token was granted)")
+        elif not later and any(h.event == "acquire" and (h.token or 0) > token for h in entries):
             stale.append(what + " (the history holds a later token)")
         else:
             lost.append(what + " (not in the history)")
@@ -739,12 +751,16 @@ def recoveries(fleet: Fleet, events: list[dict[str, Any]]) -> list[float]:
     return found
 
 
-def run_plan(fleet: Fleet, plan: Callable[[Fleet], None], scenario: str) -> ChaosResult:
-    """Start the fleet, run the fault plan, wait for the end, check."""
+def run_plan(
+    fleet: Fleet, plan: Callable[[Fleet], None], scenario: str, *, within: float | None = None
+) -> ChaosResult:
+    """Start the fleet, run the fault plan, wait for the end (at most ``within``
+    seconds, ``None``: :data:`GUARD`; then the tasks not ended are counted lost), check.
+    """
     fleet.start()
     try:
         plan(fleet)
-        fleet.finish()
+        fleet.finish(within)
         return check(fleet, scenario)
     finally:
         fleet.respawn = False

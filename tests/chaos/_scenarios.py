@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from chaos._fleet import FINISHING, SCALE, ChaosResult, Child, Fault, Fleet, report, wall_us
-from sagalease import SagaStore, SQLiteStore
+from sagalease import SagaStore, SQLiteStore, StoreUnavailableError
 
 
-def sqlite_fleet(tmp_path: Path, name: str, **options: Any) -> Fleet:
-    """A fleet over a fresh SQLite file in ``tmp_path``."""
+def sqlite_fleet(tmp_path: Path, name: str, *, logs: Path | None = None, **options: Any) -> Fleet:
+    """A fleet over a fresh SQLite file in ``tmp_path`` (its logs there too, unless
+    ``logs`` says where).
+    """
     db = tmp_path / f"{name}.db"
     SQLiteStore(db).close()
     return Fleet(
         name,
         {"backend": "sqlite", "path": str(db)},
         lambda: SQLiteStore(db, timeout=2.0),
-        logs=tmp_path / f"{name}-logs",
+        logs=logs or tmp_path / f"{name}-logs",
         **options,
     )
 
@@ -42,6 +49,16 @@ def postgres_fleet(
         logs=tmp_path / f"{name}-logs",
         **options,
     )
+
+
+def fleet_on(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, name: str, **options: Any
+) -> Fleet:
+    """A fleet on ``backend`` (``"sqlite"`` or ``"postgres"``: the private server)."""
+    if backend == "sqlite":
+        return sqlite_fleet(tmp_path, name, **options)
+    server = request.getfixturevalue("private_postgres")
+    return postgres_fleet(server, tmp_path, name, **options)
 
 
 def conclude(result: ChaosResult, table: list[dict[str, Any]], *, early_ok: bool = False) -> None:
@@ -231,5 +248,108 @@ def pool_exhaustion(server: Any, probe: Any, hold: float = 3.0) -> Any:
                 hog.release()
             fleet.faults.append(Fault("max_connections reached", wall_us()))
             fleet.feed(10)
+
+    return plan
+
+
+# ---------------------------------------------------------------- SQLite file faults
+
+
+def fill(where: Path) -> Path:
+    """Fill the filesystem of ``where`` with one file; that file."""
+    filler = where / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    return filler
+
+
+def disk_full(where: Path, method: str) -> Any:
+    """Fill the disk under the database (``"tmpfs"``: a filler file in ``where``;
+    ``"rlimit"``: RLIMIT_FSIZE=0 on the workers) until a holder write meets it, then
+    free the space.
+    """
+
+    def plan(f: Fleet) -> None:
+        f.feed(40 * SCALE)
+        for _ in range(SCALE):
+            f.wait_progress(5)
+            before = f.count("unavailable")
+            limited = []
+            if method == "tmpfs":
+                filler = fill(where)
+            else:
+                for child in f.live("worker"):
+                    resource.prlimit(child.proc.pid, resource.RLIMIT_FSIZE, (0, 0))
+                    limited.append(child.proc.pid)
+            end = time.monotonic() + 30
+            while f.count("unavailable") <= before and time.monotonic() < end:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            if method == "tmpfs":
+                filler.unlink()
+            else:
+                for pid in limited:
+                    with contextlib.suppress(ProcessLookupError):
+                        resource.prlimit(pid, resource.RLIMIT_FSIZE, (-1, -1))
+            f.faults.append(Fault(f"disk full ({method})", wall_us()))
+            assert f.count("unavailable") > before, "no write met the full disk"
+            f.feed(10)
+
+    return plan
+
+
+def immutable(paths: list[Path], on: bool) -> bool:
+    """``chattr +i`` (``on``) or ``-i`` on ``paths``; whether it was done."""
+    flag = "+i" if on else "-i"
+    done = subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True)
+    return done.returncode == 0
+
+
+def read_only(db: Path, refusals: list[str]) -> Any:
+    """Make the database and its WAL immutable until a holder write meets it; a store
+    opened meanwhile must be refused typed (its message appended to ``refusals``).
+    """
+    files = [db, Path(f"{db}-wal")]
+
+    def plan(f: Fleet) -> None:
+        f.feed(40 * SCALE)
+        for _ in range(SCALE):
+            f.wait_progress(5)
+            before = f.count("unavailable")
+            immutable(files, True)
+            try:
+                with pytest.raises(StoreUnavailableError) as caught:
+                    SQLiteStore(db).close()
+                refusals.append(str(caught.value))
+                end = time.monotonic() + 30
+                while f.count("unavailable") <= before and time.monotonic() < end:
+                    time.sleep(0.05)
+                time.sleep(0.5)
+            finally:
+                immutable(files, False)
+            f.faults.append(Fault("database read-only", wall_us()))
+            assert f.count("unavailable") > before, "no write met the read-only file"
+            f.feed(10)
+
+    return plan
+
+
+def lock_removed(lock: Path) -> Any:
+    """Remove the writer-lock file and SIGKILL a worker (its replacement locks a new
+    file), twice (ten times in the long form).
+    """
+
+    def plan(f: Fleet) -> None:
+        f.feed(40 * SCALE)
+        for _ in range(2 * SCALE):
+            f.wait_progress(5)
+            lock.unlink(missing_ok=True)
+            victims = f.live("worker")[:1]
+            for child in victims:
+                f.kill(child)
+            f.faults.append(Fault("writer lock removed", wall_us()))
+            f.feed(10)
 
     return plan

@@ -9,7 +9,16 @@ runs a scenario against each and asserts its checks fail).
   stale token is answered as done (a zombie's writes are "accepted");
 - ``drops-live``: a reaper that drops live leases (it reaps as if it were later);
 - ``local-clock``: a store that ignores ``clock=database`` and uses the worker's own
-  (skewed) clock.
+  (skewed) clock;
+- ``lock-only``: a SQLite store whose only mutual exclusion is the writer-lock file:
+  its statements autocommit (no ``BEGIN IMMEDIATE``) and it writes the row it read
+  back with no compare-and-set, so it is safe while every process locks the same
+  file and grants a lease twice once the file is removed (caught by the writer-lock
+  scenario; the real store relies on SQLite's transaction and its compare-and-set).
+
+The SQLite disk-full and read-only scenarios need no variant of their own:
+``no-finish-retry`` is the worker that swallows the typed error of a finishing write
+(SQLITE_FULL, a read-only file) and reports the write done.
 
 A variant is named in the child's spec (``variant``); :mod:`chaos._fleet` asks this
 module for the store, the worker class and the reap call.
@@ -17,6 +26,8 @@ module for the store, the worker class and the reap call.
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -26,14 +37,24 @@ from sagalease import (
     LeaseConflictError,
     SagaStore,
     StoreUnavailableError,
+    TaskNotFoundError,
     TaskSaga,
     TerminalTaskError,
     Worker,
+    core,
 )
 from sagalease.lifecycle import HOLDER_EVENTS
+from sagalease.stores.sqlite import _store as sqlite_internals
 from sagalease.worker import LeaseContext, _Written
 
-VARIANTS = ("no-finish-retry", "ack-before-write", "unfenced", "drops-live", "local-clock")
+VARIANTS = (
+    "no-finish-retry",
+    "ack-before-write",
+    "unfenced",
+    "drops-live",
+    "local-clock",
+    "lock-only",
+)
 
 _FORWARD = ("complete", "fail", "release")
 _RESULT = {"complete": "completed", "fail": "failed", "release": "retried"}
@@ -62,11 +83,78 @@ class _Unfenced:
         return write
 
 
+class _LockHeld:
+    """The writer lock held, no transaction (every statement commits on its own)."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        self.lock.__enter__()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.lock.__exit__()
+
+
+class LockOnlySQLiteStore(sqlite_internals.SQLiteStore):
+    """Every write read, computed by the core and written back under the writer lock
+    alone: no ``BEGIN IMMEDIATE``, no ``AND version = ?``, no rendered statements.
+    ``PAUSE`` between the read and the write is a slow writer (harmless while the
+    lock works; it widens the race once it does not).
+    """
+
+    PAUSE = 0.005
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fast_events = frozenset()
+
+    def _writing(self, conn: sqlite3.Connection) -> Any:
+        return _LockHeld(self._lock)
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, old: TaskSaga, step: core.Step) -> bool:
+        time.sleep(LockOnlySQLiteStore.PAUSE)
+        names, values = sqlite_internals.changes(old, step.task)
+        update = sqlite_internals._update(names).removesuffix(" AND version = ?")
+        conn.execute(update, (*values, old.task_id))
+        # The next free seq: the history keeps both writers' entries (the checks read them).
+        (seq,) = conn.execute(
+            "SELECT coalesce(max(seq), 0) + 1 FROM history WHERE task_id = ?", (old.task_id,)
+        ).fetchone()
+        entry = dataclasses.replace(step.entry, seq=seq)
+        conn.execute(
+            sqlite_internals._INSERT_HISTORY,
+            (entry.task_id, *sqlite_internals.entry_values(entry)),
+        )
+        return True
+
+    def _mutate(self, task_id: str, mutation: Any) -> TaskSaga:
+        core.check_id("task_id", task_id)
+        with self._boundary("update"):
+            conn = self._conn()
+            with self._writing(conn):
+                task = self._read(conn, task_id)
+                if task is None:
+                    raise TaskNotFoundError("no such task", task_id=task_id)
+                step = mutation(task)
+                self._write(conn, task, step)
+        return self._remember(step.task)
+
+    def _claim(
+        self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
+    ) -> list[TaskSaga]:
+        return self._claim_slowly(owner, ttl_us, now_us, limit, queues)
+
+
 def open_store(spec: dict[str, Any]) -> Any:
     """The child's store under ``spec["variant"]``."""
-    from chaos._fleet import open_child_store
+    from chaos._fleet import SkewedClock, open_child_store
 
     variant = spec["variant"]
+    if variant == "lock-only":
+        clock = SkewedClock(spec.get("skew", 0.0))
+        return LockOnlySQLiteStore(spec["path"], clock=clock, timeout=spec.get("timeout", 2.0))
     if variant == "local-clock":
         return open_child_store({**spec, "clock": "local"})
     store = open_child_store(spec)

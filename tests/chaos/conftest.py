@@ -25,6 +25,9 @@ from chaos._fleet import LONG
 ROWS: list[dict[str, Any]] = []
 """One row per scenario run (tests append through the ``chaos_table`` fixture)."""
 
+BROKEN_ROWS: list[dict[str, Any]] = []
+"""One row per broken-variant run (test_broken.py, the ``broken_table`` fixture)."""
+
 PRIVATE_MAX_CONNECTIONS = 40
 
 
@@ -51,15 +54,54 @@ def chaos_table() -> list[dict[str, Any]]:
     return ROWS
 
 
+@pytest.fixture(scope="session")
+def broken_table() -> list[dict[str, Any]]:
+    """Where the broken-variant runs put what caught them (printed at the end)."""
+    return BROKEN_ROWS
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A 16 MiB tmpfs (``"tmpfs"``), or a plain directory (``"rlimit"``) when mounting
+    is not permitted here.
+    """
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        == 0
+    )
+    try:
+        yield where, "tmpfs" if mounted else "rlimit"
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the table of every scenario's figures at the end of the run."""
+    """Print the table of every scenario's figures (and of the broken variants' runs)
+    at the end of the run.
+    """
+    tr = terminalreporter
+    if BROKEN_ROWS:
+        tr.section(f"chaos suite, broken variants ({'long' if LONG else 'bounded'})")
+        tr.write_line(
+            "| scenario | variant | tasks | faults | caught by | lost | stale | early | verify |"
+        )
+        tr.write_line("|---|---|---|---|---|---|---|---|---|")
+        for r in BROKEN_ROWS:
+            tr.write_line(
+                f"| {r['scenario']} | {r['variant']} | {r['tasks']} | {r['faults']}"
+                f" | {r['caught']} | {r['lost']} | {r['stale']} | {r['early']} | {r['verify']} |"
+            )
     if not ROWS:
         return
-    tr = terminalreporter
     tr.section(f"chaos suite ({'long' if LONG else 'bounded'})")
     tr.write_line(
         "| scenario | tasks | faults injected | tasks lost | stale writes accepted"

@@ -12,15 +12,7 @@ from typing import Any
 import pytest
 
 from chaos import _scenarios as sc
-from chaos._fleet import Fleet, run_plan
-
-
-def _fleet(backend: str, request: pytest.FixtureRequest, tmp_path: Path, name: str) -> Fleet:
-    if backend == "sqlite":
-        return sc.sqlite_fleet(tmp_path, name)
-    server = request.getfixturevalue("private_postgres")
-    return sc.postgres_fleet(server, tmp_path, name)
-
+from chaos._fleet import run_plan
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -30,7 +22,7 @@ def test_zombies(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, chaos_table: list[Any]
 ) -> None:
     """Zombies wake past their lease: their writes are fenced, the tasks reclaimed."""
-    fleet = _fleet(backend, request, tmp_path, f"zombies-{backend}")
+    fleet = sc.fleet_on(backend, request, tmp_path, f"zombies-{backend}")
     sc.conclude(run_plan(fleet, sc.zombies, f"SIGSTOP past TTL ({backend})"), chaos_table)
 
 
@@ -39,7 +31,7 @@ def test_sigkill_mid_write(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, chaos_table: list[Any]
 ) -> None:
     """A worker killed as it sends a finishing write: the write is whole or absent."""
-    fleet = _fleet(backend, request, tmp_path, f"kills-{backend}")
+    fleet = sc.fleet_on(backend, request, tmp_path, f"kills-{backend}")
     result = run_plan(fleet, sc.kills_mid_write, f"SIGKILL mid-write ({backend})")
     sc.conclude(result, chaos_table)
 
@@ -49,6 +41,6 @@ def test_sigkill_reaper(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, chaos_table: list[Any]
 ) -> None:
     """The reaper killed (and replaced) while workers die: their leases are dropped."""
-    fleet = _fleet(backend, request, tmp_path, f"reaper-{backend}")
+    fleet = sc.fleet_on(backend, request, tmp_path, f"reaper-{backend}")
     result = run_plan(fleet, sc.reaper_kills, f"SIGKILL reaper + workers ({backend})")
     sc.conclude(result, chaos_table)
