@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from chaos import _fleet
 from chaos._fleet import FINISHING, SCALE, ChaosResult, Child, Fault, Fleet, report, wall_us
 from sagalease import SagaStore, SQLiteStore, StoreUnavailableError
 
@@ -77,16 +78,29 @@ def _holder(fleet: Fleet) -> tuple[Child, str] | None:
     return None
 
 
+def _wait_holder(fleet: Fleet) -> tuple[Child, str]:
+    """A live worker holding a lease; while none does (every task ended), 5 more
+    tasks are fed each second. At most GUARD seconds.
+    """
+    end = time.monotonic() + _fleet.GUARD
+    quiet = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        found = _holder(fleet)
+        if found is not None:
+            return found
+        if time.monotonic() > quiet:
+            fleet.feed(5)
+            quiet = time.monotonic() + 1.0
+        time.sleep(0.01)
+    raise AssertionError(f"no worker held a lease within {_fleet.GUARD:g}s")
+
+
 def zombies(fleet: Fleet) -> None:
     """SIGSTOP a worker holding a lease for 2.5 TTLs, then SIGCONT: it wakes a zombie."""
     fleet.feed(30 * SCALE)
     for _ in range(2 * SCALE):
         fleet.wait_progress(3)
-        found = None
-        while found is None:
-            found = _holder(fleet)
-            time.sleep(0.01)
-        child, task = found
+        child, task = _wait_holder(fleet)
         fleet.faults.append(Fault("sigstop", wall_us(), frozenset([task]), after=child.owner))
         fleet.pause(child, 2.5 * fleet.ttl)
         fleet.feed(5)
