@@ -56,16 +56,21 @@ class Dialect:
     name: Literal["sqlite", "postgres"]
     qualifier: str = ""
     """Prefix of every column (``"o."`` in a PostgreSQL ``UPDATE ... FROM o``)."""
+    batch: frozenset[str] = frozenset()
+    """Parameters that differ from row to row of a batch statement: each is read from
+    the batch's column ``b_<name>`` beside the task row (with its qualifier)."""
 
     def param(self, name: str, kind: Kind) -> str:
         """The marker of the parameter ``name``."""
+        if name in self.batch:
+            return f"{self.qualifier}b_{name}"
         if self.name == "sqlite":
             return f":{name}"
         return f"%({name})s::{'bigint' if kind == 'int' else 'text'}"
 
     def qualified(self, qualifier: str) -> Dialect:
         """The same dialect with columns prefixed by ``qualifier``."""
-        return Dialect(self.name, qualifier)
+        return Dialect(self.name, qualifier, self.batch)
 
 
 SQLITE = Dialect("sqlite")

@@ -4,6 +4,7 @@ bad connection input, secrets, and hostile input on every backend.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import sys
@@ -21,6 +22,7 @@ from sagalease import (
     DuplicateTaskError,
     InvalidInputError,
     LeaseConflictError,
+    MemoryStore,
     NewTask,
     SagaLeaseError,
     SagaStore,
@@ -381,6 +383,44 @@ def test_create_many_with_a_stored_duplicate_stores_nothing(schema: str) -> None
         assert rows == (2,)
 
 
+@contextlib.contextmanager
+def _sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The statements the driver executes inside the block (on ``Connection.execute``)."""
+    sent: list[str] = []
+    execute = psycopg.Connection.execute
+
+    def counting(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query if isinstance(query, str) else bytes(query).decode())
+        return execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", counting)
+    try:
+        yield sent
+    finally:
+        monkeypatch.undo()
+
+
+def test_claim_batch_and_complete_many_are_one_statement_each(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the engine, claim_batch(10) is one statement and complete_many of those 10
+    another (no read first); records and histories equal the memory reference's.
+    """
+    reference = MemoryStore()
+    with PostgresStore(POSTGRES_URL, schema=schema, contracts=False) as store:
+        for each in (store, reference):
+            each.create_many([NewTask(f"t{i:02d}", priority=i % 3) for i in range(12)], now=T0)
+        with _sent(monkeypatch) as claims:
+            claimed = store.claim_batch(owner="w", ttl=TTL, limit=10, now=T0)
+        pairs = [(t.task_id, t.token) for t in claimed]
+        with _sent(monkeypatch) as completes:
+            done = store.complete_many(pairs, owner="w", now=T0 + TTL / 2)
+        assert (len(claims), len(completes)) == (1, 1), (claims, completes)
+        assert claimed == reference.claim_batch(owner="w", ttl=TTL, limit=10, now=T0)
+        assert done == reference.complete_many(pairs, owner="w", now=T0 + TTL / 2)
+        assert [store.history(t) for t, _ in pairs] == [reference.history(t) for t, _ in pairs]
+
+
 def test_create_many_is_one_statement_with_one_insert_per_table(
     schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -388,21 +428,12 @@ def test_create_many_is_one_statement_with_one_insert_per_table(
     into history (counted on the driver's execute); the records read back as created.
     """
     with PostgresStore(POSTGRES_URL, schema=schema, max_size=1) as store:
-        sent: list[str] = []
-        execute = psycopg.Connection.execute
-
-        def counting(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-            text = query if isinstance(query, str) else bytes(query).decode()
-            sent.append(text)
-            return execute(self, query, *args, **kwargs)
-
-        monkeypatch.setattr(psycopg.Connection, "execute", counting)
         batch = [
             NewTask(f"t{i:04d}", queue=f"q{i % 3}", priority=i % 5, metadata={"i": i})
             for i in range(1000)
         ]
-        created = store.create_many(batch, now=T0)
-        monkeypatch.undo()
+        with _sent(monkeypatch) as sent:
+            created = store.create_many(batch, now=T0)
         assert len(sent) == 1, sent
         assert sent[0].count(f'INSERT INTO "{schema}".tasks') == 1
         assert sent[0].count(f'INSERT INTO "{schema}".history') == 1

@@ -784,12 +784,12 @@ def test_run_with_concurrency_works_every_task_once(tmp_path: Path) -> None:
         store.close()
 
 
-def test_a_claim_is_two_statements_in_one_write_transaction_without_a_read(
+def test_claim_batch_and_complete_many_are_two_statements_in_one_transaction(
     tmp_path: Path,
 ) -> None:
-    """claim_batch on the engine: BEGIN IMMEDIATE, the history INSERT ... SELECT of
-    the acquisitions, the UPDATE of those rows, COMMIT; no SELECT of a task row; the
-    claimed tasks and entries are the memory reference's, in claim order.
+    """claim_batch, then complete_many, on the engine: each is BEGIN IMMEDIATE, the
+    history INSERT ... SELECT, the UPDATE of those rows, COMMIT; no SELECT of a task
+    row; the tasks and entries are the memory reference's, in claim order.
     """
     reference = MemoryStore()
     with SQLiteStore(tmp_path / "c.db", contracts=False) as store:
@@ -806,9 +806,14 @@ def test_a_claim_is_two_statements_in_one_write_transaction_without_a_read(
         expected = reference.claim_batch(owner="w", ttl=TTL, limit=5, queues=["x", "y"], now=T0)
         assert [q.split(" ")[0] for q in sql] == ["BEGIN", "INSERT", "UPDATE", "COMMIT"]
         assert claimed == expected
-        assert [store.history(t.task_id) for t in claimed] == [
-            reference.history(t.task_id) for t in expected
-        ]
+        pairs = [(t.task_id, t.token) for t in claimed]
+        done: list[TaskSaga] = []
+        sql = _statements_of(
+            store, lambda: done.extend(store.complete_many(pairs, owner="w", now=T0))
+        )
+        assert [q.split(" ")[0] for q in sql] == ["BEGIN", "INSERT", "UPDATE", "COMMIT"]
+        assert done == reference.complete_many(pairs, owner="w", now=T0)
+        assert [store.history(t) for t, _ in pairs] == [reference.history(t) for t, _ in pairs]
 
 
 def test_a_sqlite_claim_the_core_would_refuse_is_a_mismatch_and_writes_nothing(

@@ -176,6 +176,17 @@ class StoreBase(abc.ABC):
         """
         return None
 
+    def _fast_many(
+        self, event: str, items: list[tuple[str, Mapping[str, Any]]], now_us: int
+    ) -> list[TaskSaga] | None:
+        """Apply ``event`` to every ``(task_id, arguments)`` of ``items`` in one
+        rendered statement per table, all or nothing: the new records in the items'
+        order, or ``None`` when it did not apply to all of them (nothing was
+        written; the core then decides through :meth:`_mutate_many`). The default
+        has no such statement.
+        """
+        return None
+
     def _event(self, task_id: str, event: str, now_us: int, **args: Any) -> TaskSaga:
         """Apply the core's ``event`` to ``task_id`` at ``now_us``: first as one
         rendered statement (:meth:`_fast`), else through :meth:`_mutate`.
@@ -428,6 +439,13 @@ class StoreBase(abc.ABC):
             if task_id in seen:
                 raise InvalidInputError("a task id is given twice", task_id=task_id)
             seen.add(task_id)
+        if items and "complete" in self._fast_events:
+            calls: list[tuple[str, Mapping[str, Any]]] = [
+                (i, {"owner": owner, "token": token, "reason": reason}) for i, token in items
+            ]
+            done = self._fast_many("complete", calls, now_us)
+            if done is not None:
+                return done
         event = self._core["complete"]
 
         def completing(token: int) -> Mutation:

@@ -23,7 +23,8 @@ with the Python.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any, Final
 
@@ -36,16 +37,21 @@ from sagalease.stores._rows import COLUMNS, HISTORY_COLUMNS, Row, decode_entry, 
 from sagalease.stores._sql import DEADLINE_BARS_ACQUIRE
 
 __all__ = [
+    "BATCH_PARAMS",
     "FAST_EVENTS",
     "SqlMismatchError",
+    "batch_params",
     "check_against_core",
+    "check_batch_against_core",
     "claim_params",
     "params",
     "postgres_claim",
     "postgres_write",
+    "postgres_write_many",
     "sqlite_claim",
     "sqlite_claim_guard",
     "sqlite_write",
+    "sqlite_write_many",
 ]
 
 FAST_EVENTS: Final = frozenset(EFFECTS)
@@ -127,6 +133,33 @@ def claim_params(owner: str, ttl_us: int, now_us: int, limit: int) -> dict[str, 
     }
 
 
+BATCH_PARAMS: Final = ("task_id", "token", "args_json")
+"""The parameters of a batch write that differ from row to row (the others are the
+call's, the same for every row)."""
+
+
+def batch_params(
+    event: str, dialect: str, now_us: int, items: Sequence[tuple[str, Mapping[str, Any]]]
+) -> dict[str, Any] | None:
+    """The parameters of ``event``'s batch statement (:func:`sqlite_write_many`,
+    :func:`postgres_write_many`) for ``items`` (task id, the call's arguments), or
+    ``None`` when the core must answer for one of them (as :func:`params`). On
+    SQLite the rows are one JSON array ``:batch``; on PostgreSQL one array per
+    column. ``n``: how many rows must apply for the batch to be written.
+    """
+    rows = [params(event, task_id, now_us, args) for task_id, args in items]
+    if not rows or any(row is None for row in rows):
+        return None
+    checked = [row for row in rows if row is not None]
+    values = {k: v for k, v in checked[0].items() if k not in BATCH_PARAMS}
+    values["n"] = len(checked)
+    if dialect == "sqlite":
+        values["batch"] = json.dumps([[row[k] for k in BATCH_PARAMS] for row in checked])
+    else:
+        values.update({k: [row[k] for row in checked] for k in BATCH_PARAMS})
+    return values
+
+
 # ---------------------------------------------------------------- SQLite
 
 
@@ -148,6 +181,42 @@ def sqlite_write(event: str) -> tuple[str, str]:
     )
     sets = ", ".join(f"{c} = {e.sql(_SQLITE)}" for c, e in write.columns.items())
     update = f"UPDATE tasks SET {sets} WHERE task_id = :task_id AND {where} RETURNING {COLUMNS}"
+    return insert, update
+
+
+_SQLITE_BATCH: Final = Dialect("sqlite", batch=frozenset(BATCH_PARAMS))
+
+_SQLITE_ROWS: Final = (
+    "(SELECT "
+    + ", ".join(f"value ->> {i} AS b_{name}" for i, name in enumerate(BATCH_PARAMS))
+    + " FROM json_each(:batch)) AS b"
+)
+"""A SQLite batch's rows: ``b_task_id``, ``b_token``, ... from the JSON array ``:batch``."""
+
+
+@cache
+def sqlite_write_many(event: str) -> tuple[str, str]:
+    """``event`` on many tasks on SQLite (:func:`batch_params`), as
+    :func:`sqlite_write` on one: the history ``INSERT ... SELECT`` of every entry,
+    then the ``UPDATE ... FROM`` the batch of every row, in one write transaction.
+    All or nothing: the insert requires the event to apply on all ``:n`` rows (else
+    it inserts none and the update is not run).
+    """
+    write = event_write(event)
+    d = _SQLITE_BATCH
+    where = all_of(write.applies, *_exact(write, d)).sql(d)
+    entry = ", ".join(write.entry[c].sql(d) for c in _ENTRY_COLUMNS)
+    rows = f"tasks JOIN {_SQLITE_ROWS} ON task_id = b_task_id"
+    insert = (
+        f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT task_id, {entry} FROM {rows}"
+        f" WHERE {where} AND (SELECT count(*) FROM {rows} WHERE {where}) = :n"
+        f" RETURNING {HISTORY_COLUMNS}"
+    )
+    sets = ", ".join(f"{c} = {e.sql(d)}" for c, e in write.columns.items())
+    update = (
+        f"UPDATE tasks SET {sets} FROM {_SQLITE_ROWS} WHERE task_id = b_task_id AND {where}"
+        f" RETURNING {COLUMNS}"
+    )
     return insert, update
 
 
@@ -196,12 +265,13 @@ def _exact(write: EventWrite, dialect: Dialect) -> list[Expr]:
 # ---------------------------------------------------------------- PostgreSQL
 
 
-def _pg_parts(event: str) -> tuple[str, str, str]:
+def _pg_parts(event: str, batch: bool = False) -> tuple[str, str, str]:
     """``event``'s guard, ``SET`` list and ``RETURNING`` list on PostgreSQL, over the
-    locked row ``o`` (the new row is ``t``; the entry is returned as ``e_<column>``).
+    locked row ``o`` (the new row is ``t``; the entry is returned as ``e_<column>``;
+    ``batch``: the per-row parameters are ``o.b_<name>``).
     """
     write = event_write(event)
-    old = Dialect("postgres", "o.")
+    old = Dialect("postgres", "o.", frozenset(BATCH_PARAMS) if batch else frozenset())
     where = all_of(write.applies, *_exact(write, old)).sql(old)
     sets = ", ".join(f"{c} = {e.sql(old)}" for c, e in write.columns.items())
     entry = ", ".join(f"{write.entry[c].sql(old)} AS e_{c}" for c in _ENTRY_COLUMNS)
@@ -243,6 +313,29 @@ def postgres_write(event: str) -> str:
         " FOR UPDATE),"
         f" u AS (UPDATE {{schema}}.tasks AS t SET {sets} FROM o"
         f" WHERE t.task_id = o.task_id AND {where} RETURNING {returning})"
+        + _pg_tail(event_write(event).frees)
+    )
+
+
+@cache
+def postgres_write_many(event: str) -> str:
+    """``event`` on many tasks on PostgreSQL as one statement (:func:`batch_params`):
+    the batch's rows (``unnest`` of one array per column) joined to their tasks,
+    locked in task-id order; every row updated and its entry inserted, all or
+    nothing: the update requires the event to apply on all ``%(n)s`` rows.
+    """
+    where, sets, returning = _pg_parts(event, batch=True)
+    arrays = ", ".join(
+        f"%({name})s::{'bigint' if name == 'token' else 'text'}[]" for name in BATCH_PARAMS
+    )
+    names = ", ".join(f"b_{name}" for name in BATCH_PARAMS)
+    return (
+        f"WITH b AS (SELECT * FROM unnest({arrays}) AS b({names})),"
+        f" o AS (SELECT {COLUMNS}, {names} FROM {{schema}}.tasks JOIN b ON task_id = b_task_id"
+        " ORDER BY task_id FOR UPDATE OF tasks),"
+        f" u AS (UPDATE {{schema}}.tasks AS t SET {sets} FROM o"
+        f" WHERE t.task_id = o.task_id AND {where}"
+        f" AND (SELECT count(*) FROM o WHERE {where}) = %(n)s::bigint RETURNING {returning})"
         + _pg_tail(event_write(event).frees)
     )
 
@@ -330,3 +423,18 @@ def check_against_core(
             f"{event} on {old.task_id!r} from {old!r}: the SQL wrote {written!r};"
             f" the core computes {(step.task, step.entry)!r}"
         )
+
+
+def check_batch_against_core(
+    olds: Mapping[str, TaskSaga | None],
+    event: str,
+    now_us: int,
+    items: Sequence[tuple[str, Mapping[str, Any]]],
+    written: Sequence[tuple[TaskSaga, HistoryEntry]],
+    handlers: Mapping[str, Any],
+) -> None:
+    """:func:`check_against_core` for each item of a batch write that wrote
+    ``written`` (in the items' order) over the rows ``olds`` (by task id).
+    """
+    for (task_id, args), pair in zip(items, written, strict=True):
+        check_against_core(olds[task_id], event, now_us, args, pair, handlers)

@@ -393,12 +393,21 @@ class _Statements:
 
     def fast(self, event: str) -> bytes:
         """The engine's one-statement write of ``event`` (:func:`_engine.postgres_write`)."""
-        key = ("fast", event)
+        return self._rendered(("fast", event), _engine.postgres_write, event)
+
+    def _rendered(self, key: tuple[str, str], render: Callable[[str], str], arg: str) -> bytes:
+        """The engine's statement ``render(arg)`` in this schema, rendered once."""
         query = self._writes.get(key)
         if query is None:
-            text = _engine.postgres_write(event)
+            text = render(arg)
             query = self._writes[key] = sql.SQL(text).format(schema=self.schema).as_bytes(None)
         return query
+
+    def fast_many(self, event: str) -> bytes:
+        """The engine's one-statement batch write of ``event``
+        (:func:`_engine.postgres_write_many`).
+        """
+        return self._rendered(("many", event), _engine.postgres_write_many, event)
 
     def fast_claim(self, queues: tuple[str, ...] | None) -> tuple[bytes, dict[str, Any]]:
         """The engine's one-statement claim for ``queues`` (``None``: every queue) and
@@ -411,12 +420,7 @@ class _Statements:
             scope, values = "queue = %(queue)s::text AND ", {"queue": queues[0]}
         else:
             scope, values = "queue = ANY(%(queues)s::text[]) AND ", {"queues": list(queues)}
-        key = ("claim", scope)
-        query = self._writes.get(key)
-        if query is None:
-            text = _engine.postgres_claim(scope)
-            query = self._writes[key] = sql.SQL(text).format(schema=self.schema).as_bytes(None)
-        return query, values
+        return self._rendered(("claim", scope), _engine.postgres_claim, scope), values
 
     def claim_for(self, queues: tuple[str, ...] | None) -> tuple[bytes, tuple[Any, ...]]:
         """The claim statement for ``queues`` (``None``: every queue) and its leading
@@ -1390,6 +1394,33 @@ class PostgresStore(SQLStoreBase):
                     written = _engine.split_row(rows[0]) if rows else None
                     _engine.check_against_core(old, event, now_us, args, written, self._core)
         return self._rendered(event, *_engine.split_row(rows[0])) if rows else None
+
+    def _fast_many(
+        self, event: str, items: list[tuple[str, Mapping[str, Any]]], now_us: int
+    ) -> list[TaskSaga] | None:
+        """``event`` on every item as the engine's one batch statement (one round
+        trip, :func:`_engine.postgres_write_many`; with contracts on, the rows are
+        read and locked first in the same transaction and each result checked).
+        """
+        values = _engine.batch_params(event, "postgres", now_us, items)
+        if values is None:
+            return None
+        values["channel"] = self.channel
+        query = self._q.fast_many(event)
+        with self._connection("update") as conn:
+            if not self.contracts:
+                rows = conn.execute(query, values, prepare=True).fetchall()
+            else:
+                with conn.transaction():
+                    olds = {i: self._read(conn, i, lock=True) for i in sorted(dict(items))}
+                    rows = conn.execute(query, values, prepare=True).fetchall()
+            if len(rows) < len(items):
+                return None
+            found = {pair[0].task_id: pair for pair in map(_engine.split_row, rows)}
+            written = [found[task_id] for task_id, _ in items]
+            if self.contracts:
+                _engine.check_batch_against_core(olds, event, now_us, items, written, self._core)
+        return [self._rendered(event, *pair) for pair in written]
 
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)
