@@ -97,11 +97,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Generator, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sagalease import core, telemetry
 from sagalease.errors import (
@@ -118,7 +118,7 @@ from sagalease.errors import (
     StoreUnavailableError,
     TerminalTaskError,
 )
-from sagalease.records import Compensation, TaskSaga, TaskState
+from sagalease.records import Compensation, HistoryEntry, TaskSaga, TaskState
 from sagalease.store import SagaStore, WakeUps
 
 __all__ = [
@@ -246,6 +246,110 @@ def _us(delta: timedelta) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+# ---------------------------------------------------------------- steps
+#
+# The runtime's decisions (how a task ends, the repeats of a finishing write, the
+# heartbeat loop) are written once, as generators of *steps*: a store call, a
+# pause, a wait, the user's code, a holder write. A driver performs each step and
+# sends its result back (or throws its exception in): :class:`Worker` performs
+# them in its threads, :class:`sagalease.aio.AsyncWorker` awaits them on an event
+# loop. Only the execution differs.
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A store call: its result is sent back, its exception thrown in."""
+
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def on(self, store: Any) -> Any:
+        """Make the call on ``store`` (an async store returns a coroutine to await)."""
+        return getattr(store, self.method)(*self.args, **self.kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pause:
+    """Sleep ``seconds`` (between the repeats of a finishing write)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """Heartbeat: wait up to ``seconds`` for the heartbeat to be told to end; sent
+    back: whether it was.
+    """
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _UserCode:
+    """Run the handler (``fn(ctx)``) or a compensator (``fn(ctx, compensation)``)."""
+
+    fn: Callable[..., object]
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """The holder write ``event`` under the context's lease (the runtime's
+    ``_write``): sent back, a :class:`_Written` or why it was not applied.
+    """
+
+    event: str
+    args: dict[str, Any]
+
+
+_Step = _Call | _Pause | _Wait | _UserCode | _Write
+_Steps = Generator[_Step, Any, _T]
+
+_Settled = tuple[bool, Any]
+"""How a performed step ended: ``(True, result)`` or ``(False, exception)``."""
+
+
+class _Stepper(Generic[_T]):
+    """Walks a generator of steps: :attr:`step` is the one to perform while
+    :attr:`running`; :meth:`settle` hands back how it ended and moves on;
+    :attr:`result` is the generator's value once it returned.
+    """
+
+    def __init__(self, steps: _Steps[_T]) -> None:
+        self._steps = steps
+        self.running = True
+        self.step: _Step = _Pause(0.0)
+        self.result: _T
+        self.settle((True, None))
+
+    def settle(self, settled: _Settled) -> None:
+        """Send the step's result (or throw its exception) in; take the next step."""
+        ok, value = settled
+        try:
+            self.step = self._steps.send(value) if ok else self._steps.throw(value)
+        except StopIteration as stop:
+            self.running = False
+            self.result = stop.value
+
+
+def _settle(perform: Callable[[_Step], Any], step: _Step) -> _Settled:
+    try:
+        return True, perform(step)
+    except BaseException as exc:  # thrown into the steps, which decide
+        return False, exc
+
+
+def _drive(steps: _Steps[_T], perform: Callable[[_Step], Any]) -> _T:
+    """Run ``steps`` here, each performed by ``perform``; their result."""
+    stepper = _Stepper(steps)
+    while stepper.running:
+        stepper.settle(_settle(perform, stepper.step))
+    return stepper.result
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How one leased task ended for this worker.
@@ -269,7 +373,113 @@ class Outcome:
     retry_in: timedelta | None = None
 
 
-class LeaseContext:
+class _LeaseState:
+    """What a lease context knows, sync or async: the task, its fencing token, the
+    lease's known expiry on this machine's monotonic clock and whether (and why)
+    the lease is known lost. The steps of the runtime read and update it.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        task: TaskSaga,
+        *,
+        owner: str,
+        ttl: timedelta,
+        stopping: threading.Event,
+    ) -> None:
+        lease = task.lease
+        if lease is None or lease.owner != owner:
+            raise InvalidInputError(f"a {type(self).__name__} needs a task leased to this owner")
+        self.store = store
+        self.task = task
+        self.task_id = task.task_id
+        self.owner = owner
+        self.token = lease.token
+        self.ttl = ttl
+        self._stopping = stopping
+        self._lost_reason = ""
+        self._is_lost = False
+        self._lock = threading.Lock()
+        self._expires_mono = time.monotonic() + _remaining(task, ttl)
+        self._in_user_code = False  # the handler or a compensator is running
+        self._attempt: telemetry.Attempt = telemetry.NO_ATTEMPT  # its span and metrics
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the worker was asked to shut down."""
+        return self._stopping.is_set()
+
+    @property
+    def lost_reason(self) -> str:
+        """Why the lease was lost ("" while it is held)."""
+        return self._lost_reason
+
+    def _known_lost(self) -> bool:
+        """Whether the lease is known lost (also true once the last known expiry passed)."""
+        if not self._is_lost and time.monotonic() >= self._known_expiry():
+            self._mark_lost("the lease expired before a heartbeat extended it")
+        return self._is_lost
+
+    def _checkpoint(self) -> None:
+        """Raise :class:`LeaseLostError` if the lease is lost, or
+        :class:`ShutdownRequestedError` if the worker is stopping.
+        """
+        if self._known_lost():
+            raise LeaseLostError(
+                f"lease lost: {self._lost_reason}",
+                task_id=self.task_id,
+                state=self.task.state,
+                owner=self.owner,
+                token=self.token,
+            )
+        if self._stopping.is_set():
+            raise ShutdownRequestedError("the worker is shutting down", task_id=self.task_id)
+
+    def _register_steps(self, compensation: Compensation) -> _Steps[TaskSaga]:
+        """Add a compensation under this lease; a refusal: :class:`LeaseLostError`."""
+        self._checkpoint()
+        try:
+            task: TaskSaga = yield _Call(
+                "register_compensation",
+                (self.task_id,),
+                {"owner": self.owner, "token": self.token, "compensation": compensation},
+            )
+        except (LeaseConflictError, TerminalTaskError) as exc:
+            self._mark_lost(f"the store refused the write: {exc}")
+            raise LeaseLostError(
+                f"lease lost: {exc.reason}",
+                task_id=self.task_id,
+                state=exc.state,
+                owner=self.owner,
+                token=self.token,
+            ) from exc
+        self.task = task
+        return task
+
+    def _known_expiry(self) -> float:
+        with self._lock:
+            return self._expires_mono
+
+    def _extended(self, sent_mono: float, task: TaskSaga) -> None:
+        with self._lock:
+            self._expires_mono = max(self._expires_mono, sent_mono + _remaining(task, self.ttl))
+            self.task = task
+
+    def _mark_lost(self, reason: str) -> None:
+        with self._lock:
+            if self._is_lost:
+                return
+            self._lost_reason = reason
+            self._is_lost = True
+        self._signal_lost()
+
+    def _signal_lost(self) -> None:
+        """Tell the handler the lease is lost (once, after :attr:`lost_reason` is set)."""
+        raise NotImplementedError
+
+
+class LeaseContext(_LeaseState):
     """What a handler gets: the task, its fencing token, and how to learn the
     lease was lost.
 
@@ -286,111 +496,53 @@ class LeaseContext:
         ttl: timedelta,
         stopping: threading.Event,
     ) -> None:
-        lease = task.lease
-        if lease is None or lease.owner != owner:
-            raise InvalidInputError("a LeaseContext needs a task leased to this owner")
-        self.store = store
-        self.task = task
-        self.task_id = task.task_id
-        self.owner = owner
-        self.token = lease.token
-        self.ttl = ttl
         self.lost_event = threading.Event()
         """Set the moment the lease is known lost; wait on it or poll :attr:`lost`."""
-        self._stopping = stopping
-        self._lost_reason = ""
-        self._lock = threading.Lock()
-        self._expires_mono = time.monotonic() + _remaining(task, ttl)
+        super().__init__(store, task, owner=owner, ttl=ttl, stopping=stopping)
+        self.store: SagaStore = store
         self._thread = threading.current_thread()
-        self._in_user_code = False  # the handler or a compensator is running
-        self._attempt: telemetry.Attempt = telemetry.NO_ATTEMPT  # its span and metrics
 
     # ------------------------------------------------------------ for handlers
 
     @property
     def lost(self) -> bool:
         """Whether the lease is known lost (also true once the last known expiry passed)."""
-        if not self.lost_event.is_set() and time.monotonic() >= self._known_expiry():
-            self._mark_lost("the lease expired before a heartbeat extended it")
-        return self.lost_event.is_set()
-
-    @property
-    def stopping(self) -> bool:
-        """Whether the worker was asked to shut down."""
-        return self._stopping.is_set()
-
-    @property
-    def lost_reason(self) -> str:
-        """Why the lease was lost ("" while it is held)."""
-        return self._lost_reason
+        return self._known_lost()
 
     def check(self) -> None:
         """A checkpoint: raise :class:`LeaseLostError` if the lease is lost, or
         :class:`ShutdownRequestedError` if the worker is stopping.
         """
-        if self.lost:
-            raise LeaseLostError(
-                f"lease lost: {self._lost_reason}",
-                task_id=self.task_id,
-                state=self.task.state,
-                owner=self.owner,
-                token=self.token,
-            )
-        if self._stopping.is_set():
-            raise ShutdownRequestedError("the worker is shutting down", task_id=self.task_id)
+        self._checkpoint()
 
     def sleep(self, seconds: float) -> None:
         """Wait up to ``seconds``, waking at once (with :meth:`check`'s error) if
         the lease is lost or the worker stops.
         """
         end = time.monotonic() + max(0.0, seconds)
-        while True:
-            self.check()
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            # Wake when the lease is lost, or at the local expiry, or periodically
-            # to notice a shutdown.
-            wait = min(left, 0.05, max(0.0, self._known_expiry() - time.monotonic()))
+        while (wait := self._nap(end)) is not None:
             self.lost_event.wait(wait)
+
+    def _nap(self, end: float) -> float | None:
+        """A checkpoint, then how long a sleep until ``end`` (monotonic) waits before
+        it checks again: woken when the lease is lost, at the local expiry, or
+        periodically to notice a shutdown; ``None``: ``end`` is reached.
+        """
+        self._checkpoint()
+        left = end - time.monotonic()
+        if left <= 0:
+            return None
+        return min(left, 0.05, max(0.0, self._known_expiry() - time.monotonic()))
 
     def register_compensation(self, compensation: Compensation) -> TaskSaga:
         """Add a compensation to the task's plan under this lease. A refusal
         because the lease is gone: :class:`LeaseLostError`.
         """
-        self.check()
-        try:
-            task = self.store.register_compensation(
-                self.task_id, owner=self.owner, token=self.token, compensation=compensation
-            )
-        except (LeaseConflictError, TerminalTaskError) as exc:
-            self._mark_lost(f"the store refused the write: {exc}")
-            raise LeaseLostError(
-                f"lease lost: {exc.reason}",
-                task_id=self.task_id,
-                state=exc.state,
-                owner=self.owner,
-                token=self.token,
-            ) from exc
-        self.task = task
-        return task
+        store = self.store
+        return _drive(self._register_steps(compensation), lambda step: step.on(store))  # type: ignore[union-attr]
 
-    # ------------------------------------------------------------ for the runtime
-
-    def _known_expiry(self) -> float:
-        with self._lock:
-            return self._expires_mono
-
-    def _extended(self, sent_mono: float, task: TaskSaga) -> None:
-        with self._lock:
-            self._expires_mono = max(self._expires_mono, sent_mono + _remaining(task, self.ttl))
-            self.task = task
-
-    def _mark_lost(self, reason: str) -> None:
-        with self._lock:
-            if not self.lost_event.is_set():
-                self._lost_reason = reason
-                self.lost_event.set()
+    def _signal_lost(self) -> None:
+        self.lost_event.set()
 
 
 def _remaining(task: TaskSaga, ttl: timedelta) -> float:
@@ -424,58 +576,72 @@ class _Heartbeat:
         self.thread.join()
 
     def _run(self) -> None:
-        ctx = self.ctx
-        due = time.monotonic() + self.interval  # when the next heartbeat is due (its lag)
-        failures = 0  # heartbeats in a row that met an unavailable store
-        while not self.done.is_set():
-            pause = _retry_pause(failures, self.interval)
-            wait = min(pause, max(0.0, ctx._known_expiry() - time.monotonic()))
-            if self.done.wait(wait):
-                return
-            if ctx.lost:  # checks the local expiry too
-                return
-            sent = time.monotonic()
-            try:
-                task = ctx.store.heartbeat(
-                    ctx.task_id, owner=ctx.owner, token=ctx.token, ttl=ctx.ttl
-                )
-            except StoreUnavailableError:
-                # The store is away (or the answer was lost): try again soon, with a
-                # growing pause, until a heartbeat works or the known expiry passes
-                # (then ctx.lost is set: the lease may have been taken meanwhile).
-                failures += 1
-                continue
-            except SagaLeaseError as exc:
-                held = self._still_held()
-                if held is False:
-                    ctx._mark_lost(f"heartbeat refused: {exc}")
-                    return
-                # Held but not extensible (capped at the deadline), or not known: it
-                # ends at the known expiry at the latest, which ctx.lost watches.
-                failures = 0 if held else failures + 1
-                continue
-            failures = 0
-            ctx._extended(sent, task)
-            granted = time.monotonic()
-            ctx._attempt.heartbeat(max(0.0, granted - due))
-            due = granted + self.interval
+        _drive(_heartbeat_steps(self.ctx, self.interval), self._perform)
 
-    def _still_held(self) -> bool | None:
-        """Whether the store still holds this lease, live; ``None``: the store is away."""
-        ctx = self.ctx
+    def _perform(self, step: _Step) -> Any:
+        if isinstance(step, _Wait):
+            return self.done.wait(step.seconds)
+        assert isinstance(step, _Call)
+        return step.on(self.ctx.store)
+
+
+def _heartbeat_steps(ctx: _LeaseState, interval: float) -> _Steps[None]:
+    """Keep ``ctx``'s lease alive: a heartbeat every ``interval`` seconds until told
+    to end (a :class:`_Wait` answered true) or the lease is known lost.
+    """
+    due = time.monotonic() + interval  # when the next heartbeat is due (its lag)
+    failures = 0  # heartbeats in a row that met an unavailable store
+    while True:
+        pause = _retry_pause(failures, interval)
+        wait = min(pause, max(0.0, ctx._known_expiry() - time.monotonic()))
+        if (yield _Wait(wait)):
+            return
+        if ctx._known_lost():  # checks the local expiry too
+            return
+        sent = time.monotonic()
         try:
-            task = ctx.store.get(ctx.task_id)
+            task: TaskSaga = yield _Call(
+                "heartbeat",
+                (ctx.task_id,),
+                {"owner": ctx.owner, "token": ctx.token, "ttl": ctx.ttl},
+            )
         except StoreUnavailableError:
-            return None
-        except SagaLeaseError:
-            return False
-        lease = None if task is None else task.lease
-        return (
-            lease is not None
-            and lease.owner == ctx.owner
-            and lease.token == ctx.token
-            and _store_now(ctx.store) < lease.expires_at
-        )
+            # The store is away (or the answer was lost): try again soon, with a
+            # growing pause, until a heartbeat works or the known expiry passes
+            # (then ctx.lost is set: the lease may have been taken meanwhile).
+            failures += 1
+            continue
+        except SagaLeaseError as exc:
+            held = yield from _still_held_steps(ctx)
+            if held is False:
+                ctx._mark_lost(f"heartbeat refused: {exc}")
+                return
+            # Held but not extensible (capped at the deadline), or not known: it
+            # ends at the known expiry at the latest, which ctx.lost watches.
+            failures = 0 if held else failures + 1
+            continue
+        failures = 0
+        ctx._extended(sent, task)
+        granted = time.monotonic()
+        ctx._attempt.heartbeat(max(0.0, granted - due))
+        due = granted + interval
+
+
+def _still_held_steps(ctx: _LeaseState) -> _Steps[bool | None]:
+    """Whether the store still holds this lease, live; ``None``: the store is away."""
+    try:
+        task: TaskSaga | None = yield _Call("get", (ctx.task_id,))
+    except StoreUnavailableError:
+        return None
+    except SagaLeaseError:
+        return False
+    lease = None if task is None else task.lease
+    return (
+        lease is not None
+        and lease.owner == ctx.owner
+        and lease.token == ctx.token
+        and _store_now(ctx.store) < lease.expires_at
+    )
 
 
 def _retry_pause(failures: int, interval: float) -> float:
@@ -507,31 +673,22 @@ def _store_now(store: SagaStore) -> datetime:
     return value if isinstance(value, datetime) else datetime.now(UTC)
 
 
-class Worker:
-    """Runs a handler (and a compensator) over leased tasks of one store.
+_S = TypeVar("_S")
 
-    ``ttl`` is each lease's length; ``heartbeat_interval`` (default a third of
-    the TTL) must be positive and at most a third of it, so that two heartbeats
-    in a row can fail before the lease runs out. ``concurrency`` is the number
-    of tasks worked at once (threads) by :meth:`run`. ``queues`` (``None``:
-    every queue; a name or a collection of names) are the queues it claims
-    from. ``retry`` is the backoff after a handler's ordinary exception
-    (``None``: such an exception fails the task at once; a raised
-    :class:`~sagalease.errors.Retry` is still honoured); ``rng`` draws its
-    jitter (default: seeded from ``os.urandom``; pass a seeded
-    :class:`random.Random` to pin the delays). Settings that cannot work are
-    refused here with :class:`InvalidInputError`.
 
-    The store must be usable from several threads (the bundled stores are);
-    a store never crosses a process boundary: open one per process.
+class _Runtime(Generic[_S]):
+    """What :class:`Worker` and :class:`sagalease.aio.AsyncWorker` share: the
+    options and their checks, how a task ends (the steps of the forward and
+    compensation phases, a finishing write and its repeats), the claim backoff
+    and the retry schedule. See :class:`Worker` for the options.
     """
 
     def __init__(
         self,
-        store: SagaStore,
-        handler: Handler,
+        store: _S,
+        handler: Callable[..., object],
         *,
-        compensator: Compensator | None = None,
+        compensator: Callable[..., object] | None = None,
         owner: str | None = None,
         ttl: timedelta = timedelta(seconds=30),
         heartbeat_interval: timedelta | None = None,
@@ -587,7 +744,7 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.on_outcome = on_outcome
         self._stop = threading.Event()
-        self._active: dict[str, LeaseContext] = {}
+        self._active: dict[str, Any] = {}  # the lease contexts of the tasks being worked
         self._active_lock = threading.Lock()
         self._due: list[float] = []  # monotonic instants this worker's retries come due
         self._outage_lock = threading.Lock()
@@ -610,6 +767,328 @@ class Worker:
     def stopping(self) -> bool:
         """Whether :meth:`stop` was called."""
         return self._stop.is_set()
+
+    # ------------------------------------------------------------ how a task ends
+
+    def _outcome(
+        self,
+        ctx: _LeaseState,
+        result: str,
+        detail: str | None = None,
+        retry_in: timedelta | None = None,
+    ) -> Outcome:
+        return Outcome(ctx.task_id, ctx.token, ctx.task.state, result, detail, retry_in)
+
+    def _phase_steps(self, ctx: _LeaseState) -> _Steps[Outcome]:
+        """Work the leased task: the forward work (RUNNING) or its compensations."""
+        if self._stop.is_set():  # claimed while shutting down: hand it back untouched
+            return (yield from self._release_steps(ctx, timedelta(0), "shutdown"))
+        if ctx.task.state is TaskState.COMPENSATING:
+            return (yield from self._compensate_steps(ctx))
+        return (yield from self._forward_steps(ctx))
+
+    def _write_steps(
+        self, ctx: _LeaseState, event: str, args: dict[str, Any]
+    ) -> _Steps[_Written | str]:
+        """The holder write ``event`` (a store method named as its event) with
+        ``(task_id, owner, token, **args)`` under ``ctx``'s lease: what it wrote,
+        or why it was not applied (a string).
+
+        A refusal because the lease was lost (:class:`LeaseConflictError`) or
+        the task ended meanwhile (:class:`TerminalTaskError`) is "refused".
+        :class:`StoreUnavailableError` means the write may or may not have
+        committed: it is repeated with a short backoff while the lease is live
+        by this machine's clock (``ctx._known_expiry()``). Once an attempt went
+        unanswered, a refusal (:class:`InvalidTransitionError` too: a repeated
+        ``compensation_*``) is looked up in the history (:meth:`_find_steps`): found,
+        the earlier attempt committed and its record is returned. Past the
+        known expiry, one last look in the history decides; if the store is
+        still away, the outcome is unknown.
+        """
+        pause = _FIRST_PAUSE
+        unanswered = False  # an attempt met StoreUnavailableError: it may have committed
+        refused: SagaLeaseError | None = None  # a repeat was refused: look in the history
+        last_look = False  # the known expiry passed: one look in the history decides
+        while True:
+            try:
+                if refused is None and not last_look:
+                    task: TaskSaga = yield _Call(
+                        event, (ctx.task_id,), {"owner": ctx.owner, "token": ctx.token, **args}
+                    )
+                    ctx.task = task
+                    return _Written(task, task.state)
+                found = yield from self._find_steps(ctx, event, args)
+            except StoreUnavailableError as exc:
+                if last_look:
+                    why = (
+                        "outcome unknown: the store was unreachable past the lease's"
+                        f" known expiry ({exc.reason})"
+                    )
+                    ctx._mark_lost(why)
+                    return why
+                unanswered = True
+                left = ctx._known_expiry() - time.monotonic()
+                if left <= 0:
+                    last_look = True
+                    continue
+                yield _Pause(min(pause, left))
+                pause = min(pause * 2, _LAST_PAUSE)
+                continue
+            except (LeaseConflictError, TerminalTaskError, InvalidTransitionError) as exc:
+                if not unanswered:
+                    if isinstance(exc, InvalidTransitionError):
+                        raise  # a first attempt the lifecycle has no move for: a bug, not a race
+                    ctx._mark_lost(f"the store refused the write: {exc}")
+                    return f"refused: {exc}"
+                refused = exc
+                continue
+            if found is not None:
+                ctx.task = found.task
+                return found
+            why = (
+                f"refused: {refused}"
+                if refused is not None
+                else "not applied: the store was unreachable until the lease's known expiry"
+            )
+            ctx._mark_lost(why)
+            return why
+
+    def _find_steps(
+        self, ctx: _LeaseState, event: str, args: dict[str, Any]
+    ) -> _Steps[_Written | None]:
+        """The write ``event`` of this lease if the history holds it: an entry of
+        that event with ``ctx``'s owner and token after the lease's acquisition
+        (for ``compensation_*``, of that ``index``), with the task's stored record.
+        """
+        entries: list[HistoryEntry] = yield _Call("history", (ctx.task_id,))
+        acquired = next(
+            (
+                i
+                for i, e in enumerate(entries)
+                if e.event == "acquire" and e.token == ctx.token and e.owner == ctx.owner
+            ),
+            None,
+        )
+        if acquired is None:
+            return None
+        for entry in entries[acquired + 1 :]:
+            if (
+                entry.event == event
+                and (entry.owner, entry.token) == (ctx.owner, ctx.token)
+                and ("index" not in args or entry.args.get("index") == args["index"])
+            ):
+                task: TaskSaga | None = yield _Call("get", (ctx.task_id,))
+                assert task is not None  # its history was just read; tasks are never deleted
+                return _Written(task, entry.to_state)
+        return None
+
+    def _release_steps(
+        self,
+        ctx: _LeaseState,
+        delay: timedelta,
+        why: str,
+        result: str = "released",
+        retry_in: timedelta | None = None,
+    ) -> _Steps[Outcome]:
+        """Hand the lease back, available again after ``delay``; ``why`` is the
+        history entry's reason and the outcome's detail.
+        """
+        done = yield _Write("release", {"delay": delay, "reason": why})
+        if isinstance(done, str):
+            return self._outcome(ctx, "fenced", f"release ({why}): {done}")
+        if retry_in is not None:
+            with self._active_lock:
+                heapq.heappush(self._due, time.monotonic() + retry_in.total_seconds())
+        return self._outcome(ctx, result, why, retry_in)
+
+    def _retry_steps(
+        self, ctx: _LeaseState, delay: timedelta, exc: BaseException
+    ) -> _Steps[Outcome]:
+        """Hand the task back to run again after ``delay``, the error in the reason."""
+        task = ctx.task
+        reason = f"retry {task.attempts}/{task.max_attempts} in {_seconds(delay)}: {_reason(exc)}"
+        return (yield from self._release_steps(ctx, delay, _text(reason), "retried", delay))
+
+    def _delay(self, ctx: _LeaseState, exc: BaseException) -> timedelta | None:
+        """How long before the next attempt after ``exc``; ``None``: no retry."""
+        if isinstance(exc, PermanentTaskError) or ctx.task.attempts >= ctx.task.max_attempts:
+            return None
+        if isinstance(exc, Retry):
+            return exc.after
+        if self.retry is None:
+            return None
+        return self.retry.delay(ctx.task.attempts, self.rng)
+
+    def _compensation_error_steps(self, ctx: _LeaseState, exc: Exception) -> _Steps[Outcome]:
+        """A compensator's transient error: retried after the policy's backoff
+        (``retry=None``: after ``poll_interval``) while attempts remain; after
+        the last one the lease is released at once and the reaper quarantines
+        the task (the compensation stays pending, listed for an operator).
+        """
+        task = ctx.task
+        if task.attempts >= task.max_attempts:
+            why = f"attempt {task.attempts}/{task.max_attempts}, none left: {_reason(exc)}"
+            return (yield from self._release_steps(ctx, timedelta(0), _text(why)))
+        policy = self.retry
+        delay = self.poll_interval if policy is None else policy.delay(task.attempts, self.rng)
+        return (yield from self._retry_steps(ctx, delay, exc))
+
+    def _stopped_steps(
+        self, ctx: _LeaseState, exc: LeaseLostError | ShutdownRequestedError
+    ) -> _Steps[Outcome]:
+        """The work stopped early: the lease was lost, or shutdown hands it back."""
+        if isinstance(exc, LeaseLostError):
+            ctx._mark_lost(exc.reason)
+            return self._outcome(ctx, "lost", ctx.lost_reason)
+        return (yield from self._release_steps(ctx, timedelta(0), "shutdown"))
+
+    @contextlib.contextmanager
+    def _user_code(self, ctx: _LeaseState) -> Iterator[None]:
+        """Mark ``ctx`` as running the handler or a compensator: at shutdown, only
+        such a one is given up on after the grace period.
+        """
+        ctx._in_user_code = True
+        try:
+            with ctx._attempt.user_code():  # its duration, and the exception it raised
+                yield
+        finally:
+            ctx._in_user_code = False
+
+    def _forward_steps(self, ctx: _LeaseState) -> _Steps[Outcome]:
+        try:
+            yield _UserCode(self.handler, (ctx,))
+        except (LeaseLostError, ShutdownRequestedError) as exc:
+            return (yield from self._stopped_steps(ctx, exc))
+        except Exception as exc:
+            delay = self._delay(ctx, exc)
+            if delay is not None:
+                return (yield from self._retry_steps(ctx, delay, exc))
+            reason = _reason(exc)
+            failed = yield _Write("fail", {"reason": reason})
+            if isinstance(failed, str):
+                return self._outcome(ctx, "fenced", f"fail ({reason}): {failed}")
+            result = "compensating" if failed.state is TaskState.COMPENSATING else "failed"
+            return self._outcome(ctx, result, reason)
+        done = yield _Write("complete", {})
+        if isinstance(done, str):
+            return self._outcome(ctx, "fenced", f"complete: {done}")
+        return self._outcome(ctx, "completed", "complete")
+
+    def _compensate_steps(self, ctx: _LeaseState) -> _Steps[Outcome]:
+        if self.compensator is None:
+            return (yield from self._release_steps(ctx, self.ttl, "this worker has no compensator"))
+        compensator = self.compensator
+        while ctx.task.state is TaskState.COMPENSATING:
+            pending = ctx.task.pending_compensations
+            if not pending:  # pragma: no cover - the core ends the phase with the last one
+                break
+            index = pending[0]
+            try:
+                ctx._checkpoint()
+                yield _UserCode(compensator, (ctx, ctx.task.compensations[index]))
+            except (LeaseLostError, ShutdownRequestedError) as exc:
+                return (yield from self._stopped_steps(ctx, exc))
+            except PermanentCompensationError as exc:
+                reason = _text(exc.reason) or "permanent compensation failure"
+                failed = yield _Write("compensation_failed", {"index": index, "reason": reason})
+                if isinstance(failed, str):
+                    return self._outcome(ctx, "fenced", f"compensation_failed {index}: {failed}")
+                return self._outcome(ctx, "quarantined", reason)
+            except Exception as exc:
+                return (yield from self._compensation_error_steps(ctx, exc))
+            applied = yield _Write("compensation_applied", {"index": index})
+            if isinstance(applied, str):
+                return self._outcome(ctx, "fenced", f"compensation_applied {index}: {applied}")
+        return self._outcome(ctx, ctx.task.state.value, ctx.task.terminal_reason)
+
+    # ------------------------------------------------------------ claims and idling
+
+    def _claim_failed(self, exc: StoreUnavailableError) -> float:
+        """A claim met an unavailable store: the pause before this thread's next
+        claim (``poll_interval`` doubling with each failed claim in a row, of any
+        thread, up to 5 s or ``poll_interval`` if longer; jittered by a fifth).
+        The first failure of an outage is logged: one WARNING.
+        """
+        with self._outage_lock:
+            self._claim_failures += 1
+            failures = self._claim_failures
+            if failures == 1:
+                self._outage_since = time.monotonic()
+        poll = self.poll_interval.total_seconds()
+        cap = max(poll, _CLAIM_BACKOFF_CAP)
+        if failures == 1:
+            _log.warning(
+                "worker %s: the store is unavailable, claims are retried with a backoff"
+                " of up to %gs: %s",
+                self.owner,
+                cap,
+                _one_line(str(exc)),
+            )
+        base = min(cap, poll * 2.0 ** min(failures - 1, 32))
+        return base * self.rng.uniform(0.8, 1.2)
+
+    def _claim_worked(self) -> None:
+        """A claim was answered: the end of an outage is logged (one INFO)."""
+        if not self._claim_failures:  # the usual case: no lock
+            return
+        with self._outage_lock:
+            failures, self._claim_failures = self._claim_failures, 0
+            since = self._outage_since
+        if failures:
+            _log.info(
+                "worker %s: the store answers claims again after %.1fs (%d failed claims)",
+                self.owner,
+                time.monotonic() - since,
+                failures,
+            )
+
+    def _idle_seconds(self) -> float:
+        """How long an idle claimer waits: at most ``poll_interval``, and no later
+        than the next of this worker's own retries comes due (a task becoming
+        available wakes nobody).
+        """
+        seconds = self.poll_interval.total_seconds()
+        now = time.monotonic()
+        with self._active_lock:
+            while self._due and self._due[0] <= now:
+                heapq.heappop(self._due)
+            if self._due:
+                seconds = min(seconds, self._due[0] - now)
+        return seconds
+
+    def _abandoned(self) -> list[Any]:
+        """The contexts whose handler (or compensator) is still running: at
+        shutdown, after the grace period, their leases are released and they
+        are told the lease is lost.
+        """
+        with self._active_lock:
+            stuck = [ctx for ctx in self._active.values() if ctx._in_user_code]
+        for ctx in stuck:
+            ctx._mark_lost("the worker shut down; the lease was released")
+        return stuck
+
+
+_ABANDONED_REASON = "shutdown: the handler did not stop within the grace period"
+
+
+class Worker(_Runtime[SagaStore]):
+    """Runs a handler (and a compensator) over leased tasks of one store.
+
+    ``ttl`` is each lease's length; ``heartbeat_interval`` (default a third of
+    the TTL) must be positive and at most a third of it, so that two heartbeats
+    in a row can fail before the lease runs out. ``concurrency`` is the number
+    of tasks worked at once (threads) by :meth:`run`. ``queues`` (``None``:
+    every queue; a name or a collection of names) are the queues it claims
+    from. ``retry`` is the backoff after a handler's ordinary exception
+    (``None``: such an exception fails the task at once; a raised
+    :class:`~sagalease.errors.Retry` is still honoured); ``rng`` draws its
+    jitter (default: seeded from ``os.urandom``; pass a seeded
+    :class:`random.Random` to pin the delays). Settings that cannot work are
+    refused here with :class:`InvalidInputError`.
+
+    The store must be usable from several threads (the bundled stores are);
+    a store never crosses a process boundary: open one per process.
+    """
 
     def install_signal_handlers(self) -> None:
         """Make SIGTERM and SIGINT call :meth:`stop` (main thread only)."""
@@ -649,12 +1128,7 @@ class Worker:
                 self._active[task.task_id] = ctx
             try:
                 with _Heartbeat(ctx, self.heartbeat_interval.total_seconds()):
-                    if self._stop.is_set():  # claimed while shutting down: hand it back untouched
-                        outcome = self._release(ctx, timedelta(0), "shutdown")
-                    elif task.state is TaskState.COMPENSATING:
-                        outcome = self._compensate(ctx)
-                    else:
-                        outcome = self._forward(ctx)
+                    outcome = _drive(self._phase_steps(ctx), self._performer(ctx))
             finally:
                 with self._active_lock:
                     self._active.pop(task.task_id, None)
@@ -663,221 +1137,28 @@ class Worker:
             self.on_outcome(outcome)
         return outcome
 
-    def _outcome(
-        self,
-        ctx: LeaseContext,
-        result: str,
-        detail: str | None = None,
-        retry_in: timedelta | None = None,
-    ) -> Outcome:
-        return Outcome(ctx.task_id, ctx.token, ctx.task.state, result, detail, retry_in)
+    def _performer(self, ctx: LeaseContext) -> Callable[[_Step], Any]:
+        """How this thread performs the steps of ``ctx``'s task."""
+
+        def perform(step: _Step) -> Any:
+            if isinstance(step, _Call):
+                return step.on(self.store)
+            if isinstance(step, _Write):
+                return self._write(ctx, step.event, **step.args)
+            if isinstance(step, _UserCode):
+                with self._user_code(ctx):
+                    return step.fn(*step.args)
+            assert isinstance(step, _Pause)
+            time.sleep(step.seconds)
+            return None
+
+        return perform
 
     def _write(self, ctx: LeaseContext, event: str, **args: Any) -> _Written | str:
-        """The holder write ``event`` (a store method named as its event) with
-        ``(task_id, owner, token, **args)`` under ``ctx``'s lease: what it wrote,
-        or why it was not applied (a string).
-
-        A refusal because the lease was lost (:class:`LeaseConflictError`) or
-        the task ended meanwhile (:class:`TerminalTaskError`) is "refused".
-        :class:`StoreUnavailableError` means the write may or may not have
-        committed: it is repeated with a short backoff while the lease is live
-        by this machine's clock (``ctx._known_expiry()``). Once an attempt went
-        unanswered, a refusal (:class:`InvalidTransitionError` too: a repeated
-        ``compensation_*``) is looked up in the history (:meth:`_find`): found,
-        the earlier attempt committed and its record is returned. Past the
-        known expiry, one last look in the history decides; if the store is
-        still away, the outcome is unknown.
+        """The holder write ``event`` under ``ctx``'s lease (see
+        :meth:`_write_steps`): what it wrote, or why it was not applied.
         """
-        call: Callable[..., TaskSaga] = getattr(self.store, event)
-        pause = _FIRST_PAUSE
-        unanswered = False  # an attempt met StoreUnavailableError: it may have committed
-        refused: SagaLeaseError | None = None  # a repeat was refused: look in the history
-        last_look = False  # the known expiry passed: one look in the history decides
-        while True:
-            try:
-                if refused is None and not last_look:
-                    task = call(ctx.task_id, owner=ctx.owner, token=ctx.token, **args)
-                    ctx.task = task
-                    return _Written(task, task.state)
-                found = self._find(ctx, event, args)
-            except StoreUnavailableError as exc:
-                if last_look:
-                    why = (
-                        "outcome unknown: the store was unreachable past the lease's"
-                        f" known expiry ({exc.reason})"
-                    )
-                    ctx._mark_lost(why)
-                    return why
-                unanswered = True
-                left = ctx._known_expiry() - time.monotonic()
-                if left <= 0:
-                    last_look = True
-                    continue
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, _LAST_PAUSE)
-                continue
-            except (LeaseConflictError, TerminalTaskError, InvalidTransitionError) as exc:
-                if not unanswered:
-                    if isinstance(exc, InvalidTransitionError):
-                        raise  # a first attempt the lifecycle has no move for: a bug, not a race
-                    ctx._mark_lost(f"the store refused the write: {exc}")
-                    return f"refused: {exc}"
-                refused = exc
-                continue
-            if found is not None:
-                ctx.task = found.task
-                return found
-            why = (
-                f"refused: {refused}"
-                if refused is not None
-                else "not applied: the store was unreachable until the lease's known expiry"
-            )
-            ctx._mark_lost(why)
-            return why
-
-    def _find(self, ctx: LeaseContext, event: str, args: dict[str, Any]) -> _Written | None:
-        """The write ``event`` of this lease if the history holds it: an entry of
-        that event with ``ctx``'s owner and token after the lease's acquisition
-        (for ``compensation_*``, of that ``index``), with the task's stored record.
-        """
-        entries = self.store.history(ctx.task_id)
-        acquired = next(
-            (
-                i
-                for i, e in enumerate(entries)
-                if e.event == "acquire" and e.token == ctx.token and e.owner == ctx.owner
-            ),
-            None,
-        )
-        if acquired is None:
-            return None
-        for entry in entries[acquired + 1 :]:
-            if (
-                entry.event == event
-                and (entry.owner, entry.token) == (ctx.owner, ctx.token)
-                and ("index" not in args or entry.args.get("index") == args["index"])
-            ):
-                task = self.store.get(ctx.task_id)
-                assert task is not None  # its history was just read; tasks are never deleted
-                return _Written(task, entry.to_state)
-        return None
-
-    def _release(
-        self,
-        ctx: LeaseContext,
-        delay: timedelta,
-        why: str,
-        result: str = "released",
-        retry_in: timedelta | None = None,
-    ) -> Outcome:
-        """Hand the lease back, available again after ``delay``; ``why`` is the
-        history entry's reason and the outcome's detail.
-        """
-        done = self._write(ctx, "release", delay=delay, reason=why)
-        if isinstance(done, str):
-            return self._outcome(ctx, "fenced", f"release ({why}): {done}")
-        if retry_in is not None:
-            with self._active_lock:
-                heapq.heappush(self._due, time.monotonic() + retry_in.total_seconds())
-        return self._outcome(ctx, result, why, retry_in)
-
-    def _retry(self, ctx: LeaseContext, delay: timedelta, exc: BaseException) -> Outcome:
-        """Hand the task back to run again after ``delay``, the error in the reason."""
-        task = ctx.task
-        reason = f"retry {task.attempts}/{task.max_attempts} in {_seconds(delay)}: {_reason(exc)}"
-        return self._release(ctx, delay, _text(reason), "retried", delay)
-
-    def _delay(self, ctx: LeaseContext, exc: BaseException) -> timedelta | None:
-        """How long before the next attempt after ``exc``; ``None``: no retry."""
-        if isinstance(exc, PermanentTaskError) or ctx.task.attempts >= ctx.task.max_attempts:
-            return None
-        if isinstance(exc, Retry):
-            return exc.after
-        if self.retry is None:
-            return None
-        return self.retry.delay(ctx.task.attempts, self.rng)
-
-    def _compensation_error(self, ctx: LeaseContext, exc: Exception) -> Outcome:
-        """A compensator's transient error: retried after the policy's backoff
-        (``retry=None``: after ``poll_interval``) while attempts remain; after
-        the last one the lease is released at once and the reaper quarantines
-        the task (the compensation stays pending, listed for an operator).
-        """
-        task = ctx.task
-        if task.attempts >= task.max_attempts:
-            why = f"attempt {task.attempts}/{task.max_attempts}, none left: {_reason(exc)}"
-            return self._release(ctx, timedelta(0), _text(why))
-        policy = self.retry
-        delay = self.poll_interval if policy is None else policy.delay(task.attempts, self.rng)
-        return self._retry(ctx, delay, exc)
-
-    def _stopped(self, ctx: LeaseContext, exc: LeaseLostError | ShutdownRequestedError) -> Outcome:
-        """The work stopped early: the lease was lost, or shutdown hands it back."""
-        if isinstance(exc, LeaseLostError):
-            ctx._mark_lost(exc.reason)
-            return self._outcome(ctx, "lost", ctx.lost_reason)
-        return self._release(ctx, timedelta(0), "shutdown")
-
-    @contextlib.contextmanager
-    def _user_code(self, ctx: LeaseContext) -> Iterator[None]:
-        """Mark ``ctx``'s thread as running the handler or a compensator: at
-        shutdown, only such a thread is given up on after the grace period.
-        """
-        ctx._in_user_code = True
-        try:
-            with ctx._attempt.user_code():  # its duration, and the exception it raised
-                yield
-        finally:
-            ctx._in_user_code = False
-
-    def _forward(self, ctx: LeaseContext) -> Outcome:
-        try:
-            with self._user_code(ctx):
-                self.handler(ctx)
-        except (LeaseLostError, ShutdownRequestedError) as exc:
-            return self._stopped(ctx, exc)
-        except Exception as exc:
-            delay = self._delay(ctx, exc)
-            if delay is not None:
-                return self._retry(ctx, delay, exc)
-            reason = _reason(exc)
-            failed = self._write(ctx, "fail", reason=reason)
-            if isinstance(failed, str):
-                return self._outcome(ctx, "fenced", f"fail ({reason}): {failed}")
-            result = "compensating" if failed.state is TaskState.COMPENSATING else "failed"
-            return self._outcome(ctx, result, reason)
-        done = self._write(ctx, "complete")
-        if isinstance(done, str):
-            return self._outcome(ctx, "fenced", f"complete: {done}")
-        return self._outcome(ctx, "completed", "complete")
-
-    def _compensate(self, ctx: LeaseContext) -> Outcome:
-        if self.compensator is None:
-            return self._release(ctx, self.ttl, "this worker has no compensator")
-        compensator = self.compensator
-        while ctx.task.state is TaskState.COMPENSATING:
-            pending = ctx.task.pending_compensations
-            if not pending:  # pragma: no cover - the core ends the phase with the last one
-                break
-            index = pending[0]
-            try:
-                ctx.check()
-                with self._user_code(ctx):
-                    compensator(ctx, ctx.task.compensations[index])
-            except (LeaseLostError, ShutdownRequestedError) as exc:
-                return self._stopped(ctx, exc)
-            except PermanentCompensationError as exc:
-                reason = _text(exc.reason) or "permanent compensation failure"
-                failed = self._write(ctx, "compensation_failed", index=index, reason=reason)
-                if isinstance(failed, str):
-                    return self._outcome(ctx, "fenced", f"compensation_failed {index}: {failed}")
-                return self._outcome(ctx, "quarantined", reason)
-            except Exception as exc:
-                return self._compensation_error(ctx, exc)
-            applied = self._write(ctx, "compensation_applied", index=index)
-            if isinstance(applied, str):
-                return self._outcome(ctx, "fenced", f"compensation_applied {index}: {applied}")
-        return self._outcome(ctx, ctx.task.state.value, ctx.task.terminal_reason)
+        return _drive(self._write_steps(ctx, event, args), self._performer(ctx))
 
     # ------------------------------------------------------------ the loop
 
@@ -969,58 +1250,13 @@ class Worker:
             raise errors[0]
         return outcomes
 
-    def _claim_failed(self, exc: StoreUnavailableError) -> float:
-        """A claim met an unavailable store: the pause before this thread's next
-        claim (``poll_interval`` doubling with each failed claim in a row, of any
-        thread, up to 5 s or ``poll_interval`` if longer; jittered by a fifth).
-        The first failure of an outage is logged: one WARNING.
-        """
-        with self._outage_lock:
-            self._claim_failures += 1
-            failures = self._claim_failures
-            if failures == 1:
-                self._outage_since = time.monotonic()
-        poll = self.poll_interval.total_seconds()
-        cap = max(poll, _CLAIM_BACKOFF_CAP)
-        if failures == 1:
-            _log.warning(
-                "worker %s: the store is unavailable, claims are retried with a backoff"
-                " of up to %gs: %s",
-                self.owner,
-                cap,
-                _one_line(str(exc)),
-            )
-        base = min(cap, poll * 2.0 ** min(failures - 1, 32))
-        return base * self.rng.uniform(0.8, 1.2)
-
-    def _claim_worked(self) -> None:
-        """A claim was answered: the end of an outage is logged (one INFO)."""
-        if not self._claim_failures:  # the usual case: no lock
-            return
-        with self._outage_lock:
-            failures, self._claim_failures = self._claim_failures, 0
-            since = self._outage_since
-        if failures:
-            _log.info(
-                "worker %s: the store answers claims again after %.1fs (%d failed claims)",
-                self.owner,
-                time.monotonic() - since,
-                failures,
-            )
-
     def _idle(self) -> None:
         """Wait for work: the store's wake-ups when it offers them, else a sleep;
         at most ``poll_interval`` either way (:meth:`stop` ends a sleep at once),
         and no later than the next of this worker's own retries comes due (a task
         becoming available wakes nobody).
         """
-        seconds = self.poll_interval.total_seconds()
-        now = time.monotonic()
-        with self._active_lock:
-            while self._due and self._due[0] <= now:
-                heapq.heappop(self._due)
-            if self._due:
-                seconds = min(seconds, self._due[0] - now)
+        seconds = self._idle_seconds()
         store = self.store
         if not self._stop.is_set() and isinstance(store, WakeUps):
             try:
@@ -1034,17 +1270,10 @@ class Worker:
         """Release the leases of handlers (or compensators) that did not stop
         within the grace period; their threads are returned, given up on.
         """
-        with self._active_lock:
-            stuck = [ctx for ctx in self._active.values() if ctx._in_user_code]
+        stuck = self._abandoned()
         for ctx in stuck:
-            ctx._mark_lost("the worker shut down; the lease was released")
             with contextlib.suppress(SagaLeaseError):
-                self._write(
-                    ctx,
-                    "release",
-                    delay=timedelta(0),
-                    reason="shutdown: the handler did not stop within the grace period",
-                )
+                self._write(ctx, "release", delay=timedelta(0), reason=_ABANDONED_REASON)
         return {ctx._thread for ctx in stuck}
 
 
