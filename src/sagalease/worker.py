@@ -436,6 +436,17 @@ class _LeaseState:
         if self._stopping.is_set():
             raise ShutdownRequestedError("the worker is shutting down", task_id=self.task_id)
 
+    def _nap(self, end: float) -> float | None:
+        """A checkpoint, then how long a sleep until ``end`` (monotonic) waits before
+        it checks again: woken when the lease is lost, at the local expiry, or
+        periodically to notice a shutdown; ``None``: ``end`` is reached.
+        """
+        self._checkpoint()
+        left = end - time.monotonic()
+        if left <= 0:
+            return None
+        return min(left, 0.05, max(0.0, self._known_expiry() - time.monotonic()))
+
     def _register_steps(self, compensation: Compensation) -> _Steps[TaskSaga]:
         """Add a compensation under this lease; a refusal: :class:`LeaseLostError`."""
         self._checkpoint()
@@ -522,17 +533,6 @@ class LeaseContext(_LeaseState):
         end = time.monotonic() + max(0.0, seconds)
         while (wait := self._nap(end)) is not None:
             self.lost_event.wait(wait)
-
-    def _nap(self, end: float) -> float | None:
-        """A checkpoint, then how long a sleep until ``end`` (monotonic) waits before
-        it checks again: woken when the lease is lost, at the local expiry, or
-        periodically to notice a shutdown; ``None``: ``end`` is reached.
-        """
-        self._checkpoint()
-        left = end - time.monotonic()
-        if left <= 0:
-            return None
-        return min(left, 0.05, max(0.0, self._known_expiry() - time.monotonic()))
 
     def register_compensation(self, compensation: Compensation) -> TaskSaga:
         """Add a compensation to the task's plan under this lease. A refusal

@@ -20,5 +20,18 @@ from sagalease.aio._store import AsyncSagaStore as AsyncSagaStore
 from sagalease.aio._store import coroutine_methods as coroutine_methods
 from sagalease.aio._store import open_async_store as open_async_store
 from sagalease.aio._store import wrap as wrap
+from sagalease.aio._worker import AsyncCompensator as AsyncCompensator
+from sagalease.aio._worker import AsyncHandler as AsyncHandler
+from sagalease.aio._worker import AsyncLeaseContext as AsyncLeaseContext
+from sagalease.aio._worker import AsyncWorker as AsyncWorker
 
-__all__ = ["AsyncSagaStore", "coroutine_methods", "open_async_store", "wrap"]
+__all__ = [
+    "AsyncCompensator",
+    "AsyncHandler",
+    "AsyncLeaseContext",
+    "AsyncSagaStore",
+    "AsyncWorker",
+    "coroutine_methods",
+    "open_async_store",
+    "wrap",
+]
