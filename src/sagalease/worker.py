@@ -426,15 +426,19 @@ class _LeaseState:
         :class:`ShutdownRequestedError` if the worker is stopping.
         """
         if self._known_lost():
-            raise LeaseLostError(
-                f"lease lost: {self._lost_reason}",
-                task_id=self.task_id,
-                state=self.task.state,
-                owner=self.owner,
-                token=self.token,
-            )
+            raise self._lost_error()
         if self._stopping.is_set():
             raise ShutdownRequestedError("the worker is shutting down", task_id=self.task_id)
+
+    def _lost_error(self) -> LeaseLostError:
+        """The error a checkpoint raises once the lease is known lost."""
+        return LeaseLostError(
+            f"lease lost: {self._lost_reason}",
+            task_id=self.task_id,
+            state=self.task.state,
+            owner=self.owner,
+            token=self.token,
+        )
 
     def _nap(self, end: float) -> float | None:
         """A checkpoint, then how long a sleep until ``end`` (monotonic) waits before

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from sagalease import telemetry
 from sagalease.aio._store import AsyncSagaStore
-from sagalease.errors import LeaseLostError, SagaLeaseError, StoreUnavailableError
+from sagalease.errors import SagaLeaseError, StoreUnavailableError
 from sagalease.records import Compensation, TaskSaga
 from sagalease.worker import (
     _ABANDONED_REASON,
@@ -254,13 +254,7 @@ class AsyncWorker(_Runtime[AsyncSagaStore]):
                 if not task.cancelled() or not ctx._is_lost:
                     task.cancel()
                     raise  # the worker itself is cancelled
-                raise LeaseLostError(
-                    f"lease lost: {ctx.lost_reason}",
-                    task_id=ctx.task_id,
-                    state=ctx.task.state,
-                    owner=ctx.owner,
-                    token=ctx.token,
-                ) from None
+                raise ctx._lost_error() from None
             finally:
                 ctx._handler_task = None
                 self._handler_tasks.discard(task)
