@@ -96,8 +96,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     from sagalease.store import SagaStore
 
     try:
+        from sagalease.conformance._async import adapt, adapt_capabilities
+
         factory = load_factory(args.factory)
-        caps = Capabilities.of(factory)
+        caps = adapt_capabilities(Capabilities.of(factory))
+        factory = adapt(factory)
         try:
             probe = factory()
         except Exception as exc:

@@ -272,6 +272,15 @@ def _iter_results(
             yield CheckResult(check.name, check.invariant, Status.PASSED, seconds)
 
 
+def _adapted(factory: StoreFactory, caps: Capabilities) -> tuple[StoreFactory, Capabilities]:
+    """An async factory (its stores, or coroutines opening them, are
+    :class:`~sagalease.aio.AsyncSagaStore`) seen through a sync facade; a sync one as is.
+    """
+    from sagalease.conformance._async import adapt, adapt_capabilities
+
+    return adapt(factory), adapt_capabilities(caps)
+
+
 def run(
     factory: StoreFactory,
     *,
@@ -290,6 +299,7 @@ def run(
     first failing sequence the stateful stage finds without minimising it (faster).
     """
     caps = Capabilities.of(factory) if capabilities is None else capabilities
+    factory, caps = _adapted(factory, caps)
     report = Report(examples=examples, seed=seed)
     budget = Budget.from_examples(examples, shrink=shrink)
     for result in _iter_results(factory, caps, budget, seed, only):
@@ -311,6 +321,7 @@ def check_store(
     # run's keywords, spelled out: both signatures are public; this one stops at the
     # first failure instead of running every check.
     caps = Capabilities.of(factory) if capabilities is None else capabilities
+    factory, caps = _adapted(factory, caps)
     for result in _iter_results(factory, caps, Budget.from_examples(examples), seed, only):
         if result.failure is not None:
             raise result.failure

@@ -5,6 +5,8 @@ CI runs the suite through the CLI on them exactly as a third party would::
     sagalease conformance sagalease.conformance.factories:memory
     sagalease conformance sagalease.conformance.factories:sqlite
     sagalease conformance sagalease.conformance.factories:postgres
+    sagalease conformance sagalease.conformance.factories:async_memory
+    sagalease conformance sagalease.conformance.factories:async_sqlite
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sagalease.conformance._common import Capabilities
 from sagalease.store import SagaStore
 from sagalease.stores.memory import MemoryStore
 from sagalease.stores.sqlite import SQLiteStore
 
-__all__ = ["memory", "postgres", "sqlite", "temp_path"]
+__all__ = ["async_memory", "async_sqlite", "memory", "postgres", "sqlite", "temp_path"]
 
 _dir: Path | None = None
 _lock = threading.Lock()
@@ -94,3 +97,39 @@ class _PostgresFactory:
 
 postgres = _PostgresFactory()
 """A fresh PostgreSQL store in a new schema per call (needs the ``postgres`` extra)."""
+
+
+# ---------------------------------------------------------------- async stores
+
+
+async def async_memory() -> Any:
+    """A fresh, empty async memory store (a coroutine function, as the suite accepts)."""
+    from sagalease.aio import open_async_store
+
+    return await open_async_store("memory://")
+
+
+def _reopen_async_sqlite(store: Any) -> Callable[[], Any]:
+    from sagalease.aio import open_async_store
+
+    return functools.partial(open_async_store, f"sqlite:///{store.inner.path}")
+
+
+class _AsyncSQLiteFactory:
+    """A fresh async SQLite store in a new temporary file per call: returns the
+    coroutine that opens it; declares cross-process sharing.
+    """
+
+    conformance_capabilities = Capabilities(reopen=_reopen_async_sqlite)
+
+    def __call__(self) -> Any:
+        from sagalease.aio import open_async_store
+
+        return open_async_store(f"sqlite:///{temp_path()}")
+
+    def __repr__(self) -> str:
+        return "sagalease.conformance.factories:async_sqlite"
+
+
+async_sqlite = _AsyncSQLiteFactory()
+"""A fresh async SQLite store per call (its calls on the store's own thread)."""
