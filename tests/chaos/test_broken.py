@@ -7,11 +7,13 @@ merely somewhere: a write believed done and missing (``lost``), a write answered
 a superseded token (``stale``), a live lease refused before its granted expiry
 (``early``), or the history's own verification (``verify``).
 
-Every run is small in both forms (the plans' SCALE pinned to 1: a variant has to be
-caught once, not ten times). The bounded form runs the SQLite ones (one per check kind
-and more); the long form (``SAGALEASE_CHAOS=long``) adds the PostgreSQL server faults
-and the process faults on PostgreSQL. Each prints one ``broken ...`` line, and the run
-ends with their table (conftest.pytest_terminal_summary; docs/chaos.md).
+Every run is small in both forms (the plans' SCALE pinned to 1 and their waits to
+GUARD: a variant has to be caught once, not ten times). The bounded form runs the
+SQLite ones (every check kind) and clock="database" on PostgreSQL; the long form
+(``SAGALEASE_CHAOS=long``) adds the PostgreSQL server faults (restarts and a stop, the
+pg_terminate_backend storm, the connection slots exhausted) and the process faults on
+PostgreSQL. Each prints one ``broken ...`` line, and the run ends with their table
+(conftest.pytest_terminal_summary; docs/chaos.md).
 """
 
 from __future__ import annotations
@@ -114,15 +116,24 @@ def test_sigkill_mid_write_of_a_worker_acking_early(
 def test_sigkill_reaper_dropping_live_leases(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path, broken_table: list[Any]
 ) -> None:
-    """A reaper that drops leases before they expire: live holders refused early (the
-    work, 0.1-0.2 s, is most of the reaper's period, so that most rounds meet a live
-    lease, and short enough that most attempts still end).
+    """A reaper that drops leases before they expire: live holders refused early.
+
+    The work, 0.1-0.2 s, is most of the reaper's period (so that most rounds meet a
+    live lease) and short enough that most attempts still end; 40 more tasks after the
+    plan give the last reaper leases to meet (the plan kills each reaper soon after it
+    starts, and on PostgreSQL the fleet could end its tasks before a reaper's round
+    met one: early takeovers 0, seen once).
     """
     fleet = sc.fleet_on(
         backend, request, tmp_path, f"b-reaper-{backend}", variant="drops-live", work=(0.1, 0.2)
     )
+
+    def plan(f: Fleet) -> None:
+        sc.reaper_kills(f)
+        f.feed(40)
+
     scenario = f"SIGKILL reaper + workers ({backend})"
-    broken_run(fleet, sc.reaper_kills, scenario, "early", broken_table)
+    broken_run(fleet, plan, scenario, "early", broken_table)
 
 
 # ---------------------------------------------------------------- PostgreSQL server faults
