@@ -656,6 +656,8 @@ def event_write(event: str) -> EventWrite:
         at = {"target": const(t.target.value)}
         cols = {c: substitute(e, at) for c, e in effect.columns.items()}
         cols.update(move_effects(t.source, t.target, substitute(effect.reason, at)))
+        if t.target is t.source:  # the state is kept: not assigned (no index touched)
+            cols["state"] = col("state")
         per_move.append((chosen, cols))
         frees |= not t.target.is_terminal and cols.get("lease_owner") == const(None)
     names = [c for _, cols in per_move for c in cols]
@@ -664,7 +666,8 @@ def event_write(event: str) -> EventWrite:
         values = [(chosen, cols.get(name, col(name))) for chosen, cols in per_move]
         last = values[-1][1]
         if all(v == last for _, v in values):
-            columns[name] = last
+            if last != col(name):  # a column every move keeps is left out of the write
+                columns[name] = last
         else:
             columns[name] = case(values[:-1], last)
     target = case(

@@ -279,23 +279,28 @@ def _pg_parts(event: str, batch: bool = False) -> tuple[str, str, str]:
     return where, sets, returning
 
 
+_PG_HISTORY: Final = (
+    f" h AS (INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
+    " SELECT u.task_id, " + ", ".join(f"u.e_{c}" for c in _ENTRY_COLUMNS) + " FROM u)"
+)
+"""The history insert of a PostgreSQL write: the entries its ``u`` returned."""
+
+
 def _pg_tail(notify: bool) -> str:
     """The history insert and the final select of a PostgreSQL write (with ``notify``:
     the task's queue sent to ``%(channel)s`` when the entry leaves it open and unleased).
+    The statements read ``*`` (``o``: the locked row; ``u``: what the update returned,
+    in :func:`split_row` order) to stay short: psycopg caches the conversion of a
+    query of at most 4096 bytes only.
     """
-    cols = ", ".join(f"u.{c}" for c in _TASK_COLUMNS)
-    entries = ", ".join(f"u.e_{c}" for c in _ENTRY_COLUMNS)
-    text = (
-        f", h AS (INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
-        f" SELECT u.task_id, {entries} FROM u)"
-    )
+    text = f",{_PG_HISTORY}"
     if notify:
         text += (
             ", n AS (SELECT pg_notify(%(channel)s::text, u.queue) FROM u"
             " WHERE u.lease_owner IS NULL AND u.terminal_reason IS NULL)"
         )
-        return f"{text} SELECT {cols}, {entries}, (SELECT count(*) FROM n) FROM u"
-    return f"{text} SELECT {cols}, {entries} FROM u"
+        return f"{text} SELECT u.*, (SELECT count(*) FROM n) FROM u"
+    return f"{text} SELECT * FROM u"
 
 
 @cache
@@ -309,7 +314,7 @@ def postgres_write(event: str) -> str:
     """
     where, sets, returning = _pg_parts(event)
     return (
-        f"WITH o AS (SELECT {COLUMNS} FROM {{schema}}.tasks WHERE task_id = %(task_id)s::text"
+        "WITH o AS (SELECT * FROM {schema}.tasks WHERE task_id = %(task_id)s::text"
         " FOR UPDATE),"
         f" u AS (UPDATE {{schema}}.tasks AS t SET {sets} FROM o"
         f" WHERE t.task_id = o.task_id AND {where} RETURNING {returning})"
@@ -331,7 +336,7 @@ def postgres_write_many(event: str) -> str:
     names = ", ".join(f"b_{name}" for name in BATCH_PARAMS)
     return (
         f"WITH b AS (SELECT * FROM unnest({arrays}) AS b({names})),"
-        f" o AS (SELECT {COLUMNS}, {names} FROM {{schema}}.tasks JOIN b ON task_id = b_task_id"
+        f" o AS (SELECT tasks.*, {names} FROM {{schema}}.tasks JOIN b ON task_id = b_task_id"
         " ORDER BY task_id FOR UPDATE OF tasks),"
         f" u AS (UPDATE {{schema}}.tasks AS t SET {sets} FROM o"
         f" WHERE t.task_id = o.task_id AND {where}"
@@ -365,17 +370,13 @@ def postgres_claim(scope: str) -> str:
     ``(locked, NULL, ...)`` when none was acquired.
     """
     where, sets, returning = _pg_parts("acquire")
-    cols = ", ".join(f"u.{c}" for c in _TASK_COLUMNS)
-    entries = ", ".join(f"u.e_{c}" for c in _ENTRY_COLUMNS)
     return (
-        f"WITH o AS (SELECT {COLUMNS} FROM {{schema}}.tasks WHERE {scope}open_seq IS NOT NULL"
+        f"WITH o AS (SELECT * FROM {{schema}}.tasks WHERE {scope}open_seq IS NOT NULL"
         f" AND {CLAIM_PREFILTER} ORDER BY priority DESC, open_seq LIMIT %(limit)s::bigint"
         " FOR UPDATE SKIP LOCKED),"
         f" u AS (UPDATE {{schema}}.tasks AS t SET {sets} FROM o"
-        f" WHERE t.task_id = o.task_id AND {where} RETURNING {returning}),"
-        f" h AS (INSERT INTO {{schema}}.history ({HISTORY_COLUMNS})"
-        f" SELECT u.task_id, {entries} FROM u)"
-        f" SELECT (SELECT count(*) FROM o), {cols}, {entries}"
+        f" WHERE t.task_id = o.task_id AND {where} RETURNING {returning}),{_PG_HISTORY}"
+        " SELECT (SELECT count(*) FROM o), u.*"
         " FROM (SELECT 1) AS one LEFT JOIN u ON TRUE ORDER BY u.priority DESC, u.seq"
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any, Final
 
 from sagalease.core import Step
@@ -148,6 +149,35 @@ def entry_values(entry: HistoryEntry) -> tuple[Any, ...]:
     )
 
 
+_STATES: Final = {s.value: s for s in TaskState}
+"""A state by its stored name (a dict lookup: cheaper than ``TaskState(name)``)."""
+
+
+_CACHED_TEXT: Final = 256
+"""The longest JSON text whose parse is kept (:func:`_parsed`)."""
+
+
+def _compensations(text: str) -> tuple[Compensation, ...]:
+    return tuple(Compensation.from_json(c) for c in json.loads(text))
+
+
+def _notes(text: str) -> tuple[Note, ...]:
+    return tuple(Note(at, author, note) for at, author, note in json.loads(text))
+
+
+_cached_compensations = lru_cache(maxsize=1024)(_compensations)
+_cached_notes = lru_cache(maxsize=1024)(_notes)
+
+
+def _parsed(text: str, parse: Callable[[str], Any], cached: Callable[[str], Any]) -> Any:
+    """``parse(text)``, through ``cached`` for a short text: the parsed values are
+    immutable, so one parse serves every row holding the same text (most rows of a
+    fleet repeat a few: ``[]`` above all); long texts are parsed each time, so the
+    cache stays small.
+    """
+    return cached(text) if len(text) <= _CACHED_TEXT else parse(text)
+
+
 def decode_task(row: Row) -> TaskSaga:
     (
         _seq,
@@ -185,7 +215,7 @@ def decode_task(row: Row) -> TaskSaga:
     )
     return TaskSaga(
         task_id=task_id,
-        state=TaskState(state),
+        state=_STATES[state],
         created_us=created_us,
         updated_us=updated_us,
         saga_id=saga_id,
@@ -193,7 +223,7 @@ def decode_task(row: Row) -> TaskSaga:
         priority=priority,
         requeued_from=requeued_from,
         metadata_json=metadata_json,
-        compensations=tuple(Compensation.from_json(c) for c in json.loads(compensations_json)),
+        compensations=_parsed(compensations_json, _compensations, _cached_compensations),
         lease=lease,
         token=token,
         attempts=attempts,
@@ -202,7 +232,7 @@ def decode_task(row: Row) -> TaskSaga:
         available_us=available_us,
         deadline_us=deadline_us,
         terminal_reason=terminal_reason,
-        notes=tuple(Note(at, author, text) for at, author, text in json.loads(notes_json)),
+        notes=_parsed(notes_json, _notes, _cached_notes),
         version=version,
     )
 
@@ -213,8 +243,8 @@ def decode_entry(row: Row) -> HistoryEntry:
         seq=seq,
         task_id=task_id,
         event=event,
-        from_state=None if from_state is None else TaskState(from_state),
-        to_state=TaskState(to_state),
+        from_state=None if from_state is None else _STATES[from_state],
+        to_state=_STATES[to_state],
         at_us=at_us,
         owner=owner,
         token=token,
