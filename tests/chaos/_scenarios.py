@@ -291,6 +291,7 @@ def disk_full(where: Path, method: str) -> Any:
         f.feed(40 * SCALE)
         for _ in range(SCALE):
             f.wait_progress(5)
+            f.feed(20)  # work outstanding when the fault comes, however fast the fleet ran
             before = f.count("unavailable")
             limited = []
             if method == "tmpfs":
@@ -333,6 +334,7 @@ def read_only(db: Path, refusals: list[str]) -> Any:
         f.feed(40 * SCALE)
         for _ in range(SCALE):
             f.wait_progress(5)
+            f.feed(20)  # work outstanding when the fault comes, however fast the fleet ran
             before = f.count("unavailable")
             immutable(files, True)
             try:
