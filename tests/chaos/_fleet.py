@@ -675,14 +675,14 @@ def check(fleet: Fleet, scenario: str) -> ChaosResult:
             for h in entries
         ):
             continue
-        what = f"{tid}: {event} by {owner} under token {token}"
+        said = f"{tid}: {event} by {owner} under token {token}"
         later = [w for t, w in claimed.get(tid, []) if t > token]
         if later and min(later) <= at_us:
-            stale.append(what + " (answered after a later token was granted)")
+            stale.append(said + " (answered after a later token was granted)")
         elif not later and any(h.event == "acquire" and (h.token or 0) > token for h in entries):
-            stale.append(what + " (the history holds a later token)")
+            stale.append(said + " (the history holds a later token)")
         else:
-            lost.append(what + " (not in the history)")
+            lost.append(said + " (not in the history)")
     for p in verification.problems:
         if "but the lease was" in p or "after its lease expired" in p:
             stale.append(f"history: {p}")

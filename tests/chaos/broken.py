@@ -44,6 +44,7 @@ from sagalease import (
     core,
 )
 from sagalease.lifecycle import HOLDER_EVENTS
+from sagalease.stores import _rows
 from sagalease.stores.sqlite import _store as sqlite_internals
 from sagalease.worker import LeaseContext, _Written
 
@@ -115,7 +116,7 @@ class LockOnlySQLiteStore(sqlite_internals.SQLiteStore):
     @staticmethod
     def _write(conn: sqlite3.Connection, old: TaskSaga, step: core.Step) -> bool:
         time.sleep(LockOnlySQLiteStore.PAUSE)
-        names, values = sqlite_internals.changes(old, step.task)
+        names, values = _rows.changes(old, step.task)
         update = sqlite_internals._update(names).removesuffix(" AND version = ?")
         conn.execute(update, (*values, old.task_id))
         # The next free seq: the history keeps both writers' entries (the checks read them).
@@ -125,7 +126,7 @@ class LockOnlySQLiteStore(sqlite_internals.SQLiteStore):
         entry = dataclasses.replace(step.entry, seq=seq)
         conn.execute(
             sqlite_internals._INSERT_HISTORY,
-            (entry.task_id, *sqlite_internals.entry_values(entry)),
+            (entry.task_id, *_rows.entry_values(entry)),
         )
         return True
 
