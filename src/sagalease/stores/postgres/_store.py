@@ -104,11 +104,12 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal, NamedTuple, Self, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 import psycopg
@@ -960,6 +961,95 @@ class _Listener:
             thread.join(timeout=4 * _LISTEN_POLL)
 
 
+# ---------------------------------------------------------------- plans
+
+_T = TypeVar("_T")
+
+
+class _Op(NamedTuple):
+    """One statement of a plan: its text, parameters, and whether to prepare it."""
+
+    query: bytes
+    params: Any = None
+    prepare: bool = True
+
+
+_BEGIN: Final = _Op(b"BEGIN", prepare=False)
+_COMMIT: Final = _Op(b"COMMIT", prepare=False)
+
+Plan = Generator[_Op, list[Row], _T]
+"""The I/O of a store call as data: a generator that yields each statement, is sent
+the statement's rows (or has the driver's error thrown in) and returns the call's
+result. A plan performs no I/O itself; an executor runs its statements on one
+connection: :meth:`PostgresStore._run` (sync) or the async store's
+(:mod:`sagalease.aio._postgres`). A plan that opens a transaction (``_BEGIN``)
+commits it (``_COMMIT``); an executor rolls back what an error leaves open.
+"""
+
+
+class _PlanStepper:
+    """Where a plan is: :attr:`op` the statement to run next (``None``: done, its
+    :attr:`result` set); :meth:`settle` hands it the statement's rows or error.
+    """
+
+    def __init__(self, plan: Plan[_T]) -> None:
+        self._plan = plan
+        self.op: _Op | None = None
+        self.result: Any = None
+        self._advance(partial(next, plan))
+
+    def _advance(self, resume: Callable[[], _Op]) -> None:
+        try:
+            self.op = resume()
+        except StopIteration as stop:
+            self.op, self.result = None, stop.value
+
+    def settle(self, outcome: list[Row] | psycopg.Error) -> None:
+        """The rows of :attr:`op`, or its error (thrown into the plan)."""
+        if isinstance(outcome, psycopg.Error):
+            self._advance(partial(self._plan.throw, outcome))
+        else:
+            self._advance(partial(self._plan.send, outcome))
+
+
+class _Driving:
+    """How the current context runs a :class:`PostgresStore` call (the async
+    store's mode, :data:`_driving`): the results of the plans already run for it,
+    in the order the call asks for them (``(True, result)`` or ``(False, error)``),
+    and whether this run may do I/O itself (``threaded``: on a worker thread).
+    """
+
+    def __init__(self, answers: list[tuple[bool, Any]], *, threaded: bool) -> None:
+        self.answers = answers
+        self.threaded = threaded
+
+
+_driving: ContextVar[_Driving | None] = ContextVar("sagalease_postgres_driving", default=None)
+"""Unset (the sync store's own calls): every plan is run at once on a pooled connection."""
+
+
+class _Planned(BaseException):
+    """Raised by :meth:`PostgresStore._run` on the event loop: the call needs
+    ``plan`` run (by the async executor) before it can go on. Never escapes the
+    async store. A BaseException, so that no ``except Exception`` on the way takes it.
+    """
+
+    def __init__(self, action: str, plan: Plan[Any]) -> None:
+        super().__init__(action)
+        self.action = action
+        self.plan = plan
+
+
+class _OffLoop(BaseException):
+    """Raised on the event loop where a call needs I/O that no plan covers (the
+    slow paths, reap, listings, ...): the async store runs the call on a thread.
+    """
+
+
+def _decoded(rows: list[Row]) -> TaskSaga | None:
+    return decode_task(rows[0]) if rows else None
+
+
 # ---------------------------------------------------------------- the store
 
 
@@ -1254,7 +1344,12 @@ class PostgresStore(SQLStoreBase):
 
     @contextlib.contextmanager
     def _connection(self, action: str) -> Iterator[psycopg.Connection[Row]]:
-        """A pooled connection; driver errors become :class:`SagaLeaseError` subclasses."""
+        """A pooled connection; driver errors become :class:`SagaLeaseError` subclasses
+        (:meth:`_failure`). On the async store's event loop: :class:`_OffLoop`.
+        """
+        driving = _driving.get()
+        if driving is not None and not driving.threaded:
+            raise _OffLoop(action)
         self._check_usable()
         try:
             with _using(self._incidents), self._pool.connection(timeout=self.timeout) as conn:
@@ -1262,35 +1357,73 @@ class PostgresStore(SQLStoreBase):
             self._incidents.worked()
         except SagaLeaseError:
             raise
-        except PoolTimeout as exc:
-            raise StoreUnavailableError(
-                f"{action}: no connection to {self._dsn.display} within {self.timeout:g} s:"
-                f" {self._scrub(exc)}"
-            ) from exc
-        except psycopg.errors.IntegrityError as exc:
-            raise SagaLeaseError(
-                f"the database refused the write of {action} on {self._dsn.display}"
-                f" ({self._scrub(exc)}); nothing was stored"
-            ) from exc
-        except psycopg.errors.LockNotAvailable as exc:
-            raise StoreUnavailableError(
-                f"{action}: a row lock was not free within {self.timeout:g} s: {self._scrub(exc)}"
-            ) from exc
-        except psycopg.Error as exc:
-            if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-                # Other pooled connections may have died too (server restart): drop them now.
+        except (PoolTimeout, psycopg.Error) as exc:
+            error, broken = self._failure(action, exc)
+            if broken:  # other pooled connections may have died too: drop them now
                 with contextlib.suppress(Exception), _using(self._incidents):
                     self._pool.check()
-            raise StoreUnavailableError(
-                f"{action} on {self._dsn.display} failed (outcome unknown; safe to retry):"
+            raise error from exc
+
+    def _failure(self, action: str, exc: Exception) -> tuple[SagaLeaseError, bool]:
+        """What a driver or pool error met by ``action`` is raised as, and whether the
+        connection broke (a server restart, say: the pool is then checked).
+        """
+        if isinstance(exc, PoolTimeout):
+            return StoreUnavailableError(
+                f"{action}: no connection to {self._dsn.display} within {self.timeout:g} s:"
                 f" {self._scrub(exc)}"
-            ) from exc
+            ), False
+        if isinstance(exc, psycopg.errors.IntegrityError):
+            return SagaLeaseError(
+                f"the database refused the write of {action} on {self._dsn.display}"
+                f" ({self._scrub(exc)}); nothing was stored"
+            ), False
+        if isinstance(exc, psycopg.errors.LockNotAvailable):
+            return StoreUnavailableError(
+                f"{action}: a row lock was not free within {self.timeout:g} s: {self._scrub(exc)}"
+            ), False
+        return StoreUnavailableError(
+            f"{action} on {self._dsn.display} failed (outcome unknown; safe to retry):"
+            f" {self._scrub(exc)}"
+        ), isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+
+    def _run(self, action: str, plan: Plan[_T]) -> _T:
+        """Run ``plan`` on a pooled connection (:meth:`_connection`) and return its
+        result. Under the async store (:data:`_driving`): the plan's result if the
+        async executor already ran it for this call, else (on the event loop)
+        :class:`_Planned`, so that the async executor runs it.
+        """
+        driving = _driving.get()
+        if driving is not None:
+            if driving.answers:
+                plan.close()
+                ok, answer = driving.answers.pop(0)
+                if not ok:
+                    raise answer
+                return cast(_T, answer)
+            if not driving.threaded:
+                raise _Planned(action, plan)
+        with self._connection(action) as conn:
+            stepper = _PlanStepper(plan)
+            try:
+                while (op := stepper.op) is not None:
+                    try:
+                        cursor = conn.execute(op.query, op.params, prepare=op.prepare)
+                    except psycopg.Error as exc:
+                        stepper.settle(exc)
+                        continue
+                    stepper.settle(cursor.fetchall() if cursor.description is not None else [])
+            except BaseException:
+                self._roll_back(conn)
+                raise
+            return cast(_T, stepper.result)
 
     def _server_now_us(self) -> int:
-        with self._connection("reading the server clock") as conn:
-            row = conn.execute(self._q.server_now, prepare=True).fetchone()
-        assert row is not None
-        return int(row[0])
+        return self._run("reading the server clock", self._server_now_plan())
+
+    def _server_now_plan(self) -> Plan[int]:
+        rows = yield _Op(self._q.server_now)
+        return int(rows[0][0])
 
     def _read(self, conn: psycopg.Connection[Row], task_id: str, *, lock: bool) -> TaskSaga | None:
         query = self._q.lock_one if lock else self._q.select_one
@@ -1306,20 +1439,18 @@ class PostgresStore(SQLStoreBase):
     # ------------------------------------------------------------ primitives
 
     def _insert(self, step: core.Step) -> TaskSaga:
+        return self._run("create", self._insert_plan(step))
+
+    def _insert_plan(self, step: core.Step) -> Plan[TaskSaga]:
         task = step.task
-        with self._connection("create") as conn:
-            row = conn.execute(
-                self._q.insert,
-                (task.task_id, *task_values(task), *entry_values(step.entry), self.channel),
-                prepare=True,
-            ).fetchone()
-            if row is None:
-                existing = conn.execute(self._q.state_of, (task.task_id,)).fetchone()
-                raise DuplicateTaskError(
-                    "a task with this id already exists",
-                    task_id=task.task_id,
-                    state=None if existing is None else TaskState(existing[0]),
-                )
+        params = (task.task_id, *task_values(task), *entry_values(step.entry), self.channel)
+        if not (yield _Op(self._q.insert, params)):
+            existing = yield _Op(self._q.state_of, (task.task_id,), prepare=False)
+            raise DuplicateTaskError(
+                "a task with this id already exists",
+                task_id=task.task_id,
+                state=TaskState(existing[0][0]) if existing else None,
+            )
         return task
 
     def _insert_many(self, steps: list[core.Step]) -> list[TaskSaga]:
@@ -1328,6 +1459,9 @@ class PostgresStore(SQLStoreBase):
         notification of each queue. A stored duplicate id fails the whole statement
         (nothing stored, nothing sent) and is then looked up to be named.
         """
+        return self._run("create_many", self._insert_many_plan(steps))
+
+    def _insert_many_plan(self, steps: list[core.Step]) -> Plan[list[TaskSaga]]:
         tasks = [step.task for step in steps]
         rows = [(task.task_id, *task_values(task)) for task in tasks]
         entries = [(step.entry.task_id, *entry_values(step.entry)) for step in steps]
@@ -1336,20 +1470,19 @@ class PostgresStore(SQLStoreBase):
             *(list(column) for column in zip(*entries, strict=True)),
             self.channel,
         )
-        with self._connection("create_many") as conn:
-            try:
-                conn.execute(self._q.insert_many, params, prepare=True)
-            except psycopg.errors.UniqueViolation:
-                ids = [task.task_id for task in tasks]
-                found = dict(conn.execute(self._q.states_of, (ids,)).fetchall())
-                for task_id in ids:  # the first one given that is stored
-                    if task_id in found:
-                        raise DuplicateTaskError(
-                            "a task with this id already exists; create_many stored nothing",
-                            task_id=task_id,
-                            state=TaskState(found[task_id]),
-                        ) from None
-                raise
+        try:
+            yield _Op(self._q.insert_many, params)
+        except psycopg.errors.UniqueViolation:
+            ids = [task.task_id for task in tasks]
+            found: dict[str, str] = dict((yield _Op(self._q.states_of, (ids,), prepare=False)))
+            for task_id in ids:  # the first one given that is stored
+                if task_id in found:
+                    raise DuplicateTaskError(
+                        "a task with this id already exists; create_many stored nothing",
+                        task_id=task_id,
+                        state=TaskState(found[task_id]),
+                    ) from None
+            raise
         return tasks
 
     def _again(self, conn: psycopg.Connection[Row], task_id: str, mutation: Mutation) -> core.Step:
@@ -1380,20 +1513,32 @@ class PostgresStore(SQLStoreBase):
         if values is None:
             return None
         values["channel"] = self.channel
-        query = self._q.fast(event)
-        with self._connection("update") as conn:
-            hook = self._before_write
-            if hook is not None:
-                hook(task_id)
-            if not self.contracts:
-                rows = conn.execute(query, values, prepare=True).fetchall()
-            else:
-                with conn.transaction():
-                    old = self._read(conn, task_id, lock=True)
-                    rows = conn.execute(query, values, prepare=True).fetchall()
-                    written = _engine.split_row(rows[0]) if rows else None
-                    _engine.check_against_core(old, event, now_us, args, written, self._core)
-        return self._rendered(event, *_engine.split_row(rows[0])) if rows else None
+        written = self._run("update", self._fast_plan(task_id, event, now_us, args, values))
+        return None if written is None else self._rendered(event, *written)
+
+    def _fast_plan(
+        self,
+        task_id: str,
+        event: str,
+        now_us: int,
+        args: Mapping[str, Any],
+        values: dict[str, Any],
+    ) -> Plan[tuple[TaskSaga, HistoryEntry] | None]:
+        """:meth:`_fast`'s statements: the new record and its entry, or ``None``."""
+        query = _Op(self._q.fast(event), values)
+        hook = self._before_write
+        if hook is not None:
+            hook(task_id)
+        if not self.contracts:
+            rows = yield query
+            return _engine.split_row(rows[0]) if rows else None
+        yield _BEGIN
+        old = _decoded((yield _Op(self._q.lock_one, (task_id,))))
+        rows = yield query
+        written = _engine.split_row(rows[0]) if rows else None
+        _engine.check_against_core(old, event, now_us, args, written, self._core)
+        yield _COMMIT
+        return written
 
     def _fast_many(
         self, event: str, items: list[tuple[str, Mapping[str, Any]]], now_us: int
@@ -1406,21 +1551,35 @@ class PostgresStore(SQLStoreBase):
         if values is None:
             return None
         values["channel"] = self.channel
-        query = self._q.fast_many(event)
-        with self._connection("update") as conn:
-            if not self.contracts:
-                rows = conn.execute(query, values, prepare=True).fetchall()
-            else:
-                with conn.transaction():
-                    olds = {i: self._read(conn, i, lock=True) for i in sorted(dict(items))}
-                    rows = conn.execute(query, values, prepare=True).fetchall()
-            if len(rows) < len(items):
-                return None
+        written = self._run("update", self._fast_many_plan(event, items, now_us, values))
+        return None if written is None else [self._rendered(event, *pair) for pair in written]
+
+    def _fast_many_plan(
+        self,
+        event: str,
+        items: list[tuple[str, Mapping[str, Any]]],
+        now_us: int,
+        values: dict[str, Any],
+    ) -> Plan[list[tuple[TaskSaga, HistoryEntry]] | None]:
+        """:meth:`_fast_many`'s statements: the records and entries in the items'
+        order, or ``None`` (nothing written).
+        """
+        query = _Op(self._q.fast_many(event), values)
+        olds: dict[str, TaskSaga | None] = {}
+        if self.contracts:
+            yield _BEGIN
+            for task_id in sorted(dict(items)):
+                olds[task_id] = _decoded((yield _Op(self._q.lock_one, (task_id,))))
+        rows = yield query
+        written = None
+        if len(rows) >= len(items):
             found = {pair[0].task_id: pair for pair in map(_engine.split_row, rows)}
             written = [found[task_id] for task_id, _ in items]
             if self.contracts:
                 _engine.check_batch_against_core(olds, event, now_us, items, written, self._core)
-        return [self._rendered(event, *pair) for pair in written]
+        if self.contracts:
+            yield _COMMIT
+        return written
 
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)
@@ -1531,26 +1690,34 @@ class PostgresStore(SQLStoreBase):
         values = _engine.claim_params(owner, ttl_us, now_us, limit)
         if values is None:
             return self._claim_slowly(owner, ttl_us, now_us, limit, queues)
-        query, scope = self._q.fast_claim(queues)
-        with self._connection("claim_next") as conn:
-            rows = conn.execute(query, {**values, **scope}, prepare=True).fetchall()
-        claimed = [_engine.split_row(row[1:]) for row in rows if row[1] is not None]
-        if self.contracts:
-            for task, entry in claimed:
-                old = core.replay([e for e in self.history(task.task_id) if e.seq < entry.seq])
-                _engine.check_against_core(
-                    old,
-                    "acquire",
-                    now_us,
-                    {"owner": owner, "ttl_us": ttl_us},
-                    (task, entry),
-                    self._core,
-                )
+        plan = self._claim_plan(owner, ttl_us, now_us, queues, values)
+        claimed, locked = self._run("claim_next", plan)
         tasks = [self._rendered("acquire", task, entry) for task, entry in claimed]
-        locked = rows[0][0]
         if locked > len(tasks) and len(tasks) < limit:  # some left to the core
             tasks += self._claim_slowly(owner, ttl_us, now_us, limit - len(tasks), queues)
         return tasks
+
+    def _claim_plan(
+        self,
+        owner: str,
+        ttl_us: int,
+        now_us: int,
+        queues: tuple[str, ...] | None,
+        values: dict[str, Any],
+    ) -> Plan[tuple[list[tuple[TaskSaga, HistoryEntry]], int]]:
+        """:meth:`_claim`'s statement: the claimed records with their entries, and
+        how many rows it locked (those it left to the core are claimed after).
+        """
+        query, scope = self._q.fast_claim(queues)
+        rows = yield _Op(query, {**values, **scope})
+        claimed = [_engine.split_row(row[1:]) for row in rows if row[1] is not None]
+        if self.contracts:
+            args = {"owner": owner, "ttl_us": ttl_us}
+            for task, entry in claimed:
+                history = yield _Op(self._q.history, (task.task_id,))
+                old = core.replay([e for e in map(decode_entry, history) if e.seq < entry.seq])
+                _engine.check_against_core(old, "acquire", now_us, args, (task, entry), self._core)
+        return claimed, rows[0][0]
 
     def _claim_slowly(
         self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
@@ -1614,8 +1781,10 @@ class PostgresStore(SQLStoreBase):
     def get(self, task_id: str) -> TaskSaga | None:
         """The task, or ``None``."""
         core.check_id("task_id", task_id)
-        with self._connection("get") as conn:
-            return self._read(conn, task_id, lock=False)
+        return self._run("get", self._get_plan(task_id))
+
+    def _get_plan(self, task_id: str) -> Plan[TaskSaga | None]:
+        return _decoded((yield _Op(self._q.select_one, (task_id,))))
 
     def _list(
         self,
