@@ -27,9 +27,15 @@ def conformance(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("factory", ["async_memory", "async_sqlite"])
+@pytest.mark.parametrize("factory", ["async_memory", "async_sqlite", "async_postgres"])
 def test_the_async_stores_pass_the_suite(factory: str) -> None:
-    """Every check passes (the SQLite one across processes too)."""
+    """Every check passes (the SQLite and PostgreSQL ones across processes too).
+    PostgreSQL: skipped without a server, failed with ``SAGALEASE_REQUIRE_POSTGRES=1``.
+    """
+    if factory == "async_postgres":
+        from conftest import require_postgres
+
+        require_postgres()
     done = conformance(f"sagalease.conformance.factories:{factory}", "--examples", "20")
     assert done.returncode == 0, done.stdout + done.stderr
     assert ", 0 failed" in done.stdout

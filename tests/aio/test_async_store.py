@@ -113,12 +113,6 @@ def test_sqlite_calls_run_on_one_dedicated_thread(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_postgres_is_refused_for_now() -> None:
-    """Postgres is refused for now."""
-    with pytest.raises(InvalidInputError, match="async PostgreSQL store is not available yet"):
-        asyncio.run(open_async_store("postgresql://postgres@127.0.0.1/test"))
-
-
 def test_bad_urls_and_options_are_refused_as_open_store_refuses_them() -> None:
     """Bad urls and options are refused as open store refuses them."""
     with pytest.raises(InvalidInputError, match="unsupported store scheme"):

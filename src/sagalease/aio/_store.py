@@ -14,6 +14,9 @@ sync store's; only where its calls run differs.
   does), so file I/O and the writer lock's wait (``busy_timeout``, ``flock``)
   happen there and never block the event loop. Calls of one store are run one
   after another, in the order they were awaited.
+- PostgreSQL: not this adapter but :mod:`sagalease.aio._postgres`: the sync
+  store's calls with their hot-path statements awaited on psycopg's async pool,
+  the rest on threads.
 - memory: the calls run inline, on the event loop. They are in-process and
   short (a dict update under a lock that no call holds for longer than one
   core step, and never across an I/O wait), so running them inline costs less
@@ -41,6 +44,7 @@ __all__ = ["AsyncSagaStore", "coroutine_methods", "open_async_store"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_C = TypeVar("_C")
 
 
 def _coroutine_of(
@@ -205,6 +209,10 @@ class _AsyncAdapter:
     def __repr__(self) -> str:
         return f"async {self.inner!r}"
 
+    async def _forward(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The sync store's ``name`` run through the runner."""
+        return await self._runner.run(functools.partial(getattr(self.inner, name), *args, **kwargs))
+
     @property
     def clock(self) -> object:
         """The sync store's clock (what a worker reads for the store's time)."""
@@ -221,19 +229,27 @@ class _AsyncAdapter:
             await asyncio.get_running_loop().run_in_executor(None, self._runner.shutdown)
 
 
-def _forwarding(name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
-    async def method(self: _AsyncAdapter, /, *args: Any, **kwargs: Any) -> Any:
-        return await self._runner.run(functools.partial(getattr(self.inner, name), *args, **kwargs))
+def _forwarding(name: str, owner: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+    async def method(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return await self._forward(name, args, kwargs)
 
     method.__name__ = name
-    method.__qualname__ = f"_AsyncAdapter.{name}"
+    method.__qualname__ = f"{owner}.{name}"
     method.__doc__ = f"``await`` :meth:`SagaStore.{name} <sagalease.store.SagaStore.{name}>`."
     return method
 
 
-for _name in coroutine_methods():
-    if _name not in vars(_AsyncAdapter):  # close: its own, which also ends the runner
-        setattr(_AsyncAdapter, _name, _forwarding(_name))
+def install_forwarding(cls: type[_C]) -> type[_C]:
+    """Give ``cls`` every :class:`AsyncSagaStore` method it does not define itself,
+    each a coroutine awaiting ``self._forward(name, args, kwargs)``.
+    """
+    for name in coroutine_methods():
+        if name not in vars(cls):
+            setattr(cls, name, _forwarding(name, cls.__name__))
+    return cls
+
+
+install_forwarding(_AsyncAdapter)
 
 
 def wrap(store: SagaStore, *, threaded: bool = True) -> AsyncSagaStore:
@@ -254,15 +270,23 @@ async def open_async_store(
     inline; ``sqlite:///path``: the SQLite store on a dedicated thread, which
     also opens (and migrates) the file.
 
-    ``postgresql://``: :class:`~sagalease.errors.InvalidInputError` for now
-    (the async PostgreSQL store is not there yet). A bad URL or option: as
-    :func:`~sagalease.stores.open_store` says.
+    ``postgresql://...``: the PostgreSQL store's logic with its hot path awaited
+    on psycopg's async pool and its other calls on threads (see
+    :mod:`sagalease.aio._postgres`); it also offers ``await
+    store.wait_for_work(...)``, which :class:`~sagalease.aio.AsyncWorker` awaits
+    when idle. A bad URL or option: as :func:`~sagalease.stores.open_store` says.
     """
     parsed = parse_url(url)
     if parsed.backend is Backend.POSTGRES:
-        raise InvalidInputError(
-            "open_async_store: the async PostgreSQL store is not available yet"
-            " (memory:// and sqlite:/// are); use sagalease.open_store for postgresql://"
+        try:
+            from sagalease.aio._postgres import open_async_postgres
+        except ImportError as exc:
+            raise InvalidInputError(
+                "postgresql:// stores need psycopg: pip install 'sagalease[postgres]'"
+            ) from exc
+        return cast(
+            AsyncSagaStore,
+            await open_async_postgres(url, clock=clock, connect_timeout=connect_timeout),
         )
     opening = functools.partial(open_store, url, clock=clock, connect_timeout=connect_timeout)
     if parsed.backend is Backend.MEMORY:

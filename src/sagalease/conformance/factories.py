@@ -7,6 +7,7 @@ CI runs the suite through the CLI on them exactly as a third party would::
     sagalease conformance sagalease.conformance.factories:postgres
     sagalease conformance sagalease.conformance.factories:async_memory
     sagalease conformance sagalease.conformance.factories:async_sqlite
+    sagalease conformance sagalease.conformance.factories:async_postgres
 """
 
 from __future__ import annotations
@@ -19,14 +20,22 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sagalease.conformance._common import Capabilities
 from sagalease.store import SagaStore
 from sagalease.stores.memory import MemoryStore
 from sagalease.stores.sqlite import SQLiteStore
 
-__all__ = ["async_memory", "async_sqlite", "memory", "postgres", "sqlite", "temp_path"]
+__all__ = [
+    "async_memory",
+    "async_postgres",
+    "async_sqlite",
+    "memory",
+    "postgres",
+    "sqlite",
+    "temp_path",
+]
 
 _dir: Path | None = None
 _lock = threading.Lock()
@@ -133,3 +142,29 @@ class _AsyncSQLiteFactory:
 
 async_sqlite = _AsyncSQLiteFactory()
 """A fresh async SQLite store per call (its calls on the store's own thread)."""
+
+
+def _reopen_async_postgres(store: Any) -> Callable[[], Any]:
+    return cast(Callable[[], Any], store.reopener())
+
+
+class _AsyncPostgresFactory:
+    """A fresh async PostgreSQL store per call in a new schema on
+    ``$SAGALEASE_TEST_POSTGRES_URL`` (as :data:`postgres`; dropped on ``close()``):
+    returns the coroutine that opens it. Claims use ``FOR UPDATE SKIP LOCKED``;
+    worker processes open their own async store on the same schema.
+    """
+
+    conformance_capabilities = Capabilities(reopen=_reopen_async_postgres, skip_locked_claims=True)
+
+    def __call__(self) -> Any:
+        from sagalease.aio._postgres import open_scratch
+
+        return open_scratch()
+
+    def __repr__(self) -> str:
+        return "sagalease.conformance.factories:async_postgres"
+
+
+async_postgres = _AsyncPostgresFactory()
+"""A fresh async PostgreSQL store per call (needs the ``postgres`` extra)."""

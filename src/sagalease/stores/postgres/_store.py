@@ -1155,6 +1155,8 @@ class PostgresStore(SQLStoreBase):
         listener_kwargs = dict(self._kwargs)
         if "application_name" not in given:
             listener_kwargs["application_name"] = "sagalease-listener"
+        self._listener_kwargs = listener_kwargs
+        """The listening connection's options (the async store's listener takes them too)."""
         self._listener = _Listener(
             partial(psycopg.connect, self._dsn.dsn, **listener_kwargs), self.channel
         )
