@@ -1,4 +1,5 @@
-"""A worker process for tests/aio: ``python aio_worker_proc.py DB MODE``.
+"""A worker process for tests/aio: ``python aio_worker_proc.py DB MODE`` (DB: an
+SQLite file, or a ``postgresql://`` URL).
 
 Prints one JSON line per outcome (and ``{"ready": ...}`` once a handler runs);
 asyncio runs in debug mode, its slow-callback warnings go to stderr.
@@ -10,6 +11,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from datetime import timedelta
 
 from sagalease.aio import AsyncLeaseContext, AsyncWorker, open_async_store
@@ -51,32 +53,42 @@ async def quick(ctx: AsyncLeaseContext) -> None:
     await ctx.sleep(0.01)
 
 
+async def listening(ctx: AsyncLeaseContext) -> None:
+    """A short piece of work, its outcome printed (idle mode: the poll interval is 30 s)."""
+    await ctx.check()
+
+
 HANDLERS = {
     "stall": stall,
     "checkpoints": checkpoints,
     "cancel": no_checkpoints,
     "quick": quick,
+    "idle": listening,
 }
 
 
 async def main(db: str, mode: str) -> None:
     """Run one AsyncWorker over the database in the mode given."""
-    store = await open_async_store(f"sqlite:///{db}")
+    store = await open_async_store(db if "://" in db else f"sqlite:///{db}")
+    if mode == "idle":
+        say(idle=True)
     ttl = timedelta(seconds=1.5) if mode in ("stall", "cancel") else timedelta(seconds=6)
     worker = AsyncWorker(
         store,
         HANDLERS[mode],
         ttl=ttl,
         concurrency=10 if mode == "quick" else 1,
-        poll_interval=timedelta(milliseconds=50),
+        poll_interval=timedelta(seconds=30) if mode == "idle" else timedelta(milliseconds=50),
         shutdown_grace=timedelta(seconds=2),
         cancel_on_loss=mode == "cancel",
         retry=None,
-        on_outcome=lambda o: say(task=o.task_id, token=o.token, result=o.result, detail=o.detail),
+        on_outcome=lambda o: say(
+            task=o.task_id, token=o.token, result=o.result, detail=o.detail, at=time.time()
+        ),
     )
     until = (lambda: True) if mode in ("quick", "stall", "cancel") else None
     outcomes: list[Outcome] = await worker.run(
-        signals=True, until=until, max_tasks=1 if mode in ("stall", "cancel") else None
+        signals=True, until=until, max_tasks=1 if mode in ("stall", "cancel", "idle") else None
     )
     say(done=len(outcomes))
     await store.close()

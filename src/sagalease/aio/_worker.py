@@ -14,7 +14,9 @@ with ``asyncio.sleep``, the handler as an asyncio task::
 
     await AsyncWorker(store, charge, ttl=timedelta(seconds=30), concurrency=50).run()
 
-``concurrency`` is the number of handler tasks. Each leased task's heartbeat is
+``concurrency`` is the number of handler tasks. An idle claimer awaits the
+store's wake-ups when it offers them (the async PostgreSQL store's
+``wait_for_work``: LISTEN/NOTIFY), else sleeps ``poll_interval``. Each leased task's heartbeat is
 an asyncio task every ``heartbeat_interval`` (at most a third of the TTL).
 ``ctx.lost`` is an :class:`asyncio.Event`, set the moment the lease is known
 lost; with ``cancel_on_loss=True`` the handler's task is cancelled then too
@@ -314,7 +316,7 @@ class AsyncWorker(_Runtime[AsyncSagaStore]):
                 if until is not None and until():
                     self.stop()
                     return
-                await self._sleep(self._idle_seconds() if pause is None else pause)
+                await self._idle(pause)
 
         claimers = [asyncio.create_task(claimer()) for _ in range(self.concurrency)]
         try:
@@ -352,6 +354,32 @@ class AsyncWorker(_Runtime[AsyncSagaStore]):
                     return
         finally:
             stopped.cancel()
+
+    async def _idle(self, pause: float | None) -> None:
+        """Wait for work: the store's awaited wake-ups (an async store with a
+        coroutine ``wait_for_work``, like the PostgreSQL one) when it offers them,
+        else a sleep; at most ``poll_interval`` either way, no later than the next
+        of this worker's own retries comes due, and :meth:`stop` ends it at once.
+        ``pause`` (after a failed claim): a plain sleep of that long.
+        """
+        seconds = self._idle_seconds() if pause is None else pause
+        waiting = getattr(self.store, "wait_for_work", None)
+        if pause is not None or not inspect.iscoroutinefunction(waiting):
+            await self._sleep(seconds)
+            return
+        assert self._wake is not None
+        end = time.monotonic() + seconds
+        woken = asyncio.ensure_future(
+            waiting(queues=self.queues, timeout=timedelta(seconds=seconds))
+        )
+        stopped = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({woken, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            woken.cancel()
+        if woken.done() and not woken.cancelled() and woken.exception() is not None:
+            await self._sleep(max(0.0, end - time.monotonic()))  # a closed store: as polling
 
     async def _sleep(self, seconds: float) -> None:
         """Idle: until ``seconds`` pass or :meth:`stop` is called."""
