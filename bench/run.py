@@ -39,6 +39,7 @@ PARTS = (
     "profile",
     "fleet",
     "creates",
+    "async",
 )
 WORKERS = (1, 2, 4, 8)
 TASKS = {"sqlite-NORMAL": 3000, "sqlite-FULL": 600, "postgres": 1000}
@@ -102,6 +103,30 @@ def run_cycles(args: argparse.Namespace) -> None:
     }
     rows = part_cycles(args, _backends(args), impls, _workers(args, WORKERS))
     _save("cycles", {"rows": rows, "load_before": load, "optimize": sys.flags.optimize})
+
+
+def run_async(args: argparse.Namespace) -> None:
+    """The async PostgreSQL store's lease cycle against the sync store's, at 1 and 8
+    processes (``--workers`` to change), interleaved; ratios printed at the end.
+    """
+    from bench import aio
+
+    load = os.getloadavg()
+    tasks = (QUICK_TASKS if args.quick else TASKS)["postgres"]
+    rows = []
+    for rep in range(args.reps):
+        for w in _workers(args, (1, 8)):
+            for impl in aio.IMPLS:
+                row = aio.measure(impl, w, tasks, args.dsn)
+                row["rep"] = rep
+                _log(
+                    f"rep {rep} postgres {impl} x{w}: {row['rate']:.0f}/s"
+                    f" p50 {row['p50_us'] / 1000:.2f} ms p99 {row['p99_us'] / 1000:.1f} ms"
+                )
+                rows.append(row)
+    for line in aio.ratios(rows):
+        _log(line)
+    _save("async", {"rows": rows, "load_before": load, "ratios": aio.ratios(rows)})
 
 
 def run_contracts_on(args: argparse.Namespace) -> None:
@@ -382,6 +407,7 @@ def main() -> None:
         "profile": run_profile,
         "fleet": run_fleet,
         "creates": run_creates,
+        "async": run_async,
     }
     started = datetime.now(UTC)
     for part in args.part or PARTS:
