@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
-from test_async_worker_processes import finish, start, wait_ready
+from test_async_worker_processes import finish, kill_then_reclaim, start, wait_ready
 
 from conftest import POSTGRES_URL, require_postgres
 from sagalease.stores.postgres import PostgresStore
@@ -39,17 +38,7 @@ def test_a_killed_process_task_is_reclaimed(store: PostgresStore) -> None:
     proc = start(url(store), "checkpoints")  # type: ignore[arg-type]
     ready = wait_ready(proc)
     assert ready["token"] == 1
-    proc.kill()
-    proc.communicate(timeout=10)
-    assert store.claim_next(owner="other", ttl=timedelta(seconds=5)) is None  # still live
-    deadline = time.monotonic() + 20
-    claimed = None
-    while claimed is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        claimed = store.claim_next(owner="other", ttl=timedelta(seconds=5))
-    assert claimed is not None
-    assert claimed.token == 2
-    assert claimed.expirations == 1
+    kill_then_reclaim(proc, store, within=20)
 
 
 def test_an_idle_worker_wakes_on_notify(store: PostgresStore) -> None:

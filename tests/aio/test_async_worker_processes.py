@@ -48,6 +48,23 @@ def finish(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[list[dict[
     return [json.loads(line) for line in out.splitlines() if line.strip()], err
 
 
+def kill_then_reclaim(proc: subprocess.Popen[str], store: Any, *, within: float) -> None:
+    """SIGKILL ``proc`` (holding the only task's lease), then claim the task on
+    ``store`` once the lease expired (within ``within`` seconds): token 2, one expiration.
+    """
+    proc.kill()
+    proc.communicate(timeout=10)
+    assert store.claim_next(owner="other", ttl=timedelta(seconds=5)) is None  # still live
+    deadline = time.monotonic() + within
+    claimed = None
+    while claimed is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        claimed = store.claim_next(owner="other", ttl=timedelta(seconds=5))
+    assert claimed is not None
+    assert claimed.token == 2
+    assert claimed.expirations == 1
+
+
 def test_a_stalled_process_learns_the_loss_before_a_late_complete(tmp_path: Path) -> None:
     """Stopped past its TTL, then resumed: the handler's checkpoint raises, nothing is written."""
     db = tmp_path / "t.db"
@@ -94,17 +111,7 @@ def test_a_killed_process_task_is_reclaimed(tmp_path: Path) -> None:
     store.create("t1")
     proc = start(db, "checkpoints")
     wait_ready(proc)
-    proc.kill()
-    proc.communicate(timeout=10)
-    assert store.claim_next(owner="other", ttl=timedelta(seconds=5)) is None  # still live
-    deadline = time.monotonic() + 15
-    claimed = None
-    while claimed is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        claimed = store.claim_next(owner="other", ttl=timedelta(seconds=5))
-    assert claimed is not None
-    assert claimed.token == 2
-    assert claimed.expirations == 1
+    kill_then_reclaim(proc, store, within=15)
     store.close()
 
 

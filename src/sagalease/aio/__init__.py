@@ -4,14 +4,15 @@
 
     from sagalease.aio import AsyncWorker, open_async_store
 
-    store = await open_async_store("sqlite:///tasks.db")   # also "memory://"
+    store = await open_async_store("sqlite:///tasks.db")   # also "memory://", "postgresql://..."
     task = await store.create("order-1")
 
 :class:`AsyncSagaStore` is :class:`~sagalease.store.SagaStore` with every method
 a coroutine. The bundled async stores run the sync stores' own logic; only the
-execution differs (SQLite on one dedicated thread per store, memory inline): see
-:mod:`sagalease.aio._store`. ``import sagalease`` does not import this package
-(nor asyncio).
+execution differs (SQLite on one dedicated thread per store, memory inline: see
+:mod:`sagalease.aio._store`; PostgreSQL's planned statements awaited on psycopg's
+async pool, the rest on threads: see :mod:`sagalease.aio._postgres`).
+``import sagalease`` does not import this package (nor asyncio).
 """
 
 from __future__ import annotations
