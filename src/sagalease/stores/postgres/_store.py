@@ -29,8 +29,9 @@ writes the new record together with its history entry as a compare-and-set on
   open_seq) for a claim from every queue, ``tasks_queue_claim`` (queue first)
   for named queues, ``tasks_open`` for the reaper. Queue names are always bound
   parameters (``queue = %s`` for one, ``queue = ANY(%s)`` for several). A claim
-  is two round trips: a pipelined ``BEGIN`` with the locking ``SELECT``, then
-  the write with ``COMMIT``.
+  is one statement rendered by the engine (lock, acquire, history); rows it
+  leaves to the core are claimed through it in two round trips (a pipelined
+  ``BEGIN`` with the locking ``SELECT``, then the write with ``COMMIT``).
 * ``create_many`` is one statement (so one implicit transaction): one
   multi-row ``INSERT`` into tasks and one into history, from arrays
   (``unnest``). A task id already stored fails the whole statement, so nothing
