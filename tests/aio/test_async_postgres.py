@@ -86,6 +86,7 @@ def test_wait_for_work_is_woken_by_a_create_in_another_store(url: str) -> None:
 
     async def main() -> None:
         store = await open_async_store(url)
+        assert isinstance(store, AsyncPostgresStore)
         try:
             assert not await store.wait_for_work(queues="q", timeout=timedelta(seconds=0.3))
             other = open_store(url)
