@@ -45,7 +45,11 @@ def test_the_async_stores_pass_the_suite(factory: str) -> None:
     ("factory", "only", "invariant"),
     [
         ("heartbeat_ignores_owner", "contract/", "INV-1"),
-        ("claim_yields", "concurrency/threads", "INV-1"),
+        (
+            "claim_yields",
+            "concurrency/threads",
+            "INV-1|INV-7",
+        ),  # two holders, or a history the record contradicts
         ("complete_writes_first", "contract/", "INV-8"),
     ],
 )
@@ -67,4 +71,4 @@ def test_an_async_broken_backend_is_rejected(
     assert done.returncode == 1, done.stdout + done.stderr
     failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED")]
     assert failed
-    assert any(f" {invariant} (" in line for line in failed), failed
+    assert any(f" {i} (" in line for i in invariant.split("|") for line in failed), failed

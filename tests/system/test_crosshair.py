@@ -68,7 +68,7 @@ def test_crosshair_finds_every_mutant() -> None:
             CROSSHAIR,
             "check",
             "--analysis_kind=icontract",
-            "--per_condition_timeout=5",
+            "--per_condition_timeout=15",
             "--per_path_timeout=2",
             *(f"crosshair_mutants.broken_core.{name}" for name in DRIVERS),
         ],
