@@ -163,6 +163,13 @@ def batch_params(
 # ---------------------------------------------------------------- SQLite
 
 
+def _sqlite_parts(write: EventWrite, d: Dialect) -> tuple[str, str]:
+    """``write``'s history entry (a ``SELECT`` list) and ``SET`` list on SQLite."""
+    entry = ", ".join(write.entry[c].sql(d) for c in _ENTRY_COLUMNS)
+    sets = ", ".join(f"{c} = {e.sql(d)}" for c, e in write.columns.items())
+    return entry, sets
+
+
 @cache
 def sqlite_write(event: str) -> tuple[str, str]:
     """The two statements of ``event`` on SQLite, run in one write transaction:
@@ -174,12 +181,11 @@ def sqlite_write(event: str) -> tuple[str, str]:
     """
     write = event_write(event)
     where = all_of(write.applies, *_exact(write, _SQLITE)).sql(_SQLITE)
-    entry = ", ".join(write.entry[c].sql(_SQLITE) for c in _ENTRY_COLUMNS)
+    entry, sets = _sqlite_parts(write, _SQLITE)
     insert = (
         f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT task_id, {entry} FROM tasks"
         f" WHERE task_id = :task_id AND {where} RETURNING {HISTORY_COLUMNS}"
     )
-    sets = ", ".join(f"{c} = {e.sql(_SQLITE)}" for c, e in write.columns.items())
     update = f"UPDATE tasks SET {sets} WHERE task_id = :task_id AND {where} RETURNING {COLUMNS}"
     return insert, update
 
@@ -205,14 +211,13 @@ def sqlite_write_many(event: str) -> tuple[str, str]:
     write = event_write(event)
     d = _SQLITE_BATCH
     where = all_of(write.applies, *_exact(write, d)).sql(d)
-    entry = ", ".join(write.entry[c].sql(d) for c in _ENTRY_COLUMNS)
+    entry, sets = _sqlite_parts(write, d)
     rows = f"tasks JOIN {_SQLITE_ROWS} ON task_id = b_task_id"
     insert = (
         f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT task_id, {entry} FROM {rows}"
         f" WHERE {where} AND (SELECT count(*) FROM {rows} WHERE {where}) = :n"
         f" RETURNING {HISTORY_COLUMNS}"
     )
-    sets = ", ".join(f"{c} = {e.sql(d)}" for c, e in write.columns.items())
     update = (
         f"UPDATE tasks SET {sets} FROM {_SQLITE_ROWS} WHERE task_id = b_task_id AND {where}"
         f" RETURNING {COLUMNS}"
@@ -241,12 +246,11 @@ def sqlite_claim(candidates: str) -> tuple[str, str]:
     write = event_write("acquire")
     if _exact(write, _SQLITE):  # pragma: no cover - a rendering that needs a fallback
         raise AssertionError("a SQLite claim needs every acquire expression exact")
-    entry = ", ".join(write.entry[c].sql(_SQLITE) for c in _ENTRY_COLUMNS)
+    entry, sets = _sqlite_parts(write, _SQLITE)
     insert = (
         f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT task_id, {entry} FROM tasks"
         f" WHERE task_id IN ({candidates}) RETURNING {HISTORY_COLUMNS}"
     )
-    sets = ", ".join(f"{c} = {e.sql(_SQLITE)}" for c, e in write.columns.items())
     update = (
         f"UPDATE tasks SET {sets} WHERE task_id IN (SELECT value FROM json_each(:ids))"
         f" RETURNING {COLUMNS}"
