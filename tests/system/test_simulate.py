@@ -79,7 +79,12 @@ def test_small_simulation_passes_and_its_report_matches_the_store(tmp_path: Path
             assert task.state is TaskState.QUARANTINED
             assert task.attempts == task.max_attempts
             assert (task.terminal_reason or "").startswith("attempts exhausted")
-        assert report["workers_killed_by_poison_tasks"] == sum(t.attempts for t in poison)
+        # Each poison attempt killed its worker, unless the simulator's own SIGKILL came
+        # first: it spares poison holders, but a worker it picked may claim one before
+        # the signal lands (seen once in CI: 5 self-kills over 6 attempts).
+        attempts = sum(t.attempts for t in poison)
+        self_kills = report["workers_killed_by_poison_tasks"]
+        assert self_kills <= attempts <= self_kills + report["workers_killed"]
         applied = sum(
             c.status is CompensationStatus.APPLIED
             for t in store.list_tasks(limit=1000)

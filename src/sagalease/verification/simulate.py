@@ -524,12 +524,14 @@ def run_simulation(
             if ended >= settings.tasks:
                 break
             if (kills_left or pauses_left) and milestones and ended >= milestones[0]:
-                # Hit workers that hold a lease (most likely inside a handler).
+                # Hit workers that hold a lease (most likely inside a handler), but not
+                # over a poison task: that worker is about to kill itself, and the
+                # report counts those deaths apart.
                 holders = {
                     t.lease.owner
                     for state in LEASE_STATES
                     for t in store.list_tasks(state=state, limit=10_000)
-                    if t.lease is not None
+                    if t.lease is not None and t.metadata.get("kind") != "poison"
                 }
                 live = sorted(
                     o for o, p in procs.items() if p.is_alive() and o not in paused and o in holders
