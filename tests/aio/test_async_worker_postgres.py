@@ -1,7 +1,7 @@
-"""AsyncWorker on the async PostgreSQL store in real processes: a killed process's
-task is reclaimed, and an idle worker wakes on NOTIFY (a create is picked up well
-before its 30 s poll interval). Skipped without a server; failed with
-``SAGALEASE_REQUIRE_POSTGRES=1``.
+"""AsyncWorker on the async PostgreSQL store in a real process: an idle worker wakes
+on NOTIFY (a create is picked up well before its 30 s poll interval). Skipped without
+a server; failed with ``SAGALEASE_REQUIRE_POSTGRES=1``. The process tests both stores
+share are in test_async_worker_processes.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_async_worker_processes import finish, kill_then_reclaim, start, wait_ready
+from test_async_worker_processes import finish, start
 
 from conftest import POSTGRES_URL, require_postgres
 from sagalease.stores.postgres import PostgresStore
@@ -32,20 +32,11 @@ def url(store: PostgresStore) -> str:
     return f"{POSTGRES_URL}?schema={store.schema}"
 
 
-def test_a_killed_process_task_is_reclaimed(store: PostgresStore) -> None:
-    """SIGKILL mid-handler: once its lease (6 s) expired, another worker reclaims the task."""
-    store.create("t1")
-    proc = start(url(store), "checkpoints")  # type: ignore[arg-type]
-    ready = wait_ready(proc)
-    assert ready["token"] == 1
-    kill_then_reclaim(proc, store, within=20)
-
-
 def test_an_idle_worker_wakes_on_notify(store: PostgresStore) -> None:
     """With poll_interval 30 s and nothing to claim, the worker awaits the store's
     wake-up: a task created by another process is completed within seconds.
     """
-    proc = start(url(store), "idle")  # type: ignore[arg-type]
+    proc = start(url(store), "idle")
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert json.loads(line) == {"idle": True}, line

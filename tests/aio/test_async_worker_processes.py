@@ -1,6 +1,8 @@
-"""AsyncWorker in real processes on SQLite: lease loss learned before a late
-complete, SIGTERM releases, a killed process's task is reclaimed, cancel-on-loss
-cancels, and asyncio's debug mode sees no slow callback (no blocking call on the loop).
+"""AsyncWorker in real processes, on an SQLite file and on PostgreSQL (skipped
+without a server; failed with ``SAGALEASE_REQUIRE_POSTGRES=1``): lease loss learned
+before a late complete, SIGTERM releases, a killed process's task is reclaimed,
+cancel-on-loss cancels, and asyncio's debug mode sees no slow callback (no blocking
+call on the loop).
 """
 
 from __future__ import annotations
@@ -11,20 +13,42 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sagalease import SQLiteStore, TaskState
+import pytest
+
+from conftest import POSTGRES_URL, require_postgres
+from sagalease import SagaStore, SQLiteStore, TaskState
+from sagalease.stores.postgres._store import scratch_store
 
 SCRIPT = Path(__file__).with_name("aio_worker_proc.py")
 
 
-def start(db: Path, mode: str) -> subprocess.Popen[str]:
-    """Start a worker process."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, SagaStore]]:
+    """The URL a worker process opens, and the tests' own sync store over the same
+    database: an SQLite file, or a fresh PostgreSQL schema (dropped after).
+    """
+    if request.param == "sqlite":
+        db = tmp_path / "t.db"
+        store: SagaStore = SQLiteStore(db)
+        url = f"sqlite:///{db}"
+    else:
+        require_postgres()
+        pg = scratch_store(POSTGRES_URL)
+        store, url = pg, f"{POSTGRES_URL}?schema={pg.schema}"
+    yield url, store
+    store.close()
+
+
+def start(db: str, mode: str) -> subprocess.Popen[str]:
+    """Start a worker process over ``db`` (a path or a URL)."""
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent)}
     return subprocess.Popen(
-        [sys.executable, str(SCRIPT), str(db), mode],
+        [sys.executable, str(SCRIPT), db, mode],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -65,10 +89,11 @@ def kill_then_reclaim(proc: subprocess.Popen[str], store: Any, *, within: float)
     assert claimed.expirations == 1
 
 
-def test_a_stalled_process_learns_the_loss_before_a_late_complete(tmp_path: Path) -> None:
+def test_a_stalled_process_learns_the_loss_before_a_late_complete(
+    fleet: tuple[str, SagaStore],
+) -> None:
     """Stopped past its TTL, then resumed: the handler's checkpoint raises, nothing is written."""
-    db = tmp_path / "t.db"
-    store = SQLiteStore(db)
+    db, store = fleet
     store.create("t1")
     proc = start(db, "stall")
     wait_ready(proc)
@@ -82,13 +107,11 @@ def test_a_stalled_process_learns_the_loss_before_a_late_complete(tmp_path: Path
     assert [o["result"] for o in outcomes] == ["lost"]
     assert [e.event for e in store.history("t1")] == ["create", "acquire", "acquire"]
     assert store.complete("t1", owner="rescuer", token=2).state is TaskState.COMPLETED
-    store.close()
 
 
-def test_sigterm_releases_the_lease(tmp_path: Path) -> None:
+def test_sigterm_releases_the_lease(fleet: tuple[str, SagaStore]) -> None:
     """SIGTERM: the handler sees the shutdown at its next checkpoint, the lease is released."""
-    db = tmp_path / "t.db"
-    store = SQLiteStore(db)
+    db, store = fleet
     store.create("t1")
     proc = start(db, "checkpoints")
     wait_ready(proc)
@@ -101,24 +124,20 @@ def test_sigterm_releases_the_lease(tmp_path: Path) -> None:
     assert task.state is TaskState.PENDING
     assert task.lease is None
     assert store.history("t1")[-1].reason == "shutdown"
-    store.close()
 
 
-def test_a_killed_process_task_is_reclaimed(tmp_path: Path) -> None:
-    """SIGKILL mid-handler: once its lease expired, another worker reclaims the task."""
-    db = tmp_path / "t.db"
-    store = SQLiteStore(db)
+def test_a_killed_process_task_is_reclaimed(fleet: tuple[str, SagaStore]) -> None:
+    """SIGKILL mid-handler: once its lease (6 s) expired, another worker reclaims the task."""
+    db, store = fleet
     store.create("t1")
     proc = start(db, "checkpoints")
-    wait_ready(proc)
-    kill_then_reclaim(proc, store, within=15)
-    store.close()
+    assert wait_ready(proc)["token"] == 1
+    kill_then_reclaim(proc, store, within=20)
 
 
-def test_cancel_on_loss_cancels_the_handler(tmp_path: Path) -> None:
+def test_cancel_on_loss_cancels_the_handler(fleet: tuple[str, SagaStore]) -> None:
     """A handler without checkpoints is cancelled once its heartbeat is refused."""
-    db = tmp_path / "t.db"
-    store = SQLiteStore(db)
+    db, store = fleet
     store.create("t1")
     proc = start(db, "cancel")
     wait_ready(proc)
@@ -129,15 +148,16 @@ def test_cancel_on_loss_cancels_the_handler(tmp_path: Path) -> None:
     assert {"cancelled": "t1", "lost": True} in lines
     assert [line["result"] for line in lines if "result" in line] == ["lost"]
     assert time.monotonic() - start_at < 5  # a heartbeat (every 0.5 s), not the 60 s sleep
-    store.close()
 
 
-def test_debug_mode_sees_no_slow_callback_while_the_store_works(tmp_path: Path) -> None:
+def test_debug_mode_sees_no_slow_callback_while_the_store_works(
+    fleet: tuple[str, SagaStore],
+) -> None:
     """Forty tasks through ten handler tasks: asyncio's debug mode warns of no callback
-    that took 100 ms or more (every SQLite call runs on the store's thread).
+    that took 100 ms or more (SQLite calls run on the store's thread; PostgreSQL's are
+    awaited on the async pool, or run on threads).
     """
-    db = tmp_path / "t.db"
-    store = SQLiteStore(db)
+    db, store = fleet
     for i in range(40):
         store.create(f"t{i}")
     proc = start(db, "quick")
@@ -147,4 +167,3 @@ def test_debug_mode_sees_no_slow_callback_while_the_store_works(tmp_path: Path) 
     assert results.count("completed") >= 30
     assert "Executing" not in err, err
     assert "took" not in err, err
-    store.close()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import importlib
 import inspect
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -277,16 +278,20 @@ async def open_async_store(
     when idle. A bad URL or option: as :func:`~sagalease.stores.open_store` says.
     """
     parsed = parse_url(url)
+    loop = asyncio.get_running_loop()
     if parsed.backend is Backend.POSTGRES:
         try:
-            from sagalease.aio._postgres import open_async_postgres
+            # psycopg's first import takes a few hundred ms: not on the loop.
+            module = await loop.run_in_executor(
+                None, importlib.import_module, "sagalease.aio._postgres"
+            )
         except ImportError as exc:
             raise InvalidInputError(
                 "postgresql:// stores need psycopg: pip install 'sagalease[postgres]'"
             ) from exc
         return cast(
             AsyncSagaStore,
-            await open_async_postgres(url, clock=clock, connect_timeout=connect_timeout),
+            await module.open_async_postgres(url, clock=clock, connect_timeout=connect_timeout),
         )
     opening = functools.partial(open_store, url, clock=clock, connect_timeout=connect_timeout)
     if parsed.backend is Backend.MEMORY:
@@ -295,6 +300,6 @@ async def open_async_store(
     try:
         store = await runner.run(opening)
     except BaseException:
-        await asyncio.get_running_loop().run_in_executor(None, runner.shutdown)
+        await loop.run_in_executor(None, runner.shutdown)
         raise
     return cast(AsyncSagaStore, _AsyncAdapter(store, runner))
