@@ -40,6 +40,7 @@ PARTS = (
     "fleet",
     "creates",
     "async",
+    "handlers",
 )
 WORKERS = (1, 2, 4, 8)
 TASKS = {"sqlite-NORMAL": 3000, "sqlite-FULL": 600, "postgres": 1000}
@@ -127,6 +128,32 @@ def run_async(args: argparse.Namespace) -> None:
     for line in aio.ratios(rows):
         _log(line)
     _save("async", {"rows": rows, "load_before": load, "ratios": aio.ratios(rows)})
+
+
+def run_handlers(args: argparse.Namespace) -> None:
+    """One process with 200 handlers sleeping 50 ms each: AsyncWorker (asyncio tasks)
+    against Worker (threads), on SQLite and PostgreSQL, interleaved; throughput, CPU
+    per task and peak RSS printed at the end.
+    """
+    from bench import handlers
+
+    load = os.getloadavg()
+    tasks = 400 if args.quick else 2000
+    rows = []
+    for rep in range(args.reps):
+        for backend in ("sqlite", "postgres"):
+            for impl in handlers.IMPLS:
+                row = handlers.measure(impl, backend, tasks, args.dsn)
+                row["rep"] = rep
+                _log(
+                    f"rep {rep} {backend} {impl}: {row['rate']:.0f} tasks/s,"
+                    f" CPU {row['cpu_s']:.2f} s, peak RSS {row['peak_rss_mb']:.0f} MB"
+                )
+                rows.append(row)
+    lines = handlers.summary(rows)
+    for line in lines:
+        _log(line)
+    _save("handlers", {"rows": rows, "load_before": load, "summary": lines})
 
 
 def run_contracts_on(args: argparse.Namespace) -> None:
@@ -408,6 +435,7 @@ def main() -> None:
         "fleet": run_fleet,
         "creates": run_creates,
         "async": run_async,
+        "handlers": run_handlers,
     }
     started = datetime.now(UTC)
     for part in args.part or PARTS:
