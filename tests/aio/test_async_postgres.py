@@ -6,6 +6,7 @@ Skipped without a server; failed with ``SAGALEASE_REQUIRE_POSTGRES=1``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
 import time
@@ -127,3 +128,73 @@ def test_the_server_clock_is_read_on_the_loop(url: str) -> None:
         assert threading.active_count() <= before + 1
 
     asyncio.run(main())
+
+
+def test_killed_async_connections_are_one_warning_and_the_pool_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every connection of the async pool killed under claims: the calls raise
+    StoreUnavailableError, the driver's warnings become one WARNING line on
+    sagalease.postgres (the sync store's logger, the rest at DEBUG), none is left on
+    psycopg's loggers, and the next calls work on fresh connections.
+    """
+    from sagalease.aio._postgres import over
+    from sagalease.stores.postgres import PostgresStore
+    from sagalease.stores.postgres import _store as postgres
+
+    require_postgres()
+    schema = f"sagalease_test_{secrets.token_hex(6)}"
+    app = f"ares_{schema}"
+    dsn = f"{POSTGRES_URL}?application_name={app}"
+    caplog.set_level(logging.DEBUG, logger=postgres.LOGGER_NAME)
+
+    def kill() -> None:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (app,),
+            )
+
+    async def main() -> None:
+        opened = await over(lambda: PostgresStore(dsn, schema=schema, min_size=1, max_size=2))
+        assert isinstance(opened, AsyncSagaStore)
+        store = opened
+        try:
+            for i in range(4):
+                await store.create(f"t{i}")
+            claims = [store.claim_next(owner=f"w{i}", ttl=TTL) for i in range(2)]
+            assert None not in await asyncio.gather(*claims)  # both pooled connections used
+            await asyncio.to_thread(kill)
+            failures = 0
+            for _ in range(4):  # at most one failure per dead pooled connection
+                try:
+                    await store.claim_next(owner="w", ttl=TTL)
+                except StoreUnavailableError:
+                    failures += 1
+                else:
+                    break
+            assert failures >= 1
+            assert await store.claim_next(owner="w2", ttl=TTL) is not None  # works again
+            await asyncio.sleep(0.5)  # the pool's own tasks have reconnected meanwhile
+        finally:
+            await store.close()
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                )
+
+    asyncio.run(main())
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == postgres.LOGGER_NAME and r.levelno >= logging.WARNING
+    ]
+    driver = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name in ("psycopg", "psycopg.pool") and r.levelno >= logging.WARNING
+    ]
+    assert driver == []
+    assert len(lines) == 1, lines
+    assert "connection trouble" in lines[0]

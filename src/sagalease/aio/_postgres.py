@@ -27,8 +27,10 @@ Wake-ups: :meth:`AsyncPostgresStore.wait_for_work` awaits a notification on the
 schema's channel (the sync store's channel and payloads) on one ``LISTEN``
 connection per store, read by an asyncio task; no polling.
 
-The driver's warnings about the async pool's connections are not gathered into
-incidents as the sync store's are (those go through psycopg's loggers as they are).
+The driver's warnings about the async pool's connections are the sync store's
+incidents: one WARNING line per incident on ``sagalease.postgres``, the rest at
+DEBUG (the pool is opened, and each connection used, under the store's
+incidents; the pool's own tasks inherit them).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from sagalease.stores.postgres._store import (
     _OffLoop,
     _Planned,
     _PlanStepper,
+    _using,
     scratch_store,
 )
 
@@ -219,16 +222,19 @@ class AsyncPostgresStore:
     @contextlib.asynccontextmanager
     async def _connection(self, action: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A connection of the async pool; errors as the sync store raises them."""
-        self.inner._check_usable()
+        inner = self.inner
+        inner._check_usable()
         try:
-            async with self._pool.connection(timeout=self.inner.timeout) as conn:
-                yield conn
+            with _using(inner._incidents):
+                async with self._pool.connection(timeout=inner.timeout) as conn:
+                    yield conn
+            inner._incidents.worked()
         except SagaLeaseError:
             raise
         except (PoolTimeout, psycopg.Error) as exc:
-            error, broken = self.inner._failure(action, exc)
+            error, broken = inner._failure(action, exc)
             if broken:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception), _using(inner._incidents):
                     await self._pool.check()
             raise error from exc
 
@@ -332,7 +338,8 @@ async def over(opening: Callable[[], PostgresStore]) -> AsyncPostgresStore:
         reconnect_timeout=4.0,
     )
     try:
-        await pool.open(wait=True, timeout=inner.connect_timeout + inner.timeout)
+        with _using(inner._incidents):  # the pool's own tasks inherit it
+            await pool.open(wait=True, timeout=inner.connect_timeout + inner.timeout)
     except (PoolTimeout, psycopg.Error) as exc:
         with contextlib.suppress(Exception):
             await pool.close(timeout=1.0)

@@ -674,9 +674,10 @@ class _Incidents:
                 self._worked = True
 
 
-_current = threading.local()
-"""``store``: the :class:`_Incidents` of the store whose connection this thread is
-using (inside ``_connection``, opening or closing), else absent.
+_current: ContextVar[_Incidents | None] = ContextVar("sagalease_postgres_incidents", default=None)
+"""The :class:`_Incidents` of the store whose connection this thread (or asyncio
+task) is using: inside ``_connection``, opening or closing; an async pool's own
+tasks inherit the value their pool was opened under.
 """
 
 _pools: dict[str, _Incidents] = {}
@@ -689,18 +690,19 @@ _pool_numbers = iter(range(1, 2**63))
 
 @contextlib.contextmanager
 def _using(incidents: _Incidents) -> Iterator[None]:
-    """Attribute the driver's messages logged by this thread meanwhile to ``incidents``."""
-    previous = getattr(_current, "store", None)
-    _current.store = incidents
+    """Attribute the driver's messages logged meanwhile by this thread (or asyncio
+    task, and the tasks it starts) to ``incidents``.
+    """
+    token = _current.set(incidents)
     try:
         yield
     finally:
-        _current.store = previous
+        _current.reset(token)
 
 
 def _incidents_here() -> _Incidents | None:
     """The store the current thread logs for: a store call's, or a pool thread's."""
-    incidents: _Incidents | None = getattr(_current, "store", None)
+    incidents = _current.get()
     if incidents is not None:
         return incidents
     name = threading.current_thread().name
