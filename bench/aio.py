@@ -3,6 +3,11 @@ of the async PostgreSQL store (``sagalease.aio``, one asyncio task per process
 awaiting each call) against the sync :class:`PostgresStore`, at 1 and 8
 processes, measured interleaved in one run (``python -m bench.run --part async``).
 Each process drains the same kind of prepared schema as ``cycles``' ``lib``.
+
+The driver's own ceiling beside it: ``raw-sync`` and ``raw-async`` run
+``cycles``' ``raw+history`` statements on psycopg's ``ConnectionPool`` and
+``AsyncConnectionPool`` (one connection each), so ``raw-async / raw-sync`` is
+what psycopg's asyncio path costs with no library around it.
 """
 
 from __future__ import annotations
@@ -11,10 +16,18 @@ import asyncio
 import time
 from typing import Any
 
-from bench.common import Work, median, percentile, run_processes
-from bench.cycles import TTL, pg_lib_prepare, pg_lib_worker
+from bench.common import TTL_US, Work, median, percentile, run_processes
+from bench.cycles import (
+    TTL,
+    _now_us,
+    pg_lib_prepare,
+    pg_lib_worker,
+    pg_raw_prepare,
+    pg_raw_statements,
+)
 
-IMPLS = ("sync", "async")
+IMPLS = ("sync", "async", "raw-sync", "raw-async")
+PAIRS = (("async", "sync"), ("raw-async", "raw-sync"))
 
 
 def pg_async_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
@@ -50,12 +63,96 @@ def pg_async_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
     return work
 
 
+def pg_raw_pool_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
+    """One raw+history worker on psycopg's pool: ``mode`` ``sync`` or ``async``."""
+    from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+    q = pg_raw_statements(schema, hist=True)
+    kwargs = {"autocommit": True}
+
+    def lost(cursor: Any, what: str) -> None:
+        if cursor.rowcount != 1:
+            raise RuntimeError(f"raw {what} lost the lease")
+
+    if mode == "sync":
+        pool = ConnectionPool(dsn, min_size=1, max_size=1, kwargs=kwargs)
+        pool.wait()
+
+        def drain_sync() -> tuple[int, list[float]]:
+            latencies: list[float] = []
+            clock = time.perf_counter_ns
+            while True:
+                started, now = clock(), _now_us()
+                with pool.connection() as conn:
+                    cur = conn.execute(q["claim"], (owner, now + TTL_US, now, owner), prepare=True)
+                    row = cur.fetchone()
+                if row is None:
+                    return len(latencies), latencies
+                job, token = row
+                now = _now_us()
+                with pool.connection() as conn:
+                    beat = (now + TTL_US, job, owner, token, now, owner)
+                    lost(conn.execute(q["heartbeat"], beat, prepare=True), "heartbeat")
+                with pool.connection() as conn:
+                    done = (job, owner, token, _now_us(), owner)
+                    lost(conn.execute(q["complete"], done, prepare=True), "complete")
+                latencies.append((clock() - started) / 1000)
+
+        def work_sync() -> tuple[int, list[float]]:
+            try:
+                return drain_sync()
+            finally:
+                pool.close()
+
+        return work_sync
+
+    loop = asyncio.new_event_loop()
+    apool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        dsn, min_size=1, max_size=1, kwargs=kwargs, open=False
+    )
+    loop.run_until_complete(apool.open(wait=True))
+
+    async def drain_async() -> tuple[int, list[float]]:
+        latencies: list[float] = []
+        clock = time.perf_counter_ns
+        while True:
+            started, now = clock(), _now_us()
+            async with apool.connection() as conn:
+                params = (owner, now + TTL_US, now, owner)
+                cur = await conn.execute(q["claim"], params, prepare=True)
+                row = await cur.fetchone()
+            if row is None:
+                return len(latencies), latencies
+            job, token = row
+            now = _now_us()
+            async with apool.connection() as conn:
+                beat = (now + TTL_US, job, owner, token, now, owner)
+                lost(await conn.execute(q["heartbeat"], beat, prepare=True), "heartbeat")
+            async with apool.connection() as conn:
+                done = (job, owner, token, _now_us(), owner)
+                lost(await conn.execute(q["complete"], done, prepare=True), "complete")
+            latencies.append((clock() - started) / 1000)
+
+    def work_async() -> tuple[int, list[float]]:
+        try:
+            return loop.run_until_complete(drain_async())
+        finally:
+            loop.run_until_complete(apool.close())
+            loop.close()
+
+    return work_async
+
+
 def measure(impl: str, workers: int, tasks: int, dsn: str) -> dict[str, Any]:
     """``workers`` processes of ``impl`` (``sync`` or ``async``) drain ``tasks``."""
-    schema = f"bench_aio_{impl}"
-    pg_lib_prepare(dsn, schema, tasks)
-    target = pg_async_worker if impl == "async" else pg_lib_worker
-    result = run_processes(target, [(dsn, schema, f"w{i}", "full") for i in range(workers)])
+    schema = f"bench_aio_{impl.replace('-', '_')}"
+    if impl.startswith("raw-"):
+        pg_raw_prepare(dsn, schema, tasks)
+        target, mode = pg_raw_pool_worker, impl.removeprefix("raw-")
+    else:
+        pg_lib_prepare(dsn, schema, tasks)
+        target, mode = (pg_async_worker if impl == "async" else pg_lib_worker), "full"
+    result = run_processes(target, [(dsn, schema, f"w{i}", mode) for i in range(workers)])
     if result.count != tasks:
         raise RuntimeError(f"async part {impl} x{workers}: {result.count} of {tasks} tasks done")
     return {
@@ -70,16 +167,20 @@ def measure(impl: str, workers: int, tasks: int, dsn: str) -> dict[str, Any]:
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per worker count: the median rate of each and async / sync."""
+    """One line per worker count and pair: the median rate of each and their ratio
+    (the library's ``async / sync``, then the driver's ``raw-async / raw-sync``).
+    """
     lines = []
     for workers in sorted({row["workers"] for row in rows}):
         rate = {
             impl: median([r["rate"] for r in rows if r["impl"] == impl and r["workers"] == workers])
-            for impl in IMPLS
+            for impl in {r["impl"] for r in rows}
         }
-        ratio = rate["async"] / rate["sync"] if rate["sync"] else 0.0
-        lines.append(
-            f"postgres x{workers}: sync {rate['sync']:.0f}/s, async {rate['async']:.0f}/s,"
-            f" async/sync {ratio:.2f}"
-        )
+        for fast, base in PAIRS:
+            if fast in rate and base in rate:
+                ratio = rate[fast] / rate[base] if rate[base] else 0.0
+                lines.append(
+                    f"postgres x{workers}: {base} {rate[base]:.0f}/s, {fast} {rate[fast]:.0f}/s,"
+                    f" {fast}/{base} {ratio:.2f}"
+                )
     return lines

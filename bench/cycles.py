@@ -442,14 +442,11 @@ def pg_lib_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
     return _lib_work(store, owner, mode)
 
 
-def pg_raw_worker(dsn: str, schema: str, owner: str, mode: str, hist: bool = False) -> Work:
-    """Set up one raw-SQL worker (psycopg, autocommit, prepared statements).
-
-    ``hist``: every update also appends a history row, in the same statement (a CTE).
+def pg_raw_statements(schema: str, hist: bool) -> dict[str, str]:
+    """The raw worker's statements (``claim``, ``heartbeat``, ``complete``,
+    ``claim10``, ``complete10``) on ``schema``'s minimal table; ``hist``: each
+    update also appends a history row in the same statement (a CTE).
     """
-    import psycopg
-
-    conn = psycopg.connect(dsn, autocommit=True)
     claim = (
         f"UPDATE {schema}.jobs SET state = 'running', owner = %s, token = token + 1,"
         f" expires_us = %s WHERE id = (SELECT id FROM {schema}.jobs"
@@ -490,6 +487,26 @@ def pg_raw_worker(dsn: str, schema: str, owner: str, mode: str, hist: bool = Fal
         complete = logged(complete, "complete")
         claim10 = logged(claim10, "claim")
         complete10 = logged(complete10, "complete")
+    return {
+        "claim": claim,
+        "heartbeat": heartbeat,
+        "complete": complete,
+        "claim10": claim10,
+        "complete10": complete10,
+    }
+
+
+def pg_raw_worker(dsn: str, schema: str, owner: str, mode: str, hist: bool = False) -> Work:
+    """Set up one raw-SQL worker (psycopg, autocommit, prepared statements).
+
+    ``hist``: every update also appends a history row, in the same statement (a CTE).
+    """
+    import psycopg
+
+    conn = psycopg.connect(dsn, autocommit=True)
+    q = pg_raw_statements(schema, hist)
+    claim, heartbeat, complete = q["claim"], q["heartbeat"], q["complete"]
+    claim10, complete10 = q["claim10"], q["complete10"]
     extra = (owner,) if hist else ()
     done = 0
 

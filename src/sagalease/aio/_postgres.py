@@ -251,7 +251,7 @@ class AsyncPostgresStore:
                         except psycopg.Error as exc:
                             stepper.settle(exc)
                         else:
-                            rows = await cursor.fetchall() if cursor.description else []
+                            rows = await cursor.fetchall() if cursor.rownumber is not None else []
                             stepper.settle(rows)
                 except BaseException:
                     if conn.info.transaction_status != TransactionStatus.IDLE:

@@ -1417,7 +1417,8 @@ class PostgresStore(SQLStoreBase):
                     except psycopg.Error as exc:
                         stepper.settle(exc)
                         continue
-                    stepper.settle(cursor.fetchall() if cursor.description is not None else [])
+                    # rownumber, not description: no Column objects built per statement
+                    stepper.settle(cursor.fetchall() if cursor.rownumber is not None else [])
             except BaseException:
                 self._roll_back(conn)
                 raise
