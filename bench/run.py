@@ -113,7 +113,8 @@ def run_async(args: argparse.Namespace) -> None:
     from bench import aio
 
     load = os.getloadavg()
-    tasks = (QUICK_TASKS if args.quick else TASKS)["postgres"]
+    # three times the cycles part's tasks: a 2 s run of one process swung by ±20 %
+    tasks = 3 * (QUICK_TASKS if args.quick else TASKS)["postgres"]
     rows = []
     for rep in range(args.reps):
         for w in _workers(args, (1, 8)):

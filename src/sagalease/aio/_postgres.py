@@ -41,7 +41,7 @@ import contextvars
 import functools
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any, Final
@@ -54,9 +54,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sagalease import core
 from sagalease.aio._store import install_forwarding
 from sagalease.clock import Clock, duration_us
-from sagalease.errors import SagaLeaseError, StoreUnavailableError
+from sagalease.errors import StoreUnavailableError
 from sagalease.stores.postgres._store import (
+    Plan,
     PostgresStore,
+    _current,
     _Driving,
     _driving,
     _OffLoop,
@@ -101,6 +103,25 @@ def _under(driving: _Driving, call: Callable[[], Any]) -> Any:
 def _replayable(value: object) -> object:
     """``value``, or the list of its items if it is a one-shot iterator (a generator)."""
     return list(value) if isinstance(value, Iterator) else value
+
+
+async def _steps(conn: psycopg.AsyncConnection[Any], plan: Plan[Any]) -> Any:
+    """Run ``plan``'s statements on ``conn`` (rolling back what an error leaves open)."""
+    stepper = _PlanStepper(plan)
+    try:
+        while (op := stepper.op) is not None:
+            try:
+                cursor = await conn.execute(op.query, op.params, prepare=op.prepare)
+            except psycopg.Error as exc:
+                stepper.settle(exc)
+                continue
+            stepper.settle(await cursor.fetchall() if cursor.rownumber is not None else [])
+    except BaseException:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute(b"ROLLBACK")
+        raise
+    return stepper.result
 
 
 class _AsyncListener:
@@ -219,48 +240,35 @@ class AsyncPostgresStore:
         """The PostgreSQL schema of the store."""
         return self.inner.schema
 
-    @contextlib.asynccontextmanager
-    async def _connection(self, action: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A connection of the async pool; errors as the sync store raises them."""
-        inner = self.inner
-        inner._check_usable()
-        try:
-            with _using(inner._incidents):
-                async with self._pool.connection(timeout=inner.timeout) as conn:
-                    yield conn
-            inner._incidents.worked()
-        except SagaLeaseError:
-            raise
-        except (PoolTimeout, psycopg.Error) as exc:
-            error, broken = inner._failure(action, exc)
-            if broken:
-                with contextlib.suppress(Exception), _using(inner._incidents):
-                    await self._pool.check()
-            raise error from exc
-
     async def _execute(self, planned: _Planned) -> tuple[bool, Any]:
-        """Run a plan on an async connection: ``(True, result)`` or ``(False, error)``."""
+        """Run a plan on a connection of the async pool: ``(True, result)``, or
+        ``(False, error)`` with the error the sync store raises for it (driver and
+        pool errors through its ``_failure``; a broken connection has the pool
+        checked). The pool's ``getconn``/``putconn`` directly, not its
+        ``connection()`` context (which would commit an autocommit connection).
+        """
+        inner, pool = self.inner, self._pool
+        token = _current.set(inner._incidents)
         try:
-            async with self._connection(planned.action) as conn:
-                stepper = _PlanStepper(planned.plan)
-                try:
-                    while stepper.op is not None:
-                        op = stepper.op
-                        try:
-                            cursor = await conn.execute(op.query, op.params, prepare=op.prepare)
-                        except psycopg.Error as exc:
-                            stepper.settle(exc)
-                        else:
-                            rows = await cursor.fetchall() if cursor.rownumber is not None else []
-                            stepper.settle(rows)
-                except BaseException:
-                    if conn.info.transaction_status != TransactionStatus.IDLE:
-                        with contextlib.suppress(psycopg.Error):
-                            await conn.execute(b"ROLLBACK")
-                    raise
-                return True, stepper.result
+            inner._check_usable()
+            conn = await pool.getconn(timeout=inner.timeout)
+            try:
+                result = await _steps(conn, planned.plan)
+            finally:
+                await pool.putconn(conn)
+            inner._incidents.worked()
+            return True, result
+        except (PoolTimeout, psycopg.Error) as exc:
+            error, broken = inner._failure(planned.action, exc)
+            if broken:
+                with contextlib.suppress(Exception):
+                    await pool.check()
+            error.__cause__ = exc
+            return False, error
         except Exception as exc:
             return False, exc
+        finally:
+            _current.reset(token)
 
     async def _threaded(self, driving: _Driving, call: Callable[[], Any]) -> Any:
         context = contextvars.copy_context()
