@@ -1351,14 +1351,27 @@ class PostgresStore(SQLStoreBase):
     def _connection(self, action: str) -> Iterator[psycopg.Connection[Row]]:
         """A pooled connection; driver errors become :class:`SagaLeaseError` subclasses
         (:meth:`_failure`). On the async store's event loop: :class:`_OffLoop`.
+        What ``with pool.connection()`` does, without its commit of an idle
+        autocommit connection (a locked round per call): a transaction left open
+        is committed, or rolled back after an error.
         """
         driving = _driving.get()
         if driving is not None and not driving.threaded:
             raise _OffLoop(action)
         self._check_usable()
+        pool = self._pool
         try:
-            with _using(self._incidents), self._pool.connection(timeout=self.timeout) as conn:
-                yield conn
+            with _using(self._incidents):
+                conn = pool.getconn(timeout=self.timeout)
+                try:
+                    yield conn
+                    if conn.info.transaction_status != TransactionStatus.IDLE:
+                        conn.commit()
+                except BaseException:
+                    self._roll_back(conn)
+                    raise
+                finally:
+                    pool.putconn(conn)
             self._incidents.worked()
         except SagaLeaseError:
             raise
