@@ -14,9 +14,12 @@ with ``asyncio.sleep``, the handler as an asyncio task::
 
     await AsyncWorker(store, charge, ttl=timedelta(seconds=30), concurrency=50).run()
 
-``concurrency`` is the number of handler tasks. An idle claimer awaits the
-store's wake-ups when it offers them (the async PostgreSQL store's
-``wait_for_work``: LISTEN/NOTIFY), else sleeps ``poll_interval``. Each leased task's heartbeat is
+``concurrency`` is the number of handler tasks. One claimer per worker fills
+the free slots, all of them in one store call (``claim_batch``; ``claim_next``
+for one); when nothing is claimable it alone awaits the store's wake-ups when
+the store offers them (the async PostgreSQL store's ``wait_for_work``:
+LISTEN/NOTIFY), else sleeps ``poll_interval``: an idle worker of any
+``concurrency`` asks the store once per wake-up or interval. Each leased task's heartbeat is
 an asyncio task every ``heartbeat_interval`` (at most a third of the TTL).
 ``ctx.lost`` is an :class:`asyncio.Event`, set the moment the lease is known
 lost; with ``cancel_on_loss=True`` the handler's task is cancelled then too
@@ -61,6 +64,9 @@ from sagalease.worker import (
 )
 
 _T = TypeVar("_T")
+
+_CLAIM_BATCH = 100
+"""The most tasks one claim asks for (free slots beyond it are claimed next round)."""
 
 __all__ = ["AsyncCompensator", "AsyncHandler", "AsyncLeaseContext", "AsyncWorker"]
 
@@ -164,7 +170,7 @@ class AsyncWorker(_Runtime[AsyncSagaStore]):
 
     def stop(self) -> None:
         """Ask the worker to stop (see :meth:`Worker.stop`); safe from signal
-        handlers and other threads. Idle claimers notice at once.
+        handlers and other threads. The idle claimer notices at once.
         """
         super().stop()
         wake, loop = self._wake, self._loop
@@ -288,70 +294,112 @@ class AsyncWorker(_Runtime[AsyncSagaStore]):
         if telemetry.AVAILABLE:  # its first use imports OpenTelemetry: not on the loop
             await loop.run_in_executor(None, _warm_telemetry)
         outcomes: list[Outcome] = []
-        budget = [max_tasks]
+        errors: list[BaseException] = []
+        running: set[asyncio.Task[None]] = set()
         handled = []
         if signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.stop)
                 handled.append(signum)
 
-        async def claimer() -> None:
-            while not self._stop.is_set():
-                if budget[0] is not None:
-                    if budget[0] <= 0:
-                        return
-                    budget[0] -= 1
-                pause: float | None = None
-                try:
-                    outcome = await self.run_one()
-                except StoreUnavailableError as exc:
-                    outcome, pause = None, self._claim_failed(exc)
-                else:
-                    self._claim_worked()
-                if outcome is not None:
-                    outcomes.append(outcome)
-                    continue
-                if budget[0] is not None:
-                    budget[0] += 1
-                if until is not None and until():
-                    self.stop()
-                    return
-                await self._idle(pause)
+        async def work(task: TaskSaga) -> None:
+            outcomes.append(await self._work(task))
 
-        claimers = [asyncio.create_task(claimer()) for _ in range(self.concurrency)]
+        def ended(handling: asyncio.Task[None]) -> None:
+            running.discard(handling)
+            error = None if handling.cancelled() else handling.exception()
+            if error is not None:  # a bug, not a handler's failure: the worker stops
+                errors.append(error)
+                self.stop()
+
+        def start(task: TaskSaga) -> None:
+            handling = asyncio.create_task(work(task), name=f"sagalease-task-{task.task_id}")
+            running.add(handling)
+            handling.add_done_callback(ended)
+
         try:
-            await self._until_stopped(claimers)
+            await self._dispatch(running, start, max_tasks, until)
         finally:
             self.stop()
             for signum in handled:
                 loop.remove_signal_handler(signum)
-            await asyncio.wait(claimers, timeout=self.shutdown_grace.total_seconds())
+            if running:
+                await asyncio.wait(set(running), timeout=self.shutdown_grace.total_seconds())
             await self._release_abandoned()
-            await asyncio.wait(claimers, timeout=self.ttl.total_seconds())
-            for claiming in claimers:
-                claiming.cancel()
-            results = await asyncio.gather(*claimers, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        errors = [e for e in errors if not isinstance(e, asyncio.CancelledError)]
+            if running:
+                await asyncio.wait(set(running), timeout=self.ttl.total_seconds())
+            for handling in set(running):
+                handling.cancel()
+            if running:
+                await asyncio.wait(set(running))
         if errors:
             raise errors[0]
         return outcomes
 
-    async def _until_stopped(self, claimers: list[asyncio.Task[None]]) -> None:
-        """Wait until every claimer ended or the worker is stopped; a claimer's
-        error stops the others.
+    async def _dispatch(
+        self,
+        running: set[asyncio.Task[None]],
+        start: Callable[[TaskSaga], None],
+        max_tasks: int | None,
+        until: Callable[[], bool] | None,
+    ) -> None:
+        """The one claimer: while slots are free (``concurrency`` less the tasks
+        being worked), claim as many tasks as are free in one call
+        (``claim_batch``, ``claim_next`` for one) and start each; when nothing is
+        claimable, ask ``until`` and idle (one waiter per worker, however many
+        slots are free); when every slot is taken, wait for one to end. Returns
+        when stopped, or once ``max_tasks`` were claimed and have ended.
         """
-        assert self._wake is not None
-        stopped = asyncio.create_task(self._wake.wait())
-        try:
-            pending: set[asyncio.Task[Any]] = set(claimers)
-            while pending and not self._stop.is_set():
-                done, pending = await asyncio.wait(
-                    pending | {stopped}, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending.discard(stopped)
-                if any(not t.cancelled() and t.exception() for t in done if t is not stopped):
+        claimed = 0
+        while not self._stop.is_set():
+            free = self.concurrency - len(running)
+            if max_tasks is not None:
+                free = min(free, max_tasks - claimed)
+                if free <= 0 and not running:
                     return
+            if free <= 0:
+                await self._until_one_ends(running)
+                continue
+            pause: float | None = None
+            try:
+                tasks = await self._claim(min(free, _CLAIM_BATCH))
+            except StoreUnavailableError as exc:
+                tasks, pause = [], self._claim_failed(exc)
+            else:
+                self._claim_worked()
+            for task in tasks:
+                claimed += 1
+                start(task)
+            if tasks:
+                continue
+            if until is not None and until():
+                self.stop()
+                return
+            await self._idle(pause)
+
+    async def _claim(self, limit: int) -> list[TaskSaga]:
+        """Claim up to ``limit`` tasks of :attr:`queues` in one store call."""
+        if limit == 1:
+            with telemetry.claim("claim_next") as claim:
+                task = await self.store.claim_next(
+                    owner=self.owner, ttl=self.ttl, queues=self.queues
+                )
+                claim.claimed(task)
+            return [] if task is None else [task]
+        with telemetry.claim("claim_batch") as claim:
+            tasks = await self.store.claim_batch(
+                owner=self.owner, ttl=self.ttl, limit=limit, queues=self.queues
+            )
+            for task in tasks:
+                claim.claimed(task)
+        return tasks
+
+    async def _until_one_ends(self, running: set[asyncio.Task[None]]) -> None:
+        """Wait until one of ``running`` ends or the worker is stopped."""
+        assert self._wake is not None
+        stopped = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait(running | {stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
 
