@@ -73,11 +73,14 @@ and SIGINT (see :meth:`Worker.install_signal_handlers`) stop it gracefully:
 no new claims, handlers see :class:`ShutdownRequestedError` at their next
 checkpoint, the lease of every handler still running after ``shutdown_grace``
 seconds is released by the runtime itself, and a store call still in flight
-then (a claim, a finishing write) is waited for, up to the TTL. An idle
-thread (nothing claimable) waits for the store's wake-ups when it offers them
-(:class:`~sagalease.store.WakeUps`: a write that may have made a task of its
-queues claimable), else sleeps; either way for at most ``poll_interval``,
-which also bounds how long an idle thread takes to notice :meth:`Worker.stop`.
+then (a claim, a finishing write) is waited for, up to the TTL. Of the idle
+threads (nothing claimable) one at a time polls: it waits for the store's
+wake-ups when it offers them (:class:`~sagalease.store.WakeUps`: a write that
+may have made a task of its queues claimable), else sleeps, either way for at
+most ``poll_interval`` (which also bounds how long it takes to notice
+:meth:`Worker.stop`), then claims; the other idle threads wait until a claim
+finds a task, each find waking one of them to claim the next. An idle worker
+of any ``concurrency`` thus asks the store once per wake-up or interval.
 A task that only becomes available later (a retry's delay, ``available_at``)
 wakes nobody: it is picked up within ``poll_interval`` of becoming available,
 or as soon as it is due when this worker's own retry released it.
@@ -1075,6 +1078,50 @@ class _Runtime(Generic[_S]):
 _ABANDONED_REASON = "shutdown: the handler did not stop within the grace period"
 
 
+class _IdleGate:
+    """Which of a :class:`Worker`'s idle threads asks the store for work: one at a
+    time (the poller, who waits for work and then claims); the others wait until
+    a claim found a task, each find waking one of them to claim the next. An idle
+    worker of any ``concurrency`` thus makes one claim per wake-up or interval.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._polling = False
+        self._waiting = 0  # threads waiting for a find
+        self._calls = 0  # finds not yet taken by a waiting thread
+
+    def idle(self, wait: Callable[[], None], stop: threading.Event) -> None:
+        """Found nothing to claim: return when this thread should claim again,
+        after waiting for work with ``wait`` as the poller, or after a find (or
+        :meth:`Worker.stop`) while another thread polls.
+        """
+        with self._cond:
+            while not self._calls and self._polling and not stop.is_set():
+                self._waiting += 1
+                self._cond.wait(0.1)  # stop() sets an Event, not this condition
+                self._waiting -= 1
+            if self._calls:
+                self._calls -= 1
+                return
+            if stop.is_set():
+                return
+            self._polling = True
+        try:
+            wait()
+        finally:
+            with self._cond:
+                self._polling = False
+                self._cond.notify()  # a waiting thread becomes the next poller
+
+    def found(self) -> None:
+        """A claim found a task: wake one waiting thread to claim the next."""
+        with self._cond:
+            if self._waiting > self._calls:
+                self._calls += 1
+                self._cond.notify()
+
+
 class Worker(_Runtime[SagaStore]):
     """Runs a handler (and a compensator) over leased tasks of one store.
 
@@ -1111,17 +1158,19 @@ class Worker(_Runtime[SagaStore]):
         how it ended. ``None`` when there was nothing to claim. A ``task_id``
         that cannot be acquired raises the store's error.
         """
+        task = self._claim(task_id)
+        return None if task is None else self._work(task)
+
+    def _claim(self, task_id: str | None = None) -> TaskSaga | None:
         if task_id is None:
             with telemetry.claim("claim_next") as claim:
                 task = self.store.claim_next(owner=self.owner, ttl=self.ttl, queues=self.queues)
                 claim.claimed(task)
-            if task is None:
-                return None
-        else:
-            with telemetry.claim("acquire") as claim:
-                task = self.store.acquire(task_id, owner=self.owner, ttl=self.ttl)
-                claim.claimed(task)
-        return self._work(task)
+            return task
+        with telemetry.claim("acquire") as claim:
+            task = self.store.acquire(task_id, owner=self.owner, ttl=self.ttl)
+            claim.claimed(task)
+        return task
 
     def _work(self, task: TaskSaga) -> Outcome:
         ctx = LeaseContext(self.store, task, owner=self.owner, ttl=self.ttl, stopping=self._stop)
@@ -1186,6 +1235,7 @@ class Worker(_Runtime[SagaStore]):
         errors: list[BaseException] = []
         lock = threading.Lock()
         budget = [max_tasks]
+        gate = _IdleGate()
 
         def take() -> bool:
             with lock:
@@ -1203,7 +1253,10 @@ class Worker(_Runtime[SagaStore]):
                         return
                     pause: float | None = None
                     try:
-                        outcome = self.run_one()
+                        task = self._claim()
+                        if task is not None:
+                            gate.found()
+                        outcome = None if task is None else self._work(task)
                     except StoreUnavailableError as exc:
                         outcome = None  # the store is busy or away: retry after a backoff
                         pause = self._claim_failed(exc)
@@ -1217,7 +1270,7 @@ class Worker(_Runtime[SagaStore]):
                             self._stop.set()
                             return
                         if pause is None:
-                            self._idle()
+                            gate.idle(self._idle, self._stop)
                         else:
                             self._stop.wait(pause)
                         continue

@@ -27,6 +27,7 @@ from sagalease import (
     LeaseLostError,
     ManualClock,
     MemoryStore,
+    NewTask,
     PermanentCompensationError,
     PermanentTaskError,
     Retry,
@@ -1098,3 +1099,64 @@ def test_an_idle_worker_takes_its_own_retry_when_due_not_after_the_poll_interval
     assert [o.result for o in outcomes] == ["retried", "completed"]
     assert store.waits
     assert all(timeout <= delay for _queues, timeout in store.waits)
+
+
+class CountedClaims(MemoryStore):
+    """A memory store without wake-ups that counts ``claim_next`` calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0
+        self._claims_lock = threading.Lock()
+
+    def claim_next(self, **kwargs: Any) -> TaskSaga | None:
+        with self._claims_lock:
+            self.claims += 1
+        return super().claim_next(**kwargs)
+
+
+def test_an_idle_worker_claims_once_per_interval_whatever_its_concurrency() -> None:
+    """50 threads, nothing to claim, poll_interval 100 ms, stopped after 300 ms:
+    a handful of claims (one thread polls, the others wait for a find), not one
+    per thread per interval.
+    """
+    store = CountedClaims()
+    worker = Worker(store, _noop, concurrency=50, poll_interval=timedelta(milliseconds=100))
+    outcomes: list[Any] = []
+    runner = threading.Thread(target=lambda: outcomes.extend(worker.run()))
+    runner.start()
+    time.sleep(0.3)
+    worker.stop()
+    runner.join(GUARD)
+    assert not runner.is_alive()
+    assert outcomes == []
+    assert 50 <= store.claims <= 50 + 6  # each thread's first claim, then one per interval
+
+
+def test_work_found_by_the_idle_poller_wakes_the_other_threads() -> None:
+    """Ten idle threads, then 30 tasks of 50 ms each: the poller's find wakes the
+    others one after the other, so all ten work at once and every task completes.
+    """
+    store = CountedClaims()
+    now = {"running": 0, "most": 0}
+    lock = threading.Lock()
+
+    def handler(_ctx: LeaseContext) -> None:
+        with lock:
+            now["running"] += 1
+            now["most"] = max(now["most"], now["running"])
+        time.sleep(0.05)
+        with lock:
+            now["running"] -= 1
+
+    worker = Worker(store, handler, concurrency=10, poll_interval=timedelta(milliseconds=50))
+    outcomes: list[Any] = []
+    runner = threading.Thread(target=lambda: outcomes.extend(worker.run(max_tasks=30)))
+    runner.start()
+    _wait_for(lambda: store.claims >= 10, "every thread's first claim")
+    store.create_many([NewTask(f"t{i:02}") for i in range(30)])
+    runner.join(GUARD)
+    assert not runner.is_alive()
+    assert sorted(o.task_id for o in outcomes) == [f"t{i:02}" for i in range(30)]
+    assert now["most"] == 10
+    assert store.counts()[TaskState.COMPLETED] == 30
