@@ -159,6 +159,29 @@ def test_new_file_gets_latest_version_and_wal(tmp_path: Path) -> None:
     assert _schema(conn) == _schema(reference)
 
 
+def test_a_new_file_gets_2048_byte_pages_and_an_existing_file_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    """A new store file has 2048-byte pages; a file already holding pages (here an
+    empty WAL database at 4096) keeps its size, opens, and stores tasks.
+    """
+    SQLiteStore(tmp_path / "new.db").close()
+    conn = sqlite3.connect(tmp_path / "new.db")
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 2048
+    conn.close()
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA page_size = 4096")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    with SQLiteStore(old) as store:
+        assert store.create("t").state is TaskState.PENDING
+        assert store.get("t") is not None
+    conn = sqlite3.connect(old)
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+    conn.close()
+
+
 # ---------------------------------------------------------------- round trip
 
 
