@@ -1134,7 +1134,7 @@ def test_an_idle_worker_claims_once_per_interval_whatever_its_concurrency() -> N
 
 
 def test_work_found_by_the_idle_poller_wakes_the_other_threads() -> None:
-    """Ten idle threads, then 30 tasks of 50 ms each: the poller's find wakes the
+    """Ten idle threads, then 30 tasks of 200 ms each: the poller's find wakes the
     others one after the other, so all ten work at once and every task completes.
     """
     store = CountedClaims()
@@ -1145,7 +1145,7 @@ def test_work_found_by_the_idle_poller_wakes_the_other_threads() -> None:
         with lock:
             now["running"] += 1
             now["most"] = max(now["most"], now["running"])
-        time.sleep(0.05)
+        time.sleep(0.2)
         with lock:
             now["running"] -= 1
 
