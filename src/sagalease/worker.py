@@ -1091,20 +1091,23 @@ class _IdleGate:
         self._waiting = 0  # threads waiting for a find
         self._calls = 0  # finds not yet taken by a waiting thread
 
-    def idle(self, wait: Callable[[], None], stop: threading.Event) -> None:
+    def idle(
+        self, wait: Callable[[], None], stop: threading.Event, spent: Callable[[], bool]
+    ) -> None:
         """Found nothing to claim: return when this thread should claim again,
         after waiting for work with ``wait`` as the poller, or after a find (or
-        :meth:`Worker.stop`) while another thread polls.
+        :meth:`Worker.stop`, or ``spent()``: no claim is left to make) while
+        another thread polls.
         """
         with self._cond:
-            while not self._calls and self._polling and not stop.is_set():
+            while not self._calls and self._polling and not stop.is_set() and not spent():
                 self._waiting += 1
                 self._cond.wait(0.1)  # stop() sets an Event, not this condition
                 self._waiting -= 1
             if self._calls:
                 self._calls -= 1
                 return
-            if stop.is_set():
+            if stop.is_set() or spent():
                 return
             self._polling = True
         try:
@@ -1246,6 +1249,12 @@ class Worker(_Runtime[SagaStore]):
                 budget[0] -= 1
                 return True
 
+        def spent() -> bool:
+            """``max_tasks`` claims are made or being made (an idle thread then
+            stops waiting for work: the loop ends it).
+            """
+            return budget[0] is not None and budget[0] <= 0
+
         def loop() -> None:
             try:
                 while not self._stop.is_set():
@@ -1270,7 +1279,7 @@ class Worker(_Runtime[SagaStore]):
                             self._stop.set()
                             return
                         if pause is None:
-                            gate.idle(self._idle, self._stop)
+                            gate.idle(self._idle, self._stop, spent)
                         else:
                             self._stop.wait(pause)
                         continue

@@ -1160,3 +1160,41 @@ def test_work_found_by_the_idle_poller_wakes_the_other_threads() -> None:
     assert sorted(o.task_id for o in outcomes) == [f"t{i:02}" for i in range(30)]
     assert now["most"] == 10
     assert store.counts()[TaskState.COMPLETED] == 30
+
+
+class CountedWaits(CountedClaims):
+    """A memory store that counts ``claim_next`` and ``wait_for_work`` calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+        self._waits_lock = threading.Lock()
+
+    def wait_for_work(self, **kwargs: Any) -> bool:
+        with self._waits_lock:
+            self.waits += 1
+        return super().wait_for_work(**kwargs)
+
+
+def test_idle_threads_wait_for_work_once_between_them_and_max_tasks_ends_them() -> None:
+    """50 idle threads, then 5 tasks, run(max_tasks=5): after the tasks arrive
+    the threads wait for work through one poller at a time (a few waits, not one
+    or more each), and once the 5 claims are made the waiting ones end too
+    (instead of taking turns as the poller): run() returns five outcomes.
+    """
+    store = CountedWaits()
+    worker = Worker(store, _noop, concurrency=50, poll_interval=timedelta(milliseconds=100))
+    outcomes: list[Any] = []
+    runner = threading.Thread(target=lambda: outcomes.extend(worker.run(max_tasks=5)))
+    runner.start()
+    # a poll interval gone by: every thread has claimed nothing and waits, or ended
+    # (a thread that finds the max_tasks budget taken by claims in flight ends)
+    _wait_for(lambda: store.waits >= 2, "a second wait for work")
+    before = store.waits  # one per interval so far
+    store.create_many([NewTask(f"t{i}") for i in range(5)])
+    runner.join(GUARD)
+    alive = runner.is_alive()
+    worker.stop()
+    assert not alive
+    assert sorted(o.task_id for o in outcomes) == [f"t{i}" for i in range(5)]
+    assert store.waits - before <= 5, (before, store.waits)
