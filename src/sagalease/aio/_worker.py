@@ -19,8 +19,9 @@ the free slots, all of them in one store call (``claim_batch``; ``claim_next``
 for one); when nothing is claimable it alone awaits the store's wake-ups when
 the store offers them (the async PostgreSQL store's ``wait_for_work``:
 LISTEN/NOTIFY), else sleeps ``poll_interval``: an idle worker of any
-``concurrency`` asks the store once per wake-up or interval. Each leased task's heartbeat is
-an asyncio task every ``heartbeat_interval`` (at most a third of the TTL).
+``concurrency`` asks the store once per wake-up or interval. Each leased task's
+heartbeat is an asyncio task every ``heartbeat_interval`` (at most a third of
+the TTL).
 ``ctx.lost`` is an :class:`asyncio.Event`, set the moment the lease is known
 lost; with ``cancel_on_loss=True`` the handler's task is cancelled then too
 (the outcome is ``"lost"``, nothing is written). SIGTERM and SIGINT (see
