@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.common import TTL_US, Work, median, percentile, run_processes
 from bench.cycles import (
     TTL,
     _now_us,
+    _timed_loop,
     pg_lib_prepare,
     pg_lib_worker,
     pg_raw_prepare,
@@ -28,6 +30,32 @@ from bench.cycles import (
 
 IMPLS = ("sync", "async", "raw-sync", "raw-async")
 PAIRS = (("async", "sync"), ("raw-async", "raw-sync"))
+
+
+def _looped(
+    loop: asyncio.AbstractEventLoop,
+    cycle: Callable[[], Awaitable[bool]],
+    close: Callable[[], Awaitable[None]],
+) -> Work:
+    """``cycles``' ``_timed_loop`` for an awaited ``cycle`` on ``loop``, then ``close()``."""
+
+    async def timed() -> tuple[int, list[float]]:
+        latencies: list[float] = []
+        clock = time.perf_counter_ns
+        while True:
+            started = clock()
+            if not await cycle():
+                return len(latencies), latencies
+            latencies.append((clock() - started) / 1000)
+
+    def work() -> tuple[int, list[float]]:
+        try:
+            return loop.run_until_complete(timed())
+        finally:
+            loop.run_until_complete(close())
+            loop.close()
+
+    return work
 
 
 def pg_async_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
@@ -41,26 +69,15 @@ def pg_async_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
     )
     loop.run_until_complete(store.get("tpl-pending"))  # warm a pooled connection
 
-    async def drain() -> tuple[int, list[float]]:
-        latencies: list[float] = []
-        clock = time.perf_counter_ns
-        while True:
-            started = clock()
-            task = await store.claim_next(owner=owner, ttl=TTL)
-            if task is None:
-                return len(latencies), latencies
-            await store.heartbeat(task.task_id, owner=owner, token=task.token, ttl=TTL)
-            await store.complete(task.task_id, owner=owner, token=task.token)
-            latencies.append((clock() - started) / 1000)
+    async def cycle() -> bool:
+        task = await store.claim_next(owner=owner, ttl=TTL)
+        if task is None:
+            return False
+        await store.heartbeat(task.task_id, owner=owner, token=task.token, ttl=TTL)
+        await store.complete(task.task_id, owner=owner, token=task.token)
+        return True
 
-    def work() -> tuple[int, list[float]]:
-        try:
-            return loop.run_until_complete(drain())
-        finally:
-            loop.run_until_complete(store.close())
-            loop.close()
-
-    return work
+    return _looped(loop, cycle, store.close)
 
 
 def pg_raw_pool_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
@@ -78,29 +95,26 @@ def pg_raw_pool_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
         pool = ConnectionPool(dsn, min_size=1, max_size=1, kwargs=kwargs)
         pool.wait()
 
-        def drain_sync() -> tuple[int, list[float]]:
-            latencies: list[float] = []
-            clock = time.perf_counter_ns
-            while True:
-                started, now = clock(), _now_us()
-                with pool.connection() as conn:
-                    cur = conn.execute(q["claim"], (owner, now + TTL_US, now, owner), prepare=True)
-                    row = cur.fetchone()
-                if row is None:
-                    return len(latencies), latencies
-                job, token = row
-                now = _now_us()
-                with pool.connection() as conn:
-                    beat = (now + TTL_US, job, owner, token, now, owner)
-                    lost(conn.execute(q["heartbeat"], beat, prepare=True), "heartbeat")
-                with pool.connection() as conn:
-                    done = (job, owner, token, _now_us(), owner)
-                    lost(conn.execute(q["complete"], done, prepare=True), "complete")
-                latencies.append((clock() - started) / 1000)
+        def cycle() -> bool:
+            now = _now_us()
+            with pool.connection() as conn:
+                cur = conn.execute(q["claim"], (owner, now + TTL_US, now, owner), prepare=True)
+                row = cur.fetchone()
+            if row is None:
+                return False
+            job, token = row
+            now = _now_us()
+            with pool.connection() as conn:
+                beat = (now + TTL_US, job, owner, token, now, owner)
+                lost(conn.execute(q["heartbeat"], beat, prepare=True), "heartbeat")
+            with pool.connection() as conn:
+                done = (job, owner, token, _now_us(), owner)
+                lost(conn.execute(q["complete"], done, prepare=True), "complete")
+            return True
 
         def work_sync() -> tuple[int, list[float]]:
             try:
-                return drain_sync()
+                return _timed_loop(cycle)
             finally:
                 pool.close()
 
@@ -112,35 +126,24 @@ def pg_raw_pool_worker(dsn: str, schema: str, owner: str, mode: str) -> Work:
     )
     loop.run_until_complete(apool.open(wait=True))
 
-    async def drain_async() -> tuple[int, list[float]]:
-        latencies: list[float] = []
-        clock = time.perf_counter_ns
-        while True:
-            started, now = clock(), _now_us()
-            async with apool.connection() as conn:
-                params = (owner, now + TTL_US, now, owner)
-                cur = await conn.execute(q["claim"], params, prepare=True)
-                row = await cur.fetchone()
-            if row is None:
-                return len(latencies), latencies
-            job, token = row
-            now = _now_us()
-            async with apool.connection() as conn:
-                beat = (now + TTL_US, job, owner, token, now, owner)
-                lost(await conn.execute(q["heartbeat"], beat, prepare=True), "heartbeat")
-            async with apool.connection() as conn:
-                done = (job, owner, token, _now_us(), owner)
-                lost(await conn.execute(q["complete"], done, prepare=True), "complete")
-            latencies.append((clock() - started) / 1000)
+    async def cycle_async() -> bool:
+        now = _now_us()
+        async with apool.connection() as conn:
+            params = (owner, now + TTL_US, now, owner)
+            row = await (await conn.execute(q["claim"], params, prepare=True)).fetchone()
+        if row is None:
+            return False
+        job, token = row
+        now = _now_us()
+        async with apool.connection() as conn:
+            beat = (now + TTL_US, job, owner, token, now, owner)
+            lost(await conn.execute(q["heartbeat"], beat, prepare=True), "heartbeat")
+        async with apool.connection() as conn:
+            done = (job, owner, token, _now_us(), owner)
+            lost(await conn.execute(q["complete"], done, prepare=True), "complete")
+        return True
 
-    def work_async() -> tuple[int, list[float]]:
-        try:
-            return loop.run_until_complete(drain_async())
-        finally:
-            loop.run_until_complete(apool.close())
-            loop.close()
-
-    return work_async
+    return _looped(loop, cycle_async, apool.close)
 
 
 def measure(impl: str, workers: int, tasks: int, dsn: str) -> dict[str, Any]:

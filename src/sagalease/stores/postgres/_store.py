@@ -1423,18 +1423,14 @@ class PostgresStore(SQLStoreBase):
                 raise _Planned(action, plan)
         with self._connection(action) as conn:
             stepper = _PlanStepper(plan)
-            try:
-                while (op := stepper.op) is not None:
-                    try:
-                        cursor = conn.execute(op.query, op.params, prepare=op.prepare)
-                    except psycopg.Error as exc:
-                        stepper.settle(exc)
-                        continue
-                    # rownumber, not description: no Column objects built per statement
-                    stepper.settle(cursor.fetchall() if cursor.rownumber is not None else [])
-            except BaseException:
-                self._roll_back(conn)
-                raise
+            while (op := stepper.op) is not None:
+                try:
+                    cursor = conn.execute(op.query, op.params, prepare=op.prepare)
+                except psycopg.Error as exc:
+                    stepper.settle(exc)
+                    continue
+                # rownumber, not description: no Column objects built per statement
+                stepper.settle(cursor.fetchall() if cursor.rownumber is not None else [])
             return cast(_T, stepper.result)
 
     def _server_now_us(self) -> int:
@@ -1623,27 +1619,23 @@ class PostgresStore(SQLStoreBase):
                 for task_id, m in mutations
             ]
             steps: list[core.Step] = []
-            try:
-                # Pipeline mode: BEGIN and every compare-and-set in one round trip,
-                # COMMIT in the next (or ROLLBACK on the first refusal).
-                with conn.pipeline() as pipeline:
-                    conn.execute(b"BEGIN")
-                    cursors = self._send_writes(conn, [(task, step) for task, step, _ in started])
-                    pipeline.sync()
-                    matched = {row[0] for cursor in cursors for row in cursor.fetchall()}
-                    woken: set[str] = set()
-                    for task, step, mutation in started:
-                        if task.task_id not in matched:
-                            step = self._again(conn, task.task_id, mutation)  # notifies
-                        elif frees(task, step.task):
-                            woken.add(step.task.queue)
-                        steps.append(step)
-                    if woken:
-                        conn.execute(self._q.notify, (self.channel, sorted(woken)), prepare=True)
-                    conn.execute(b"COMMIT")
-            except BaseException:
-                self._roll_back(conn)
-                raise
+            # Pipeline mode: BEGIN and every compare-and-set in one round trip,
+            # COMMIT in the next (or ROLLBACK on the first refusal).
+            with conn.pipeline() as pipeline:
+                conn.execute(b"BEGIN")
+                cursors = self._send_writes(conn, [(task, step) for task, step, _ in started])
+                pipeline.sync()
+                matched = {row[0] for cursor in cursors for row in cursor.fetchall()}
+                woken: set[str] = set()
+                for task, step, mutation in started:
+                    if task.task_id not in matched:
+                        step = self._again(conn, task.task_id, mutation)  # notifies
+                    elif frees(task, step.task):
+                        woken.add(step.task.queue)
+                    steps.append(step)
+                if woken:
+                    conn.execute(self._q.notify, (self.channel, sorted(woken)), prepare=True)
+                conn.execute(b"COMMIT")
         return [self._remember(step.task) for step in steps]
 
     @staticmethod
@@ -1745,35 +1737,31 @@ class PostgresStore(SQLStoreBase):
         acquire = self._core["acquire"]
         query, scope = self._q.claim_for(queues)
         with self._connection("claim_next") as conn:
-            try:
-                # Pipeline mode, two round trips: BEGIN travels with the SELECT that
-                # locks the candidates, the compare-and-sets with COMMIT.
-                with conn.pipeline() as pipeline:
-                    conn.execute(b"BEGIN")
+            # Pipeline mode, two round trips: BEGIN travels with the SELECT that
+            # locks the candidates, the compare-and-sets with COMMIT.
+            with conn.pipeline() as pipeline:
+                conn.execute(b"BEGIN")
 
-                    def fetch(after: ClaimCursor, n: int) -> list[Row]:
-                        cursor = conn.execute(
-                            query,
-                            (*scope, *_cursor(after), now_us, now_us, now_us, n),
-                            prepare=True,
-                        )
-                        pipeline.sync()
-                        return cursor.fetchall()
-
-                    steps = choose_claims(
-                        fetch,
-                        lambda t: acquire(t, owner=owner, ttl_us=ttl_us, now_us=now_us),
-                        limit,
-                        1,  # a refused candidate stays locked: lock no more than needed
+                def fetch(after: ClaimCursor, n: int) -> list[Row]:
+                    cursor = conn.execute(
+                        query,
+                        (*scope, *_cursor(after), now_us, now_us, now_us, n),
+                        prepare=True,
                     )
-                    if len(steps) == 1:
-                        written = [self._send_write(conn, *steps[0])]
-                    else:
-                        written = self._send_writes(conn, steps)
-                    conn.execute(b"COMMIT")
-            except BaseException:
-                self._roll_back(conn)
-                raise
+                    pipeline.sync()
+                    return cursor.fetchall()
+
+                steps = choose_claims(
+                    fetch,
+                    lambda t: acquire(t, owner=owner, ttl_us=ttl_us, now_us=now_us),
+                    limit,
+                    1,  # a refused candidate stays locked: lock no more than needed
+                )
+                if len(steps) == 1:
+                    written = [self._send_write(conn, *steps[0])]
+                else:
+                    written = self._send_writes(conn, steps)
+                conn.execute(b"COMMIT")
             matched = sum(len(cursor.fetchall()) for cursor in written)
             if matched != len(steps):  # pragma: no cover - the rows were locked
                 raise StoreUnavailableError("a claimed row changed while locked")
