@@ -33,8 +33,6 @@ from sagalease.records import Compensation, CompensationStatus, Lease, TaskSaga,
 from sagalease.stores import _engine
 from sagalease.stores._rows import (
     TASK_COLUMNS,
-    decode_entry,
-    decode_task,
     task_values,
 )
 from sagalease.stores.sqlite import SQLiteStore
@@ -168,18 +166,17 @@ class SQLiteDatabase(Database):
         ]
 
     def write(self, event: str, values: dict[str, Any]) -> tuple[TaskSaga, Any] | None:
-        insert, update = _engine.sqlite_write(event)
+        insert, update, read = _engine.sqlite_write(event)
         self.conn.execute("SAVEPOINT w")
         try:
-            entry = self.conn.execute(insert, values).fetchone()
-            if entry is None:
+            if self.conn.execute(insert, values).rowcount == 0:
                 return None
             try:
-                row = self.conn.execute(update, values).fetchone()
+                updated = self.conn.execute(update, values).rowcount
             except sqlite3.IntegrityError as exc:
                 raise AssertionError(f"{event}: the database refused the SQL write: {exc}") from exc
-            assert row is not None, "the history insert matched but the update did not"
-            return decode_task(row), decode_entry(entry)
+            assert updated == 1, "the history insert matched but the update did not"
+            return _engine.split_row(self.conn.execute(read, values).fetchone())
         finally:
             self.conn.execute("ROLLBACK TO w")
             self.conn.execute("RELEASE w")

@@ -807,12 +807,13 @@ def test_run_with_concurrency_works_every_task_once(tmp_path: Path) -> None:
         store.close()
 
 
-def test_claim_batch_and_complete_many_are_two_statements_in_one_transaction(
+def test_claim_batch_and_complete_many_are_one_statement_per_table_in_one_transaction(
     tmp_path: Path,
 ) -> None:
-    """claim_batch, then complete_many, on the engine: each is BEGIN IMMEDIATE, the
-    history INSERT ... SELECT, the UPDATE of those rows, COMMIT; no SELECT of a task
-    row; the tasks and entries are the memory reference's, in claim order.
+    """claim_batch, then complete_many, on the engine: each is BEGIN IMMEDIATE, (for
+    the claim, the candidate scan), the history INSERT ... SELECT, the UPDATE of
+    those rows, the read of what they wrote, COMMIT; no row read before the writes;
+    the tasks and entries are the memory reference's, in claim order.
     """
     reference = MemoryStore()
     with SQLiteStore(tmp_path / "c.db", contracts=False) as store:
@@ -827,14 +828,21 @@ def test_claim_batch_and_complete_many_are_two_statements_in_one_transaction(
             ),
         )
         expected = reference.claim_batch(owner="w", ttl=TTL, limit=5, queues=["x", "y"], now=T0)
-        assert [q.split(" ")[0] for q in sql] == ["BEGIN", "INSERT", "UPDATE", "COMMIT"]
+        assert [q.split(" ")[0] for q in sql] == [
+            "BEGIN",
+            "SELECT",
+            "INSERT",
+            "UPDATE",
+            "SELECT",
+            "COMMIT",
+        ]
         assert claimed == expected
         pairs = [(t.task_id, t.token) for t in claimed]
         done: list[TaskSaga] = []
         sql = _statements_of(
             store, lambda: done.extend(store.complete_many(pairs, owner="w", now=T0))
         )
-        assert [q.split(" ")[0] for q in sql] == ["BEGIN", "INSERT", "UPDATE", "COMMIT"]
+        assert [q.split(" ")[0] for q in sql] == ["BEGIN", "INSERT", "UPDATE", "SELECT", "COMMIT"]
         assert done == reference.complete_many(pairs, owner="w", now=T0)
         assert [store.history(t) for t, _ in pairs] == [reference.history(t) for t, _ in pairs]
 

@@ -170,24 +170,41 @@ def _sqlite_parts(write: EventWrite, d: Dialect) -> tuple[str, str]:
     return entry, sets
 
 
+SQLITE_WRITTEN: Final = (
+    "SELECT "
+    + ", ".join(f"t.{c}" for c in _TASK_COLUMNS)
+    + ", "
+    + ", ".join(f"h.{c}" for c in _ENTRY_COLUMNS)
+    + " FROM tasks AS t JOIN history AS h ON h.task_id = t.task_id AND h.seq = t.version"
+)
+"""What a SQLite write wrote: each task's record and its latest entry (the one the
+write inserted), in :func:`split_row` order; the store adds which tasks.
+"""
+
+
 @cache
-def sqlite_write(event: str) -> tuple[str, str]:
-    """The two statements of ``event`` on SQLite, run in one write transaction:
-    the history ``INSERT ... SELECT`` computed from the row (``RETURNING`` the
-    entry) and then, if it inserted a row, the ``UPDATE ... RETURNING`` of the task.
-    Both are guarded by the same ``applies``, so inside the transaction they match
-    the same row or none. Named parameters (:func:`params`); SQLite evaluates every
-    ``SET`` expression on the row before the update, as the declaration means.
+def sqlite_write(event: str) -> tuple[str, str, str]:
+    """The three statements of ``event`` on SQLite, run in one write transaction:
+    the history ``INSERT ... SELECT`` computed from the row, then, if it inserted a
+    row, the ``UPDATE`` of the task, then the read of what they wrote
+    (:data:`SQLITE_WRITTEN`). Both writes are guarded by the same ``applies``, so
+    inside the transaction they match the same row or none. Named parameters
+    (:func:`params`); SQLite evaluates every ``SET`` expression on the row before
+    the update, as the declaration means.
+
+    No ``RETURNING``: SQLite gathers a statement's returned rows in a temporary
+    table, with a page cache of its own (87 KB allocated and freed per statement),
+    which cost more than the read by primary key.
     """
     write = event_write(event)
     where = all_of(write.applies, *_exact(write, _SQLITE)).sql(_SQLITE)
     entry, sets = _sqlite_parts(write, _SQLITE)
     insert = (
         f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT task_id, {entry} FROM tasks"
-        f" WHERE task_id = :task_id AND {where} RETURNING {HISTORY_COLUMNS}"
+        f" WHERE task_id = :task_id AND {where}"
     )
-    update = f"UPDATE tasks SET {sets} WHERE task_id = :task_id AND {where} RETURNING {COLUMNS}"
-    return insert, update
+    update = f"UPDATE tasks SET {sets} WHERE task_id = :task_id AND {where}"
+    return insert, update, f"{SQLITE_WRITTEN} WHERE t.task_id = :task_id"
 
 
 _SQLITE_BATCH: Final = Dialect("sqlite", batch=frozenset(BATCH_PARAMS))
@@ -201,12 +218,12 @@ _SQLITE_ROWS: Final = (
 
 
 @cache
-def sqlite_write_many(event: str) -> tuple[str, str]:
+def sqlite_write_many(event: str) -> tuple[str, str, str]:
     """``event`` on many tasks on SQLite (:func:`batch_params`), as
     :func:`sqlite_write` on one: the history ``INSERT ... SELECT`` of every entry,
-    then the ``UPDATE ... FROM`` the batch of every row, in one write transaction.
-    All or nothing: the insert requires the event to apply on all ``:n`` rows (else
-    it inserts none and the update is not run).
+    then the ``UPDATE ... FROM`` the batch of every row, then the read of what they
+    wrote, in one write transaction. All or nothing: the insert requires the event
+    to apply on all ``:n`` rows (else it inserts none and the update is not run).
     """
     write = event_write(event)
     d = _SQLITE_BATCH
@@ -216,13 +233,10 @@ def sqlite_write_many(event: str) -> tuple[str, str]:
     insert = (
         f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT task_id, {entry} FROM {rows}"
         f" WHERE {where} AND (SELECT count(*) FROM {rows} WHERE {where}) = :n"
-        f" RETURNING {HISTORY_COLUMNS}"
     )
-    update = (
-        f"UPDATE tasks SET {sets} FROM {_SQLITE_ROWS} WHERE task_id = b_task_id AND {where}"
-        f" RETURNING {COLUMNS}"
-    )
-    return insert, update
+    update = f"UPDATE tasks SET {sets} FROM {_SQLITE_ROWS} WHERE task_id = b_task_id AND {where}"
+    read = f"{SQLITE_WRITTEN} JOIN {_SQLITE_ROWS} ON t.task_id = b_task_id"
+    return insert, update, read
 
 
 def sqlite_claim_guard() -> str:
@@ -233,29 +247,27 @@ def sqlite_claim_guard() -> str:
 
 
 @cache
-def sqlite_claim(candidates: str) -> tuple[str, str]:
-    """A claim on SQLite as two statements in one write transaction (the writer
-    lock held): the history ``INSERT ... SELECT`` of the acquisitions of the rows
-    ``candidates`` selects (a ``SELECT task_id`` in claim order, already limited and
-    guarded by :func:`sqlite_claim_guard`; named parameters), ``RETURNING`` the
-    entries; then the ``UPDATE ... RETURNING`` of exactly those rows, given as the
-    JSON array ``:ids`` of the entries' task ids. SQLite's renderings are exact on
-    every row (its ``py_repr`` is a registered function), so no candidate is left
-    to the core.
+def sqlite_claim() -> tuple[str, str, str]:
+    """The writes of a claim on SQLite, in one write transaction (the writer lock
+    held) after the store's candidate scan (a ``SELECT task_id`` in claim order,
+    limited and guarded by :func:`sqlite_claim_guard`): the history ``INSERT ...
+    SELECT`` of the acquisitions of the rows given as the JSON array ``:ids``, the
+    ``UPDATE`` of exactly those rows, and the read of what they wrote
+    (:data:`SQLITE_WRITTEN`). No ``RETURNING`` (:func:`sqlite_write` says why).
+    SQLite's renderings are exact on every row (its ``py_repr`` is a registered
+    function), so no candidate is left to the core.
     """
     write = event_write("acquire")
     if _exact(write, _SQLITE):  # pragma: no cover - a rendering that needs a fallback
         raise AssertionError("a SQLite claim needs every acquire expression exact")
     entry, sets = _sqlite_parts(write, _SQLITE)
+    ids = "json_each(:ids) AS ids"
     insert = (
-        f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT task_id, {entry} FROM tasks"
-        f" WHERE task_id IN ({candidates}) RETURNING {HISTORY_COLUMNS}"
+        f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT task_id, {entry}"
+        f" FROM {ids} JOIN tasks ON tasks.task_id = ids.value"
     )
-    update = (
-        f"UPDATE tasks SET {sets} WHERE task_id IN (SELECT value FROM json_each(:ids))"
-        f" RETURNING {COLUMNS}"
-    )
-    return insert, update
+    update = f"UPDATE tasks SET {sets} WHERE task_id IN (SELECT value FROM json_each(:ids))"
+    return insert, update, f"{SQLITE_WRITTEN} JOIN {ids} ON t.task_id = ids.value"
 
 
 def _exact(write: EventWrite, dialect: Dialect) -> list[Expr]:

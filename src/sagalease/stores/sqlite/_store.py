@@ -263,6 +263,9 @@ def _claim_sql(arms: int | None, after: bool) -> str:
     return f"{' UNION ALL '.join(selects)} ORDER BY {CLAIM_ORDER} LIMIT ?"
 
 
+_PRIORITY: Final = 1 + TASK_COLUMNS.index("priority")  # after seq
+
+
 @cache
 def _claim_ids(arms: int | None) -> str:
     """The engine claim's candidates (:func:`_engine.sqlite_claim`): the ids of the
@@ -295,9 +298,6 @@ def _claim_scope(queues: tuple[str, ...] | None) -> tuple[int | None, dict[str, 
     if len(queues) > _MERGED_QUEUES:
         return 0, {"queues": json.dumps(list(queues))}
     return len(queues), {f"q{i}": queue for i, queue in enumerate(queues)}
-
-
-_PRIORITY: Final = 1 + TASK_COLUMNS.index("priority")  # after seq
 
 
 def _claim_query(
@@ -656,6 +656,10 @@ class SQLiteStore(SQLStoreBase):
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise StoreUnavailableError(f"cannot use WAL mode on {where} (got {mode})")
+                # A migration may rebuild a table that history references (0005),
+                # which SQLite allows with foreign keys off only; they are checked
+                # before the commit. The pragma cannot change inside a transaction.
+                conn.execute("PRAGMA foreign_keys = OFF")
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     version = self._schema_version(conn)
@@ -665,6 +669,8 @@ class SQLiteStore(SQLStoreBase):
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
+                finally:
+                    conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             lock.close()
             raise StoreUnavailableError(f"cannot open {where}: {exc}") from exc
@@ -700,6 +706,9 @@ class SQLiteStore(SQLStoreBase):
             if number > version:
                 for statement in _statements(sql):
                     conn.execute(statement)
+        broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:  # pragma: no cover - the migrations keep every reference
+            raise StoreUnavailableError(f"a migration broke {len(broken)} foreign key(s)")
         conn.execute(f"PRAGMA user_version = {latest}")
 
     # ------------------------------------------------------------ plumbing
@@ -832,7 +841,7 @@ class SQLiteStore(SQLStoreBase):
         values = _engine.params(event, task_id, now_us, args)
         if values is None:
             return None
-        insert, update = _engine.sqlite_write(event)
+        insert, update, read = _engine.sqlite_write(event)
         with self._boundary("update"):
             conn = self._conn()
             hook = self._before_write
@@ -840,9 +849,13 @@ class SQLiteStore(SQLStoreBase):
                 hook(task_id)
             with self._writing(conn):
                 old = self._read(conn, task_id) if self.contracts else None
-                entry = conn.execute(insert, values).fetchone()
-                row = None if entry is None else conn.execute(update, values).fetchone()
-                written = None if row is None else (decode_task(row), decode_entry(entry))
+                written = None
+                if conn.execute(insert, values).rowcount == 1:
+                    if conn.execute(update, values).rowcount != 1:  # pragma: no cover
+                        raise StoreUnavailableError(
+                            "the row changed inside a write transaction", task_id=task_id
+                        )
+                    written = _engine.split_row(conn.execute(read, values).fetchone())
                 if self.contracts:
                     _engine.check_against_core(old, event, now_us, args, written, self._core)
         return None if written is None else self._rendered(event, *written)
@@ -857,16 +870,18 @@ class SQLiteStore(SQLStoreBase):
         values = _engine.batch_params(event, "sqlite", now_us, items)
         if values is None:
             return None
-        insert, update = _engine.sqlite_write_many(event)
+        insert, update, read = _engine.sqlite_write_many(event)
         with self._boundary("update"):
             conn = self._conn()
             with self._writing(conn):
                 olds = {i: self._read(conn, i) for i, _ in items} if self.contracts else {}
-                entries = {e[0]: decode_entry(e) for e in conn.execute(insert, values)}
-                if len(entries) < len(items):
+                if conn.execute(insert, values).rowcount < len(items):
                     return None
-                tasks = {t.task_id: t for t in map(decode_task, conn.execute(update, values))}
-                written = [(tasks[task_id], entries[task_id]) for task_id, _ in items]
+                conn.execute(update, values)
+                found = {
+                    p[0].task_id: p for p in map(_engine.split_row, conn.execute(read, values))
+                }
+                written = [found[task_id] for task_id, _ in items]
                 if self.contracts:
                     _engine.check_batch_against_core(
                         olds, event, now_us, items, written, self._core
@@ -901,26 +916,29 @@ class SQLiteStore(SQLStoreBase):
     def _claim(
         self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
     ) -> list[TaskSaga]:
-        """The engine's claim (:func:`_engine.sqlite_claim`): two statements in one
-        write transaction, no row read (with contracts on, each claimed row is read
-        before its update and the result checked against the core).
+        """The engine's claim (:func:`_engine.sqlite_claim`): the candidate scan and
+        three statements in one write transaction, no row read (with contracts on,
+        each claimed row is read before its update and the result checked against
+        the core).
         """
         values = _engine.claim_params(owner, ttl_us, now_us, limit)
         if values is None:
             return self._claim_slowly(owner, ttl_us, now_us, limit, queues)
         arms, scope = _claim_scope(queues)
-        insert, update = _engine.sqlite_claim(_claim_ids(arms))
+        insert, update, read = _engine.sqlite_claim()
         with self._boundary("claim_next"):
             conn = self._conn()
             with self._writing(conn):
-                entries = {e[0]: decode_entry(e) for e in conn.execute(insert, values | scope)}
-                if not entries:
+                ids = [i for (i,) in conn.execute(_claim_ids(arms), values | scope)]
+                if not ids:
                     return []
-                ids = json.dumps(list(entries))
-                old = {i: self._read(conn, i) for i in entries} if self.contracts else {}
-                rows = conn.execute(update, values | {"ids": ids}).fetchall()
+                values["ids"] = json.dumps(ids)
+                old = {i: self._read(conn, i) for i in ids} if self.contracts else {}
+                conn.execute(insert, values)
+                conn.execute(update, values)
+                rows = conn.execute(read, values).fetchall()
                 rows.sort(key=lambda row: (-row[_PRIORITY], row[0]))
-                claimed = [(task, entries[task.task_id]) for task in map(decode_task, rows)]
+                claimed = [_engine.split_row(row) for row in rows]
                 if self.contracts:
                     args = {"owner": owner, "ttl_us": ttl_us}
                     for written in claimed:
