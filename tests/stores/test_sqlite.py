@@ -10,6 +10,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -310,6 +311,76 @@ def test_writer_lock_held_elsewhere_times_out_unavailable(store: SQLiteStore) ->
     assert (store.get("t"), store.history("t")) == before
     assert store.get("u") is None
     assert store.acquire("t", owner="w", ttl=TTL, now=T0).token == 1
+
+
+def _takes_within(fd: int, seconds: float) -> bool:
+    """Whether a non-blocking ``flock`` on ``fd`` succeeds within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
+
+def test_a_given_up_wait_leaves_the_writer_lock_free(store: SQLiteStore) -> None:
+    """A wait for the writer lock that timed out leaves nothing held: once the other
+    holder lets go, another process (here a second open of the lock file) takes the
+    lock, and the store writes again.
+    """
+    fd = os.open(f"{store.path}.lock", os.O_RDWR)
+    other = os.open(f"{store.path}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(StoreUnavailableError, match="writer lock"):
+            store.create("t", now=T0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        time.sleep(0.2)  # room for the store's waiter to take the lock first
+        # the store's waiter takes the lock when it is let go, sees that nobody waits
+        # any more, and lets it go (a waiter that kept it would hold it for good)
+        assert _takes_within(other, seconds=5.0)
+        fcntl.flock(other, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+        os.close(other)
+    assert store.get("t") is None
+    assert store.create("t", now=T0).version == 1
+
+
+def test_a_contended_writer_lock_is_waited_for_not_polled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer waiting for the lock makes one non-blocking try, then waits in a
+    blocking ``flock`` woken when the holder lets go (polling tried hundreds of
+    times in the 300 ms held here); the write then goes through.
+    """
+    tries: list[int] = []
+    real = fcntl.flock
+
+    def counted(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_NB:
+            tries.append(operation)
+        real(fd, operation)
+
+    with SQLiteStore(tmp_path / "w.db", timeout=10) as store:
+        holder = os.open(f"{store.path}.lock", os.O_RDWR)
+        try:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            monkeypatch.setattr(fcntl, "flock", counted)
+            done = threading.Event()
+            writer = threading.Thread(target=lambda: (store.create("t", now=T0), done.set()))
+            writer.start()
+            assert not done.wait(0.3)  # held: the create waits
+            real(holder, fcntl.LOCK_UN)
+            writer.join(10)
+        finally:
+            os.close(holder)
+        assert done.is_set()
+        assert len(tries) == 1, f"{len(tries)} non-blocking tries"
+        assert store.get("t") is not None
 
 
 def test_database_locked_by_foreign_writer_is_unavailable(store: SQLiteStore) -> None:
