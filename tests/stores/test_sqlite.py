@@ -371,7 +371,12 @@ def test_a_contended_writer_lock_is_waited_for_not_polled(
             fcntl.flock(holder, fcntl.LOCK_EX)
             monkeypatch.setattr(fcntl, "flock", counted)
             done = threading.Event()
-            writer = threading.Thread(target=lambda: (store.create("t", now=T0), done.set()))
+
+            def write() -> None:
+                store.create("t", now=T0)
+                done.set()
+
+            writer = threading.Thread(target=write)
             writer.start()
             assert not done.wait(0.3)  # held: the create waits
             real(holder, fcntl.LOCK_UN)
