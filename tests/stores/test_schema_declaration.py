@@ -58,6 +58,8 @@ POSTGRES_TERMS: Mapping[str, tuple[Term, ...]] = {
     "constraint tasks_terminal_reason": (("IN", ENDED_STATES),),
     # tasks_open, the claim and the reap prefilters test open_seq, which is this:
     "column tasks.open_seq": (("IN", OPEN_STATES),),
+    # tasks_ended (listings of ended tasks by state) tests ended_state, which is this:
+    "column tasks.ended_state": (("IN", ENDED_STATES),),
 }
 """Every PostgreSQL definition with a state term; any other must have none."""
 

@@ -507,7 +507,8 @@ class _Statements:
         start) in creation order, or newest first (descending: the same indexes read
         backwards). Fixed clause texts only, every value a bound parameter; ordered by
         ``seq``, or by ``open_seq`` (the same values) when only open states are listed,
-        so that the walk can take tasks_open.
+        so that the walk can take tasks_open; only ended states are matched on
+        ``ended_state`` (tasks_ended).
         """
         # Only open states: open_seq is seq on exactly those rows (tasks_open).
         order: Literal["seq", "open_seq"] = (
@@ -517,11 +518,13 @@ class _Statements:
             after_seq = _LAST_SEQ if newest_first else 0
         clauses = [f"{order} {'<' if newest_first else '>'} %s"]
         params: list[Any] = [after_seq]
+        # Only ended states: ended_state is state on exactly those rows (tasks_ended).
+        column = "ended_state" if states is not None and not states & _OPEN else "state"
         if states is not None and len(states) == 1:
-            clauses.append("state = %s")
+            clauses.append(f"{column} = %s")
             params.append(next(iter(states)).value)
         elif states is not None:
-            clauses.append("state = ANY(%s)")
+            clauses.append(f"{column} = ANY(%s)")
             params.append(sorted(s.value for s in states))
         if saga_id is not None:
             clauses.append("saga_id = %s")
