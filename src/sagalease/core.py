@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 import icontract
 
@@ -333,9 +333,13 @@ def _add(now_us: int, duration_us: int, task: TaskSaga) -> int:
 # ---------------------------------------------------------------- helpers
 
 
+_CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""``json.dumps`` with these options builds an encoder per call; this one is built once."""
+
+
 def dump_args(args: Mapping[str, Any]) -> str:
     """A history entry's ``args_json``: canonical JSON (sorted keys, no spaces)."""
-    return json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(args)
 
 
 def _advance(

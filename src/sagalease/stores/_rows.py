@@ -57,8 +57,14 @@ reads them in this order.
 """
 
 
+_COMPACT: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON of a row's list column (``[]``, the usual value, without encoding)."""
+    if value == []:
+        return "[]"
+    return _COMPACT.encode(value)
 
 
 def task_values(task: TaskSaga) -> tuple[Any, ...]:
