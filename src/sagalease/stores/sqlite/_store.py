@@ -444,7 +444,12 @@ class _FlockWaiter:
                     break
                 if self._waiting is None:
                     continue
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except OSError:  # pragma: no cover - flock on an open descriptor: ENOLCK only
+                with self._mutex:
+                    self._thread = None  # the next wait starts another thread
+                return
             with self._mutex:
                 waiting, self._waiting = self._waiting, None
                 if waiting is None:
