@@ -9,6 +9,7 @@ with their history, from real lifecycles run on the reference store.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -182,3 +183,40 @@ def test_the_migration_keeps_heartbeats_hot_and_refuses_bad_new_values(schema: s
                 conn.execute(f'UPDATE "{schema}".tasks SET {bad}')
         row = conn.execute(f'SELECT queue, priority, requeued_from FROM "{schema}".tasks')
         assert row.fetchall() == [("default", 0, None)]
+
+
+def test_the_migrated_indexes_hold_no_column_a_claim_writes(schema: str) -> None:
+    """After the migrations no index holds a column that a claim (pending to running)
+    writes, ``state`` among them, so a claim is a HOT update like a heartbeat; the
+    ended tasks are indexed by ``ended_state``, which a claim never changes.
+    """
+    PostgresStore(POSTGRES_URL, schema=schema).close()
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        definitions = dict(
+            conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes"
+                " WHERE schemaname = %s AND tablename = %s",
+                (schema, "tasks"),
+            ).fetchall()
+        )
+    written = (
+        "state",
+        "lease_owner",
+        "lease_token",
+        "lease_acquired_us",
+        "lease_expires_us",
+        "lease_heartbeat_us",
+        "token",
+        "attempts",
+        "expirations",
+        "updated_us",
+        "version",
+    )
+    held = {
+        name: column
+        for name, definition in definitions.items()
+        for column in written
+        if re.search(rf"\b{column}\b", definition)
+    }
+    assert held == {}
+    assert "ended_state" in definitions["tasks_ended"]

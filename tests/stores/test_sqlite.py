@@ -37,6 +37,7 @@ from sagalease import (
     open_store,
 )
 from sagalease.records import NewTask, TaskSaga
+from sagalease.stores import _engine
 from sagalease.stores._engine import SqlMismatchError
 from sagalease.stores.sqlite import latest_schema_version, migrations, schema_sql
 
@@ -946,3 +947,53 @@ def test_a_sqlite_claim_the_core_would_refuse_is_a_mismatch_and_writes_nothing(
         with pytest.raises(SqlMismatchError, match=r"acquire on 'b'.*the core refused"):
             store.claim_batch(owner="w", ttl=TTL, limit=2, now=T0)
         assert [(store.get(t), store.history(t)) for t in ("a", "b")] == before
+
+
+def _temporary_tables(conn: sqlite3.Connection, statement: str, values: dict[str, Any]) -> int:
+    """How many temporary tables or indexes ``statement``'s program opens."""
+    return [row[1] for row in conn.execute(f"EXPLAIN {statement}", values)].count("OpenEphemeral")
+
+
+def test_hot_writes_open_no_temporary_table(tmp_path: Path) -> None:
+    """Each hot event's statements (and a claim's, but for its one ``IN (json_each)``)
+    open no temporary table or index: SQLite builds one, with a page cache of its own
+    (87 KB allocated and freed), for every ``RETURNING`` and every list of more than
+    two constants a write evaluates, the CHECKs and partial-index predicates included.
+    """
+    SQLiteStore(tmp_path / "t.db").close()
+    conn = sqlite3.connect(tmp_path / "t.db")
+    conn.create_function("sagalease_repr", 1, repr, deterministic=True)
+    values: dict[str, Any] = {
+        "task_id": "t",
+        "owner": "w",
+        "token": 1,
+        "ttl_us": 1,
+        "delay_us": 0,
+        "now_us": 1,
+        "reason": None,
+        "args_json": "{}",
+        "limit": 1,
+        "ids": '["t"]',
+    }
+    opened = {
+        f"{event} {i}": _temporary_tables(conn, statement, values)
+        for event in _engine.FAST_EVENTS - {"acquire"}
+        for i, statement in enumerate(_engine.sqlite_write(event))
+    }
+    assert opened == dict.fromkeys(opened, 0)
+    claim = [_temporary_tables(conn, s, values) for s in _engine.sqlite_claim()]
+    assert claim == [0, 1, 0]
+    conn.close()
+
+
+def test_a_heartbeat_writes_no_index(tmp_path: Path) -> None:
+    """No SQLite index holds a column a heartbeat writes, so a heartbeat writes the
+    row's page and the history's only.
+    """
+    SQLiteStore(tmp_path / "h.db").close()
+    conn = sqlite3.connect(tmp_path / "h.db")
+    written = ("lease_expires_us", "lease_heartbeat_us", "updated_us", "version")
+    indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'").fetchall()
+    conn.close()
+    held = {name: c for name, sql in indexes if sql for c in written if c in sql}
+    assert held == {}
