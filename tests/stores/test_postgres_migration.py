@@ -17,6 +17,7 @@ import pytest
 
 from conftest import POSTGRES_URL, T0, require_postgres
 from sagalease import Compensation, MemoryStore, SchemaVersionError, TaskState
+from sagalease.lifecycle import event_write
 from sagalease.stores._rows import HISTORY_COLUMNS, TASK_COLUMNS, entry_values, task_values
 from sagalease.verification.history import verify_store
 
@@ -199,19 +200,7 @@ def test_the_migrated_indexes_hold_no_column_a_claim_writes(schema: str) -> None
                 (schema, "tasks"),
             ).fetchall()
         )
-    written = (
-        "state",
-        "lease_owner",
-        "lease_token",
-        "lease_acquired_us",
-        "lease_expires_us",
-        "lease_heartbeat_us",
-        "token",
-        "attempts",
-        "expirations",
-        "updated_us",
-        "version",
-    )
+    written = event_write("acquire").columns  # what the declaration says a claim writes
     held = {
         name: column
         for name, definition in definitions.items()
