@@ -280,6 +280,49 @@ def test_heartbeats_are_hot_updates(schema: str) -> None:
         assert hot >= 200 * 0.9, row  # nearly every heartbeat (a full page cannot be HOT)
 
 
+def _wait_until_blocked(schema: str) -> None:
+    """Return once a backend waits for a row lock (the reap below), or fail after 10 s."""
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        for _ in range(1_000):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                (f"%{schema}%",),
+            ).fetchone()
+            if row is not None and row[0]:
+                return
+            threading.Event().wait(0.01)
+    pytest.fail("the reap never waited for the locked row")
+
+
+def test_a_reap_that_waited_for_a_lock_reaps_what_one_moment_holds(schema: str) -> None:
+    """A reap blocked on a locked row, while another task's lease is replaced by one
+    that has expired at the reap's ``now`` and then a third task is heartbeaten, returns
+    what the reference reaps at one moment: every expired lease, the replaced one
+    included. One ``FOR UPDATE`` read judged the heartbeaten row at its new version but
+    never saw the replaced lease: it returned ``a, c`` and left ``b`` leased.
+    """
+    with PostgresStore(POSTGRES_URL, schema=schema) as store:
+        for task_id in ("a", "b", "c"):
+            store.create(task_id, now=T0)
+        store.acquire("a", owner="w1", ttl=5 * S, now=T0)
+        b = store.acquire("b", owner="w2", ttl=10 * S, now=T0)
+        c = store.acquire("c", owner="w4", ttl=5 * S, now=T0)
+        reaped: list[TaskSaga] = []
+        with psycopg.connect(POSTGRES_URL) as other:
+            other.execute(f"SELECT 1 FROM {schema}.tasks WHERE task_id = 'a' FOR UPDATE")
+            reaper = threading.Thread(target=lambda: reaped.extend(store.reap(now=T0 + 7 * S)))
+            reaper.start()
+            _wait_until_blocked(schema)
+            store.release("b", owner="w2", token=b.token, now=T0 + S)
+            store.acquire("b", owner="w3", ttl=2 * S, now=T0 + 3 * S)  # expires at 5 s
+            store.heartbeat("c", owner="w4", token=c.token, ttl=2 * S, now=T0 + 4 * S)
+            other.commit()
+            reaper.join(timeout=30)
+        assert sorted(t.task_id for t in reaped) == ["a", "b", "c"]
+        assert [_got(store, t).lease for t in ("a", "b", "c")] == [None, None, None]
+
+
 # ---------------------------------------------------------------- queues, priorities, create_many
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -183,6 +184,11 @@ def test_concurrency_stage_alone_catches_select_then_update() -> None:
     assert [f.name for f in failures] == ["concurrency/threads"]
     assert failures[0].failure is not None
     assert failures[0].failure.invariant == "INV-1"
+    # Each recorded call is listed with its real-time interval (what linearizability
+    # is judged on), after the trial's setup.
+    calls = failures[0].failure.steps[1:]
+    assert calls
+    assert all(re.match(r"\[\d+\.\.\d+ µs\] worker \d: ", c) for c in calls), calls
 
 
 def test_pytest_base_class_and_plugin_for_a_third_party(tmp_path: Path) -> None:
@@ -246,6 +252,7 @@ def test_pytest_base_class_and_plugin_for_a_third_party(tmp_path: Path) -> None:
     )
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "INV-8 (Failed calls change nothing)" in broken.stdout
+    assert "steps:" in broken.stdout, "the report lists the calls that led there"
     idle = subprocess.run(
         [*base, "--pyargs", "sagalease.conformance.testing"],
         cwd=tmp_path,

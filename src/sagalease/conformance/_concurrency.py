@@ -232,7 +232,11 @@ class _Lease:
 def _fail(inv: str, op: Op | None, detail: str, ops: Sequence[Op]) -> ConformanceFailure:
     step = "the recorded history" if op is None else op.describe()
     err = violated(inv, step, detail)
-    err.steps = [o.describe() for o in sorted(ops, key=lambda o: o.start)]
+    t0 = min((o.start for o in ops), default=0)
+    err.steps = [
+        f"[{(o.start - t0) // 1_000}..{(o.end - t0) // 1_000} µs] {o.describe()}"
+        for o in sorted(ops, key=lambda o: o.start)
+    ]
     return err
 
 

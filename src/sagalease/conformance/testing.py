@@ -50,6 +50,8 @@ class StoreConformanceTests:
         )
         (result,) = [r for r in report.results if r.name == check]
         if result.failure is not None:
+            # The calls that led there, in pytest's report (the message names only the step).
+            result.failure.add_note("\n".join(["steps:", *result.failure.steps]))
             raise result.failure
         if result.skipped is not None:
             pytest.skip(result.skipped)

@@ -20,7 +20,9 @@ writes the new record together with its history entry as a compare-and-set on
 * ``claim_next``/``claim_batch`` pick their candidates with ``FOR UPDATE SKIP
   LOCKED`` (workers never wait for each other's candidate) in claim order:
   priority, highest first, then creation; ``reap`` locks its candidates (``FOR
-  UPDATE``, it waits for a row being written) in creation order. Both apply
+  UPDATE``, it waits for a row being written) in creation order, and reads them
+  again until that read returns only rows it holds, so that what it reaps is what
+  one moment of the store would reap (``_reap_candidates``). Both apply
   ``core.acquire``/``core.reap`` and skip whatever the core refuses. They walk
   ``open_seq`` (a generated column: the seq of a task that has not ended, NULL
   after) through partial indexes that hold only open tasks and that no other
@@ -1777,11 +1779,34 @@ class PostgresStore(SQLStoreBase):
                 limit,
                 batch=_BATCH,
                 transaction=conn.transaction,
-                read=lambda after, n: conn.execute(
-                    self._q.reap, (after, now_us, now_us, n), prepare=True
-                ).fetchall(),
+                read=partial(self._reap_candidates, conn, now_us),
                 write=partial(self._write, conn),
             )
+
+    def _reap_candidates(
+        self, conn: psycopg.Connection[Row], now_us: int, after: int, n: int
+    ) -> list[Row]:
+        """The next ``n`` reap candidates after ``after``, as one moment of the store
+        holds them, locked.
+
+        One ``FOR UPDATE`` read is not that moment: a row another transaction changed
+        after the statement's snapshot is judged at its newest version, while a row
+        that came to need a reap in the meantime is not seen at all (a reap waiting on
+        a heartbeat's lock could drop the heartbeat's lease and miss a lease that had
+        expired before that heartbeat began). So the read is repeated, in the same
+        transaction, until it returns only rows already locked before it began: locked
+        rows cannot change, and what that last read's snapshot did not return did not
+        need a reap then. An empty first read costs one statement, a batch two.
+        """
+        held: set[int] = set()
+        while True:
+            rows: list[Row] = conn.execute(
+                self._q.reap, (after, now_us, now_us, n), prepare=True
+            ).fetchall()
+            seqs = {row[0] for row in rows}
+            if seqs <= held:
+                return rows
+            held |= seqs
 
     def _stale(self, now_us: int) -> list[TaskSaga]:
         with self._connection("list_stale") as conn:
