@@ -412,3 +412,20 @@ def test_the_check_catches_a_wrong_rendering(
     broken(mutant)
     with pytest.raises(AssertionError, match=r"guard no_live_lease|acquire"):
         equivalence(db, 300)()
+
+
+
+@pytest.mark.parametrize("length", [8, 256, 257, core.MAX_TEXT_LENGTH])
+def test_a_statements_args_json_is_the_cores_and_long_texts_are_not_kept(length: int) -> None:
+    """The ``args_json`` a rendered write records is the core's encoding of the call's
+    arguments, the same on a repeat (encoded once per distinct call); a reason longer
+    than 256 characters is encoded each time and never kept in that cache.
+    """
+    args = {"owner": "w", "token": 3, "reason": "r" * length}
+    _engine._args_json.cache_clear()
+    first = _engine.params("fail", "t", 1, args)
+    again = _engine.params("fail", "t", 2, args)
+    assert first is not None
+    assert again is not None
+    assert first["args_json"] == again["args_json"] == core.dump_args(args)
+    assert _engine._args_json.cache_info().currsize == (0 if length > 256 else 1)

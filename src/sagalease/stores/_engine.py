@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Final
 
 from sagalease import core
@@ -111,10 +111,26 @@ def params(event: str, task_id: str, now_us: int, args: Mapping[str, Any]) -> di
     except InvalidInputError:
         return None
     values["owner"] = args["owner"]
-    recorded = {name: args[name] for name in effect.args}
-    recorded.update({n: args[n] for n in effect.optional_args if args.get(n) is not None})
-    values["args_json"] = core.dump_args(recorded)
+    names = (*effect.args, *(n for n in effect.optional_args if args.get(n) is not None))
+    recorded = tuple(args[name] for name in names)
+    if any(isinstance(value, str) and len(value) > _CACHED_TEXT for value in recorded):
+        values["args_json"] = core.dump_args(dict(zip(names, recorded, strict=True)))
+    else:
+        values["args_json"] = _args_json(names, recorded)
     return values
+
+
+_CACHED_TEXT: Final = 256
+"""The longest text argument (a reason) whose call's ``args_json`` is kept."""
+
+
+@lru_cache(maxsize=4096)
+def _args_json(names: tuple[str, ...], values: tuple[Any, ...]) -> str:
+    """The entry's ``args_json`` of these checked arguments (short texts, integers
+    and ``None``, so hashable): encoded once per distinct call, e.g. once per lease
+    for its heartbeats (the same owner, token and ttl).
+    """
+    return core.dump_args(dict(zip(names, values, strict=True)))
 
 
 def claim_params(owner: str, ttl_us: int, now_us: int, limit: int) -> dict[str, Any] | None:
@@ -404,10 +420,22 @@ _WIDTH: Final = len(_TASK_COLUMNS)
 
 
 def split_row(row: Row) -> tuple[TaskSaga, HistoryEntry]:
-    """A PostgreSQL write's returned row: the new record, then its entry's columns."""
+    """A write's row (returned on PostgreSQL, read back on SQLite): the new record,
+    then its entry's columns.
+    """
     task = decode_task(row[:_WIDTH])
     entry = decode_entry((task.task_id, *row[_WIDTH : _WIDTH + len(_ENTRY_COLUMNS)]))
     return task, entry
+
+
+def written(event: str, row: Row) -> tuple[TaskSaga, HistoryEntry | None]:
+    """What a store returns of ``event``'s write from its row (:func:`split_row`):
+    the new record, and its entry only for an acquire (whose reason tells a reclaim
+    apart); the other events' entries are not decoded.
+    """
+    if event == "acquire":
+        return split_row(row)
+    return decode_task(row[:_WIDTH]), None
 
 
 def check_against_core(

@@ -262,12 +262,13 @@ class SQLStoreBase(StoreBase):
                     known.popitem(last=False)
         return task
 
-    def _rendered(self, event: str, task: TaskSaga, entry: HistoryEntry) -> TaskSaga:
+    def _rendered(self, event: str, task: TaskSaga, entry: HistoryEntry | None) -> TaskSaga:
         """Remember ``task``, which a statement rendered from the declaration wrote
         with ``entry``, and note a reclaim for telemetry as the core's acquire would
-        be noted (its entry gives a reason only when it replaced an expired lease).
+        be noted (its entry gives a reason only when it replaced an expired lease;
+        ``None``: an entry not decoded, see ``_engine.written``).
         """
-        if event == "acquire" and entry.reason is not None:
+        if event == "acquire" and entry is not None and entry.reason is not None:
             telemetry.note_reclaim(task)
         return self._remember(task)
 

@@ -339,6 +339,8 @@ _TEMPLATES: Final = {
 _BATCH: Final = 32
 """Candidates read per statement by reap (one transaction per batch)."""
 
+_TASK_ID: Final = 1 + TASK_COLUMNS.index("task_id")  # a write's row: seq, then the columns
+
 _OPEN: Final = frozenset(OPEN_STATES)
 _LAST_SEQ: Final = 2**63 - 1
 """Above every ``seq`` (bigint's largest): where a newest-first listing starts."""
@@ -1533,8 +1535,8 @@ class PostgresStore(SQLStoreBase):
         if values is None:
             return None
         values["channel"] = self.channel
-        written = self._run("update", self._fast_plan(task_id, event, now_us, args, values))
-        return None if written is None else self._rendered(event, *written)
+        row = self._run("update", self._fast_plan(task_id, event, now_us, args, values))
+        return None if row is None else self._rendered(event, *_engine.written(event, row))
 
     def _fast_plan(
         self,
@@ -1543,22 +1545,24 @@ class PostgresStore(SQLStoreBase):
         now_us: int,
         args: Mapping[str, Any],
         values: dict[str, Any],
-    ) -> Plan[tuple[TaskSaga, HistoryEntry] | None]:
-        """:meth:`_fast`'s statements: the new record and its entry, or ``None``."""
+    ) -> Plan[Row | None]:
+        """:meth:`_fast`'s statements: the row it wrote (the new record, then its
+        entry), or ``None``.
+        """
         query = _Op(self._q.fast(event), values)
         hook = self._before_write
         if hook is not None:
             hook(task_id)
         if not self.contracts:
             rows = yield query
-            return _engine.split_row(rows[0]) if rows else None
+            return rows[0] if rows else None
         yield _BEGIN
         old = _decoded((yield _Op(self._q.lock_one, (task_id,))))
         rows = yield query
         written = _engine.split_row(rows[0]) if rows else None
         _engine.check_against_core(old, event, now_us, args, written, self._core)
         yield _COMMIT
-        return written
+        return rows[0] if rows else None
 
     def _fast_many(
         self, event: str, items: list[tuple[str, Mapping[str, Any]]], now_us: int
@@ -1571,8 +1575,10 @@ class PostgresStore(SQLStoreBase):
         if values is None:
             return None
         values["channel"] = self.channel
-        written = self._run("update", self._fast_many_plan(event, items, now_us, values))
-        return None if written is None else [self._rendered(event, *pair) for pair in written]
+        rows = self._run("update", self._fast_many_plan(event, items, now_us, values))
+        if rows is None:
+            return None
+        return [self._rendered(event, *_engine.written(event, row)) for row in rows]
 
     def _fast_many_plan(
         self,
@@ -1580,9 +1586,9 @@ class PostgresStore(SQLStoreBase):
         items: list[tuple[str, Mapping[str, Any]]],
         now_us: int,
         values: dict[str, Any],
-    ) -> Plan[list[tuple[TaskSaga, HistoryEntry]] | None]:
-        """:meth:`_fast_many`'s statements: the records and entries in the items'
-        order, or ``None`` (nothing written).
+    ) -> Plan[list[Row] | None]:
+        """:meth:`_fast_many`'s statements: the rows written (records, then entries)
+        in the items' order, or ``None`` (nothing written).
         """
         query = _Op(self._q.fast_many(event), values)
         olds: dict[str, TaskSaga | None] = {}
@@ -1591,15 +1597,16 @@ class PostgresStore(SQLStoreBase):
             for task_id in sorted(dict(items)):
                 olds[task_id] = _decoded((yield _Op(self._q.lock_one, (task_id,))))
         rows = yield query
-        written = None
+        ordered = None
         if len(rows) >= len(items):
-            found = {pair[0].task_id: pair for pair in map(_engine.split_row, rows)}
-            written = [found[task_id] for task_id, _ in items]
+            found = {row[_TASK_ID]: row for row in rows}
+            ordered = [found[task_id] for task_id, _ in items]
             if self.contracts:
+                written = [_engine.split_row(row) for row in ordered]
                 _engine.check_batch_against_core(olds, event, now_us, items, written, self._core)
         if self.contracts:
             yield _COMMIT
-        return written
+        return ordered
 
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)

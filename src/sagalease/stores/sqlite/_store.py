@@ -263,6 +263,7 @@ def _claim_sql(arms: int | None, after: bool) -> str:
 
 
 _PRIORITY: Final = 1 + TASK_COLUMNS.index("priority")  # after seq
+_TASK_ID: Final = 1 + TASK_COLUMNS.index("task_id")
 
 
 @cache
@@ -915,16 +916,18 @@ class SQLiteStore(SQLStoreBase):
                 hook(task_id)
             with self._writing(conn):
                 old = self._read(conn, task_id) if self.contracts else None
-                written = None
+                row = None
                 if conn.execute(insert, values).rowcount == 1:
                     if conn.execute(update, values).rowcount != 1:  # pragma: no cover
                         raise StoreUnavailableError(
                             "the row changed inside a write transaction", task_id=task_id
                         )
-                    written = _engine.split_row(conn.execute(read, values).fetchone())
+                    row = conn.execute(read, values).fetchone()
                 if self.contracts:
+                    written = None if row is None else _engine.split_row(row)
                     _engine.check_against_core(old, event, now_us, args, written, self._core)
-        return None if written is None else self._rendered(event, *written)
+        # decoded after the writer lock is let go (other writers wait for it)
+        return None if row is None else self._rendered(event, *_engine.written(event, row))
 
     def _fast_many(
         self, event: str, items: list[tuple[str, Mapping[str, Any]]], now_us: int
@@ -944,15 +947,14 @@ class SQLiteStore(SQLStoreBase):
                 if conn.execute(insert, values).rowcount < len(items):
                     return None
                 conn.execute(update, values)
-                found = {
-                    p[0].task_id: p for p in map(_engine.split_row, conn.execute(read, values))
-                }
-                written = [found[task_id] for task_id, _ in items]
+                found = {row[_TASK_ID]: row for row in conn.execute(read, values)}
+                rows = [found[task_id] for task_id, _ in items]
                 if self.contracts:
+                    written = [_engine.split_row(row) for row in rows]
                     _engine.check_batch_against_core(
                         olds, event, now_us, items, written, self._core
                     )
-        return [self._rendered(event, *pair) for pair in written]
+        return [self._rendered(event, *_engine.written(event, row)) for row in rows]
 
     def _mutate(self, task_id: str, mutation: Mutation) -> TaskSaga:
         core.check_id("task_id", task_id)
@@ -1003,16 +1005,16 @@ class SQLiteStore(SQLStoreBase):
                 conn.execute(insert, values)
                 conn.execute(update, values)
                 rows = conn.execute(read, values).fetchall()
-                rows.sort(key=lambda row: (-row[_PRIORITY], row[0]))
-                claimed = [_engine.split_row(row) for row in rows]
                 if self.contracts:
                     args = {"owner": owner, "ttl_us": ttl_us}
-                    for written in claimed:
+                    for written in map(_engine.split_row, rows):
                         before = old[written[0].task_id]
                         _engine.check_against_core(
                             before, "acquire", now_us, args, written, self._core
                         )
-        return [self._rendered("acquire", task, entry) for task, entry in claimed]
+        # sorted and decoded after the writer lock is let go (other writers wait for it)
+        rows.sort(key=lambda row: (-row[_PRIORITY], row[0]))
+        return [self._rendered("acquire", *_engine.split_row(row)) for row in rows]
 
     def _claim_slowly(
         self, owner: str, ttl_us: int, now_us: int, limit: int, queues: tuple[str, ...] | None
