@@ -414,7 +414,6 @@ def test_the_check_catches_a_wrong_rendering(
         equivalence(db, 300)()
 
 
-
 @pytest.mark.parametrize("length", [8, 256, 257, core.MAX_TEXT_LENGTH])
 def test_a_statements_args_json_is_the_cores_and_long_texts_are_not_kept(length: int) -> None:
     """The ``args_json`` a rendered write records is the core's encoding of the call's
