@@ -542,6 +542,9 @@ def write(results: Path, command: str, started: datetime) -> None:
     fleet = _load(results, "fleet")
     if fleet:
         lines += _fleet_section(fleet)
+    instr = _load(results, "instructions")
+    if instr:
+        lines += _instructions_section(instr)
     prof = _load(results, "profile")
     if prof:
         lines += ["### Where the time goes (cProfile, one library worker)", ""]
@@ -589,6 +592,43 @@ def write(results: Path, command: str, started: datetime) -> None:
     lines[insert_at:insert_at] = _targets(cyc, extra, size, bat, made)
     (results / "README.md").write_text("\n".join(lines) + "\n")
     _plot(results, summary, size["rows"] if size else [])
+
+
+def _instructions_section(data: dict[str, Any]) -> list[str]:
+    """The callgrind counts of ``bench.instructions``: per lease cycle, by variant."""
+    rows = data["rows"]
+    objects = sorted({k for r in rows for k in r["by_object"]})
+    lines = [
+        "### CPU instructions per lease cycle (callgrind, one process)",
+        "",
+        f"{_load_text(data)}. `bench/instructions.py`: user-space instructions of the"
+        " benchmark process per claim + heartbeat + complete, each durable; (run of"
+        f" {rows[0]['large']} cycles - run of {rows[0]['small']}) / the extra cycles."
+        " `sql` runs the engine's rendered statements with the parameters built inline"
+        " (the library's SQL and schema, without the store's Python). Not counted: the"
+        " kernel (writes, fsync, locks) and the PostgreSQL server, which raw SQL pays"
+        " too. Exact from run to run, unlike the rates above.",
+        "",
+        "| backend | variant | per cycle | raw / this | " + " | ".join(objects) + " |",
+        "|---|---|---|---|" + "---|" * len(objects),
+    ]
+    for backend in sorted({r["backend"] for r in rows}):
+        mine = {r["variant"]: r for r in rows if r["backend"] == backend}
+        raw = mine["raw"]["per_cycle"]
+        for variant, row in mine.items():
+            cells = " | ".join(f"{row['by_object'].get(k, 0):,.0f}" for k in objects)
+            lines.append(
+                f"| {backend} | {variant} | {row['per_cycle']:,.0f} |"
+                f" {raw / row['per_cycle']:.2f} | {cells} |"
+            )
+        if "lib" in mine and "sql" in mine:
+            lib, sql = mine["lib"]["per_cycle"], mine["sql"]["per_cycle"]
+            lines.append(
+                f"| {backend} | the store's Python (lib - sql) | {lib - sql:,.0f} |"
+                f" {(lib - sql) / lib:.0%} of lib |" + " |" * len(objects)
+            )
+    lines.append("")
+    return lines
 
 
 def _plot(results: Path, summary: list[dict[str, Any]], sizes: list[dict[str, Any]]) -> None:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import creates, cycles, fleet, queues, tablesize
+from bench import creates, cycles, fleet, instructions, queues, tablesize
 from bench.common import DEFAULT_DSN
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,6 +41,7 @@ PARTS = (
     "creates",
     "async",
     "handlers",
+    "instructions",
 )
 WORKERS = (1, 2, 4, 8)
 TASKS = {"sqlite-NORMAL": 3000, "sqlite-FULL": 600, "postgres": 1000}
@@ -397,6 +398,32 @@ def run_profile(args: argparse.Namespace) -> None:
     _save("profile", {"profiles": out, "load_before": load})
 
 
+def run_instructions(args: argparse.Namespace) -> None:
+    """Issue 14: CPU instructions per lease cycle (callgrind), library against the
+    library's own statements without its Python against raw SQL (bench.instructions).
+    """
+    missing = instructions.available()
+    if missing is not None:
+        _log(f"instructions: skipped, {missing}")
+        return
+    load = os.getloadavg()
+    small, large = (50, 150) if args.quick else (100, 600)
+    rows = []
+    for backend in args.backends or instructions.BACKENDS:
+        for variant in instructions.VARIANTS:
+            row = instructions.measure(backend, variant, small, large, args.dsn)
+            parts = ", ".join(f"{k} {v:,.0f}" for k, v in row["by_object"].items() if v >= 1)
+            _log(f"instructions {backend} {variant}: {row['per_cycle']:,.0f} per cycle ({parts})")
+            rows.append(row)
+        per = {r["variant"]: r["per_cycle"] for r in rows if r["backend"] == backend}
+        _log(
+            f"instructions {backend}: raw/lib {per['raw'] / per['lib']:.2f},"
+            f" raw/sql {per['raw'] / per['sql']:.2f}, the library's Python"
+            f" {(per['lib'] - per['sql']) / per['lib']:.0%} of lib"
+        )
+    _save("instructions", {"rows": rows, "load_before": load})
+
+
 def main() -> None:
     """Parse the options and run the parts."""
     parser = argparse.ArgumentParser(
@@ -437,6 +464,7 @@ def main() -> None:
         "creates": run_creates,
         "async": run_async,
         "handlers": run_handlers,
+        "instructions": run_instructions,
     }
     started = datetime.now(UTC)
     for part in args.part or PARTS:
