@@ -87,7 +87,7 @@ def _sqlite_sql(path: Path) -> Any:
         with lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if "ids" not in values and "task_id" not in values:
+                if "task_id" not in values:  # a claim: its candidate scan first
                     ids = [i for (i,) in conn.execute(candidates, values)]
                     if not ids:
                         conn.execute("COMMIT")
