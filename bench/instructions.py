@@ -41,15 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import cycles
-from sagalease.stores._rows import TASK_COLUMNS
+from sagalease.stores._engine import AT
 
 VARIANTS = ("lib", "sql", "raw")
 BACKENDS = ("sqlite-NORMAL", "postgres")
 TTL_US = 30_000_000
 OBJECTS = {"libsqlite3": "SQLite", "libpython": "interpreter", "libc.so": "libc", "libpq": "libpq"}
 """How a shared object's name is reported (the rest: ``other``)."""
-_TASK_ID = 1 + TASK_COLUMNS.index("task_id")  # a written row: seq, then the columns
-_TOKEN = 1 + TASK_COLUMNS.index("token")
 
 
 def available() -> str | None:
@@ -116,7 +114,7 @@ def _sqlite_sql(path: Path) -> Any:
         )
         if row is None:
             return False
-        task_id, token = row[_TASK_ID], row[_TOKEN]
+        task_id, token = row[AT["task_id"]], row[AT["token"]]
         held = {"task_id": task_id, "owner": "w", "token": token}
         beat = {"owner": "w", "token": token, "ttl_us": TTL_US}
         transaction(
@@ -156,7 +154,7 @@ def _postgres_sql(dsn: str, schema: str) -> Any:
         rows = conn.execute(claim, values, prepare=True).fetchall()
         if rows[0][1] is None:
             return False
-        task_id, token = rows[0][1 + _TASK_ID], rows[0][1 + _TOKEN]  # after the count
+        task_id, token = rows[0][1 + AT["task_id"]], rows[0][1 + AT["token"]]  # after the count
         held = {"task_id": task_id, "owner": "w", "token": token, "channel": channel}
         beat = {"owner": "w", "token": token, "ttl_us": TTL_US}
         values = {**held, "now_us": _now_us(), "ttl_us": TTL_US, "args_json": core.dump_args(beat)}

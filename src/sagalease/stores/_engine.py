@@ -37,6 +37,7 @@ from sagalease.stores._rows import COLUMNS, HISTORY_COLUMNS, Row, decode_entry, 
 from sagalease.stores._sql import DEADLINE_BARS_ACQUIRE
 
 __all__ = [
+    "AT",
     "BATCH_PARAMS",
     "FAST_EVENTS",
     "SqlMismatchError",
@@ -417,6 +418,9 @@ def postgres_claim(scope: str) -> str:
 
 
 _WIDTH: Final = len(_TASK_COLUMNS)
+
+AT: Final = {column: i for i, column in enumerate(_TASK_COLUMNS)}
+"""Where each task column sits in a write's row (``seq`` first: :func:`split_row`)."""
 
 
 def split_row(row: Row) -> tuple[TaskSaga, HistoryEntry]:

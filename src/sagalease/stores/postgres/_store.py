@@ -339,8 +339,6 @@ _TEMPLATES: Final = {
 _BATCH: Final = 32
 """Candidates read per statement by reap (one transaction per batch)."""
 
-_TASK_ID: Final = 1 + TASK_COLUMNS.index("task_id")  # a write's row: seq, then the columns
-
 _OPEN: Final = frozenset(OPEN_STATES)
 _LAST_SEQ: Final = 2**63 - 1
 """Above every ``seq`` (bigint's largest): where a newest-first listing starts."""
@@ -1599,7 +1597,7 @@ class PostgresStore(SQLStoreBase):
         rows = yield query
         ordered = None
         if len(rows) >= len(items):
-            found = {row[_TASK_ID]: row for row in rows}
+            found = {row[_engine.AT["task_id"]]: row for row in rows}
             ordered = [found[task_id] for task_id, _ in items]
             if self.contracts:
                 written = [_engine.split_row(row) for row in ordered]

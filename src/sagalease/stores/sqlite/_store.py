@@ -262,10 +262,6 @@ def _claim_sql(arms: int | None, after: bool) -> str:
     return f"{' UNION ALL '.join(selects)} ORDER BY {CLAIM_ORDER} LIMIT ?"
 
 
-_PRIORITY: Final = 1 + TASK_COLUMNS.index("priority")  # after seq
-_TASK_ID: Final = 1 + TASK_COLUMNS.index("task_id")
-
-
 @cache
 def _claim_ids(arms: int | None) -> str:
     """The engine claim's candidates (:func:`_engine.sqlite_claim`): the ids of the
@@ -947,7 +943,7 @@ class SQLiteStore(SQLStoreBase):
                 if conn.execute(insert, values).rowcount < len(items):
                     return None
                 conn.execute(update, values)
-                found = {row[_TASK_ID]: row for row in conn.execute(read, values)}
+                found = {row[_engine.AT["task_id"]]: row for row in conn.execute(read, values)}
                 rows = [found[task_id] for task_id, _ in items]
                 if self.contracts:
                     written = [_engine.split_row(row) for row in rows]
@@ -1013,7 +1009,7 @@ class SQLiteStore(SQLStoreBase):
                             before, "acquire", now_us, args, written, self._core
                         )
         # sorted and decoded after the writer lock is let go (other writers wait for it)
-        rows.sort(key=lambda row: (-row[_PRIORITY], row[0]))
+        rows.sort(key=lambda row: (-row[_engine.AT["priority"]], row[0]))
         return [self._rendered("acquire", *_engine.split_row(row)) for row in rows]
 
     def _claim_slowly(
